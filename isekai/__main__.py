@@ -1,0 +1,3 @@
+from isekai.cli import main
+
+raise SystemExit(main())
