@@ -1,0 +1,106 @@
+from isekai._core.counters cimport Counters
+from isekai._core.router cimport Router
+from isekai._core.upstream cimport Cluster, Exchange, UpstreamProtocol
+
+
+cdef class CoreRoute:
+    """What the router hands back: one route of one snapshot, compiled for the request path."""
+    cdef public str name
+    cdef public int slot
+    cdef public Cluster cluster
+    cdef public bint direct
+    cdef public int respond_status
+    cdef public bytes respond_head
+    cdef public bytes respond_body
+    cdef public bytes strip_prefix
+    cdef public tuple rewrite
+    cdef public double read_timeout
+    cdef public long long max_body_size
+    cdef public tuple chain
+
+
+cdef class ServerState:
+    """Shared by every downstream connection of a worker; `router` is swapped on reload."""
+    cdef public Router router
+    cdef public Counters counters
+    cdef public object loop
+    cdef public long long max_request_line
+    cdef public long long max_header_bytes
+    cdef public int max_header_count
+    cdef public double keepalive_timeout
+    cdef public int max_requests_per_connection
+    cdef public set connections
+    cdef public bytes scheme
+
+
+cdef class ProxyRequest(Exchange):
+    cdef DownstreamProtocol proto
+    cdef CoreRoute route
+    cdef public bytes method
+    cdef public bytes url
+    cdef public bytes path
+    cdef public bytes query
+    cdef public list headers
+    cdef public bytes host
+    cdef public dict params
+    cdef public bytes request_id
+    cdef bytes xff
+    cdef set conn_tokens
+    cdef bint http11
+    cdef bint keep_alive
+    cdef bint chunked
+    cdef bint has_length
+    cdef bint expect_continue
+    cdef bint head_complete
+    cdef bint message_complete
+    cdef bint started
+    cdef bint response_started
+    cdef bint response_done
+    cdef bint response_chunked
+    cdef bint close_after
+    cdef bint discarding
+    cdef long long content_length
+    cdef long long header_bytes
+    cdef int header_count
+    cdef list pending
+    cdef long long pending_size
+    cdef UpstreamProtocol conn
+    cdef int status
+    cdef long long bytes_in
+    cdef long long bytes_out
+    cdef double started_at
+
+
+cdef class DownstreamProtocol:
+    cdef ServerState state
+    cdef object transport
+    cdef object parser
+    cdef ProxyRequest parsing
+    cdef ProxyRequest active
+    cdef object queue
+    cdef public bytes peer_ip
+    cdef int read_pause
+    cdef bint write_paused
+    cdef bint closing
+    cdef bytes deferred_error
+    cdef int reject_status
+    cdef str reject_message
+    cdef public double idle_since
+    cdef public int served
+
+    cdef int start(self, ProxyRequest req) except -1
+    cdef int send_direct(self, ProxyRequest req) except -1
+    cdef int send_error(self, ProxyRequest req, int status, str message, bytes extra=*) except -1
+    cdef int proxy(self, ProxyRequest req) except -1
+    cdef int write_upstream_head(self, ProxyRequest req) except -1
+    cdef int finish_response(self, ProxyRequest req) except -1
+    cdef int retire(self, ProxyRequest req) except -1
+    cdef int reject(self, int status, str message) except -1
+    cdef int pause(self, int reason) except -1
+    cdef int resume(self, int reason) except -1
+    cdef int close(self) except -1
+    cdef int _fail_parse(self, int status, str message) except -1
+    cdef int _send_policy_response(self, ProxyRequest req, answer) except -1
+    cdef void _count_request(self)
+    cdef bint _closing_after(self, ProxyRequest req)
+    cdef void _record(self, ProxyRequest req)

@@ -1,0 +1,718 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Downstream side of the request path: one `DownstreamProtocol` per client connection.
+
+Strategy. httptools parses the client's bytes and calls back into this protocol; each request
+becomes a `ProxyRequest` (a freelisted cdef object that is also the upstream `Exchange`). Requests
+are answered strictly in arrival order: the first is `active`, pipelined ones wait in `queue`
+with their body bytes buffered (bounded: reading pauses past a threshold). When a request's head
+is complete the router picks a `CoreRoute`; a direct route answers from prebuilt bytes, a proxied
+one takes a connection from its cluster's pool, writes a head re-serialised from the parsed
+fields (never the client's raw bytes), then streams the body as it arrives. The response comes
+back through the `Exchange` callbacks: the head is rewritten (hop-by-hop fields dropped,
+X-Request-ID added, framing chosen for this client), body chunks are written through untouched or
+re-chunked, and completion returns the upstream connection to its pool when both sides allow it.
+
+Flow control is a bitmask of reasons to stop reading the client (upstream write buffer full,
+too much body buffered for a request not yet connected, too deep a pipeline): reading resumes when
+the mask is empty. A full client write buffer pauses the upstream connection's reading.
+
+Errors never raise out of a callback: they become a JSON response (404, 405 with Allow, 413, 502,
+504, 400 for malformed requests) or, once a response has started, an aborted connection.
+"""
+
+from collections import deque
+from urllib.parse import quote
+
+cimport cython
+import httptools
+
+from isekai._core.counters cimport Counters
+from isekai._core.http cimport (
+    chunk_frame, connection_tokens, error_response, is_hop_by_hop, monotonic, next_request_id,
+    reason_phrase,
+)
+from isekai._core.router cimport Router
+from isekai._core.upstream cimport (
+    FAIL_CONNECT, FAIL_PROTOCOL, FAIL_TIMEOUT, Cluster, Exchange, Pool, UpstreamProtocol,
+)
+
+# Reasons to stop reading from the client (bits of DownstreamProtocol.read_pause).
+cdef enum:
+    PAUSE_UPSTREAM = 1      # upstream write buffer is full
+    PAUSE_PENDING = 2       # body buffered while the upstream connection is being opened
+    PAUSE_PIPELINE = 4      # too many requests queued behind the active one
+    PAUSE_DONE = 8          # connection is closing: read nothing more
+
+cdef long long PENDING_LIMIT = 256 * 1024
+cdef Py_ssize_t PIPELINE_LIMIT = 16
+cdef long long DISCARD_LIMIT = 1024 * 1024
+
+# Request header fields the gateway sets itself or re-frames; they are not copied upstream.
+cdef frozenset REGENERATED = frozenset((
+    b"host", b"content-length", b"transfer-encoding", b"x-forwarded-for", b"x-forwarded-proto",
+    b"x-forwarded-host", b"x-request-id", b"expect", b"connection", b"keep-alive",
+    b"proxy-connection", b"te", b"trailer", b"upgrade",
+))
+
+cdef bytes CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+cdef class _Reject(Exception):
+    pass
+
+
+cdef class CoreRoute:
+
+    def __init__(self, str name, int slot=0):
+        self.name = name
+        self.slot = slot
+        self.read_timeout = 30.0
+        self.max_body_size = 10 * 1024 * 1024
+        self.chain = ()
+
+
+cdef class ServerState:
+
+    def __init__(self, Router router, Counters counters, loop):
+        self.router = router
+        self.counters = counters
+        self.loop = loop
+        self.max_request_line = 8192
+        self.max_header_bytes = 32768
+        self.max_header_count = 100
+        self.keepalive_timeout = 75.0
+        self.max_requests_per_connection = 10000
+        self.connections = set()
+        self.scheme = b"http"
+
+    def sweep(self, double now=-1.0):
+        """Close keep-alive connections idle longer than keepalive_timeout."""
+        cdef DownstreamProtocol proto
+        if now < 0:
+            now = monotonic()
+        for proto in list(self.connections):
+            if (proto.active is None and proto.parsing is None
+                    and now - proto.idle_since > self.keepalive_timeout):
+                proto.close()
+
+
+@cython.freelist(64)
+cdef class ProxyRequest(Exchange):
+
+    # -- Exchange: called by the upstream side ---------------------------------------------
+
+    cdef int upstream_ready(self, UpstreamProtocol conn) except -1:
+        cdef DownstreamProtocol proto = self.proto
+        self.conn = conn
+        proto.write_upstream_head(self)
+        if self.pending:
+            conn.transport.writelines(self.pending)
+            self.pending = None
+            self.pending_size = 0
+            proto.resume(PAUSE_PENDING)
+        if self.message_complete and self.chunked:
+            conn.write(b"0\r\n\r\n")
+        if proto.write_paused:
+            conn.pause_reading()
+        return 0
+
+    cdef int upstream_failed(self, int kind, str reason) except -1:
+        cdef DownstreamProtocol proto = self.proto
+        self.conn = None
+        proto.resume(PAUSE_UPSTREAM)
+        proto.state.counters.upstream_error(self.route.slot, kind)
+        if self.cancelled or self.response_done:
+            return 0
+        if self.response_started:
+            # Never pass a cut-short body off as complete.
+            self.status = 502
+            self.response_done = True
+            proto.close()
+            proto.retire(self)
+            return 0
+        if kind == FAIL_TIMEOUT:
+            proto.send_error(self, 504, reason)
+        else:
+            proto.send_error(self, 502, reason)
+        return 0
+
+    cdef int response_head(self, UpstreamProtocol conn) except -1:
+        cdef DownstreamProtocol proto = self.proto
+        cdef bytes lname
+        cdef set tokens = None
+        cdef bint upstream_id = False
+        cdef int status = conn.status
+        cdef bint no_body = self.is_head or status == 204 or status == 304
+        cdef list out = [b"HTTP/1.1 %d " % status, conn.reason or reason_phrase(status), b"\r\n"]
+        for name, value in conn.headers:
+            lname = name.lower()
+            if is_hop_by_hop(lname):
+                if lname == b"connection":
+                    tokens = connection_tokens(value)
+                continue
+            if lname == b"x-request-id":
+                upstream_id = True
+            out.append(name)
+            out.append(b": ")
+            out.append(value)
+            out.append(b"\r\n")
+        if tokens:
+            out = _drop_listed(out, tokens)
+        if not upstream_id:
+            out.append(b"x-request-id: ")
+            out.append(self.request_id)
+            out.append(b"\r\n")
+        self.response_chunked = False
+        if not no_body and (conn.chunked or not conn.has_length):
+            if self.http11:
+                self.response_chunked = True
+                out.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self.close_after = True
+        proto.served += 1
+        if proto.served >= proto.state.max_requests_per_connection:
+            self.close_after = True
+        if self.close_after or not self.keep_alive:
+            self.close_after = True
+            out.append(b"connection: close\r\n")
+        elif not self.http11:
+            out.append(b"connection: keep-alive\r\n")
+        out.append(b"\r\n")
+        self.status = status
+        self.response_started = True
+        proto.transport.write(b"".join(out))
+        return 0
+
+    cdef int response_body(self, bytes data) except -1:
+        cdef DownstreamProtocol proto = self.proto
+        if self.response_done or proto.transport is None:
+            return 0
+        self.bytes_out += len(data)
+        if self.response_chunked:
+            if data:
+                proto.transport.write(chunk_frame(data))
+        else:
+            proto.transport.write(data)
+        return 0
+
+    cdef int response_complete(self, UpstreamProtocol conn) except -1:
+        cdef DownstreamProtocol proto = self.proto
+        cdef bint reusable = conn.keep_alive and self.message_complete and not self.cancelled
+        self.conn = None
+        conn.pool.release(conn, reusable)
+        proto.resume(PAUSE_UPSTREAM)
+        if self.cancelled or self.response_done:
+            return 0
+        if self.response_chunked and proto.transport is not None:
+            proto.transport.write(b"0\r\n\r\n")
+        proto.finish_response(self)
+        return 0
+
+    cdef int upstream_write_paused(self, bint paused) except -1:
+        if paused:
+            self.proto.pause(PAUSE_UPSTREAM)
+        else:
+            self.proto.resume(PAUSE_UPSTREAM)
+        return 0
+
+    # -- what policies and tests see -----------------------------------------------------------
+
+    @property
+    def route_name(self):
+        return self.route.name if self.route is not None else None
+
+    @property
+    def client_ip(self):
+        return self.proto.peer_ip
+
+
+cdef list _drop_listed(list out, set tokens):
+    """Remove the fields named by the upstream's Connection header (RFC 9110 §7.6.1)."""
+    cdef list kept = out[:3]
+    cdef Py_ssize_t i = 3
+    while i < len(out):
+        if out[i].lower() not in tokens:
+            kept.extend(out[i:i + 4])
+        i += 4
+    return kept
+
+
+cdef class DownstreamProtocol:
+
+    def __init__(self, ServerState state):
+        self.state = state
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue = deque()
+        self.idle_since = monotonic()
+
+    # -- asyncio protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport):
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0].encode() if peer else b"unknown"
+        self.state.connections.add(self)
+        self.state.counters.connection_opened()
+
+    def connection_lost(self, exc):
+        cdef ProxyRequest req
+        self.transport = None
+        self.closing = True
+        self.state.connections.discard(self)
+        self.state.counters.connection_closed()
+        reqs = [self.active] if self.active is not None else []
+        reqs.extend(self.queue)
+        self.queue.clear()
+        self.active = None
+        self.parsing = None
+        for req in reqs:
+            req.cancelled = True
+            if req.conn is not None:
+                req.conn.pool.release(req.conn, False)
+                req.conn = None
+            if req.started and not req.response_done:
+                req.status = 499
+                self._record(req)
+
+    def data_received(self, data):
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # WebSocket tunnels come with the edge-hardening work; until then an Upgrade request is
+            # served as a plain request and the bytes after its head are parsed as the next one.
+            offset = exc.args[0]
+            if offset < len(data):
+                self.data_received(data[offset:])
+        except httptools.HttpParserCallbackError:
+            if self.reject_status:
+                self.reject(self.reject_status, self.reject_message)
+            else:
+                self.reject(500, "internal error while reading the request")
+        except httptools.HttpParserError as exc:
+            self.reject(400, f"malformed request: {exc}")
+
+    def eof_received(self):
+        if self.active is None:
+            return False
+        # Half-closed client: finish the response in flight, then close.
+        self.active.close_after = True
+        return True
+
+    def pause_writing(self):
+        self.write_paused = True
+        if self.active is not None and self.active.conn is not None:
+            self.active.conn.pause_reading()
+
+    def resume_writing(self):
+        self.write_paused = False
+        if self.active is not None and self.active.conn is not None:
+            self.active.conn.resume_reading()
+
+    @property
+    def busy(self):
+        """True while a request is being read or answered on this connection."""
+        return self.active is not None or self.parsing is not None
+
+    def shutdown(self):
+        """Close now (end of a drain)."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self):
+        cdef ProxyRequest req = ProxyRequest.__new__(ProxyRequest)
+        req.proto = self
+        req.headers = []
+        req.url = b""
+        req.read_timeout = 30.0
+        req.started_at = monotonic()
+        self.parsing = req
+        if self.active is None:
+            self.active = req
+        else:
+            self.queue.append(req)
+            if len(self.queue) >= PIPELINE_LIMIT:
+                self.pause(PAUSE_PIPELINE)
+
+    def on_url(self, bytes url):
+        cdef ProxyRequest req = self.parsing
+        req.url = url if not req.url else req.url + url
+        if len(req.url) > self.state.max_request_line:
+            self._fail_parse(414, "request target too long")
+
+    def on_header(self, bytes name, bytes value):
+        cdef ProxyRequest req = self.parsing
+        cdef bytes lname
+        req.header_count += 1
+        req.header_bytes += len(name) + len(value) + 4
+        if req.header_count > self.state.max_header_count:
+            self._fail_parse(431, "too many header fields")
+        if req.header_bytes > self.state.max_header_bytes:
+            self._fail_parse(431, "header block too large")
+        lname = name.lower()
+        if lname not in REGENERATED:
+            req.headers.append((name, value))
+            return
+        if lname == b"host":
+            if req.host is not None:
+                self._fail_parse(400, "duplicate Host header")
+            req.host = value
+        elif lname == b"content-length":
+            req.has_length = True
+            req.content_length = int(value)  # llhttp has already checked it is one number
+        elif lname == b"transfer-encoding":
+            req.chunked = True
+        elif lname == b"x-forwarded-for":
+            req.xff = value if req.xff is None else req.xff + b", " + value
+        elif lname == b"x-request-id":
+            if 0 < len(value) <= 200 and value.isascii() and b" " not in value:
+                req.request_id = value
+        elif lname == b"expect":
+            if value.lower() == b"100-continue":
+                req.expect_continue = True
+            else:
+                self._fail_parse(417, "unsupported Expect value")
+        elif lname == b"connection":
+            tokens = connection_tokens(value)
+            tokens.discard(b"close")
+            tokens.discard(b"keep-alive")
+            if tokens:
+                req.conn_tokens = tokens if req.conn_tokens is None else req.conn_tokens | tokens
+
+    def on_headers_complete(self):
+        cdef ProxyRequest req = self.parsing
+        cdef Router router = self.state.router
+        cdef CoreRoute route
+        cdef bytes url = req.url
+        cdef Py_ssize_t q
+        req.head_complete = True
+        req.method = self.parser.get_method()
+        req.is_head = req.method == b"HEAD"
+        req.keep_alive = self.parser.should_keep_alive()
+        req.http11 = self.parser.get_http_version() == "1.1"
+        if req.request_id is None:
+            req.request_id = next_request_id()
+        if req.conn_tokens:
+            req.headers = [h for h in req.headers if h[0].lower() not in req.conn_tokens]
+        if req.host is None and req.http11:
+            self._fail_parse(400, "missing Host header")
+        if url[:1] != b"/":
+            url = _origin_form(req, url)
+            if url is None:
+                self._fail_parse(400, "unsupported request target")
+        q = url.find(b"?")
+        if q >= 0:
+            req.path = url[:q]
+            req.query = url[q:]
+        else:
+            req.path = url
+            req.query = b""
+        if req is self.active:
+            self.start(req)
+
+    def on_body(self, bytes body):
+        cdef ProxyRequest req = self.parsing
+        cdef Py_ssize_t n = len(body)
+        if req is None:
+            return
+        req.bytes_in += n
+        if req.discarding:
+            if req.bytes_in > DISCARD_LIMIT:
+                req.close_after = True
+                self.close()
+            return
+        if req.route is not None and req.bytes_in > req.route.max_body_size:
+            if req.response_started or req.response_done:
+                self.close()
+                return
+            req.close_after = True
+            if req.conn is not None:
+                req.conn.pool.release(req.conn, False)
+                req.conn = None
+            self.send_error(req, 413, "request body too large")
+            return
+        chunk = chunk_frame(body) if req.chunked else body
+        if req.conn is not None:
+            req.conn.write(chunk)
+        else:
+            if req.pending is None:
+                req.pending = [chunk]
+            else:
+                req.pending.append(chunk)
+            req.pending_size += n
+            if req.pending_size > PENDING_LIMIT:
+                self.pause(PAUSE_PENDING)
+
+    def on_message_complete(self):
+        cdef ProxyRequest req = self.parsing
+        self.parsing = None
+        if req is None:
+            return
+        req.message_complete = True
+        if req.discarding:
+            req.discarding = False
+            if req.response_done:
+                self.retire(req)
+            return
+        if req.chunked and not req.response_done:
+            if req.conn is not None:
+                req.conn.write(b"0\r\n\r\n")
+            elif req.started:
+                pass  # upstream_ready writes the terminator once connected
+            else:
+                if req.pending is None:
+                    req.pending = []
+        if req.response_done and req is self.active:
+            self.retire(req)
+
+    # -- serving -------------------------------------------------------------------------------
+
+    cdef int _fail_parse(self, int status, str message) except -1:
+        self.reject_status = status
+        self.reject_message = message
+        raise _Reject(message)
+
+    cdef int start(self, ProxyRequest req) except -1:
+        cdef object found
+        cdef CoreRoute route
+        req.started = True
+        found = self.state.router.match(req.host or b"", req.method, req.path)
+        if found is None:
+            return self.send_error(req, 404, "no route matches this request")
+        route = found[0]
+        if route is None:
+            return self.send_error(req, 405, "method not allowed on this route",
+                                   b"allow: " + found[1] + b"\r\n")
+        req.route = route
+        req.params = found[1]
+        req.read_timeout = route.read_timeout
+        if req.has_length and req.content_length > route.max_body_size:
+            req.close_after = True
+            return self.send_error(req, 413, "request body too large")
+        if route.chain:
+            for policy in route.chain:
+                answer = policy.on_request(req)
+                if answer is not None:
+                    return self._send_policy_response(req, answer)
+        if route.direct:
+            return self.send_direct(req)
+        return self.proxy(req)
+
+    cdef int proxy(self, ProxyRequest req) except -1:
+        cdef Pool pool = req.route.cluster.pick()
+        if req.expect_continue and not req.message_complete and req.http11:
+            self.transport.write(CONTINUE)
+        pool.acquire(req)
+        return 0
+
+    cdef int write_upstream_head(self, ProxyRequest req) except -1:
+        cdef CoreRoute route = req.route
+        cdef bytes path = req.path
+        if route.strip_prefix is not None:
+            if path.startswith(route.strip_prefix):
+                path = path[len(route.strip_prefix):]
+                if path[:1] != b"/":
+                    path = b"/" + path
+        if route.rewrite is not None:
+            path = _rewrite(route.rewrite, req.params)
+        cdef list out = [req.method, b" ", path, req.query, b" HTTP/1.1\r\nhost: ",
+                         req.conn.pool.authority, b"\r\n"]
+        for name, value in req.headers:
+            out.append(name)
+            out.append(b": ")
+            out.append(value)
+            out.append(b"\r\n")
+        out.append(b"x-forwarded-for: ")
+        if req.xff is not None:
+            out.append(req.xff)
+            out.append(b", ")
+        out.append(self.peer_ip)
+        out.append(b"\r\nx-forwarded-proto: ")
+        out.append(self.state.scheme)
+        if req.host is not None:
+            out.append(b"\r\nx-forwarded-host: ")
+            out.append(req.host)
+        out.append(b"\r\nx-request-id: ")
+        out.append(req.request_id)
+        if req.chunked:
+            out.append(b"\r\ntransfer-encoding: chunked\r\n\r\n")
+        elif req.has_length:
+            out.append(b"\r\ncontent-length: %d\r\n\r\n" % req.content_length)
+        else:
+            out.append(b"\r\n\r\n")
+        req.conn.write(b"".join(out))
+        return 0
+
+    cdef int send_direct(self, ProxyRequest req) except -1:
+        cdef CoreRoute route = req.route
+        cdef bytes body = route.respond_body
+        req.status = route.respond_status
+        self._count_request()
+        if self._closing_after(req):
+            tail = b"\r\nconnection: close\r\n\r\n"
+        else:
+            tail = b"\r\n\r\n"
+        self.transport.write(b"".join((
+            route.respond_head, b"content-length: %d\r\nx-request-id: " % len(body),
+            req.request_id, tail, b"" if req.is_head else body)))
+        req.bytes_out = len(body)
+        return self.finish_response(req)
+
+    cdef int _send_policy_response(self, ProxyRequest req, answer) except -1:
+        cdef bytes body = answer.body
+        cdef list out = [b"HTTP/1.1 %d " % answer.status, reason_phrase(answer.status), b"\r\n"]
+        for name, value in answer.headers:
+            out.append(name.encode("latin-1") if isinstance(name, str) else name)
+            out.append(b": ")
+            out.append(value.encode("latin-1") if isinstance(value, str) else value)
+            out.append(b"\r\n")
+        req.status = answer.status
+        self._count_request()
+        out.append(b"content-length: %d\r\nx-request-id: " % len(body))
+        out.append(req.request_id)
+        out.append(b"\r\nconnection: close\r\n\r\n" if self._closing_after(req) else b"\r\n\r\n")
+        if not req.is_head:
+            out.append(body)
+        self.transport.write(b"".join(out))
+        req.bytes_out = len(body)
+        return self.finish_response(req)
+
+    cdef int send_error(self, ProxyRequest req, int status, str message, bytes extra=b"") except -1:
+        if self.transport is None:
+            return 0
+        req.status = status
+        if status >= 500 or status == 413 or status == 400:
+            req.close_after = req.close_after or not req.message_complete
+        self._count_request()
+        self.transport.write(error_response(status, message, req.request_id,
+                                            self._closing_after(req), extra))
+        return self.finish_response(req)
+
+    cdef void _count_request(self):
+        self.served += 1
+
+    cdef bint _closing_after(self, ProxyRequest req):
+        if self.served >= self.state.max_requests_per_connection or not req.keep_alive:
+            req.close_after = True
+        return req.close_after
+
+    cdef int finish_response(self, ProxyRequest req) except -1:
+        req.response_done = True
+        self._record(req)
+        if req.close_after:
+            self.close()
+            self.retire(req)
+            return 0
+        if not req.message_complete:
+            # Answered before the body arrived: read and drop the rest, then serve the next one.
+            req.discarding = True
+            if req.pending is not None:
+                req.pending = None
+                req.pending_size = 0
+                self.resume(PAUSE_PENDING)
+            return 0
+        return self.retire(req)
+
+    cdef void _record(self, ProxyRequest req):
+        self.state.counters.record(req.route.slot if req.route is not None else 0, req.status,
+                                   req.bytes_in, req.bytes_out, monotonic() - req.started_at)
+
+    cdef int retire(self, ProxyRequest req) except -1:
+        """The request and its response are both over: move to the next one."""
+        cdef ProxyRequest nxt
+        if req is not self.active:
+            return 0
+        self.active = None
+        self.idle_since = monotonic()
+        if self.closing:
+            return 0
+        if self.queue:
+            nxt = self.queue.popleft()
+            self.active = nxt
+            if len(self.queue) < PIPELINE_LIMIT:
+                self.resume(PAUSE_PIPELINE)
+            if nxt.head_complete:
+                self.start(nxt)
+        elif self.deferred_error is not None:
+            self.transport.write(self.deferred_error)
+            self.close()
+        return 0
+
+    cdef int reject(self, int status, str message) except -1:
+        """The client sent something we cannot parse: answer (in order) and close."""
+        cdef ProxyRequest req = self.parsing
+        self.pause(PAUSE_DONE)
+        self.parsing = None
+        if self.active is None or self.active is req:
+            if req is None:
+                req = ProxyRequest.__new__(ProxyRequest)
+                req.proto = self
+                req.started_at = monotonic()
+            if req.request_id is None:
+                req.request_id = next_request_id()
+            if req.conn is not None:
+                req.conn.pool.release(req.conn, False)
+                req.conn = None
+            self.active = req
+            req.started = True
+            req.close_after = True
+            if req.response_started:
+                self.close()
+                return 0
+            self.send_error(req, status, message)
+        else:
+            self.queue.clear()
+            self.deferred_error = error_response(status, message, next_request_id(), True)
+        return 0
+
+    cdef int pause(self, int reason) except -1:
+        if self.read_pause == 0 and self.transport is not None:
+            self.transport.pause_reading()
+        self.read_pause |= reason
+        return 0
+
+    cdef int resume(self, int reason) except -1:
+        if self.read_pause & reason:
+            self.read_pause &= ~reason
+            if self.read_pause == 0 and self.transport is not None:
+                self.transport.resume_reading()
+        return 0
+
+    cdef int close(self) except -1:
+        if not self.closing:
+            self.closing = True
+            self.read_pause |= PAUSE_DONE
+            if self.transport is not None:
+                self.transport.close()
+        return 0
+
+
+cdef object _origin_form(ProxyRequest req, bytes url):
+    """Absolute-form targets (RFC 9112 §3.2.2): the authority replaces Host."""
+    cdef Py_ssize_t start, slash
+    lower = url[:8].lower()
+    if lower.startswith(b"http://"):
+        start = 7
+    elif lower.startswith(b"https://"):
+        start = 8
+    else:
+        return None
+    slash = url.find(b"/", start)
+    if slash < 0:
+        req.host = url[start:]
+        return b"/"
+    req.host = url[start:slash]
+    return url[slash:]
+
+
+cdef bytes _rewrite(tuple template, dict params):
+    cdef list out = []
+    for literal, name in template:
+        out.append(literal)
+        if name is not None:
+            value = params.get(name, "") if params is not None else ""
+            out.append(quote(value, safe="/:@!$&'()*+,;=-._~").encode())
+    return b"".join(out)

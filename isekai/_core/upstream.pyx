@@ -1,0 +1,400 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Upstream side of the request path: connection pools and the response parser.
+
+Strategy. A `Cluster` is a round-robin over one `Pool` per target. A `Pool` keeps idle keep-alive
+connections on a LIFO stack (the most recently used socket is the warmest), counts every open or
+opening connection against `max_connections`, and parks `Exchange`s in a FIFO when the limit is
+reached. Opening a connection is the only place that touches a coroutine: `loop.create_connection`
+is wrapped in a future whose done-callback hands the ready connection to the exchange; nothing in
+this module awaits. Reused connections cost no allocation beyond the response parser's header list.
+
+Timeouts are not timers per request: each connection carries a deadline on the monotonic clock,
+and `sweep_pools(now)`, called by the worker a few times a second, fails connections whose connect
+or read deadline has passed and closes idle ones older than `keepalive_expiry`.
+
+`UpstreamProtocol` parses the response with httptools and forwards head, body chunks and completion
+to its current `Exchange` (the downstream request). Interim 1xx responses other than 101 are
+skipped. A response to HEAD ends at its head; since httptools cannot be told the request method,
+that connection gets a fresh parser before its next exchange. A body delimited by connection close
+ends normally in `connection_lost`; any other loss before completion is a failure.
+"""
+
+import asyncio
+from collections import deque
+
+import httptools
+
+from isekai._core.http cimport monotonic
+
+cdef set _pools = set()
+
+
+cdef class Exchange:
+
+    cdef int upstream_ready(self, UpstreamProtocol conn) except -1:
+        raise NotImplementedError
+
+    cdef int upstream_failed(self, int kind, str reason) except -1:
+        raise NotImplementedError
+
+    cdef int response_head(self, UpstreamProtocol conn) except -1:
+        raise NotImplementedError
+
+    cdef int response_body(self, bytes data) except -1:
+        raise NotImplementedError
+
+    cdef int response_complete(self, UpstreamProtocol conn) except -1:
+        raise NotImplementedError
+
+    cdef int upstream_write_paused(self, bint paused) except -1:
+        return 0
+
+
+cdef class UpstreamProtocol:
+
+    def __cinit__(self, Pool pool):
+        self.pool = pool
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers = []
+        self.connect_started = monotonic()
+
+    # -- asyncio protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.connected = True
+
+    def connection_lost(self, exc):
+        cdef Exchange ex = self.exchange
+        self.closed = True
+        self.transport = None
+        self.pool._forget(self)
+        if ex is None:
+            return
+        if self.head_received and self.eof_body:
+            self.exchange = None
+            self.keep_alive = False
+            ex.response_complete(self)
+        else:
+            self.exchange = None
+            ex.upstream_failed(FAIL_PROTOCOL, "upstream closed the connection")
+
+    def data_received(self, data):
+        if self.exchange is None:
+            # Nothing was asked: a server talking out of turn cannot be reused safely.
+            self.close()
+            return
+        self.bytes_received += len(data)
+        self.deadline = monotonic() + self.exchange.read_timeout
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(FAIL_PROTOCOL, "malformed upstream response")
+
+    def eof_received(self):
+        return False
+
+    def pause_writing(self):
+        if self.exchange is not None:
+            self.exchange.upstream_write_paused(True)
+
+    def resume_writing(self):
+        if self.exchange is not None:
+            self.exchange.upstream_write_paused(False)
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self):
+        self.headers = []
+        self.reason = b""
+        self.chunked = False
+        self.has_length = False
+
+    def on_status(self, bytes status):
+        self.reason = status if not self.reason else self.reason + status
+
+    def on_header(self, bytes name, bytes value):
+        self.headers.append((name, value))
+
+    def on_headers_complete(self):
+        cdef int status = self.parser.get_status_code()
+        cdef Exchange ex = self.exchange
+        self.status = status
+        if 100 <= status < 200 and status != 101:
+            self.interim = True
+            return
+        self.interim = False
+        self.head_received = True
+        self.keep_alive = self.parser.should_keep_alive()
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                self.has_length = True
+            elif lname == b"transfer-encoding":
+                self.chunked = value.lower().rstrip().endswith(b"chunked")
+        no_body = ex.is_head or status == 204 or status == 304
+        self.eof_body = not no_body and not self.chunked and not self.has_length
+        if self.eof_body:
+            self.keep_alive = False
+        ex.response_head(self)
+        if no_body and ex.is_head and self.exchange is ex:
+            # The parser would wait for a body that never comes.
+            self.parser_dirty = True
+            self._complete()
+
+    def on_body(self, bytes body):
+        if self.exchange is not None:
+            self.exchange.response_body(body)
+
+    def on_message_complete(self):
+        if self.interim:
+            self.interim = False
+            return
+        if self.exchange is not None:
+            self.keep_alive = self.keep_alive and self.parser.should_keep_alive()
+            self._complete()
+
+    # -- driven by the exchange ---------------------------------------------------------------
+
+    cdef int _complete(self) except -1:
+        cdef Exchange ex = self.exchange
+        self.exchange = None
+        ex.response_complete(self)
+        return 0
+
+    cdef int attach(self, Exchange exchange) except -1:
+        self.exchange = exchange
+        self.head_received = False
+        self.interim = False
+        self.eof_body = False
+        self.status = 0
+        if self.parser_dirty:
+            self.parser = httptools.HttpResponseParser(self)
+            self.parser_dirty = False
+        self.deadline = monotonic() + exchange.read_timeout
+        if self.reading_paused:
+            self.resume_reading()
+        return 0
+
+    cdef int write(self, bytes data) except -1:
+        if self.transport is not None:
+            self.transport.write(data)
+            if self.exchange is not None:
+                self.deadline = monotonic() + self.exchange.read_timeout
+        return 0
+
+    cdef int pause_reading(self) except -1:
+        if self.transport is not None and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        return 0
+
+    cdef int resume_reading(self) except -1:
+        if self.transport is not None and self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        return 0
+
+    cdef int close(self) except -1:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+        elif self.connect_future is not None and not self.connected:
+            self.connect_future.cancel()
+        return 0
+
+    cdef int _fail(self, int kind, str reason) except -1:
+        cdef Exchange ex = self.exchange
+        self.exchange = None
+        self.close()
+        if ex is not None:
+            ex.upstream_failed(kind, reason)
+        return 0
+
+
+cdef class Pool:
+    """Keep-alive connections to one upstream target."""
+
+    def __init__(self, str host, int port, *, int max_connections=1024,
+                 int max_keepalive_connections=128, double keepalive_expiry=60.0,
+                 double connect_timeout=5.0, double read_timeout=30.0, loop=None):
+        self.host = host
+        self.port = port
+        self.authority = (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
+        self.max_connections = max_connections
+        self.max_keepalive_connections = max_keepalive_connections
+        self.keepalive_expiry = keepalive_expiry
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.loop = loop if loop is not None else asyncio.get_event_loop()
+        self.idle = []
+        self.busy = set()
+        self.connecting = set()
+        self.waiters = deque()
+        _pools.add(self)
+
+    @property
+    def idle_count(self):
+        return len(self.idle)
+
+    @property
+    def busy_count(self):
+        return len(self.busy)
+
+    cdef int acquire(self, Exchange exchange) except -1:
+        cdef UpstreamProtocol conn
+        cdef double now = monotonic()
+        while self.idle:
+            conn = self.idle.pop()
+            if conn.closed or now - conn.idle_since > self.keepalive_expiry:
+                conn.close()
+                continue
+            self.busy.add(conn)
+            conn.attach(exchange)
+            exchange.upstream_ready(conn)
+            return 0
+        if self.total < self.max_connections:
+            self._connect(exchange)
+        else:
+            self.waiters.append(exchange)
+        return 0
+
+    cdef int _connect(self, Exchange exchange) except -1:
+        cdef UpstreamProtocol conn = UpstreamProtocol(self)
+        self.total += 1
+        self.connections_opened += 1
+        self.connecting.add(conn)
+        conn.deadline = conn.connect_started + self.connect_timeout
+        conn.exchange = exchange
+        fut = asyncio.ensure_future(
+            self.loop.create_connection(lambda: conn, self.host, self.port), loop=self.loop)
+        conn.connect_future = fut
+        fut.add_done_callback(lambda f: _connect_done(self, conn, f))
+        return 0
+
+    cdef int release(self, UpstreamProtocol conn, bint reusable) except -1:
+        cdef Exchange waiter
+        conn.exchange = None
+        self.busy.discard(conn)
+        if not reusable or conn.closed or self.closed:
+            conn.close()
+            return 0
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if waiter.cancelled:
+                continue
+            self.busy.add(conn)
+            conn.attach(waiter)
+            waiter.upstream_ready(conn)
+            return 0
+        if len(self.idle) >= self.max_keepalive_connections:
+            conn.close()
+            return 0
+        conn.idle_since = monotonic()
+        self.idle.append(conn)
+        return 0
+
+    cdef int _forget(self, UpstreamProtocol conn) except -1:
+        """A connection is gone: free its slot and let a parked exchange open a new one."""
+        cdef Exchange waiter
+        if conn in self.connecting:
+            return 0  # _connect_done does the accounting
+        self.total -= 1
+        self.busy.discard(conn)
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+        while self.waiters and self.total < self.max_connections and not self.closed:
+            waiter = self.waiters.popleft()
+            if not waiter.cancelled:
+                self._connect(waiter)
+        return 0
+
+    cdef int sweep(self, double now) except -1:
+        cdef UpstreamProtocol conn
+        for conn in list(self.connecting):
+            if now > conn.deadline and not conn.closed:
+                conn.connect_future.cancel()
+        for conn in list(self.busy):
+            if conn.exchange is not None and now > conn.deadline:
+                conn._fail(FAIL_TIMEOUT, "upstream timed out")
+        while self.idle:
+            conn = self.idle[0]
+            if now - conn.idle_since <= self.keepalive_expiry:
+                break
+            self.idle.pop(0)
+            conn.close()
+        return 0
+
+    def close(self):
+        """Close idle connections now and busy ones as they finish."""
+        self.closed = True
+        _pools.discard(self)
+        for conn in list(self.idle):
+            conn.close()
+        self.idle.clear()
+
+
+cdef _connect_done(Pool pool, UpstreamProtocol conn, fut):
+    cdef Exchange ex = conn.exchange
+    cdef Exchange waiter
+    pool.connecting.discard(conn)
+    conn.exchange = None
+    conn.connect_future = None
+    failed = fut.cancelled() or fut.exception() is not None or conn.closed
+    if failed:
+        if conn.closed and not fut.cancelled() and fut.exception() is None:
+            kind, reason = FAIL_CONNECT, "upstream closed the connection"
+        elif fut.cancelled():
+            kind, reason = FAIL_TIMEOUT, "upstream connect timed out"
+        else:
+            kind, reason = FAIL_CONNECT, f"upstream connect failed: {fut.exception()}"
+        conn.closed = True
+        pool.total -= 1
+        if ex is not None and not ex.cancelled:
+            ex.upstream_failed(kind, reason)
+        while pool.waiters and pool.total < pool.max_connections and not pool.closed:
+            waiter = pool.waiters.popleft()
+            if not waiter.cancelled:
+                pool._connect(waiter)
+                break
+        return
+    pool.busy.add(conn)
+    if ex is None or ex.cancelled:
+        pool.release(conn, True)
+        return
+    conn.attach(ex)
+    ex.upstream_ready(conn)
+
+
+cdef class Cluster:
+    """Targets of one upstream, picked round-robin."""
+
+    def __init__(self, str name, list pools):
+        if not pools:
+            raise ValueError(f"upstream {name!r} has no targets")
+        self.name = name
+        self.pools = pools
+        self.next_index = 0
+
+    cdef Pool pick(self):
+        cdef Pool pool = self.pools[self.next_index]
+        self.next_index += 1
+        if self.next_index >= len(self.pools):
+            self.next_index = 0
+        return pool
+
+
+def sweep_pools(double now=-1.0):
+    """Fail timed-out upstream exchanges and expire idle connections; called by the worker."""
+    cdef Pool pool
+    if now < 0:
+        now = monotonic()
+    for pool in list(_pools):
+        pool.sweep(now)
+
+
+def monotonic_now():
+    """The clock every deadline in `_core` uses."""
+    return monotonic()

@@ -1,0 +1,86 @@
+"""The snapshot: everything a worker needs to serve requests under one config, built aside.
+
+`build_snapshot` compiles a validated `Config` into a router whose values are `_core` routes
+(prebuilt direct responses, resolved clusters, rewrite templates, policy chains). The worker then
+swaps one reference (`ServerState.router`); requests in flight keep the route they matched.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from isekai._core.counters import Counters
+from isekai._core.http import reason_phrase_py
+from isekai._core.protocol import CoreRoute
+from isekai._core.router import Router
+from isekai.config.schema import Config, Respond, Route
+from isekai.pipeline import compile_chain
+from isekai.upstream.cluster import ClusterRegistry
+
+_TEMPLATE_PART = re.compile(r"\{(\*|[A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One config, compiled. ``version`` increases with every snapshot a worker builds."""
+
+    config: Config
+    router: Router
+    routes: tuple[CoreRoute, ...]
+    clusters: dict
+    version: int
+
+
+def compile_rewrite(template: str) -> tuple[tuple[bytes, str | None], ...]:
+    """``/v2/{id}/x`` -> ((b"/v2/", "id"), (b"/x", None)); ``{*}`` is the wildcard tail."""
+    parts: list[tuple[bytes, str | None]] = []
+    pos = 0
+    for m in _TEMPLATE_PART.finditer(template):
+        parts.append((template[pos : m.start()].encode(), m.group(1)))
+        pos = m.end()
+    if pos < len(template) or not parts:
+        parts.append((template[pos:].encode(), None))
+    return tuple(parts)
+
+
+def direct_response_head(respond: Respond) -> bytes:
+    """Status line and configured headers of a direct response, each line CRLF-terminated."""
+    lines = [b"HTTP/1.1 %d %s\r\n" % (respond.status, reason_phrase_py(respond.status))]
+    for name, value in respond.headers:
+        lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+    return b"".join(lines)
+
+
+def _core_route(route: Route, config: Config, clusters: dict, counters: Counters) -> CoreRoute:
+    core = CoreRoute(route.name, counters.slot(route.name))
+    core.max_body_size = config.limits.max_body_size
+    core.chain = compile_chain(()).sync
+    if route.respond is not None:
+        core.direct = True
+        core.respond_status = route.respond.status
+        core.respond_head = direct_response_head(route.respond)
+        core.respond_body = route.respond.body
+        return core
+    upstream = config.upstreams[route.upstream]
+    core.cluster = clusters[route.upstream]
+    core.read_timeout = route.timeout if route.timeout is not None else upstream.read_timeout
+    if route.strip_prefix:
+        core.strip_prefix = route.strip_prefix.encode()
+    if route.rewrite is not None:
+        core.rewrite = compile_rewrite(route.rewrite)
+    return core
+
+
+def build_snapshot(
+    config: Config, registry: ClusterRegistry, counters: Counters, version: int = 1
+) -> Snapshot:
+    """Compile ``config`` for the request path. Raises ConfigError on route conflicts."""
+    clusters = registry.build(config.upstreams)
+    router = Router()
+    routes = []
+    for route in config.routes:
+        core = _core_route(route, config, clusters, counters)
+        router.add(route.match.host, route.match.methods, route.match.path, core)
+        routes.append(core)
+    return Snapshot(config, router, tuple(routes), clusters, version)

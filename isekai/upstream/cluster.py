@@ -1,0 +1,68 @@
+"""Clusters (one per configured upstream) built from config, with pools kept across snapshots.
+
+A reload builds new `Cluster` objects, but a target whose connection settings did not change
+keeps its `Pool`, so warm keep-alive connections survive the swap. Pools no longer referenced
+by the newest snapshot are closed (their busy connections finish first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from isekai._core.upstream import Cluster, Pool
+from isekai.config.schema import Upstream
+
+
+def _pool_key(upstream: Upstream, host: str, port: int) -> tuple:
+    return (
+        host,
+        port,
+        upstream.max_connections,
+        upstream.max_keepalive_connections,
+        upstream.keepalive_expiry,
+        upstream.connect_timeout,
+        upstream.read_timeout,
+    )
+
+
+class ClusterRegistry:
+    """Builds clusters for a snapshot and owns every pool of the worker."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pools: dict[tuple, Pool] = {}
+
+    def build(self, upstreams: Mapping[str, Upstream]) -> dict[str, Cluster]:
+        """Clusters for ``upstreams``; pools of unchanged targets are reused."""
+        pools: dict[tuple, Pool] = {}
+        clusters: dict[str, Cluster] = {}
+        for name, upstream in upstreams.items():
+            members = []
+            for target in upstream.targets:
+                key = _pool_key(upstream, target.host, target.port)
+                pool = pools.get(key) or self._pools.get(key)
+                if pool is None:
+                    pool = Pool(
+                        target.host,
+                        target.port,
+                        max_connections=upstream.max_connections,
+                        max_keepalive_connections=upstream.max_keepalive_connections,
+                        keepalive_expiry=upstream.keepalive_expiry,
+                        connect_timeout=upstream.connect_timeout,
+                        read_timeout=upstream.read_timeout,
+                        loop=self._loop,
+                    )
+                pools[key] = pool
+                members.append(pool)
+            clusters[name] = Cluster(name, members)
+        for key, pool in self._pools.items():
+            if key not in pools:
+                pool.close()
+        self._pools = pools
+        return clusters
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools = {}
