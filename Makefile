@@ -1,0 +1,41 @@
+# Every target works on a fresh machine with Python 3.11+ and a C compiler.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?=
+
+.PHONY: install install-dev run test lint build debug bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+
+install-dev: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+
+run: install
+	$(BIN)/isekai run $(if $(CONFIG),-c $(CONFIG),)
+
+test: install-dev
+	$(BIN)/python -m pytest -q
+
+lint: install-dev
+	$(BIN)/ruff check isekai tests bench
+	$(BIN)/ruff format --check isekai tests bench
+
+# Rebuild the Cython extensions in place after editing a .pyx.
+build: $(BIN)/python
+	$(BIN)/python setup.py build_ext --inplace --force
+
+# Line tracing + annotated HTML (isekai/_core/*.html) for profiling and coverage.
+debug: $(BIN)/python
+	ISEKAI_CYTHON_TRACE=1 ISEKAI_CYTHON_ANNOTATE=1 $(BIN)/python setup.py build_ext --inplace --force
+
+bench: install-dev
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf build dist *.egg-info isekai/_core/*.c isekai/_core/*.so isekai/_core/*.html
