@@ -1,0 +1,36 @@
+# Declarations for per-worker counters; definitions and the strategy essay live in counters.pyx.
+
+from libc.stdint cimport int64_t, uint64_t
+
+cdef enum:
+    N_BUCKETS = 14           # finite latency bounds; one more slot holds +Inf
+    N_STATUS = 6             # 0 = other, 1..5 = 1xx..5xx
+    N_UPSTREAM_ERRORS = 3    # 0 connect, 1 timeout, 2 protocol (reset/malformed)
+
+
+cdef struct SlotStats:
+    uint64_t requests
+    uint64_t status[N_STATUS]
+    uint64_t bytes_in
+    uint64_t bytes_out
+    uint64_t upstream[N_UPSTREAM_ERRORS]
+    uint64_t latency[N_BUCKETS + 1]   # per bucket, not cumulative
+    double latency_sum
+
+
+cdef class Counters:
+    cdef SlotStats* _stats   # _capacity structs, the first _size in use
+    cdef Py_ssize_t _size
+    cdef Py_ssize_t _capacity
+    cdef dict _slots         # label -> slot index
+    cdef list _names         # slot index -> label
+    cdef int64_t _active
+    cdef uint64_t _total
+
+    cpdef int slot(self, str name) except -1
+    cdef void record(self, int slot, int status, int64_t bytes_in, int64_t bytes_out,
+                     double latency_s) noexcept
+    cdef void connection_opened(self) noexcept
+    cdef void connection_closed(self) noexcept
+    cdef void upstream_error(self, int slot, int kind) noexcept
+    cdef int _grow(self) except -1

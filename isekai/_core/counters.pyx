@@ -1,0 +1,179 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Per-worker request counters and latency histograms, in plain C memory.
+
+Strategy
+--------
+Every label that metrics break down by (a route name, "" for unrouted requests) gets a *slot*: an
+index into one contiguous, growable array of ``SlotStats`` structs (request count, status classes,
+bytes in/out, upstream errors, a fixed-bucket latency histogram and its sum). The label -> slot
+mapping is made once, when a snapshot is built (``slot()``, Python), and the hot path carries only
+the integer, so recording a finished request is a handful of C additions: no dict lookup, no Python
+object, no lock (a worker is one thread). Slots are never freed or renumbered, so a slot stays valid
+across config reloads; a route that disappears just stops counting.
+
+The histogram keeps per-bucket (non-cumulative) counts and picks the bucket with a short linear scan
+over a C array of upper bounds (14 of them: a scan beats a binary search at this size). The
+Prometheus shape (cumulative counts, +Inf, sum, count) is produced only by ``snapshot()``, at scrape
+time, which is also the only place that builds Python objects.
+
+The ``cdef`` recorders are ``noexcept`` and never fail: an out-of-range slot is counted in slot 0
+(unrouted) rather than dropped, negative byte counts and negative or NaN latencies count as zero,
+an unknown status counts as "other" and an unknown upstream error kind as "protocol". The active
+connection gauge never goes below zero.
+"""
+
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.stdint cimport int64_t, uint64_t
+from libc.string cimport memset
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0)
+
+cdef double _BOUNDS[N_BUCKETS]
+for _i, _b in enumerate(LATENCY_BUCKETS):
+    _BOUNDS[_i] = _b
+
+cdef Py_ssize_t _INITIAL_CAPACITY = 16
+
+
+cdef class Counters:
+    """Counters of one worker; ``snapshot()`` turns them into plain Python data."""
+
+    def __cinit__(self):
+        self._stats = <SlotStats*>PyMem_Malloc(_INITIAL_CAPACITY * sizeof(SlotStats))
+        if self._stats == NULL:
+            raise MemoryError()
+        memset(self._stats, 0, _INITIAL_CAPACITY * sizeof(SlotStats))
+        self._capacity = _INITIAL_CAPACITY
+        self._size = 0
+        self._slots = {}
+        self._names = []
+        self._active = 0
+        self._total = 0
+
+    def __init__(self):
+        if self._size == 0:
+            self.slot("")
+
+    def __dealloc__(self):
+        PyMem_Free(self._stats)
+        self._stats = NULL
+
+    cdef int _grow(self) except -1:
+        cdef Py_ssize_t cap = self._capacity * 2
+        cdef SlotStats* stats = <SlotStats*>PyMem_Realloc(self._stats, cap * sizeof(SlotStats))
+        if stats == NULL:
+            raise MemoryError()
+        memset(stats + self._capacity, 0, (cap - self._capacity) * sizeof(SlotStats))
+        self._stats = stats
+        self._capacity = cap
+        return 0
+
+    cpdef int slot(self, str name) except -1:
+        """The slot index of ``name``, allocating one on first use; "" is slot 0."""
+        cdef object found
+        cdef int index
+        if name is None:
+            raise TypeError("slot name must be a str")
+        found = self._slots.get(name)
+        if found is not None:
+            return <int>found
+        if self._size >= 0x7FFFFFFF:
+            raise OverflowError("too many counter slots")
+        if self._size == self._capacity:
+            self._grow()
+        index = <int>self._size
+        self._slots[name] = index
+        self._names.append(name)
+        self._size += 1
+        return index
+
+    cdef void record(self, int slot, int status, int64_t bytes_in, int64_t bytes_out,
+                     double latency_s) noexcept:
+        cdef SlotStats* s
+        cdef int cls = status // 100
+        cdef int i = 0
+        if slot < 0 or slot >= self._size:
+            slot = 0
+        s = &self._stats[slot]
+        s.requests += 1
+        if status < 100 or cls > 5:
+            cls = 0
+        s.status[cls] += 1
+        if bytes_in > 0:
+            s.bytes_in += <uint64_t>bytes_in
+        if bytes_out > 0:
+            s.bytes_out += <uint64_t>bytes_out
+        if not latency_s >= 0.0:          # negative or NaN
+            latency_s = 0.0
+        while i < N_BUCKETS and latency_s > _BOUNDS[i]:
+            i += 1
+        s.latency[i] += 1
+        s.latency_sum += latency_s
+
+    def record_py(self, int slot, int status, int64_t bytes_in, int64_t bytes_out,
+                  double latency_s):
+        """Python entry to ``record`` (tests, Python-side callers)."""
+        self.record(slot, status, bytes_in, bytes_out, latency_s)
+
+    cdef void connection_opened(self) noexcept:
+        self._active += 1
+        self._total += 1
+
+    cdef void connection_closed(self) noexcept:
+        if self._active > 0:
+            self._active -= 1
+
+    cdef void upstream_error(self, int slot, int kind) noexcept:
+        if slot < 0 or slot >= self._size:
+            slot = 0
+        if kind < 0 or kind >= N_UPSTREAM_ERRORS:
+            kind = 2
+        self._stats[slot].upstream[kind] += 1
+
+    def connection_opened_py(self):
+        """Python entry to ``connection_opened``."""
+        self.connection_opened()
+
+    def connection_closed_py(self):
+        """Python entry to ``connection_closed``."""
+        self.connection_closed()
+
+    def upstream_error_py(self, int slot, int kind):
+        """Python entry to ``upstream_error``."""
+        self.upstream_error(slot, kind)
+
+    def snapshot(self):
+        """All counters as plain data, histograms cumulative (Prometheus shape)."""
+        cdef SlotStats* s
+        cdef Py_ssize_t k
+        cdef int i
+        cdef uint64_t cum
+        slots = {}
+        for k in range(self._size):
+            s = &self._stats[k]
+            buckets = []
+            cum = 0
+            for i in range(N_BUCKETS):
+                cum += s.latency[i]
+                buckets.append((_BOUNDS[i], cum))
+            cum += s.latency[N_BUCKETS]
+            buckets.append((float("inf"), cum))
+            slots[self._names[k]] = {
+                "requests": s.requests,
+                "status": {
+                    "1xx": s.status[1], "2xx": s.status[2], "3xx": s.status[3],
+                    "4xx": s.status[4], "5xx": s.status[5], "other": s.status[0],
+                },
+                "bytes_in": s.bytes_in,
+                "bytes_out": s.bytes_out,
+                "upstream_errors": {
+                    "connect": s.upstream[0], "timeout": s.upstream[1],
+                    "protocol": s.upstream[2],
+                },
+                "latency": {"buckets": buckets, "sum": s.latency_sum, "count": cum},
+            }
+        return {"connections": {"active": self._active, "total": self._total}, "slots": slots}
+
+    def __len__(self):
+        return self._size

@@ -1,0 +1,30 @@
+"""Host + path + method route table (compiled; see router.pyx for the matching rules)."""
+
+from typing import Any
+
+class Router:
+    def __init__(self) -> None: ...
+    def add(
+        self, host: str | None, methods: tuple[str, ...] | None, pattern: str, value: Any
+    ) -> None:
+        """Add a route.
+
+        host: None (any), "api.example.com" (exact) or "*.example.com" (any subdomain depth,
+        not the bare domain). methods: None (any) or method names; GET also answers HEAD unless
+        HEAD is routed separately. pattern: "/a/b", "/users/{id}" (whole segments), "/files/*"
+        (matches "/files/" + anything, not "/files").
+
+        Raises RouteConflictError on an exact tie (same host, same shape ignoring param names,
+        overlapping methods) and ConfigError on malformed input.
+        """
+    def match(
+        self, host: bytes, method: bytes, path: bytes
+    ) -> tuple[Any, dict[str, str] | None] | tuple[None, bytes] | None:
+        """Match a request.
+
+        host is the raw Host header (port and case ignored); path excludes the query string.
+        Returns (value, params) on a match (params None when the pattern has no params or
+        wildcard; the wildcard tail is under "*"), (None, b"GET, HEAD, ...") when only the
+        method is wrong (405), or None (404).
+        """
+    def __len__(self) -> int: ...

@@ -1,0 +1,201 @@
+"""Head parsing and request rules of DownstreamProtocol, fed bytes through an in-memory transport.
+
+These cases need no upstream: every route answers directly, so what the protocol wrote back is
+the whole observable behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from isekai._core.counters import Counters
+from isekai._core.protocol import CoreRoute, DownstreamProtocol, ServerState
+from isekai._core.router import Router
+
+
+class MemoryTransport:
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closed = False
+        self.reading = True
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def writelines(self, parts) -> None:
+        for part in parts:
+            self.write(part)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def get_extra_info(self, name: str):
+        return ("127.0.0.1", 40000) if name == "peername" else None
+
+
+COUNTERS = Counters()
+
+
+def direct(name: str, body: bytes, status: int = 200) -> CoreRoute:
+    route = CoreRoute(name, COUNTERS.slot(name))
+    route.direct = True
+    route.respond_status = status
+    route.respond_head = b"HTTP/1.1 %d OK\r\ncontent-type: text/plain\r\n" % status
+    route.respond_body = body
+    return route
+
+
+@pytest.fixture
+def state():
+    router = Router()
+    router.add(None, None, "/hello", direct("hello", b"hi"))
+    router.add(None, ("POST",), "/submit", direct("submit", b"got it"))
+    st = ServerState(router, COUNTERS, None)
+    st.max_request_line = 100
+    st.max_header_count = 10
+    st.max_header_bytes = 500
+    return st
+
+
+def serve(state, *chunks: bytes):
+    proto = DownstreamProtocol(state)
+    transport = MemoryTransport()
+    proto.connection_made(transport)
+    for chunk in chunks:
+        proto.data_received(chunk)
+    return bytes(transport.written), transport
+
+
+def status_of(written: bytes) -> int:
+    return int(written.split(b" ", 2)[1])
+
+
+def test_protocol_direct_response_keepalive(state):
+    out, transport = serve(state, b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert out.endswith(b"\r\n\r\nhi")
+    assert b"content-length: 2\r\n" in out
+    assert not transport.closed
+
+
+def test_protocol_pipelined_requests_in_one_packet(state):
+    out, _ = serve(state, b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n" * 3)
+    assert out.count(b"HTTP/1.1 200 OK") == 3
+
+
+def test_protocol_request_split_across_packets(state):
+    raw = b"POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nbody"
+    out, _ = serve(state, *[raw[i : i + 3] for i in range(0, len(raw), 3)])
+    assert out.endswith(b"got it")
+
+
+def test_protocol_http10_closes_after_response(state):
+    out, transport = serve(state, b"GET /hello HTTP/1.0\r\n\r\n")
+    assert status_of(out) == 200
+    assert b"connection: close" in out
+    assert transport.closed
+
+
+def test_protocol_connection_close_honoured(state):
+    out, transport = serve(state, b"GET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert b"connection: close" in out and transport.closed
+
+
+@pytest.mark.parametrize(
+    "raw, status",
+    [
+        (b"GET /hello HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without Host
+        (b"GET /hello HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET /hello HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n", 400),
+        (b"GET /hello HTTP/1.1\r\nHost: a\r\nX: 1\r\n folded\r\n\r\n", 400),
+        (b"GET /hello HTTP/1.1\r\nHost : a\r\n\r\n", 400),
+        (b"POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+        (b"POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n", 400),
+        (
+            b"POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        (b"POST /missing HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 404),
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET /" + b"a" * 200 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
+        (b"GET /hello HTTP/1.1\r\nHost: a\r\n" + b"X-A: 1\r\n" * 11 + b"\r\n", 431),
+        (b"GET /hello HTTP/1.1\r\nHost: a\r\nX-Big: " + b"v" * 600 + b"\r\n\r\n", 431),
+        (b"GET /hello HTTP/1.1\r\nHost: a\r\nExpect: something-else\r\n\r\n", 417),
+    ],
+)
+def test_protocol_rejects_bad_heads(state, raw, status):
+    out, transport = serve(state, raw)
+    assert status_of(out) == status, out
+    doc = json.loads(out.split(b"\r\n\r\n", 1)[1])
+    assert doc["success"] is False and doc["request_id"]
+    assert transport.closed
+
+
+def test_protocol_error_after_good_request_keeps_order(state):
+    out, transport = serve(state, b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\nGARBAGE\r\n\r\n")
+    first, second = out.split(b"HTTP/1.1 ")[1:3]
+    assert first.startswith(b"200") and second.startswith(b"400")
+    assert transport.closed
+
+
+def test_protocol_404_and_405(state):
+    out, _ = serve(state, b"GET /missing HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert status_of(out) == 404
+    out, _ = serve(state, b"GET /submit HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert status_of(out) == 405
+    assert b"allow: POST\r\n" in out
+
+
+def test_protocol_absolute_form_target_uses_its_authority(state):
+    out, _ = serve(state, b"GET http://a.example/hello?x=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert status_of(out) == 200
+
+
+def test_protocol_body_of_unrouted_request_is_discarded(state):
+    raw = b"POST /missing HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
+    out, transport = serve(state, raw, b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert status_of(out) == 404
+    assert out.endswith(b"hi")
+    assert not transport.closed
+
+
+def test_protocol_counts_requests(state):
+    before = state.counters.snapshot()
+    serve(state, b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n" * 2, b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n")
+    snap = state.counters.snapshot()
+
+    def delta(*keys):
+        a, b = before, snap
+        for k in keys:
+            a, b = a.get(k, {}) if isinstance(a, dict) else 0, b[k]
+        return b - (a or 0)
+
+    assert delta("slots", "hello", "requests") == 2
+    assert delta("slots", "hello", "status", "2xx") == 2
+    assert delta("slots", "", "status", "4xx") == 1
+    assert delta("connections", "total") == 1
+
+
+def test_protocol_max_requests_per_connection(state):
+    state.max_requests_per_connection = 2
+    out, transport = serve(state, b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n" * 3)
+    assert out.count(b"HTTP/1.1 200") == 2
+    assert b"connection: close" in out
+    assert transport.closed
+
+
+def test_protocol_request_id_from_client_is_echoed(state):
+    out, _ = serve(state, b"GET /hello HTTP/1.1\r\nHost: a\r\nX-Request-ID: r-1\r\n\r\n")
+    assert b"x-request-id: r-1\r\n" in out
