@@ -286,6 +286,8 @@ cdef class DownstreamProtocol:
             if offset < len(data):
                 self.data_received(data[offset:])
         except httptools.HttpParserCallbackError:
+            if self.closing:
+                return
             if self.reject_status:
                 self.reject(self.reject_status, self.reject_message)
             else:
@@ -323,6 +325,8 @@ cdef class DownstreamProtocol:
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_message_begin(self):
+        if self.closing:
+            raise _Reject("connection is closing")  # stops the parser; nothing more is read
         cdef ProxyRequest req = ProxyRequest.__new__(ProxyRequest)
         req.proto = self
         req.headers = []
@@ -656,12 +660,13 @@ cdef class DownstreamProtocol:
             if req.conn is not None:
                 req.conn.pool.release(req.conn, False)
                 req.conn = None
+            if req.response_started or req.response_done:
+                # The answer is out already; the rest of the stream cannot be trusted.
+                self.close()
+                return 0
             self.active = req
             req.started = True
             req.close_after = True
-            if req.response_started:
-                self.close()
-                return 0
             self.send_error(req, status, message)
         else:
             self.queue.clear()
