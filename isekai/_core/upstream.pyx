@@ -329,6 +329,7 @@ cdef class Pool:
 
     def close(self):
         """Close idle connections now and busy ones as they finish."""
+        cdef UpstreamProtocol conn
         self.closed = True
         _pools.discard(self)
         for conn in list(self.idle):

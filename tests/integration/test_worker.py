@@ -1,0 +1,106 @@
+"""A Worker in this process (its own uvloop thread): counters and snapshot swap, seen from Python."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import threading
+
+import pytest
+import uvloop
+
+from isekai.config.loader import load_config_text
+from isekai.worker import Worker
+
+
+class ThreadedWorker:
+    def __init__(self, yaml_text: str) -> None:
+        self.config = load_config_text(yaml_text)
+        self.loop = uvloop.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.worker = Worker(self.config, self.loop)
+        self.loop.run_until_complete(self.worker.start())
+        self.ready.set()
+        self.loop.run_forever()
+
+    def call(self, fn, *args):
+        return asyncio.run_coroutine_threadsafe(self._call(fn, *args), self.loop).result(10)
+
+    async def _call(self, fn, *args):
+        return fn(*args)
+
+    def __enter__(self):
+        self.thread.start()
+        assert self.ready.wait(10)
+        self.port = self.worker.addresses[0][2]
+        return self
+
+    def __exit__(self, *exc):
+        asyncio.run_coroutine_threadsafe(self.worker.drain(1.0), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", path)
+    resp = c.getresponse()
+    return resp.status, resp.read()
+
+
+@pytest.fixture
+def worker(upstream):
+    text = f"""
+    listeners: [{{name: public, bind: "127.0.0.1:0"}}]
+    upstreams:
+      app: {{targets: ["127.0.0.1:{upstream.port}"]}}
+      dead: {{targets: ["127.0.0.1:1"]}}
+    routes:
+      - {{name: app, match: {{path: "/app/*"}}, upstream: app, strip_prefix: /app}}
+      - {{name: dead, match: {{path: "/dead"}}, upstream: dead}}
+    """
+    with ThreadedWorker(text) as tw:
+        yield tw
+
+
+def test_worker_counters_follow_traffic(worker):
+    for _ in range(3):
+        assert get(worker.port, "/app/bytes/100") == (200, b"0123456789abcdef" * 6 + b"0123")
+    assert get(worker.port, "/dead")[0] == 502
+    assert get(worker.port, "/nowhere")[0] == 404
+    snap = worker.call(worker.worker.counters.snapshot)
+    app = snap["slots"]["app"]
+    assert app["requests"] == 3
+    assert app["status"]["2xx"] == 3
+    assert app["bytes_out"] == 300
+    assert app["latency"]["count"] == 3
+    assert snap["slots"]["dead"]["status"]["5xx"] == 1
+    assert snap["slots"]["dead"]["upstream_errors"]["connect"] == 1
+    assert snap["slots"][""]["status"]["4xx"] == 1
+    assert snap["connections"]["total"] == 5
+
+
+def test_worker_swap_applies_new_routes_to_open_connections(worker, upstream):
+    c = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=10)
+    c.request("GET", "/new")
+    first = c.getresponse()
+    first.read()
+    assert first.status == 404
+    new_config = load_config_text(
+        f"""
+        listeners: [{{name: public, bind: "127.0.0.1:0"}}]
+        upstreams:
+          app: {{targets: ["127.0.0.1:{upstream.port}"]}}
+        routes:
+          - {{name: new, match: {{path: "/new"}}, respond: {{body: fresh}}}}
+        """
+    )
+    snapshot = worker.call(worker.worker.swap, new_config)
+    assert snapshot.version == 2
+    c.request("GET", "/new")  # same keep-alive connection, new snapshot
+    resp = c.getresponse()
+    assert (resp.status, resp.read()) == (200, b"fresh")
