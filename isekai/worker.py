@@ -83,9 +83,7 @@ class Worker:
 
     def _tick_downstream(self) -> None:
         self.state.sweep()
-        self._timers.append(
-            self.loop.call_later(DOWNSTREAM_SWEEP_INTERVAL, self._tick_downstream)
-        )
+        self._timers.append(self.loop.call_later(DOWNSTREAM_SWEEP_INTERVAL, self._tick_downstream))
 
     def in_flight(self) -> int:
         return sum(1 for proto in self.state.connections if proto.busy)
@@ -127,7 +125,5 @@ async def _serve(config: Config) -> int:
 def serve(config: Config) -> int:
     """Run the gateway for ``config`` in this process until SIGINT/SIGTERM; return the exit code."""
     if config.workers != 1:
-        log.warning(
-            "workers: %d requested; this build runs one worker process", config.workers
-        )
+        log.warning("workers: %d requested; this build runs one worker process", config.workers)
     return uvloop.run(_serve(config))

@@ -1,0 +1,34 @@
+"""Configuration: the typed schema, the YAML loader and the value parsers.
+
+from isekai.config import load_config
+config = load_config("gateway.yaml")   # raises ConfigError "file:line: path: message"
+"""
+
+from isekai.config.loader import load_config, load_config_text
+from isekai.config.schema import (
+    Config,
+    Limits,
+    Listener,
+    Respond,
+    Route,
+    RouteMatch,
+    Target,
+    Upstream,
+)
+from isekai.config.units import parse_duration, parse_rate, parse_size
+
+__all__ = [
+    "Config",
+    "Limits",
+    "Listener",
+    "Respond",
+    "Route",
+    "RouteMatch",
+    "Target",
+    "Upstream",
+    "load_config",
+    "load_config_text",
+    "parse_duration",
+    "parse_rate",
+    "parse_size",
+]

@@ -125,9 +125,10 @@ def test_proxy_reuses_upstream_connections(gw, upstream):
 
 
 def test_proxy_pipelined_requests_answered_in_order(gw, upstream):
-    raw = b"".join(
-        b"GET /api/echo/%d HTTP/1.1\r\nHost: t\r\n\r\n" % i for i in range(5)
-    ) + b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    raw = (
+        b"".join(b"GET /api/echo/%d HTTP/1.1\r\nHost: t\r\n\r\n" % i for i in range(5))
+        + b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
     with connect(gw.port) as sock:
         sock.sendall(raw)
         data = b""
@@ -137,10 +138,13 @@ def test_proxy_pipelined_requests_answered_in_order(gw, upstream):
     rest = data
     while rest:
         head, _, rest = rest.partition(b"\r\n\r\n")
-        length = int(next(
-            line.split(b":")[1] for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length")
-        ))
+        length = int(
+            next(
+                line.split(b":")[1]
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+        )
         bodies.append(rest[:length])
         rest = rest[length:]
     assert [json.loads(b)["target"] for b in bodies[:5]] == [f"/echo/{i}" for i in range(5)]
@@ -236,7 +240,8 @@ def test_proxy_bodyless_statuses(gw, code):
 def test_proxy_expect_100_continue(gw, upstream):
     with connect(gw.port) as sock:
         sock.sendall(
-            b"POST /api/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+            b"POST /api/echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+            b"Expect: 100-continue\r\n\r\n"
         )
         first = sock.recv(25)
         assert first.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")

@@ -1,4 +1,4 @@
-"""`isekai run`: bound addresses logged, clean exit on SIGINT and SIGTERM, bundled default config."""
+"""`isekai run`: logs its addresses, exits cleanly on SIGINT and SIGTERM, serves the default."""
 
 from __future__ import annotations
 

@@ -93,7 +93,9 @@ def test_streaming_chunked_upload_10mib(gw, upstream):
         sock.sendall(b"0\r\n\r\n")
         status, _, body, _ = read_response(sock, method="POST")
     assert status == 200
-    assert json_body(body)["body_sha256"] == hashlib.sha256(piece * (SIZE // len(piece))).hexdigest()
+    assert (
+        json_body(body)["body_sha256"] == hashlib.sha256(piece * (SIZE // len(piece))).hexdigest()
+    )
 
 
 def test_streaming_download_10mib_to_slow_client_bounded_memory(gw, upstream):

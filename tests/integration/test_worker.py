@@ -1,4 +1,4 @@
-"""A Worker in this process (its own uvloop thread): counters and snapshot swap, seen from Python."""
+"""A Worker in this process (own uvloop thread): counters and snapshot swap seen from Python."""
 
 from __future__ import annotations
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from isekai._core.protocol import CoreRoute, DownstreamProtocol, ServerState
 
 from isekai._core.counters import Counters
-from isekai._core.protocol import CoreRoute, DownstreamProtocol, ServerState
 from isekai._core.router import Router
 
 
@@ -120,7 +120,10 @@ def test_protocol_connection_close_honoured(state):
         (b"GET /hello HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n", 400),
         (b"GET /hello HTTP/1.1\r\nHost: a\r\nX: 1\r\n folded\r\n\r\n", 400),
         (b"GET /hello HTTP/1.1\r\nHost : a\r\n\r\n", 400),
-        (b"POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+        (
+            b"POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            400,
+        ),
         (b"POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n", 400),
         (
             b"POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
@@ -173,7 +176,11 @@ def test_protocol_body_of_unrouted_request_is_discarded(state):
 
 def test_protocol_counts_requests(state):
     before = state.counters.snapshot()
-    serve(state, b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n" * 2, b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n")
+    serve(
+        state,
+        b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n" * 2,
+        b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
     snap = state.counters.snapshot()
 
     def delta(*keys):

@@ -1,0 +1,158 @@
+"""The ``isekai`` command: ``run`` the gateway, ``validate`` a config file.
+
+Every option has the name of the config key it sets (``--workers`` = ``workers``) and an
+``ISEKAI_*`` environment variable used when the option is not given; the order of precedence
+is option, then environment, then the config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.resources
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from isekai.config.loader import load_config
+from isekai.config.schema import Config
+from isekai.errors import ConfigError
+
+__all__ = ["main"]
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+log = logging.getLogger("isekai.cli")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``isekai`` command line with ``argv`` (default ``sys.argv[1:]``).
+
+    Returns the process exit code: 0 success, 1 a config error, 2 a usage error.
+    """
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version or a usage error, already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.handler(args))
+    except _UsageError as exc:
+        print(f"isekai {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _version() -> str:
+    import isekai
+
+    return getattr(isekai, "__version__", "unknown")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="isekai", description="Isekai, an API gateway configured by one YAML file."
+    )
+    parser.add_argument("--version", action="version", version=f"isekai {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="start the gateway",
+        description="Start the gateway. Options override the config file.",
+    )
+    run.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="the YAML config file (env ISEKAI_CONFIG; default: the bundled example)",
+    )
+    run.add_argument(
+        "--workers",
+        metavar="N",
+        help="worker processes, a positive integer or 'auto' (env ISEKAI_WORKERS)",
+    )
+    run.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        help=f"one of {', '.join(LOG_LEVELS)} (env ISEKAI_LOG_LEVEL; default info)",
+    )
+    run.set_defaults(handler=_run)
+
+    validate = commands.add_parser(
+        "validate",
+        help="check a config file without starting anything",
+        description="Check a config file with the same code `run` uses; exit 1 if it is wrong.",
+    )
+    validate.add_argument("file", metavar="FILE", nargs="?", help="the file (env ISEKAI_CONFIG)")
+    validate.set_defaults(handler=_validate)
+    return parser
+
+
+def _setting(value: str | None, env: str) -> str | None:
+    # the option's value if given, else the environment variable's if set and not empty
+    return value if value is not None else (os.environ.get(env) or None)
+
+
+def _workers(text: str) -> int:
+    if text.strip() == "auto":
+        return os.cpu_count() or 1
+    try:
+        workers = int(text)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise _UsageError(f"workers must be a positive integer or 'auto', got {text!r}")
+    return workers
+
+
+def _validate(args: argparse.Namespace) -> int:
+    file = _setting(args.file, "ISEKAI_CONFIG")
+    if file is None:
+        raise _UsageError("give the FILE to check (or set ISEKAI_CONFIG)")
+    try:
+        config = load_config(file)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(
+        f"{file}: OK ({len(config.routes)} routes, {len(config.upstreams)} upstreams, "
+        f"{len(config.listeners)} listeners)"
+    )
+    return 0
+
+
+def _load(file: str | None) -> Config:
+    if file is not None:
+        return load_config(file)
+    default = importlib.resources.files("isekai").joinpath("default.yaml")
+    with importlib.resources.as_file(default) as path:
+        log.info("no config file given (-c FILE or ISEKAI_CONFIG): using %s", path)
+        return load_config(path)
+
+
+def _run(args: argparse.Namespace) -> int:
+    level = (_setting(args.log_level, "ISEKAI_LOG_LEVEL") or "info").lower()
+    if level not in LOG_LEVELS:
+        raise _UsageError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    workers = _setting(args.workers, "ISEKAI_WORKERS")
+    worker_count = _workers(workers) if workers is not None else None
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+    try:
+        config = _load(_setting(args.config, "ISEKAI_CONFIG"))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if worker_count is not None:
+        config = dataclasses.replace(config, workers=worker_count)
+    from isekai.worker import serve
+
+    return serve(config)

@@ -1,0 +1,46 @@
+"""Every default value of the config, in one place.
+
+``schema`` uses these as dataclass defaults and ``loader`` fills omitted keys from them;
+``docs/configuration.md`` lists the same numbers. Durations are float seconds, sizes int bytes.
+"""
+
+from __future__ import annotations
+
+KiB = 1024
+MiB = 1024 * KiB
+
+# limits: (DESIGN.md section 11)
+MAX_REQUEST_LINE = 8 * KiB
+MAX_HEADER_BYTES = 32 * KiB
+MAX_HEADER_COUNT = 100
+HEADER_READ_TIMEOUT = 10.0
+BODY_IDLE_TIMEOUT = 30.0
+MAX_BODY_SIZE = 10 * MiB
+KEEPALIVE_TIMEOUT = 75.0
+MAX_REQUESTS_PER_CONNECTION = 10_000
+MAX_CONNECTIONS = 10_000  # client connections per worker
+
+# upstreams:
+UPSTREAM_SCHEME = "http"
+UPSTREAM_SCHEMES = ("http",)  # the schemes accepted so far
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 30.0
+UPSTREAM_MAX_CONNECTIONS = 1024  # per target
+UPSTREAM_MAX_KEEPALIVE_CONNECTIONS = 128  # per target, idle ones kept
+KEEPALIVE_EXPIRY = 60.0
+
+# listeners: used when the file has no `listeners` key
+LISTENER_NAME = "public"
+LISTENER_BIND = "0.0.0.0:8080"
+LISTENER_HOST = "0.0.0.0"
+LISTENER_PORT = 8080
+
+# top level
+WORKERS = 1
+SHUTDOWN_TIMEOUT = 30.0
+TRUSTED_PROXIES: tuple[str, ...] = ()
+
+# respond:
+RESPOND_STATUS = 200
+TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
+JSON_CONTENT_TYPE = "application/json"

@@ -1,0 +1,150 @@
+"""The typed, immutable form of a config file: one frozen dataclass per YAML object.
+
+Field names are the YAML keys. Durations are float seconds, sizes int bytes. Instances are
+built by ``isekai.config.loader`` (which validates everything); the classes themselves do not
+re-validate, so code that builds them by hand is trusted to pass sane values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from isekai.config import defaults
+
+__all__ = [
+    "Config",
+    "Limits",
+    "Listener",
+    "Respond",
+    "Route",
+    "RouteMatch",
+    "Target",
+    "Upstream",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Protocol limits applied to every client connection (DESIGN.md section 11)."""
+
+    max_request_line: int = defaults.MAX_REQUEST_LINE
+    max_header_bytes: int = defaults.MAX_HEADER_BYTES
+    max_header_count: int = defaults.MAX_HEADER_COUNT
+    header_read_timeout: float = defaults.HEADER_READ_TIMEOUT
+    body_idle_timeout: float = defaults.BODY_IDLE_TIMEOUT
+    max_body_size: int = defaults.MAX_BODY_SIZE
+    keepalive_timeout: float = defaults.KEEPALIVE_TIMEOUT
+    max_requests_per_connection: int = defaults.MAX_REQUESTS_PER_CONNECTION
+    max_connections: int = defaults.MAX_CONNECTIONS
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """A socket clients connect to. ``bind`` is as written; ``host``/``port`` are parsed from it.
+
+    ``host`` has no brackets for IPv6 (``::1``); ``port`` 0 asks the OS for a free port.
+    """
+
+    name: str
+    bind: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One upstream server address."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """A named group of targets the gateway proxies to, with its connection settings."""
+
+    name: str
+    targets: tuple[Target, ...]
+    scheme: str = defaults.UPSTREAM_SCHEME
+    connect_timeout: float = defaults.CONNECT_TIMEOUT
+    read_timeout: float = defaults.READ_TIMEOUT
+    max_connections: int = defaults.UPSTREAM_MAX_CONNECTIONS
+    max_keepalive_connections: int = defaults.UPSTREAM_MAX_KEEPALIVE_CONNECTIONS
+    keepalive_expiry: float = defaults.KEEPALIVE_EXPIRY
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """What a request must look like to take a route.
+
+    ``path`` is a pattern (``/users/{id}``, ``/static/*``); ``host`` is exact or ``*.suffix``,
+    lower-case, ``None`` for any host; ``methods`` are upper-case, ``None`` for any method.
+    """
+
+    path: str
+    host: str | None = None
+    methods: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Respond:
+    """A fixed response the gateway sends itself, without an upstream."""
+
+    status: int = defaults.RESPOND_STATUS
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A match plus what to do with matching requests: proxy to ``upstream`` or ``respond``.
+
+    ``strip_prefix`` is removed from the start of the path before proxying; ``rewrite`` is a
+    template (``{param}`` names from the path, ``{*}`` for the wildcard tail) producing the new
+    path; ``timeout`` overrides the upstream's ``read_timeout``; ``index`` is the position in
+    the ``routes`` list.
+    """
+
+    name: str
+    match: RouteMatch
+    upstream: str | None = None
+    strip_prefix: str | None = None
+    rewrite: str | None = None
+    timeout: float | None = None
+    respond: Respond | None = None
+    index: int = 0
+
+
+def _default_listeners() -> tuple[Listener, ...]:
+    return (
+        Listener(
+            name=defaults.LISTENER_NAME,
+            bind=defaults.LISTENER_BIND,
+            host=defaults.LISTENER_HOST,
+            port=defaults.LISTENER_PORT,
+        ),
+    )
+
+
+def _no_upstreams() -> Mapping[str, Upstream]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A whole, validated gateway configuration.
+
+    ``upstreams`` is a read-only mapping from name to ``Upstream``; ``source`` names the file
+    it came from (``<string>`` when loaded from text).
+    """
+
+    listeners: tuple[Listener, ...] = field(default_factory=_default_listeners)
+    upstreams: Mapping[str, Upstream] = field(default_factory=_no_upstreams)
+    routes: tuple[Route, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    workers: int = defaults.WORKERS
+    shutdown_timeout: float = defaults.SHUTDOWN_TIMEOUT
+    trusted_proxies: tuple[str, ...] = defaults.TRUSTED_PROXIES
+    source: str = "<string>"

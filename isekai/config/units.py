@@ -1,0 +1,373 @@
+"""The grammar of single config values: units, addresses and route patterns.
+
+Durations become float seconds, sizes int bytes, rates float events per second; addresses,
+host patterns, path patterns, methods and rewrite templates are checked and normalised.
+Each parser takes one value as YAML produced it and raises ``ValueError`` with a message
+meant for humans; the loader adds the file, line and path. Nothing here knows about YAML.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from decimal import Decimal, InvalidOperation
+from typing import NamedTuple
+
+__all__ = [
+    "KNOWN_METHODS",
+    "PathPattern",
+    "check_rewrite",
+    "parse_address",
+    "parse_cidr",
+    "parse_duration",
+    "parse_host_pattern",
+    "parse_method",
+    "parse_path_pattern",
+    "parse_rate",
+    "parse_size",
+    "parse_strip_prefix",
+]
+
+_DURATION_UNITS = {"ms": Decimal("0.001"), "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+")
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, int):
+        return f"an integer ({value})"
+    if isinstance(value, float):
+        return f"a number ({value})"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+def _finite_number(value: object) -> Decimal | None:
+    """The value as a Decimal when it is an int or float (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a finite number")
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+
+
+def parse_duration(value: object) -> float:
+    """Parse ``250ms``, ``10s``, ``5m``, ``1h``, ``1m30s`` or a plain number of seconds.
+
+    Returns float seconds; raises ``ValueError`` for anything else, including negatives.
+    """
+    number = _finite_number(value)
+    if number is None:
+        if not isinstance(value, str):
+            raise ValueError(
+                f"expected a duration like 250ms, 10s, 5m or 1h, got {_describe(value)}"
+            )
+        text = value.strip()
+        if _NUMBER.fullmatch(text):
+            number = Decimal(text)
+        elif _DURATION.fullmatch(text):
+            number = sum(
+                (Decimal(amount) * _DURATION_UNITS[unit])
+                for amount, unit in _DURATION_PART.findall(text)
+            )
+        else:
+            raise ValueError(
+                f"bad duration {value!r}: use a number with a unit (ms, s, m, h) like 250ms, "
+                "10s, 5m, 1h or 1m30s, or a plain number of seconds"
+            )
+    if number < 0:
+        raise ValueError(f"duration {value!r} must not be negative")
+    return float(number)
+
+
+def parse_size(value: object) -> int:
+    """Parse ``512``, ``10KB`` (10*1000), ``8KiB`` (8*1024), ``1MiB``, ``1GiB`` ... into int bytes.
+
+    Decimal units are B, KB, MB, GB, TB; binary ones KiB, MiB, GiB, TiB (case does not matter).
+    Raises ``ValueError`` for negatives, unknown units and fractions of a byte.
+    """
+    number = _finite_number(value)
+    if number is not None:
+        if number < 0:
+            raise ValueError(f"size {value!r} must not be negative")
+        if number != number.to_integral_value():
+            raise ValueError(f"size {value!r} is not a whole number of bytes")
+        return int(number)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a size like 512, 8KiB or 1MiB, got {_describe(value)}")
+    match = _SIZE.fullmatch(value.strip().lower())
+    if match is None or match.group(2) not in _SIZE_UNITS:
+        raise ValueError(
+            f"bad size {value!r}: use a number of bytes or a number with a unit "
+            "(KB, MB, GB = powers of 1000; KiB, MiB, GiB = powers of 1024) like 8KiB or 10MB"
+        )
+    try:
+        total = Decimal(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    except InvalidOperation as exc:  # pragma: no cover - the regex only lets digits through
+        raise ValueError(f"bad size {value!r}") from exc
+    if total != total.to_integral_value():
+        raise ValueError(f"size {value!r} is not a whole number of bytes")
+    return int(total)
+
+
+def parse_rate(value: object) -> float:
+    """Parse ``100/s``, ``10/m``, ``5000/h`` or ``30/10s`` into float events per second.
+
+    The part after ``/`` is a unit (ms, s, m, h) or any duration. Raises ``ValueError``
+    for plain numbers (the period must be explicit), zero or negative rates and bad periods.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"expected a rate like 100/s or 10/m, got {_describe(value)}")
+    if "/" not in value:
+        raise ValueError(f"bad rate {value!r}: write a count per period like 100/s, 10/m or 30/10s")
+    count_text, _, period_text = value.strip().partition("/")
+    count_text, period_text = count_text.strip(), period_text.strip()
+    if not _NUMBER.fullmatch(count_text):
+        raise ValueError(f"bad rate {value!r}: {count_text!r} is not a count")
+    if period_text in _DURATION_UNITS:
+        period = float(_DURATION_UNITS[period_text])
+    else:
+        try:
+            period = parse_duration(period_text)
+        except ValueError:
+            raise ValueError(
+                f"bad rate {value!r}: the period {period_text!r} must be a unit "
+                "(ms, s, m, h) or a duration like 10s"
+            ) from None
+    count = float(Decimal(count_text))
+    if count <= 0:
+        raise ValueError(f"rate {value!r} must be positive")
+    if period <= 0:
+        raise ValueError(f"rate {value!r} has a zero period")
+    return count / period
+
+
+# -- addresses --------------------------------------------------------------------------------
+
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_\-]{0,61}[a-z0-9_])?")
+
+
+def _is_host_name(host: str) -> bool:
+    labels = host.split(".")
+    if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return False
+    if all(label.isdigit() for label in labels):  # looks like IPv4, so must be one
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return False
+    return True
+
+
+def parse_address(text: str, *, bind: bool = False) -> tuple[str, int]:
+    """Split ``host:port`` into ``(host, port)``; IPv6 goes in brackets (``[::1]:8080``).
+
+    With ``bind=True`` (listeners) the host may be empty (``:8080`` = ``0.0.0.0``) and the port
+    may be 0; otherwise (upstream targets) both are required and the port is 1..65535.
+    The returned host is lower-case, and without brackets for IPv6.
+    """
+    example = "0.0.0.0:8080, [::1]:8080 or :8080" if bind else "10.0.0.5:9000 or users.internal:80"
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket:
+            raise ValueError(f"bad address {text!r}: missing ']' after the IPv6 address")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"bad address {text!r}: {host!r} is not an IPv6 address") from None
+        if not rest.startswith(":"):
+            raise ValueError(f"bad address {text!r}: missing ':port' (write like {example})")
+        port_text = rest[1:]
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon:
+            raise ValueError(f"bad address {text!r}: missing ':port' (write like {example})")
+        if ":" in host:
+            raise ValueError(
+                f"bad address {text!r}: put an IPv6 address in brackets, like [::1]:80"
+            )
+        if not host:
+            if not bind:
+                raise ValueError(f"bad address {text!r}: missing host (write like {example})")
+            host = "0.0.0.0"  # all IPv4 addresses, as defaults.LISTENER_HOST
+        elif not _is_host_name(host.lower()):
+            raise ValueError(f"bad address {text!r}: {host!r} is not a host name or IP address")
+    lowest = 0 if bind else 1
+    if not (port_text.isascii() and port_text.isdigit()) or not lowest <= int(port_text) <= 65535:
+        raise ValueError(f"bad address {text!r}: the port must be a number from {lowest} to 65535")
+    return host.lower(), int(port_text)
+
+
+def parse_cidr(text: str) -> str:
+    """Validate an IPv4/IPv6 network (``10.0.0.0/8``; a bare address is a /32 or /128).
+
+    Returns its normal form; host bits set (``10.0.0.1/8``) are an error.
+    """
+    try:
+        return str(ipaddress.ip_network(text))
+    except ValueError as exc:
+        hint = ""
+        try:
+            hint = f"; did you mean {ipaddress.ip_network(text, strict=False)}?"
+        except ValueError:
+            pass
+        raise ValueError(f"bad CIDR {text!r}: {exc}{hint}") from None
+
+
+# -- route matching -----------------------------------------------------------------------------
+
+KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SEGMENT = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()+,;=:@]|%[0-9A-Fa-f]{2})*")  # pchar minus '*'
+_TEMPLATE_REF = re.compile(r"\{([^{}]*)\}")
+
+
+def parse_host_pattern(text: str) -> str:
+    """Validate a route host: exact (``api.example.com``) or ``*.example.com``; lower-cased."""
+    host = text.lower()
+    if host == "*":
+        raise ValueError("leave 'host' out to match any host")
+    if ":" in host:
+        raise ValueError(f"host {text!r} must not include a port")
+    name = host[2:] if host.startswith("*.") else host
+    if "*" in name:
+        raise ValueError(
+            f"bad host {text!r}: a wildcard is only allowed as the whole first label, "
+            "as in *.example.com"
+        )
+    if not _is_host_name(name):
+        raise ValueError(f"bad host {text!r}: not a valid host name")
+    return host
+
+
+def parse_method(text: str) -> str:
+    """A standard method in any case (returned upper-cased) or an upper-case RFC 9110 token."""
+    if text.upper() in KNOWN_METHODS:
+        return text.upper()
+    if _TOKEN.fullmatch(text) and text.isupper():
+        return text
+    raise ValueError(
+        f"unknown method {text!r}: use {', '.join(KNOWN_METHODS)} "
+        "or an extension method token in upper case"
+    )
+
+
+class PathPattern(NamedTuple):
+    """A checked ``match.path`` pattern, as ``parse_path_pattern`` sees it."""
+
+    literal: str  # the text before the first '{' or '*'
+    params: tuple[str, ...]  # {param} names in order
+    wildcard: bool  # ends in '/*'
+    shape: str  # the pattern with every {param} written '{}': equal shapes match equal paths
+
+
+def parse_path_pattern(path: str) -> PathPattern:
+    """Check a route path: starts with '/', ``{name}`` and ``*`` only as whole segments,
+    ``*`` only last, identifier parameter names used once, no empty segments."""
+    if not path.startswith("/"):
+        raise ValueError(f"the path pattern must start with '/', got {path!r}")
+    segments = path[1:].split("/")
+    params: list[str] = []
+    shape: list[str] = []
+    for i, segment in enumerate(segments):
+        last = i == len(segments) - 1
+        if segment == "*":
+            if not last:
+                raise ValueError("'*' must be the last segment, as in /static/*")
+            shape.append("*")
+        elif segment.startswith("{") and segment.endswith("}"):
+            name = segment[1:-1]
+            if not _IDENT.fullmatch(name):
+                raise ValueError(
+                    f"bad parameter {segment!r}: the name must be letters, digits and '_', "
+                    "not starting with a digit"
+                )
+            if name in params:
+                raise ValueError(f"parameter {{{name}}} appears twice")
+            params.append(name)
+            shape.append("{}")
+        elif "{" in segment or "}" in segment:
+            raise ValueError(
+                f"segment {segment!r}: a parameter must be a whole segment, as in /users/{{id}}"
+            )
+        elif "*" in segment:
+            raise ValueError(f"segment {segment!r}: '*' must be a whole segment, as in /static/*")
+        elif not segment and not last:
+            raise ValueError(f"empty segment ('//') in {path!r}")
+        elif not _SEGMENT.fullmatch(segment):
+            raise ValueError(
+                f"segment {segment!r} has characters not allowed in a URL path "
+                "(no spaces, '?' or '#'; percent-encode others)"
+            )
+        else:
+            shape.append(segment)
+    cut = min((i for i in (path.find("{"), path.find("*")) if i >= 0), default=len(path))
+    return PathPattern(path[:cut], tuple(params), shape[-1] == "*", "/" + "/".join(shape))
+
+
+def parse_strip_prefix(value: str | bool, pattern: PathPattern) -> str | None:
+    """``true`` -> the pattern's literal part without its trailing '/'; ``false`` -> None;
+    a string must start with '/' and be a prefix of the literal part."""
+    if value is False:
+        return None
+    if value is True:
+        prefix = pattern.literal.rstrip("/")
+        if not prefix:
+            raise ValueError("true strips nothing here: match.path has no literal prefix")
+        return prefix
+    if not value.startswith("/"):
+        raise ValueError(f"strip_prefix {value!r} must start with '/'")
+    if not pattern.literal.startswith(value):
+        raise ValueError(
+            f"{value!r} is not a prefix of the literal part of match.path ({pattern.literal!r})"
+        )
+    return value
+
+
+def check_rewrite(template: str, pattern: PathPattern) -> str:
+    """Check a rewrite path template against the route's path pattern; return it unchanged.
+
+    ``{name}`` must be a parameter of the pattern, ``{*}`` needs a pattern ending in ``/*``.
+    """
+    if not template.startswith("/"):
+        raise ValueError(f"rewrite {template!r} must start with '/'")
+    if "?" in template or "#" in template:
+        raise ValueError("rewrite is a path: no '?' or '#' (the query string is passed on as is)")
+    for ref in _TEMPLATE_REF.findall(template):
+        if ref == "*":
+            if not pattern.wildcard:
+                raise ValueError("{*} needs a match.path ending in '/*'")
+        elif ref not in pattern.params:
+            known = ", ".join(pattern.params) or "none"
+            raise ValueError(f"{{{ref}}} is not a parameter of match.path (parameters: {known})")
+    rest = _TEMPLATE_REF.sub("", template)
+    if "{" in rest or "}" in rest:
+        raise ValueError(f"unbalanced braces in rewrite {template!r}")
+    return template
