@@ -10,11 +10,20 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-install: $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+# Stamps: re-install (and so recompile _core) only when the build inputs change.
+BUILD_INPUTS := pyproject.toml setup.py $(wildcard isekai/_core/*.pyx isekai/_core/*.pxd)
 
-install-dev: $(BIN)/python
+$(VENV)/.installed: $(BIN)/python $(BUILD_INPUTS)
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(BIN)/python $(BUILD_INPUTS)
 	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
 
 run: install
 	$(BIN)/isekai run $(if $(CONFIG),-c $(CONFIG),)

@@ -81,3 +81,41 @@ def test_pool_round_robin_over_targets(start_gateway):
         for _ in range(10):
             assert _get(gw.port, "/status/200") == 200
         assert len(a.requests) == 5 and len(b.requests) == 5
+
+
+def test_pool_connect_timeout_is_504(start_gateway):
+    """A listener whose accept queue is full drops SYNs, so connecting hangs until the timeout."""
+    import socket
+
+    from tests.support.client import json_body, request
+
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(0)
+    port = blackhole.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    time.sleep(0.2)
+    try:
+        gw = start_gateway(
+            f"""
+            listeners: [{{name: public, bind: "127.0.0.1:0"}}]
+            upstreams:
+              hole: {{targets: ["127.0.0.1:{port}"], connect_timeout: 300ms}}
+            routes:
+              - {{name: all, match: {{path: "/*"}}, upstream: hole}}
+            """
+        )
+        started = time.monotonic()
+        status, _, body = request(gw.port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert status == 504
+        assert "connect timed out" in json_body(body)["error"]
+        assert time.monotonic() - started < 3
+    finally:
+        for filler in fillers:
+            filler.close()
+        blackhole.close()
