@@ -19,6 +19,7 @@ MAX_BODY_SIZE = 10 * MiB
 KEEPALIVE_TIMEOUT = 75.0
 MAX_REQUESTS_PER_CONNECTION = 10_000
 MAX_CONNECTIONS = 10_000  # client connections per worker
+WEBSOCKET_IDLE_TIMEOUT = 300.0  # an upgraded tunnel with no traffic either way is closed
 
 # upstreams:
 UPSTREAM_SCHEME = "http"
@@ -39,6 +40,7 @@ LISTENER_PORT = 8080
 WORKERS = 1
 SHUTDOWN_TIMEOUT = 30.0
 TRUSTED_PROXIES: tuple[str, ...] = ()
+PID_FILE: str | None = None
 
 # respond:
 RESPOND_STATUS = 200

@@ -32,6 +32,7 @@ from isekai.config.schema import (
     Listener,
     Respond,
     Route,
+    RouteLimits,
     RouteMatch,
     Target,
     Upstream,
@@ -64,7 +65,9 @@ _LIMIT_KINDS = {
     "keepalive_timeout": "duration",
     "max_requests_per_connection": "count",
     "max_connections": "count",
+    "websocket_idle_timeout": "duration",
 }
+_ROUTE_LIMIT_KEYS = ("max_body_size", "body_idle_timeout", "websocket_idle_timeout")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
@@ -230,6 +233,14 @@ class _Reader:
             return value
         hint = "; quote it to make it a string" if value is not None else ""
         raise self.error(node, path, f"expected {what}, got {self.describe(node)}{hint}")
+
+    def boolean(self, node: Node, path: str) -> bool:
+        value, substituted = self.scalar(node, path, "true or false")
+        if substituted is not None and substituted.strip().lower() in ("true", "false"):
+            return substituted.strip().lower() == "true"
+        if not isinstance(value, bool):
+            raise self.error(node, path, f"expected true or false, got {self.describe(node)}")
+        return value
 
     def integer(self, node: Node, path: str, minimum: int, maximum: int | None = None) -> int:
         what = "an integer"
@@ -398,6 +409,7 @@ class _Builder(_Reader):
             "workers": self.workers,
             "shutdown_timeout": lambda node, path: self.duration(node, path, allow_zero=True),
             "trusted_proxies": self.trusted_proxies,
+            "pid_file": lambda node, path: self.string(node, path, "a file path"),
         }
         values = {key: sections[key](node, key) for key, (_, node) in fields.items()}
         self.check_references(values.get("routes", ()), values.get("upstreams", {}))
@@ -518,7 +530,7 @@ class _Builder(_Reader):
         values: dict[str, Any] = {}
         for key, (key_node, value_node) in fields.items():
             at = f"{path}.{key}"
-            if key in ("strip_prefix", "rewrite", "timeout") and "respond" in fields:
+            if key in ("strip_prefix", "rewrite", "timeout", "websocket") and "respond" in fields:
                 raise self.error(key_node, at, f"'{key}' only applies to routes with an 'upstream'")
             if key == "strip_prefix" and "rewrite" in fields:
                 raise self.error(key_node, at, "use 'strip_prefix' or 'rewrite', not both")
@@ -528,6 +540,10 @@ class _Builder(_Reader):
                 values[key] = self.duration(value_node, at)
             elif key == "respond":
                 values[key] = self.respond(value_node, at)
+            elif key == "websocket":
+                values[key] = self.boolean(value_node, at)
+            elif key == "limits":
+                values[key] = self.route_limits(value_node, at)
             elif key == "rewrite":
                 template = self.string(value_node, at, "a path template")
                 values[key] = self.check(value_node, at, units.check_rewrite, template, pattern)
@@ -629,8 +645,14 @@ class _Builder(_Reader):
         return headers
 
     def limits(self, node: Node, path: str) -> Limits:
+        return Limits(**self.limit_values(node, path, tuple(_LIMIT_KINDS)))
+
+    def route_limits(self, node: Node, path: str) -> RouteLimits:
+        return RouteLimits(**self.limit_values(node, path, _ROUTE_LIMIT_KEYS))
+
+    def limit_values(self, node: Node, path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
         values: dict[str, Any] = {}
-        for key, (_, value_node) in self.mapping(node, path, tuple(_LIMIT_KINDS)).items():
+        for key, (_, value_node) in self.mapping(node, path, allowed).items():
             at = f"{path}.{key}"
             kind = _LIMIT_KINDS[key]
             if kind == "size":
@@ -639,7 +661,7 @@ class _Builder(_Reader):
                 values[key] = self.duration(value_node, at)
             else:
                 values[key] = self.integer(value_node, at, 1)
-        return Limits(**values)
+        return values
 
     def workers(self, node: Node, path: str) -> int:
         value, substituted = self.scalar(node, path, "a positive integer or 'auto'")

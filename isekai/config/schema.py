@@ -19,6 +19,7 @@ __all__ = [
     "Listener",
     "Respond",
     "Route",
+    "RouteLimits",
     "RouteMatch",
     "Target",
     "Upstream",
@@ -38,6 +39,7 @@ class Limits:
     keepalive_timeout: float = defaults.KEEPALIVE_TIMEOUT
     max_requests_per_connection: int = defaults.MAX_REQUESTS_PER_CONNECTION
     max_connections: int = defaults.MAX_CONNECTIONS
+    websocket_idle_timeout: float = defaults.WEBSOCKET_IDLE_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,19 @@ class Respond:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteLimits:
+    """Per-route overrides of the global limits that apply once a route is known.
+
+    ``None`` keeps the global value. Limits on the request head (line, header block, header
+    read timeout) are global only: they are enforced before any route is matched.
+    """
+
+    max_body_size: int | None = None
+    body_idle_timeout: float | None = None
+    websocket_idle_timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """A match plus what to do with matching requests: proxy to ``upstream`` or ``respond``.
 
@@ -114,6 +129,8 @@ class Route:
     rewrite: str | None = None
     timeout: float | None = None
     respond: Respond | None = None
+    websocket: bool = False
+    limits: RouteLimits = field(default_factory=RouteLimits)
     index: int = 0
 
 
@@ -147,4 +164,5 @@ class Config:
     workers: int = defaults.WORKERS
     shutdown_timeout: float = defaults.SHUTDOWN_TIMEOUT
     trusted_proxies: tuple[str, ...] = defaults.TRUSTED_PROXIES
+    pid_file: str | None = defaults.PID_FILE
     source: str = "<string>"

@@ -451,7 +451,7 @@ MISTAKES = {
         admin: {}
         """,
         "gw.yaml:2: admin: unknown key 'admin' (not supported yet); allowed keys: listeners, "
-        "upstreams, routes, limits, workers, shutdown_timeout, trusted_proxies",
+        "upstreams, routes, limits, workers, shutdown_timeout, trusted_proxies, pid_file",
     ),
     "unknown nested key": (
         """
@@ -880,3 +880,53 @@ def test_loader_recursive_json_alias_is_an_error():
     assert message == (
         "gw.yaml:5: routes[0].respond.json[1]: an alias refers back to a value that contains it"
     )
+
+
+def test_loader_route_websocket_and_limits():
+    config = load_config_text(
+        """
+        pid_file: /run/isekai.pid
+        limits: {websocket_idle_timeout: 20s}
+        upstreams: {app: {targets: ["127.0.0.1:9000"]}}
+        routes:
+          - name: ws
+            match: {path: /ws}
+            upstream: app
+            websocket: true
+            limits: {max_body_size: 1KiB, body_idle_timeout: 2s, websocket_idle_timeout: 1m}
+        """.strip().replace("\n        ", "\n"),
+        "gw.yaml",
+    )
+    route = config.routes[0]
+    assert route.websocket is True
+    assert route.limits.max_body_size == 1024
+    assert route.limits.body_idle_timeout == 2.0
+    assert route.limits.websocket_idle_timeout == 60.0
+    assert config.limits.websocket_idle_timeout == 20.0
+    assert config.pid_file == "/run/isekai.pid"
+
+
+@pytest.mark.parametrize(
+    "route, expected",
+    [
+        (
+            "{name: w, match: {path: /w}, respond: {body: x}, websocket: true}",
+            "gw.yaml:3: routes[0].websocket: 'websocket' only applies to routes with an 'upstream'",
+        ),
+        (
+            "{name: w, match: {path: /w}, upstream: app, websocket: 3}",
+            "gw.yaml:3: routes[0].websocket: expected true or false, got an integer (3)",
+        ),
+        (
+            "{name: w, match: {path: /w}, upstream: app, limits: {header_read_timeout: 1s}}",
+            "gw.yaml:3: routes[0].limits.header_read_timeout: unknown key 'header_read_timeout' "
+            "(did you mean 'body_idle_timeout'?); allowed keys: max_body_size, "
+            "body_idle_timeout, websocket_idle_timeout",
+        ),
+    ],
+)
+def test_loader_route_websocket_and_limits_mistakes(route, expected):
+    text = f'upstreams: {{app: {{targets: ["127.0.0.1:9000"]}}}}\nroutes:\n  - {route}\n'
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, "gw.yaml")
+    assert str(info.value) == expected
