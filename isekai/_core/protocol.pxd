@@ -31,6 +31,13 @@ cdef class ServerState:
     cdef public int max_requests_per_connection
     cdef public set connections
     cdef public bytes scheme
+    cdef public double header_read_timeout
+    cdef public double body_idle_timeout
+    cdef public double websocket_idle_timeout
+    cdef public int max_connections
+    cdef public object on_capacity
+    cdef public tuple trusted_networks
+    cdef public int tunnels
 
 
 cdef class ProxyRequest(Exchange):

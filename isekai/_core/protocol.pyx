@@ -20,6 +20,7 @@ Errors never raise out of a callback: they become a JSON response (404, 405 with
 504, 400 for malformed requests) or, once a response has started, an aborted connection.
 """
 
+import ipaddress
 from collections import deque
 from urllib.parse import quote
 
@@ -84,6 +85,17 @@ cdef class ServerState:
         self.max_requests_per_connection = 10000
         self.connections = set()
         self.scheme = b"http"
+        self.header_read_timeout = 10.0
+        self.body_idle_timeout = 30.0
+        self.websocket_idle_timeout = 300.0
+        self.max_connections = 10000
+        self.on_capacity = None
+        self.trusted_networks = ()
+        self.tunnels = 0
+
+    def set_trusted_proxies(self, cidrs):
+        """Peers in these CIDRs may supply X-Forwarded-For; others have theirs replaced."""
+        self.trusted_networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
 
     def sweep(self, double now=-1.0):
         """Close keep-alive connections idle longer than keepalive_timeout."""
