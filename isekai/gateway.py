@@ -54,7 +54,13 @@ def direct_response_head(respond: Respond) -> bytes:
 
 def _core_route(route: Route, config: Config, clusters: dict, counters: Counters) -> CoreRoute:
     core = CoreRoute(route.name, counters.slot(route.name))
-    core.max_body_size = config.limits.max_body_size
+    limits = route.limits
+    core.max_body_size = (
+        limits.max_body_size if limits.max_body_size is not None else config.limits.max_body_size
+    )
+    core.body_idle_timeout = limits.body_idle_timeout or 0.0
+    core.websocket_idle_timeout = limits.websocket_idle_timeout or 0.0
+    core.websocket = route.websocket
     core.chain = compile_chain(()).sync
     if route.respond is not None:
         core.direct = True

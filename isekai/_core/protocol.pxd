@@ -1,5 +1,6 @@
 from isekai._core.counters cimport Counters
 from isekai._core.router cimport Router
+from isekai._core.tunnel cimport Tunnel
 from isekai._core.upstream cimport Cluster, Exchange, UpstreamProtocol
 
 
@@ -17,6 +18,9 @@ cdef class CoreRoute:
     cdef public double read_timeout
     cdef public long long max_body_size
     cdef public tuple chain
+    cdef public bint websocket
+    cdef public double body_idle_timeout
+    cdef public double websocket_idle_timeout
 
 
 cdef class ServerState:
@@ -37,7 +41,8 @@ cdef class ServerState:
     cdef public int max_connections
     cdef public object on_capacity
     cdef public tuple trusted_networks
-    cdef public int tunnels
+    cdef public set tunnels_open
+    cdef bint full
 
 
 cdef class ProxyRequest(Exchange):
@@ -52,6 +57,10 @@ cdef class ProxyRequest(Exchange):
     cdef public dict params
     cdef public bytes request_id
     cdef bytes xff
+    cdef bytes upgrade
+    cdef bint connection_upgrade
+    cdef bint wants_upgrade
+    cdef bint tunneling
     cdef set conn_tokens
     cdef bint http11
     cdef bint keep_alive
@@ -84,7 +93,13 @@ cdef class DownstreamProtocol:
     cdef object parser
     cdef ProxyRequest parsing
     cdef ProxyRequest active
+    cdef ProxyRequest last
     cdef object queue
+    cdef Tunnel tunnel
+    cdef bint upgrade_pending
+    cdef bint trusted
+    cdef double last_read
+    cdef int messages
     cdef public bytes peer_ip
     cdef int read_pause
     cdef bint write_paused
@@ -111,3 +126,7 @@ cdef class DownstreamProtocol:
     cdef void _count_request(self)
     cdef bint _closing_after(self, ProxyRequest req)
     cdef void _record(self, ProxyRequest req)
+    cdef int start_tunnel(self, ProxyRequest req, UpstreamProtocol conn) except -1
+    cdef int check_timeouts(self, double now) except -1
+    cdef int _after_upgrade_head(self, bytes rest) except -1
+    cdef int _hold_for_tunnel(self, bytes data) except -1

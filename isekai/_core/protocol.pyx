@@ -33,6 +33,7 @@ from isekai._core.http cimport (
     reason_phrase,
 )
 from isekai._core.router cimport Router
+from isekai._core.tunnel cimport Tunnel
 from isekai._core.upstream cimport (
     FAIL_CONNECT, FAIL_PROTOCOL, FAIL_TIMEOUT, Cluster, Exchange, Pool, UpstreamProtocol,
 )
@@ -70,6 +71,8 @@ cdef class CoreRoute:
         self.read_timeout = 30.0
         self.max_body_size = 10 * 1024 * 1024
         self.chain = ()
+        self.body_idle_timeout = 0.0       # 0: the global limit
+        self.websocket_idle_timeout = 0.0  # 0: the global limit
 
 
 cdef class ServerState:
@@ -91,21 +94,27 @@ cdef class ServerState:
         self.max_connections = 10000
         self.on_capacity = None
         self.trusted_networks = ()
-        self.tunnels = 0
+        self.tunnels_open = set()
 
     def set_trusted_proxies(self, cidrs):
         """Peers in these CIDRs may supply X-Forwarded-For; others have theirs replaced."""
         self.trusted_networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
 
+    @property
+    def tunnel_count(self):
+        """Upgraded (WebSocket) tunnels open in this worker."""
+        return len(self.tunnels_open)
+
     def sweep(self, double now=-1.0):
-        """Close keep-alive connections idle longer than keepalive_timeout."""
+        """Apply the header-read, body-idle, keep-alive and tunnel-idle timeouts."""
         cdef DownstreamProtocol proto
+        cdef Tunnel tunnel
         if now < 0:
             now = monotonic()
         for proto in list(self.connections):
-            if (proto.active is None and proto.parsing is None
-                    and now - proto.idle_since > self.keepalive_timeout):
-                proto.close()
+            proto.check_timeouts(now)
+        for tunnel in list(self.tunnels_open):
+            tunnel.close_idle(now, tunnel.idle_timeout)
 
 
 @cython.freelist(64)
@@ -154,8 +163,14 @@ cdef class ProxyRequest(Exchange):
         cdef set tokens = None
         cdef bint upstream_id = False
         cdef int status = conn.status
-        cdef bint no_body = self.is_head or status == 204 or status == 304
+        cdef bint no_body = self.is_head or status == 204 or status == 304 or status == 101
         cdef list out = [b"HTTP/1.1 %d " % status, conn.reason or reason_phrase(status), b"\r\n"]
+        if status == 101:
+            if not self.wants_upgrade or conn.upgrade is None:
+                raise ValueError("upstream switched protocols unasked")
+            self.tunneling = True
+        elif self.wants_upgrade:
+            self.close_after = True  # the client may already be sending the other protocol
         for name, value in conn.headers:
             lname = name.lower()
             if is_hop_by_hop(lname):
@@ -175,6 +190,14 @@ cdef class ProxyRequest(Exchange):
             out.append(self.request_id)
             out.append(b"\r\n")
         self.response_chunked = False
+        if self.tunneling:
+            out.append(b"connection: upgrade\r\nupgrade: ")
+            out.append(conn.upgrade)
+            out.append(b"\r\n\r\n")
+            self.status = status
+            self.response_started = True
+            proto.transport.write(b"".join(out))
+            return 0
         if not no_body and (conn.chunked or not conn.has_length):
             if self.http11:
                 self.response_chunked = True
@@ -210,6 +233,8 @@ cdef class ProxyRequest(Exchange):
     cdef int response_complete(self, UpstreamProtocol conn) except -1:
         cdef DownstreamProtocol proto = self.proto
         cdef bint reusable = conn.keep_alive and self.message_complete and not self.cancelled
+        if self.tunneling and not self.cancelled:
+            return proto.start_tunnel(self, conn)
         self.conn = None
         conn.pool.release(conn, reusable)
         proto.resume(PAUSE_UPSTREAM)
@@ -263,8 +288,16 @@ cdef class DownstreamProtocol:
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0].encode() if peer else b"unknown"
+        if peer and self.state.trusted_networks:
+            address = ipaddress.ip_address(peer[0])
+            self.trusted = any(address in net for net in self.state.trusted_networks)
+        self.last_read = self.idle_since = monotonic()
         self.state.connections.add(self)
         self.state.counters.connection_opened()
+        if (len(self.state.connections) >= self.state.max_connections
+                and not self.state.full and self.state.on_capacity is not None):
+            self.state.full = True
+            self.state.on_capacity(True)
 
     def connection_lost(self, exc):
         cdef ProxyRequest req
@@ -272,6 +305,12 @@ cdef class DownstreamProtocol:
         self.closing = True
         self.state.connections.discard(self)
         self.state.counters.connection_closed()
+        if self.tunnel is not None:
+            self.tunnel.close()
+        if self.state.full and len(self.state.connections) < self.state.max_connections:
+            self.state.full = False
+            if self.state.on_capacity is not None:
+                self.state.on_capacity(False)
         reqs = [self.active] if self.active is not None else []
         reqs.extend(self.queue)
         self.queue.clear()
@@ -287,16 +326,19 @@ cdef class DownstreamProtocol:
                 self._record(req)
 
     def data_received(self, data):
+        if self.tunnel is not None:
+            self.tunnel.from_client(data)
+            return
         if self.closing:
+            return
+        self.last_read = monotonic()
+        if self.upgrade_pending:
+            self._hold_for_tunnel(data)
             return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            # WebSocket tunnels come with the edge-hardening work; until then an Upgrade request is
-            # served as a plain request and the bytes after its head are parsed as the next one.
-            offset = exc.args[0]
-            if offset < len(data):
-                self.data_received(data[offset:])
+            self._after_upgrade_head(data[exc.args[0]:])
         except httptools.HttpParserCallbackError:
             if self.closing:
                 return
@@ -316,18 +358,76 @@ cdef class DownstreamProtocol:
 
     def pause_writing(self):
         self.write_paused = True
-        if self.active is not None and self.active.conn is not None:
+        if self.tunnel is not None:
+            self.tunnel.client_write_paused(True)
+        elif self.active is not None and self.active.conn is not None:
             self.active.conn.pause_reading()
 
     def resume_writing(self):
         self.write_paused = False
-        if self.active is not None and self.active.conn is not None:
+        if self.tunnel is not None:
+            self.tunnel.client_write_paused(False)
+        elif self.active is not None and self.active.conn is not None:
             self.active.conn.resume_reading()
+
+    cdef int _after_upgrade_head(self, bytes rest) except -1:
+        """httptools stopped after an Upgrade request's head; `rest` is what followed it."""
+        cdef ProxyRequest req = self.last
+        if req is not None and (req.wants_upgrade or not req.started):
+            # Tunnel (or not yet routed): hold the bytes until the upstream answers.
+            self.upgrade_pending = True
+            if not req.started:
+                req.close_after = True
+            if rest:
+                self._hold_for_tunnel(rest)
+        elif rest:
+            # A route without `websocket: true` serves the request as plain HTTP.
+            self.data_received(rest)
+        return 0
+
+    cdef int _hold_for_tunnel(self, bytes data) except -1:
+        cdef ProxyRequest req = self.last
+        if req is None or req.response_done:
+            return 0
+        if req.pending is None:
+            req.pending = [data]
+        else:
+            req.pending.append(data)
+        req.pending_size += len(data)
+        if req.pending_size > PENDING_LIMIT:
+            self.pause(PAUSE_PENDING)
+        return 0
+
+    cdef int start_tunnel(self, ProxyRequest req, UpstreamProtocol conn) except -1:
+        """The upstream said 101: from now on both connections carry raw bytes."""
+        cdef Tunnel tunnel = Tunnel(self.transport, conn.transport, self.state.tunnels_open)
+        cdef CoreRoute route = req.route
+        tunnel.idle_timeout = (route.websocket_idle_timeout if route.websocket_idle_timeout > 0
+                               else self.state.websocket_idle_timeout)
+        conn.exchange = None
+        conn.tunnel = tunnel
+        req.conn = None
+        req.response_done = True
+        self.tunnel = tunnel
+        self.upgrade_pending = False
+        self._record(req)
+        self.active = None
+        self.queue.clear()
+        if req.pending:
+            conn.transport.writelines(req.pending)
+            req.pending = None
+            req.pending_size = 0
+        if self.write_paused:
+            tunnel.client_write_paused(True)
+        self.read_pause = 0
+        self.transport.resume_reading()
+        return 0
 
     @property
     def busy(self):
         """True while a request is being read or answered on this connection."""
-        return self.active is not None or self.parsing is not None
+        return (self.active is not None or self.parsing is not None
+                or (self.tunnel is not None and not self.tunnel.closed))
 
     def shutdown(self):
         """Close now (end of a drain)."""
@@ -346,6 +446,8 @@ cdef class DownstreamProtocol:
         req.read_timeout = 30.0
         req.started_at = monotonic()
         self.parsing = req
+        self.last = req
+        self.messages += 1
         if self.active is None:
             self.active = req
         else:
@@ -391,10 +493,15 @@ cdef class DownstreamProtocol:
                 req.expect_continue = True
             else:
                 self._fail_parse(417, "unsupported Expect value")
+        elif lname == b"upgrade":
+            req.upgrade = value
         elif lname == b"connection":
             tokens = connection_tokens(value)
             tokens.discard(b"close")
             tokens.discard(b"keep-alive")
+            if b"upgrade" in tokens:
+                req.connection_upgrade = True
+                tokens.discard(b"upgrade")
             if tokens:
                 req.conn_tokens = tokens if req.conn_tokens is None else req.conn_tokens | tokens
 
@@ -415,6 +522,8 @@ cdef class DownstreamProtocol:
             req.headers = [h for h in req.headers if h[0].lower() not in req.conn_tokens]
         if req.host is None and req.http11:
             self._fail_parse(400, "missing Host header")
+        if req.chunked and not req.http11:
+            self._fail_parse(400, "chunked transfer coding needs HTTP/1.1")
         if url[:1] != b"/":
             url = _origin_form(req, url)
             if url is None:
@@ -505,6 +614,8 @@ cdef class DownstreamProtocol:
         req.route = route
         req.params = found[1]
         req.read_timeout = route.read_timeout
+        if req.upgrade is not None and req.connection_upgrade and route.websocket:
+            req.wants_upgrade = True
         if req.has_length and req.content_length > route.max_body_size:
             req.close_after = True
             return self.send_error(req, 413, "request body too large")
@@ -541,8 +652,12 @@ cdef class DownstreamProtocol:
             out.append(b": ")
             out.append(value)
             out.append(b"\r\n")
+        if req.wants_upgrade:
+            out.append(b"connection: upgrade\r\nupgrade: ")
+            out.append(req.upgrade)
+            out.append(b"\r\n")
         out.append(b"x-forwarded-for: ")
-        if req.xff is not None:
+        if req.xff is not None and self.trusted:
             out.append(req.xff)
             out.append(b", ")
         out.append(self.peer_ip)
@@ -685,6 +800,32 @@ cdef class DownstreamProtocol:
             self.deferred_error = error_response(status, message, next_request_id(), True)
         return 0
 
+    cdef int check_timeouts(self, double now) except -1:
+        """Called by the worker's sweep: enforce the head, body and keep-alive time limits."""
+        cdef ServerState state = self.state
+        cdef ProxyRequest req = self.parsing
+        cdef double limit
+        if self.closing or self.tunnel is not None:
+            return 0
+        if req is not None and not req.head_complete:
+            if now - req.started_at > state.header_read_timeout:
+                self.reject(408, "timed out reading the request head")
+            return 0
+        if req is None:
+            if self.active is None:
+                # Idle: a connection that never sent a request gets the head timeout.
+                limit = state.keepalive_timeout if self.messages else state.header_read_timeout
+                if now - self.idle_since > limit:
+                    self.close()
+            return 0
+        if self.read_pause == 0 and not req.message_complete:
+            limit = state.body_idle_timeout
+            if req.route is not None and req.route.body_idle_timeout > 0:
+                limit = req.route.body_idle_timeout
+            if now - self.last_read > limit:
+                self.reject(408, "timed out reading the request body")
+        return 0
+
     cdef int pause(self, int reason) except -1:
         if self.read_pause == 0 and self.transport is not None:
             self.transport.pause_reading()
@@ -695,6 +836,7 @@ cdef class DownstreamProtocol:
         if self.read_pause & reason:
             self.read_pause &= ~reason
             if self.read_pause == 0 and self.transport is not None:
+                self.last_read = monotonic()  # time spent paused is not the client's idling
                 self.transport.resume_reading()
         return 0
 

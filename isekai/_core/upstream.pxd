@@ -1,3 +1,6 @@
+from isekai._core.tunnel cimport Tunnel
+
+
 cdef enum UpstreamFailure:
     FAIL_CONNECT = 0
     FAIL_TIMEOUT = 1
@@ -24,6 +27,7 @@ cdef class UpstreamProtocol:
     cdef object parser
     cdef object connect_future
     cdef Exchange exchange
+    cdef public Tunnel tunnel
     cdef bint connected
     cdef bint closed
     cdef bint parser_dirty
@@ -41,6 +45,7 @@ cdef class UpstreamProtocol:
     cdef public bint has_length
     cdef public bint keep_alive
     cdef public long long bytes_received
+    cdef public bytes upgrade
 
     cdef int attach(self, Exchange exchange) except -1
     cdef int write(self, bytes data) except -1

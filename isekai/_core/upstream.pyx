@@ -69,6 +69,8 @@ cdef class UpstreamProtocol:
         self.closed = True
         self.transport = None
         self.pool._forget(self)
+        if self.tunnel is not None:
+            self.tunnel.close()
         if ex is None:
             return
         if self.head_received and self.eof_body:
@@ -80,6 +82,9 @@ cdef class UpstreamProtocol:
             ex.upstream_failed(FAIL_PROTOCOL, "upstream closed the connection")
 
     def data_received(self, data):
+        if self.tunnel is not None:
+            self.tunnel.from_upstream(data)
+            return
         if self.exchange is None:
             # Nothing was asked: a server talking out of turn cannot be reused safely.
             self.close()
@@ -88,6 +93,14 @@ cdef class UpstreamProtocol:
         self.deadline = monotonic() + self.exchange.read_timeout
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # A 101: what follows the head already belongs to the tunnel.
+            offset = exc.args[0]
+            if self.tunnel is not None:
+                if offset < len(data):
+                    self.tunnel.from_upstream(data[offset:])
+            else:
+                self._fail(FAIL_PROTOCOL, "upstream switched protocols unasked")
         except httptools.HttpParserError as exc:
             self._fail(FAIL_PROTOCOL, "malformed upstream response")
 
@@ -95,11 +108,15 @@ cdef class UpstreamProtocol:
         return False
 
     def pause_writing(self):
-        if self.exchange is not None:
+        if self.tunnel is not None:
+            self.tunnel.upstream_write_paused(True)
+        elif self.exchange is not None:
             self.exchange.upstream_write_paused(True)
 
     def resume_writing(self):
-        if self.exchange is not None:
+        if self.tunnel is not None:
+            self.tunnel.upstream_write_paused(False)
+        elif self.exchange is not None:
             self.exchange.upstream_write_paused(False)
 
     # -- httptools callbacks ----------------------------------------------------------------
@@ -109,6 +126,7 @@ cdef class UpstreamProtocol:
         self.reason = b""
         self.chunked = False
         self.has_length = False
+        self.upgrade = None
 
     def on_status(self, bytes status):
         self.reason = status if not self.reason else self.reason + status
@@ -126,12 +144,26 @@ cdef class UpstreamProtocol:
         self.interim = False
         self.head_received = True
         self.keep_alive = self.parser.should_keep_alive()
+        cdef int lengths = 0
+        cdef bytes encoding = None
         for name, value in self.headers:
             lname = name.lower()
             if lname == b"content-length":
-                self.has_length = True
+                lengths += 1
             elif lname == b"transfer-encoding":
-                self.chunked = value.lower().rstrip().endswith(b"chunked")
+                encoding = value if encoding is None else encoding + b"," + value
+            elif lname == b"upgrade":
+                self.upgrade = value
+        if encoding is not None:
+            # Only a final "chunked" frames a body we can trust (RFC 9112 §6.1); anything else,
+            # or a Content-Length beside it, is how responses get desynchronised.
+            codings = encoding.lower().replace(b" ", b"").replace(b"\t", b"")
+            if lengths or not (codings == b"chunked" or codings.endswith(b",chunked")):
+                raise ValueError("ambiguous upstream response framing")
+            self.chunked = True
+        elif lengths > 1:
+            raise ValueError("several Content-Length headers in the upstream response")
+        self.has_length = lengths == 1
         no_body = ex.is_head or status == 204 or status == 304
         self.eof_body = not no_body and not self.chunked and not self.has_length
         if self.eof_body:

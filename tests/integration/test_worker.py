@@ -104,3 +104,33 @@ def test_worker_swap_applies_new_routes_to_open_connections(worker, upstream):
     c.request("GET", "/new")  # same keep-alive connection, new snapshot
     resp = c.getresponse()
     assert (resp.status, resp.read()) == (200, b"fresh")
+
+
+def test_worker_counts_open_websocket_tunnels():
+    import aiohttp
+
+    from tests.support.ws_upstream import WebSocketUpstream
+
+    with WebSocketUpstream() as up:
+        text = f"""
+        listeners: [{{name: public, bind: "127.0.0.1:0"}}]
+        upstreams:
+          ws: {{targets: ["127.0.0.1:{up.port}"]}}
+        routes:
+          - {{name: ws, match: {{path: "/ws"}}, upstream: ws, websocket: true}}
+        """
+        with ThreadedWorker(text) as tw:
+
+            def tunnels() -> int:
+                return tw.call(lambda: tw.worker.state.tunnel_count)
+
+            async def run() -> tuple[int, int]:
+                async with aiohttp.ClientSession() as session:
+                    async with session.ws_connect(f"http://127.0.0.1:{tw.port}/ws") as ws:
+                        await ws.send_str("x")
+                        await ws.receive()
+                        during = tunnels()
+                await asyncio.sleep(0.2)
+                return during, tunnels()
+
+            assert asyncio.run(run()) == (1, 0)
