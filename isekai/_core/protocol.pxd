@@ -85,6 +85,7 @@ cdef class ProxyRequest(Exchange):
     cdef long long bytes_in
     cdef long long bytes_out
     cdef double started_at
+    cdef list out
 
 
 cdef class DownstreamProtocol:

@@ -215,19 +215,37 @@ cdef class ProxyRequest(Exchange):
         out.append(b"\r\n")
         self.status = status
         self.response_started = True
-        proto.transport.write(b"".join(out))
+        # Held until the end of this read from the upstream: head and body leave in one write.
+        self.out = [b"".join(out)]
         return 0
 
     cdef int response_body(self, bytes data) except -1:
-        cdef DownstreamProtocol proto = self.proto
-        if self.response_done or proto.transport is None:
+        if self.response_done or self.proto.transport is None or not data:
             return 0
         self.bytes_out += len(data)
+        if self.out is None:
+            self.out = []
         if self.response_chunked:
-            if data:
-                proto.transport.write(chunk_frame(data))
+            self.out.append(b"%x\r\n" % len(data))
+            self.out.append(data)
+            self.out.append(b"\r\n")
         else:
-            proto.transport.write(data)
+            self.out.append(data)
+        return 0
+
+    cdef int flush(self) except -1:
+        """Write what the response produced during one upstream read, as one write."""
+        cdef list out = self.out
+        cdef object transport = self.proto.transport
+        if out is None:
+            return 0
+        self.out = None
+        if transport is None:
+            return 0
+        if len(out) == 1:
+            transport.write(out[0])
+        else:
+            transport.writelines(out)
         return 0
 
     cdef int response_complete(self, UpstreamProtocol conn) except -1:
@@ -240,8 +258,12 @@ cdef class ProxyRequest(Exchange):
         proto.resume(PAUSE_UPSTREAM)
         if self.cancelled or self.response_done:
             return 0
-        if self.response_chunked and proto.transport is not None:
-            proto.transport.write(b"0\r\n\r\n")
+        if self.response_chunked:
+            if self.out is None:
+                self.out = [b"0\r\n\r\n"]
+            else:
+                self.out.append(b"0\r\n\r\n")
+        self.flush()
         proto.finish_response(self)
         return 0
 

@@ -19,6 +19,7 @@ cdef class Exchange:
     cdef int response_body(self, bytes data) except -1
     cdef int response_complete(self, UpstreamProtocol conn) except -1
     cdef int upstream_write_paused(self, bint paused) except -1
+    cdef int flush(self) except -1
 
 
 cdef class UpstreamProtocol:

@@ -49,6 +49,9 @@ cdef class Exchange:
     cdef int upstream_write_paused(self, bint paused) except -1:
         return 0
 
+    cdef int flush(self) except -1:
+        return 0
+
 
 cdef class UpstreamProtocol:
 
@@ -85,14 +88,16 @@ cdef class UpstreamProtocol:
         if self.tunnel is not None:
             self.tunnel.from_upstream(data)
             return
-        if self.exchange is None:
+        cdef Exchange ex = self.exchange
+        if ex is None:
             # Nothing was asked: a server talking out of turn cannot be reused safely.
             self.close()
             return
         self.bytes_received += len(data)
-        self.deadline = monotonic() + self.exchange.read_timeout
+        self.deadline = monotonic() + ex.read_timeout
         try:
             self.parser.feed_data(data)
+            ex.flush()
         except httptools.HttpParserUpgrade as exc:
             # A 101: what follows the head already belongs to the tunnel.
             offset = exc.args[0]
