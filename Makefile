@@ -44,7 +44,7 @@ debug: $(BIN)/python
 	ISEKAI_CYTHON_TRACE=1 ISEKAI_CYTHON_ANNOTATE=1 $(BIN)/python setup.py build_ext --inplace --force
 
 bench: install-dev
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info isekai/_core/*.c isekai/_core/*.so isekai/_core/*.html

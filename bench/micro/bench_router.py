@@ -107,31 +107,27 @@ def timeit(fn, args_list) -> float:
     return best
 
 
-def report(label: str, fn, args_list) -> None:
-    print(f"  {label:<34} {timeit(fn, args_list):8.0f} ns/op")
-
-
-def main() -> None:
+def results() -> list[tuple[str, str, float]]:
+    """(table, case, ns per match()) for every case, the no-op loop first."""
     rng = random.Random(7)
     loop = lambda *a: None  # noqa: E731
-    print(f"Router.match, best of {REPEATS} x {LOOPS:,} calls")
-    report("loop + call overhead (no-op)", loop, [(b"", b"GET", b"/")])
+    rows = [("-", "loop + call overhead (no-op)", timeit(loop, [(b"", b"GET", b"/")]))]
 
     small = small_table()
-    print("10 routes")
-    report("static hit /health", small.match, [(b"api.example.com", b"GET", b"/health")])
-    report(
-        "param hit /api/v1/users/{id}",
-        small.match,
-        [(b"api.example.com", b"GET", b"/api/v1/users/%d" % i) for i in range(64)],
-    )
-    report("static over param /users/me", small.match, [(b"h", b"GET", b"/api/v1/users/me")])
-    report("wildcard /static/*", small.match, [(b"h", b"GET", b"/static/css/site.css")])
-    report("404", small.match, [(b"h", b"GET", b"/api/v2/nothing")])
-    report("405", small.match, [(b"h", b"POST", b"/api/v1/orders/1")])
+    for label, args in (
+        ("static hit /health", [(b"api.example.com", b"GET", b"/health")]),
+        (
+            "param hit /api/v1/users/{id}",
+            [(b"api.example.com", b"GET", b"/api/v1/users/%d" % i) for i in range(64)],
+        ),
+        ("static over param /users/me", [(b"h", b"GET", b"/api/v1/users/me")]),
+        ("wildcard /static/*", [(b"h", b"GET", b"/static/css/site.css")]),
+        ("404", [(b"h", b"GET", b"/api/v2/nothing")]),
+        ("405", [(b"h", b"POST", b"/api/v1/orders/1")]),
+    ):
+        rows.append(("10 routes", label, timeit(small.match, args)))
 
     big, routes = big_table()
-    print("10,000 routes")
     res = resources(500)
     collection = [
         (b"h", b"GET", f"/api/v{rng.choice('12')}/{rng.choice(res)}".encode()) for _ in range(256)
@@ -159,13 +155,27 @@ def main() -> None:
     wrong = [(b"h", b"PATCH", f"/api/v1/{rng.choice(res)}/1".encode()) for _ in range(256)]
     mixed = collection[:64] + item[:64] + sub[:64] + files[:64]
     rng.shuffle(mixed)
-    report("collection GET /api/vN/{res}", big.match, collection)
-    report("item GET /api/vN/{res}/{id}", big.match, item)
-    report("sub GET /api/v1/{res}/{id}/{sub}", big.match, sub)
-    report("wildcard /api/v2/{res}/{id}/files/*", big.match, files)
-    report("mixed hits (256 paths)", big.match, mixed)
-    report("404 (unknown resource)", big.match, miss)
-    report("405 (PATCH on item)", big.match, wrong)
+    for label, args in (
+        ("collection GET /api/vN/{res}", collection),
+        ("item GET /api/vN/{res}/{id}", item),
+        ("sub GET /api/v1/{res}/{id}/{sub}", sub),
+        ("wildcard /api/v2/{res}/{id}/files/*", files),
+        ("mixed hits (256 paths)", mixed),
+        ("404 (unknown resource)", miss),
+        ("405 (PATCH on item)", wrong),
+    ):
+        rows.append(("10,000 routes", label, timeit(big.match, args)))
+    return rows
+
+
+def main() -> None:
+    print(f"Router.match, best of {REPEATS} x {LOOPS:,} calls")
+    table = None
+    for name, label, ns in results():
+        if name != table and name != "-":
+            print(name)
+        table = name
+        print(f"  {label:<34} {ns:8.0f} ns/op")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,75 @@
+"""Run every micro-benchmark and print one table.
+
+    python bench/micro/run.py                  # router, head parse, rate limit, callgrind
+    python bench/micro/run.py --no-callgrind   # the in-process ones only (~1 min)
+
+router        Router.match ns/op on 10 and 10,000 routes (bench_router.py)
+parse         DownstreamProtocol: head parse + route + direct response, ns/request (bench_parse.py)
+ratelimit     token-bucket take (bench_ratelimit.py; skipped until the module exists)
+instructions  callgrind instructions per proxied request: direct, nginx, HAProxy, Isekai
+              (instructions.py; needs valgrind)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent.parent), str(HERE)]  # the repo's isekai, then the bench modules
+
+import bench_parse  # noqa: E402
+import bench_ratelimit  # noqa: E402
+import bench_router  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--no-callgrind", action="store_true", help="skip instructions.py")
+    p.add_argument("--n1", type=int, default=500, help="callgrind: first segment (500)")
+    p.add_argument("--n2", type=int, default=2500, help="callgrind: second segment (2500)")
+    args = p.parse_args(argv)
+    rows: list[tuple[str, str, str]] = []
+    started = time.monotonic()
+
+    print("router ...", flush=True)
+    for table, case, ns in bench_router.results():
+        rows.append(("route match", f"{table}: {case}" if table != "-" else case, f"{ns:,.0f} ns"))
+
+    print("head parse ...", flush=True)
+    for case, ns in bench_parse.results():
+        rows.append(("head parse + direct response", case, f"{ns:,.0f} ns"))
+
+    rl = bench_ratelimit.results()
+    if rl is None:
+        print("ratelimit: not built yet")
+        rows.append(("bucket take", "ratelimit: not built yet", "—"))
+    else:
+        for case, ns in rl:
+            rows.append(("bucket take", case, f"{ns:,.0f} ns"))
+
+    if not args.no_callgrind:
+        import instructions
+
+        print("callgrind ...", flush=True)
+        for r in instructions.run(list(instructions.TARGETS), args.n1, args.n2, None):
+            rows.append(
+                (
+                    "instructions/request",
+                    f"{r['target']} (keep-alive GET, ~100 B; N {r['n1']} → {r['n2']})",
+                    f"{r['instructions_per_request']:,}",
+                )
+            )
+
+    print(f"\nmicro-benchmarks ({time.monotonic() - started:.0f} s)\n")
+    print("| benchmark | case | per op |")
+    print("|---|---|--:|")
+    for bench, case, value in rows:
+        print(f"| {bench} | {case} | {value} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

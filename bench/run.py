@@ -1,0 +1,456 @@
+"""Macro benchmark: Isekai against nginx, HAProxy and no proxy at all, driven by wrk.
+
+    python bench/run.py --quick                  # ~100 s: small_get + get_16k, direct/isekai/nginx
+    python bench/run.py --scenarios small_get,new_conn --targets isekai,nginx --runs 5
+    make bench BENCH_ARGS="--quick"
+
+A backend nginx (one worker) serves a ~100 B body, 16 KiB and 1 MiB static files and a POST sink.
+Every proxy is started once per config (the routes_* scenarios need their own) and then runs are
+interleaved: run 1 of every target, then run 2 of every target (the order rotated each round), so
+drift on a noisy machine hits all targets alike. Writes bench-<time>.json/.md/.png into --output
+and prints the table. See bench/README.md for what each scenario measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness import env
+
+ALL_TARGETS = ("direct", "isekai", "nginx", "haproxy")
+QUICK_SCENARIOS = ("small_get", "get_16k")
+QUICK_TARGETS = ("direct", "isekai:1", "nginx:1")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    path: str
+    what: str
+    connections: int = 64
+    headers: tuple[str, ...] = ()
+    post: int | None = None
+    routes: int | None = None  # the proxies get a config with this many routes
+    targets: tuple[str, ...] = ALL_TARGETS
+    expect_len: int | None = None
+
+
+def scenarios() -> dict[str, Scenario]:
+    from harness.targets import (
+        POST_BODY_SIZE,
+        ROUTE_COUNTS,
+        SMALL_BODY,
+        STATIC_FILES,
+        middle_route,
+    )
+
+    small = len(SMALL_BODY)
+    out = [
+        Scenario(
+            "small_get", "/small", "keep-alive GET, ~100 B body, 64 connections", expect_len=small
+        ),
+        Scenario(
+            "get_16k",
+            "/static/16k.bin",
+            "keep-alive GET of a 16 KiB static file",
+            expect_len=STATIC_FILES["16k.bin"],
+        ),
+        Scenario(
+            "get_1m",
+            "/static/1m.bin",
+            "keep-alive GET of a 1 MiB static file",
+            expect_len=STATIC_FILES["1m.bin"],
+        ),
+        Scenario(
+            "post_4k",
+            "/sink",
+            "keep-alive POST of a 4 KiB body, 3 B answer",
+            post=POST_BODY_SIZE,
+            expect_len=3,
+        ),
+        Scenario(
+            "new_conn",
+            "/small",
+            "a new client connection per request (Connection: close)",
+            headers=("Connection: close",),
+            expect_len=small,
+        ),
+    ]
+    for name, count in ROUTE_COUNTS.items():
+        out.append(
+            Scenario(
+                name,
+                middle_route(count),
+                f"small GET hitting route {count // 2} of {count:,}",
+                routes=count,
+                targets=("isekai", "nginx"),
+                expect_len=small,
+            )
+        )
+    out.append(
+        Scenario(
+            "c1000",
+            "/small",
+            "keep-alive small GET over 1000 connections",
+            connections=1000,
+            expect_len=small,
+        )
+    )
+    return {s.name: s for s in out}
+
+
+@dataclass
+class Target:
+    kind: str  # direct | isekai | nginx | haproxy
+    workers: int
+    proc: object = None  # harness.targets.Proc (the backend for direct)
+    failed: str | None = None
+    runs: dict = field(default_factory=dict)  # scenario -> [run results]
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} ×{self.workers}"
+
+
+def parse_targets(text: str, worker_counts: list[int]) -> list[tuple[str, int]]:
+    out: list[tuple[str, int]] = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        kind, _, n = item.partition(":")
+        if kind not in ALL_TARGETS:
+            raise SystemExit(f"unknown target {kind!r}; choose from {', '.join(ALL_TARGETS)}")
+        counts = [1] if kind == "direct" else ([int(n)] if n else worker_counts)
+        for w in counts:
+            if (kind, w) not in out:
+                out.append((kind, w))
+    return out
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    cores = os.cpu_count() or 1
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small_get + get_16k; direct, isekai ×1, nginx ×1; 3 runs of 5 s",
+    )
+    p.add_argument(
+        "--scenarios",
+        help="comma-separated (default: all): "
+        + ", ".join(
+            [
+                "small_get",
+                "get_16k",
+                "get_1m",
+                "post_4k",
+                "new_conn",
+                "routes_10",
+                "routes_10k",
+                "c1000",
+            ]
+        ),
+    )
+    p.add_argument(
+        "--targets",
+        help="comma-separated from direct,isekai,nginx,haproxy; "
+        "NAME:N for one worker count (default: all)",
+    )
+    p.add_argument("--workers", help=f"worker counts for the proxies (default: 1,{cores})")
+    p.add_argument("--runs", type=int, help="runs per target and scenario (default 3)")
+    p.add_argument("--duration", type=int, help="seconds per run (default 10; --quick 5)")
+    p.add_argument("--warmup", type=int, default=1, help="unrecorded seconds first (1; 0 = none)")
+    p.add_argument("--output", default=str(env.BENCH_DIR / "results"), help="results directory")
+    p.add_argument("--keep-work", action="store_true", help="keep configs and logs of the run")
+    args = p.parse_args(argv)
+    args.worker_counts = sorted({int(w) for w in (args.workers or f"1,{cores}").split(",")})
+    if args.quick:
+        args.scenarios = args.scenarios or ",".join(QUICK_SCENARIOS)
+        args.targets = args.targets or ",".join(QUICK_TARGETS)
+        args.runs = args.runs or 3
+        args.duration = args.duration or 5
+    args.runs = args.runs or 3
+    args.duration = args.duration or 10
+    args.targets = args.targets or ",".join(ALL_TARGETS)
+    if not 1 <= args.runs <= 50 or not 1 <= args.duration <= 600:
+        raise SystemExit("--runs must be 1..50 and --duration 1..600 s")
+    return args
+
+
+class Bench:
+    def __init__(self, args, tools: dict, work: Path) -> None:
+        from harness import targets as T
+
+        self.T = T
+        self.args = args
+        self.tools = tools
+        self.work = work
+        self.notes: list[str] = []
+        self.backend = None
+
+    def note(self, text: str) -> None:
+        print(f"  ! {text}", flush=True)
+        self.notes.append(text)
+
+    # -- processes --
+
+    def start_backend(self) -> None:
+        port = env.free_port()
+        plan = env.pinning_for(1)
+        self.backend = self.T.start_nginx(
+            self.tools["nginx"],
+            self.work,
+            "backend",
+            self.T.backend_conf(self.work, port),
+            port,
+            1,
+            cores=plan.load,
+        )
+        self.T.wait_ready(self.backend, "/small")
+
+    def start_target(self, t: Target, routes: int | None) -> None:
+        T, work = self.T, self.work
+        if t.kind == "direct":
+            t.proc = self.backend
+            return
+        plan = env.pinning_for(t.workers)
+        port = env.free_port()
+        tag = f"{t.kind}-w{t.workers}-r{routes or 1}"
+        bport = self.backend.port
+        if t.kind == "isekai":
+            conf = T.isekai_conf(port, bport, t.workers, routes)
+            t.proc = T.start_isekai(work, tag, conf, port, t.workers, cores=plan.proxy)
+        elif t.kind == "nginx":
+            conf = T.nginx_proxy_conf(work, tag, port, bport, t.workers, routes)
+            t.proc = T.start_nginx(
+                self.tools["nginx"], work, tag, conf, port, t.workers, cores=plan.proxy
+            )
+        else:
+            t.proc = T.start_haproxy(
+                self.tools["haproxy"], work, tag, port, bport, t.workers, cores=plan.proxy
+            )
+
+    def wait_target(self, t: Target, probe: str) -> None:
+        if t.kind == "direct":
+            return
+        marker = None
+        if t.kind == "isekai":
+            marker = "workers up" if t.workers > 1 else self.T.ISEKAI_LISTENING
+        t0 = time.monotonic()
+        try:
+            self.T.wait_ready(t.proc, probe, timeout=60, log_marker=marker)
+        except RuntimeError as exc:
+            t.failed = f"did not start: {str(exc).strip()[:600]}"
+            self.note(f"{t.label}: {t.failed}")
+            t.proc.stop()
+            return
+        if t.kind == "isekai":
+            print(f"  {t.label} ready in {time.monotonic() - t0:.1f} s", flush=True)
+
+    def verify(self, t: Target, s: Scenario) -> None:
+        """One request by hand before measuring: right status and body size, or a note."""
+        body = b"x" * s.post if s.post else None
+        try:
+            status, data = self.T.http_get(t.proc.port, s.path, "POST" if s.post else "GET", body)
+        except OSError as exc:
+            self.note(f"{t.label} {s.name}: probe request failed: {exc}")
+            return
+        if status != 200 or (s.expect_len is not None and len(data) != s.expect_len):
+            self.note(
+                f"{t.label} {s.name}: probe got {status} with {len(data)} B "
+                f"(expected 200 with {s.expect_len} B)"
+            )
+
+    # -- runs --
+
+    def one_run(self, t: Target, s: Scenario, duration: float, record: bool):
+        from harness.load import Load, run_wrk, write_script
+
+        plan = env.pinning_for(t.workers)
+        backend_pids = self.backend.pids()
+        if plan.pinned:
+            env.set_affinity(backend_pids, plan.proxy if t.kind == "direct" else plan.load)
+            os.sched_setaffinity(0, plan.load)
+        else:
+            env.set_affinity(backend_pids, env.all_cores())
+            os.sched_setaffinity(0, env.all_cores())
+        script = write_script(self.work, s.name, s.post)
+        load = Load(s.path, s.connections, 1, s.headers, script)
+        try:
+            others = () if t.kind == "direct" else (self.backend.pid,)
+            res = run_wrk(
+                self.tools["wrk"],
+                t.proc.port,
+                load,
+                duration,
+                t.proc.pid,
+                cores=plan.load,
+                other_pids=others,
+            )
+        except RuntimeError as exc:
+            self.note(f"{t.label} {s.name}: wrk failed: {str(exc)[:400]}")
+            res = None
+        if not t.proc.alive():
+            t.failed = f"exited with {t.proc.popen.returncode} during {s.name}"
+            self.note(f"{t.label}: {t.failed}; log tail:\n{t.proc.log_text()[-1500:]}")
+        if res is None or not record:
+            return res
+        tag = f"{t.label} {s.name} run {len(t.runs.get(s.name, [])) + 1}"
+        if res["errors"]:
+            self.note(f"{tag}: wrk errors {res['errors']} over {res['requests']:,} requests")
+        if "processes_changed" in res:
+            self.note(f"{tag}: processes changed during the run {res['processes_changed']}")
+        t.runs.setdefault(s.name, []).append(res)
+        print(
+            f"    {s.name:<11} {t.label:<12} rps {res['rps']:>10,.0f}  p50 {res['p50_ms']:6.2f}"
+            f"  p99 {res['p99_ms']:6.2f} ms  cpu {res.get('cpu_us_per_req') or 0:6.1f} µs/req"
+            f"  rss {res.get('rss_mib') or 0:6.1f} MiB"
+            f"  other {res.get('foreign_cpu_pct', 0):4.0f} %",
+            flush=True,
+        )
+        return res
+
+    def group(self, routes: int | None, scens: list[Scenario], chosen) -> list[Target]:
+        kinds = {k for s in scens for k in s.targets}
+        ts = [Target(k, w) for k, w in chosen if k in kinds]
+        for t in ts:
+            self.start_target(t, routes)
+        for t in ts:
+            self.wait_target(t, scens[0].path)
+        for s in scens:
+            live = [t for t in ts if not t.failed and t.kind in s.targets]
+            print(f"\n== {s.name}: {s.what} ({', '.join(t.label for t in live)})", flush=True)
+            for t in live:
+                self.verify(t, s)
+                if self.args.warmup > 0:
+                    self.one_run(t, s, self.args.warmup, record=False)
+            for r in range(self.args.runs):
+                order = live[r % len(live) :] + live[: r % len(live)] if live else []
+                for t in order:
+                    if not t.failed:
+                        self.one_run(t, s, self.args.duration, record=True)
+        for t in ts:
+            if t.kind != "direct" and t.proc is not None:
+                t.proc.stop()
+                self.scan_log(t)
+        return ts
+
+    def scan_log(self, t: Target) -> None:
+        if t.kind != "isekai":
+            return
+        lines = t.proc.log_text().splitlines()
+        bad = [ln for ln in lines if " WARNING " in ln or " ERROR " in ln or "Traceback" in ln]
+        if bad:
+            shown = "\n    ".join(bad[:8])
+            self.note(f"{t.label}: {len(bad)} warning/error lines in its log, first:\n    {shown}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    chosen = parse_targets(args.targets, args.worker_counts)
+    need = ("wrk", "nginx") + (("haproxy",) if any(k == "haproxy" for k, _ in chosen) else ())
+    tools = env.ensure_tools(need, python_modules=("psutil", "matplotlib"))
+
+    from harness import report
+
+    all_scen = scenarios()
+    names = [n.strip() for n in (args.scenarios or ",".join(all_scen)).split(",") if n.strip()]
+    unknown = [n for n in names if n not in all_scen]
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {unknown}; choose from {', '.join(all_scen)}")
+    chosen_scen = [all_scen[n] for n in names]
+
+    nofile = env.raise_nofile()
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    work = out_dir / f"work-{stamp}"
+    work.mkdir()
+
+    cores = os.cpu_count() or 1
+    print(
+        f"isekai bench: {len(chosen_scen)} scenarios x {len(chosen)} targets x {args.runs} runs "
+        f"x {args.duration:g} s on {cores} cores ({env.cpu_model()}); RLIMIT_NOFILE {nofile}"
+    )
+    pin_notes = [
+        env.pinning_for(w).describe(f"{w}-worker runs") for w in sorted({w for _, w in chosen})
+    ]
+    pin_notes = [
+        n.replace("proxy", "proxy (the backend, for direct)", 1) if n.startswith("1-") else n
+        for n in pin_notes
+    ]
+    for n in pin_notes:
+        print(f"  pinning: {n}")
+
+    bench = Bench(args, tools, work)
+    bench.notes += [f"pinning: {n}" for n in pin_notes]
+    commit, dirty = env.git_commit()
+    rows: list[dict] = []
+    try:
+        bench.start_backend()
+        groups: dict[int | None, list[Scenario]] = {}
+        for s in chosen_scen:
+            groups.setdefault(s.routes, []).append(s)
+        results: dict[tuple[str, str, int], list] = {}
+        for routes, scens in groups.items():
+            for t in bench.group(routes, scens, chosen):
+                for sname, runs in t.runs.items():
+                    results[(sname, t.kind, t.workers)] = runs
+        order = {k: i for i, k in enumerate(ALL_TARGETS)}
+        for s in chosen_scen:
+            for kind, w in sorted(chosen, key=lambda kw: (kw[1], order[kw[0]])):
+                runs = results.get((s.name, kind, w))
+                if runs:
+                    rows.append(report.median_row(s.name, kind, w, runs))
+    finally:
+        if bench.backend is not None:
+            bench.backend.stop()
+        os.sched_setaffinity(0, env.all_cores())
+
+    settings = {
+        "scenarios": names,
+        "targets": [f"{k}:{w}" for k, w in chosen],
+        "runs": args.runs,
+        "duration": args.duration,
+        "warmup": args.warmup,
+        "wrk": "wrk -t1 -cC -dDs --timeout 10s --latency -s done.lua",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "notes": bench.notes,
+    }
+    doc = report.document(
+        env.machine(),
+        commit,
+        dirty,
+        env.versions({t: p for t in env.TOOLS if (p := env.which(t))}),
+        settings,
+        rows,
+    )
+    base = out_dir / f"bench-{stamp}"
+    report.write_json(doc, base.with_suffix(".json"))
+    table = report.markdown(doc)
+    base.with_suffix(".md").write_text(table)
+    png = report.chart(doc, base.with_suffix(".png"))
+    failed = any("did not start" in n or "exited with" in n for n in bench.notes)
+    args.keep_work = args.keep_work or failed
+    if not args.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    else:  # the logs and configs stay; the test files and nginx temp dirs go
+        for junk in [work / "static", *work.glob("*-tmp")]:
+            shutil.rmtree(junk, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    print("\n" + table)
+    print(
+        f"wrote {base}.json, .md{', .png' if png else ' (no matplotlib: no chart)'}"
+        f"{f'; configs and logs in {work}' if args.keep_work else ''}"
+    )
+    print(f"total time {elapsed:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
