@@ -146,8 +146,8 @@ cdef class ProxyRequest(Exchange):
             return 0
         if self.response_started:
             # Never pass a cut-short body off as complete.
-            self.status = 502
             self.response_done = True
+            proto._record(self)
             proto.close()
             proto.retire(self)
             return 0
