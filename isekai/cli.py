@@ -1,4 +1,4 @@
-"""The ``isekai`` command: ``run`` the gateway, ``validate`` a config file.
+"""The ``isekai`` command: ``run`` the gateway, ``validate`` a config file, ``reload`` it.
 
 Every option has the name of the config key it sets (``--workers`` = ``workers``) and an
 ``ISEKAI_*`` environment variable used when the option is not given; the order of precedence
@@ -12,6 +12,7 @@ import dataclasses
 import importlib.resources
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -21,7 +22,7 @@ from isekai.errors import ConfigError
 
 __all__ = ["main"]
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 log = logging.getLogger("isekai.cli")
@@ -85,7 +86,29 @@ def _parser() -> argparse.ArgumentParser:
         metavar="LEVEL",
         help=f"one of {', '.join(LOG_LEVELS)} (env ISEKAI_LOG_LEVEL; default info)",
     )
+    run.add_argument(
+        "--pid-file",
+        metavar="PATH",
+        help="write the process id here while running (env ISEKAI_PID_FILE)",
+    )
     run.set_defaults(handler=_run)
+
+    reload = commands.add_parser(
+        "reload",
+        help="make a running gateway re-read its config file",
+        description="Send SIGHUP to the gateway whose pid is in the pid file. With a config "
+        "file, check it first (and take its pid_file); exit 1 if it is wrong or the gateway "
+        "is not running.",
+    )
+    reload.add_argument(
+        "-c", "--config", metavar="FILE", help="the config file to check (env ISEKAI_CONFIG)"
+    )
+    reload.add_argument(
+        "--pid-file",
+        metavar="PATH",
+        help="the running gateway's pid file (env ISEKAI_PID_FILE; default: pid_file of FILE)",
+    )
+    reload.set_defaults(handler=_reload)
 
     validate = commands.add_parser(
         "validate",
@@ -145,6 +168,7 @@ def _run(args: argparse.Namespace) -> int:
         raise _UsageError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
     workers = _setting(args.workers, "ISEKAI_WORKERS")
     worker_count = _workers(workers) if workers is not None else None
+    pid_file = _setting(args.pid_file, "ISEKAI_PID_FILE")
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
     try:
         config = _load(_setting(args.config, "ISEKAI_CONFIG"))
@@ -153,6 +177,104 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     if worker_count is not None:
         config = dataclasses.replace(config, workers=worker_count)
-    from isekai.worker import serve
+    if pid_file is not None:
+        config = dataclasses.replace(config, pid_file=pid_file)
+    if config.pid_file is not None:
+        try:
+            _write_pid_file(config.pid_file)
+        except _PidFileError as exc:
+            print(f"isekai run: {exc}", file=sys.stderr)
+            return 1
+    from isekai.worker import serve  # one process, or the master of several
 
-    return serve(config)
+    try:
+        return serve(config)
+    finally:
+        if config.pid_file is not None:
+            _remove_pid_file(config.pid_file)
+
+
+class _PidFileError(Exception):
+    pass
+
+
+def _read_pid(path: str) -> int:
+    # the pid in the file, if that process is running
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        raise _PidFileError(f"no pid file {path} (is the gateway running?)") from None
+    except OSError as exc:
+        raise _PidFileError(f"cannot read pid file {path}: {exc.strerror}") from None
+    if not text.isdigit() or int(text) <= 0:
+        raise _PidFileError(f"pid file {path} does not hold a process id: {text[:40]!r}")
+    pid = int(text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        raise _PidFileError(f"stale pid file {path}: process {pid} is not running") from None
+    except PermissionError:
+        pass  # it exists, owned by someone else
+    return pid
+
+
+def _write_pid_file(path: str) -> None:
+    try:
+        pid = _read_pid(path)
+    except _PidFileError:
+        pid = None
+    if pid is not None and pid != os.getpid():
+        raise _PidFileError(
+            f"pid file {path} names process {pid}, which is running: is another gateway using "
+            "it? (remove the file if that process is not isekai)"
+        )
+    try:
+        with open(path, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    except OSError as exc:
+        raise _PidFileError(f"cannot write pid file {path}: {exc.strerror}") from None
+    log.info("pid %d written to %s", os.getpid(), path)
+
+
+def _remove_pid_file(path: str) -> None:
+    # only if it still holds our pid: a newer gateway may have taken the file over
+    try:
+        with open(path) as f:
+            if f.read().strip() != str(os.getpid()):
+                return
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _reload(args: argparse.Namespace) -> int:
+    pid_file = _setting(args.pid_file, "ISEKAI_PID_FILE")
+    file = _setting(args.config, "ISEKAI_CONFIG")
+    if file is not None:
+        try:
+            config = load_config(file)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            print("isekai reload: not reloading: the config file has errors", file=sys.stderr)
+            return 1
+        if pid_file is None:
+            pid_file = config.pid_file
+    if pid_file is None:
+        print(
+            "isekai reload: no pid file: give --pid-file PATH, set ISEKAI_PID_FILE, or give a "
+            "config file (-c FILE) that sets pid_file",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        pid = _read_pid(pid_file)
+        os.kill(pid, signal.SIGHUP)
+    except _PidFileError as exc:
+        print(f"isekai reload: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"isekai reload: cannot signal process {pid}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"sent SIGHUP to isekai (pid {pid}); its log tells whether the config was accepted")
+    return 0

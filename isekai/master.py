@@ -1,0 +1,452 @@
+"""The master process: forks the workers, keeps them running, reloads and stops them.
+
+The master never serves traffic. It resolves each listener once (``:0`` becomes a concrete port)
+by binding a socket with SO_REUSEPORT that it keeps bound but never listens on: the port stays
+reserved for the gateway's lifetime and the kernel never queues a connection to the master.
+Each worker binds and listens on the same address itself, so every worker has its own accept
+queue and the kernel spreads connections across them.
+
+The master runs a small select loop of its own (no asyncio: a forked child then inherits no
+event loop state). Signal handlers only queue the signal; the loop wakes through
+``signal.set_wakeup_fd`` and handles it:
+
+  SIGHUP            re-read the config file; send it to every worker, or log why not
+  SIGTERM, SIGINT   forward SIGTERM; wait up to shutdown_timeout + 5 s, then SIGKILL
+  second SIGINT     like SIGQUIT (Ctrl-C twice)
+  SIGQUIT           SIGKILL the workers and exit
+  SIGCHLD           reap; a worker that died while not shutting down is replaced
+
+Each worker has a control socket (a socketpair) carrying newline-delimited JSON. Master to
+worker: ``{"type": "config", "text", "source", "version"}``. Worker to master:
+``{"type": "ready"}``, ``{"type": "reloaded", "version"}``, ``{"type": "rejected", ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+
+from isekai.config.schema import Config
+from isekai.errors import ConfigError
+from isekai.worker import (
+    bind_sockets,
+    format_address,
+    keep_running,
+    raise_fd_limit,
+    read_config,
+    run_worker,
+    warn_restart_needed,
+)
+
+__all__ = ["Master", "run"]
+
+log = logging.getLogger("isekai.master")
+
+KILL_GRACE = 5.0  # seconds past shutdown_timeout before stragglers are killed
+CRASH_WINDOW = 10.0  # seconds: deaths counted over this window...
+CRASH_LIMIT = 5  # ...more than this many means workers are crash-looping
+CRASH_BACKOFF = 1.0  # seconds between restarts while crash-looping
+HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
+
+
+def exit_description(status: int) -> str:
+    """``exited with status 1`` or ``killed by SIGKILL`` for a raw ``waitpid`` status."""
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}"
+    return f"exited with status {code}"
+
+
+class RestartPolicy:
+    """When to start a replacement for a dead worker: at once, unless workers crash-loop.
+
+    More than ``CRASH_LIMIT`` deaths within ``CRASH_WINDOW`` seconds spaces restarts
+    ``CRASH_BACKOFF`` seconds apart.
+    """
+
+    def __init__(self) -> None:
+        self.deaths: collections.deque[float] = collections.deque()
+        self.last_start = float("-inf")
+
+    def crash_looping(self, now: float) -> bool:
+        while self.deaths and now - self.deaths[0] > CRASH_WINDOW:
+            self.deaths.popleft()
+        return len(self.deaths) > CRASH_LIMIT
+
+    def schedule(self, died_at: float) -> float:
+        """Record a death at ``died_at``; return when its replacement should start."""
+        self.deaths.append(died_at)
+        start = died_at
+        if self.crash_looping(died_at):
+            start = max(died_at, self.last_start + CRASH_BACKOFF)
+        self.last_start = max(self.last_start, start)
+        return start
+
+
+class _WorkerHandle:
+    def __init__(self, pid: int, control: socket.socket) -> None:
+        self.pid = pid
+        self.control = control
+        self.ready = False
+        self.version = 0
+        self.inbox = bytearray()
+        self.outbox = bytearray()
+
+
+class Master:
+    """Supervises ``config.workers`` worker processes serving ``config``."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config  # what workers run (listeners, workers, pid_file as started)
+        self.version = 1
+        self.ports: dict[str, int] = {}
+        self.workers: dict[int, _WorkerHandle] = {}
+        self.ready = False
+        self.stopping = False
+        self.exit_code = 0
+        self._reserved: list[socket.socket] = []
+        self._selector = selectors.DefaultSelector()
+        self._signals: list[int] = []
+        self._wakeup: tuple[int, int] | None = None
+        self._restarts: list[float] = []
+        self._policy = RestartPolicy()
+        self._kill_at: float | None = None
+        self._interrupts = 0
+        self._warned: dict[str, object] = {}
+
+    # -- main loop ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Reserve the listeners, fork the workers, supervise until stopped; the exit code."""
+        raise_fd_limit(self.config)
+        try:
+            self._reserve()
+        except OSError as exc:
+            log.error("%s", exc)
+            self._close_reserved()
+            return 1
+        self._install_signals()
+        try:
+            for _ in range(self.config.workers):
+                self._spawn()
+            while self.workers or (self._restarts and not self.stopping):
+                self._step()
+        finally:
+            self._restore_signals()
+            self._close_reserved()
+            self._selector.close()
+        log.info("stopped" if self.exit_code == 0 else "stopped with errors")
+        return self.exit_code
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        deadlines = list(self._restarts)
+        if self._kill_at is not None:
+            deadlines.append(self._kill_at)
+        timeout = max(0.0, min(deadlines) - now) if deadlines else None
+        for key, mask in self._selector.select(timeout):
+            if isinstance(key.data, _WorkerHandle):
+                self._io(key.data, mask)
+            else:
+                key.data(mask)
+        self._handle_signals()
+        self._reap()
+        now = time.monotonic()
+        if self._kill_at is not None and now >= self._kill_at:
+            self._kill_at = None
+            if self.workers:
+                log.warning("workers %s still running: killing them", sorted(self.workers))
+                self._kill_all()
+        while self._restarts and self._restarts[0] <= now and not self.stopping:
+            self._restarts.pop(0)
+            self._spawn()
+
+    def _reserve(self) -> None:
+        for listener in self.config.listeners:
+            socks = bind_sockets(listener.host, listener.port)
+            self._reserved.extend(socks)
+            self.ports[listener.name] = socks[0].getsockname()[1]
+            for sock in socks:
+                host, port = sock.getsockname()[:2]
+                log.info("listener %s on %s", listener.name, format_address(host, port))
+
+    def _close_reserved(self) -> None:
+        for sock in self._reserved:
+            sock.close()
+        self._reserved = []
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        rfd, wfd = os.pipe()
+        os.set_blocking(rfd, False)
+        os.set_blocking(wfd, False)
+        self._wakeup = (rfd, wfd)
+        self._selector.register(rfd, selectors.EVENT_READ, self._drain_wakeup)
+        signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _restore_signals(self) -> None:
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        if self._wakeup is not None:
+            for fd in self._wakeup:
+                os.close(fd)
+            self._wakeup = None
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._signals.append(signum)
+
+    def _drain_wakeup(self, mask: int) -> None:
+        assert self._wakeup is not None
+        try:
+            while os.read(self._wakeup[0], 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _handle_signals(self) -> None:
+        pending, self._signals = self._signals, []
+        if signal.SIGHUP in pending:  # several SIGHUPs at once reload once
+            self.reload()
+        for sig in pending:
+            if sig == signal.SIGINT:
+                self._interrupts += 1
+            if sig == signal.SIGQUIT or (sig == signal.SIGINT and self._interrupts > 1):
+                self.stop(graceful=False)
+            elif sig in (signal.SIGTERM, signal.SIGINT):
+                self.stop(graceful=True)
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        parent, child = socket.socketpair()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            parent.close()
+            child.close()
+            log.error("cannot fork a worker (%s): retrying in %gs", exc, CRASH_BACKOFF)
+            self._restarts.append(time.monotonic() + CRASH_BACKOFF)
+            return
+        if pid == 0:
+            parent.close()
+            self._become_worker(child)  # never returns
+        child.close()
+        parent.setblocking(False)
+        handle = _WorkerHandle(pid, parent)
+        self.workers[pid] = handle
+        self._selector.register(parent, selectors.EVENT_READ, handle)
+        log.debug("worker %d forked", pid)
+
+    def _become_worker(self, control: socket.socket) -> None:
+        code = 1
+        try:
+            for sig in HANDLED_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            signal.set_wakeup_fd(-1)
+            asyncio.set_event_loop(None)
+            self._selector.close()  # closes the epoll fd only; the parent's stays registered
+            if self._wakeup is not None:
+                for fd in self._wakeup:
+                    os.close(fd)
+            for handle in self.workers.values():
+                handle.control.close()
+            self._close_reserved()
+            code = run_worker(self.config, self.ports, control, self.version)
+        except BaseException:
+            log.exception("worker %d failed", os.getpid())
+        finally:
+            try:
+                logging.shutdown()  # flush
+            finally:
+                os._exit(code)  # never return into the master's code
+
+    def _io(self, handle: _WorkerHandle, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self._flush(handle)
+        if not mask & selectors.EVENT_READ:
+            return
+        try:
+            data = handle.control.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the worker is exiting; SIGCHLD follows
+            self._forget_control(handle)
+            return
+        handle.inbox += data
+        while b"\n" in handle.inbox:
+            line, _, rest = bytes(handle.inbox).partition(b"\n")
+            handle.inbox = bytearray(rest)
+            try:
+                self._on_message(handle, json.loads(line))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("bad message from worker %d: %s", handle.pid, exc)
+
+    def _on_message(self, handle: _WorkerHandle, message: dict) -> None:
+        kind = message["type"]
+        if kind == "ready":
+            handle.ready = True
+            handle.version = message["version"]
+            if not self.ready and all(h.ready for h in self.workers.values()):
+                self.ready = True
+                log.info("%d workers up: %s", len(self.workers), sorted(self.workers))
+                log.info(
+                    "isekai serving %d routes, %d upstreams (config %s)",
+                    len(self.config.routes),
+                    len(self.config.upstreams),
+                    self.config.source,
+                )
+            elif self.ready:
+                log.info("worker %d up", handle.pid)
+        elif kind == "reloaded":
+            handle.version = message["version"]
+            if all(h.version == self.version for h in self.workers.values()):
+                log.info("all %d workers on config version %d", len(self.workers), self.version)
+        elif kind == "rejected":
+            log.error(
+                "worker %d kept its config: version %s rejected: %s",
+                handle.pid,
+                message.get("version"),
+                message.get("error"),
+            )
+
+    def _send(self, handle: _WorkerHandle, message: dict) -> None:
+        if handle.control.fileno() < 0:
+            return
+        handle.outbox += json.dumps(message).encode() + b"\n"
+        self._flush(handle)
+
+    def _flush(self, handle: _WorkerHandle) -> None:
+        try:
+            while handle.outbox:
+                sent = handle.control.send(handle.outbox)
+                del handle.outbox[:sent]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            handle.outbox.clear()  # the worker is gone; SIGCHLD follows
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if handle.outbox else 0)
+        if handle.control.fileno() >= 0:
+            self._selector.modify(handle.control, events, handle)
+
+    def _forget_control(self, handle: _WorkerHandle) -> None:
+        if handle.control.fileno() >= 0:
+            self._selector.unregister(handle.control)
+            handle.control.close()
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            handle = self.workers.pop(pid, None)
+            if handle is None:
+                continue
+            self._forget_control(handle)
+            how = exit_description(status)
+            if self.stopping:
+                log.info("worker %d %s", pid, how)
+            elif not self.ready:
+                log.error("worker %d %s while starting: stopping", pid, how)
+                self.exit_code = 1
+                self.stop(graceful=False)
+            else:
+                now = time.monotonic()
+                start = self._policy.schedule(now)
+                if start > now:
+                    log.warning(
+                        "worker %d %s; workers are crashing repeatedly (more than %d deaths in "
+                        "%gs): replacing it in %.1fs",
+                        pid,
+                        how,
+                        CRASH_LIMIT,
+                        CRASH_WINDOW,
+                        start - now,
+                    )
+                else:
+                    log.warning("worker %d %s; starting a replacement", pid, how)
+                self._restarts.append(start)
+                self._restarts.sort()
+
+    # -- reload and stop ---------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Re-read the config file and send it to every worker; False if it was rejected."""
+        if self.stopping:
+            log.info("SIGHUP ignored: shutting down")
+            return False
+        source = self.config.source
+        try:
+            new, text = read_config(source)
+        except ConfigError as exc:
+            log.error("reload rejected: %s", exc)
+            return False
+        warn_restart_needed(new, self.config, self._warned)
+        self.config = keep_running(new, self.config)
+        self.version += 1
+        log.info("config %s read: sending version %d to the workers", source, self.version)
+        message = {"type": "config", "text": text, "source": source, "version": self.version}
+        for handle in self.workers.values():
+            self._send(handle, message)
+        return True
+
+    def stop(self, *, graceful: bool) -> None:
+        """Drain the workers (SIGTERM, then SIGKILL after the grace period) or kill them now."""
+        self._restarts.clear()
+        if not graceful:
+            if self.workers:
+                log.info("stopping immediately: killing workers %s", sorted(self.workers))
+            self.stopping = True
+            self._kill_all()
+            return
+        if self.stopping:
+            return
+        self.stopping = True
+        timeout = self.config.shutdown_timeout
+        log.info("shutting down: draining workers (up to %gs)", timeout)
+        self._kill_at = time.monotonic() + timeout + KILL_GRACE
+        for pid in self.workers:
+            _signal(pid, signal.SIGTERM)
+
+    def _kill_all(self) -> None:
+        for pid in self.workers:
+            _signal(pid, signal.SIGKILL)
+        for pid, handle in list(self.workers.items()):
+            try:
+                _, status = os.waitpid(pid, 0)
+                log.info("worker %d %s", pid, exit_description(status))
+            except ChildProcessError:
+                pass
+            self._forget_control(handle)
+            del self.workers[pid]
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def run(config: Config) -> int:
+    """Run a master with ``config.workers`` workers until stopped; return the exit code."""
+    return Master(config).run()
