@@ -85,6 +85,54 @@ cdef bytes error_response(int status, str message, bytes request_id, bint close,
     ))
 
 
+cdef bint valid_host(bytes host):
+    """Host = uri-host [ ":" port ] (RFC 9112 §3.2, RFC 3986 §3.2.2): no userinfo, no spaces, no
+    lists; an IP literal in brackets; a port of 1 to 5 digits."""
+    cdef const unsigned char* p = host
+    cdef Py_ssize_t n = len(host)
+    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t digits
+    cdef unsigned char c
+    if n == 0:
+        return True  # an empty Host is allowed when the target has no authority
+    if p[0] == b'[':
+        while i < n and p[i] != b']':
+            c = p[i]
+            if not (c == b'[' and i == 0) and not (
+                    (b'0' <= c <= b'9') or (b'a' <= c <= b'f') or (b'A' <= c <= b'F')
+                    or c == b':' or c == b'.'):
+                return False
+            i += 1
+        if i == n:
+            return False
+        i += 1
+    else:
+        while i < n and p[i] != b':':
+            c = p[i]
+            if not ((b'a' <= c <= b'z') or (b'A' <= c <= b'Z') or (b'0' <= c <= b'9')
+                    or c == b'-' or c == b'.' or c == b'_' or c == b'~' or c == b'%'):
+                return False
+            i += 1
+    if i == n:
+        return True
+    if p[i] != b':':
+        return False
+    i += 1
+    digits = n - i
+    if digits < 1 or digits > 5:
+        return digits == 0  # "host:" (empty port) is allowed by RFC 3986
+    while i < n:
+        if not (b'0' <= p[i] <= b'9'):
+            return False
+        i += 1
+    return True
+
+
+def _valid_host_py(host):
+    """Test hook for valid_host."""
+    return valid_host(host)
+
+
 cdef bytes chunk_frame(bytes data):
     return b"%x\r\n" % len(data) + data + b"\r\n"
 

@@ -30,7 +30,7 @@ import httptools
 from isekai._core.counters cimport Counters
 from isekai._core.http cimport (
     chunk_frame, connection_tokens, error_response, is_hop_by_hop, monotonic, next_request_id,
-    reason_phrase,
+    reason_phrase, valid_host,
 )
 from isekai._core.router cimport Router
 from isekai._core.tunnel cimport Tunnel
@@ -486,6 +486,8 @@ cdef class DownstreamProtocol:
     def on_header(self, bytes name, bytes value):
         cdef ProxyRequest req = self.parsing
         cdef bytes lname
+        if req.head_complete:
+            return  # a trailer field (RFC 9110 §6.5): never merged into the head; dropped
         req.header_count += 1
         req.header_bytes += len(name) + len(value) + 4
         if req.header_count > self.state.max_header_count:
@@ -499,11 +501,24 @@ cdef class DownstreamProtocol:
         if lname == b"host":
             if req.host is not None:
                 self._fail_parse(400, "duplicate Host header")
+            if not valid_host(value):
+                self._fail_parse(400, "invalid Host header")
             req.host = value
         elif lname == b"content-length":
+            # llhttp has checked the digits; a length past 2^62 is refused before int overflow.
+            if len(value.strip()) > 18:
+                self._fail_parse(400, "Content-Length out of range")
             req.has_length = True
-            req.content_length = int(value)  # llhttp has already checked it is one number
+            req.content_length = int(value)
         elif lname == b"transfer-encoding":
+            # Checked here, before the head can reach an upstream: only a lone "chunked"
+            # frames a request body we forward (RFC 9112 §6.1).
+            coding = value.strip().lower()
+            if req.chunked or coding != b"chunked":
+                if (not req.chunked and b"," in coding
+                        and coding.replace(b" ", b"").endswith(b",chunked")):
+                    self._fail_parse(501, "transfer coding not implemented")
+                self._fail_parse(400, "invalid Transfer-Encoding")
             req.chunked = True
         elif lname == b"x-forwarded-for":
             req.xff = value if req.xff is None else req.xff + b", " + value
@@ -537,7 +552,10 @@ cdef class DownstreamProtocol:
         req.method = self.parser.get_method()
         req.is_head = req.method == b"HEAD"
         req.keep_alive = self.parser.should_keep_alive()
-        req.http11 = self.parser.get_http_version() == "1.1"
+        version = self.parser.get_http_version()
+        req.http11 = version == "1.1"
+        if not req.http11 and version != "1.0":
+            self._fail_parse(505, "HTTP version not supported")
         if req.request_id is None:
             req.request_id = next_request_id()
         if req.conn_tokens:

@@ -127,6 +127,9 @@ cdef class UpstreamProtocol:
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_message_begin(self):
+        if self.exchange is None:
+            # A response nobody asked for (several in one read, or after completion).
+            raise ValueError("unsolicited upstream response")
         self.headers = []
         self.reason = b""
         self.chunked = False
