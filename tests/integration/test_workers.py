@@ -277,6 +277,7 @@ def test_workers_drain_closes_idle_connections_at_once_and_busy_ones_after(start
     )
     idle = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=5)
     assert get(idle, "/app/status/204")[0] == 204
+    unused = socket.create_connection(("127.0.0.1", gw.port), timeout=5)  # never sends
     busy = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
     busy.sendall(b"GET /app/slow/700 HTTP/1.1\r\nhost: x\r\n\r\n")
     assert wait_for(lambda: any(r["target"] == "/slow/700" for r in upstream.requests))
@@ -284,6 +285,11 @@ def test_workers_drain_closes_idle_connections_at_once_and_busy_ones_after(start
     gw.send_signal(signal.SIGTERM)
     idle.sock.settimeout(1)
     assert idle.sock.recv(100) == b""  # closed by the drain, not at the deadline
+    unused.settimeout(1)
+    try:
+        assert unused.recv(100) == b""
+    except ConnectionResetError:
+        pass
     assert time.monotonic() - started < 0.5
     answer = b""
     while not answer.endswith(b"slow"):
@@ -295,4 +301,5 @@ def test_workers_drain_closes_idle_connections_at_once_and_busy_ones_after(start
     assert gw.wait(5) == 0
     assert time.monotonic() - started < 3
     idle.close()
+    unused.close()
     busy.close()
