@@ -199,15 +199,10 @@ class Worker:
         the response is written out; whatever is still open at the deadline is aborted.
         """
         self.stop_accepting()
-        # With a zero keep-alive timeout every sweep closes (gracefully, after the last
-        # response is written out) each connection that served a request and has none now.
-        self.state.keepalive_timeout = 0.0
         deadline = self.loop.time() + timeout
         while True:
             for proto in list(self.state.connections):
-                if proto.served == 0 and not proto.busy:
-                    proto.shutdown()  # accepted, never sent a request: nothing to lose
-            self.state.sweep()
+                proto.drain()
             if not self.state.connections or self.loop.time() >= deadline:
                 break
             await asyncio.sleep(DRAIN_POLL_INTERVAL)

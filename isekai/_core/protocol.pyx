@@ -456,6 +456,15 @@ cdef class DownstreamProtocol:
         if self.transport is not None:
             self.transport.abort()
 
+    def drain(self):
+        """Close once the response in flight is written out; at once if idle. Tunnels go on."""
+        if self.tunnel is not None or self.closing:
+            return
+        if self.active is None and self.parsing is None:
+            self.close()
+        elif self.active is not None:
+            self.active.close_after = True
+
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_message_begin(self):
