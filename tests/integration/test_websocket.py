@@ -123,3 +123,38 @@ def test_websocket_refused_upgrade_closes_after_response(gw, ws_upstream, start_
     assert data.startswith(b"HTTP/1.1 200")
     assert b"connection: close" in data.lower()
     assert data.endswith(b"plain")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_websocket_tunnel_survives_reload(start_gateway, ws_upstream, workers):
+    import signal
+
+    text = f"""
+    listeners: [{{name: public, bind: "127.0.0.1:0"}}]
+    workers: {workers}
+    upstreams:
+      ws: {{targets: ["127.0.0.1:{ws_upstream.port}"]}}
+    routes:
+      - {{name: ws, match: {{path: "/ws"}}, upstream: ws, websocket: true}}
+    """
+    gw = start_gateway(text)
+
+    async def run() -> list:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"http://127.0.0.1:{gw.port}/ws") as ws:
+                await ws.send_str("before")
+                first = (await asyncio.wait_for(ws.receive(), 5)).data
+                gw.config_path.write_text(
+                    text + '  - {name: new, match: {path: "/new"}, respond: {body: new}}\n'
+                )
+                mark = gw.mark()
+                gw.send_signal(signal.SIGHUP)
+                reloaded = await asyncio.to_thread(
+                    gw.wait_for_log, r"config reloaded \(version 2\)", 5.0, mark
+                )
+                assert reloaded, gw.output()
+                await ws.send_str("after")
+                second = (await asyncio.wait_for(ws.receive(), 5)).data
+                return [first, second]
+
+    assert asyncio.run(run()) == ["before", "after"]
