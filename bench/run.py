@@ -5,9 +5,9 @@
     make bench BENCH_ARGS="--quick"
 
 A backend nginx (one worker) serves a ~100 B body, 16 KiB and 1 MiB static files and a POST sink.
-Every proxy is started once per config (the routes_* scenarios need their own) and then runs are
-interleaved: run 1 of every target, then run 2 of every target (the order rotated each round), so
-drift on a noisy machine hits all targets alike. Writes bench-<time>.json/.md/.png into --output
+Every proxy is started afresh for each scenario, warmed up, and then runs are interleaved: run 1
+of every target, then run 2 of every target (the order rotated each round), so drift on a noisy
+machine hits all targets alike. Writes bench-<time>.json/.md/.png into --output
 and prints the table. See bench/README.md for what each scenario measures.
 """
 
@@ -165,6 +165,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--duration", type=int, help="seconds per run (default 10; --quick 5)")
     p.add_argument("--warmup", type=int, default=1, help="unrecorded seconds first (1; 0 = none)")
     p.add_argument("--output", default=str(env.BENCH_DIR / "results"), help="results directory")
+    p.add_argument(
+        "--no-pin", action="store_true", help="pin nothing, even where cores would allow it"
+    )
     p.add_argument("--keep-work", action="store_true", help="keep configs and logs of the run")
     args = p.parse_args(argv)
     args.worker_counts = sorted({int(w) for w in (args.workers or f"1,{cores}").split(",")})
@@ -212,14 +215,14 @@ class Bench:
         )
         self.T.wait_ready(self.backend, "/small")
 
-    def start_target(self, t: Target, routes: int | None) -> None:
+    def start_target(self, t: Target, routes: int | None, scenario: str) -> None:
         T, work = self.T, self.work
         if t.kind == "direct":
             t.proc = self.backend
             return
         plan = env.pinning_for(t.workers)
         port = env.free_port()
-        tag = f"{t.kind}-w{t.workers}-r{routes or 1}"
+        tag = f"{scenario}-{t.kind}-w{t.workers}"
         bport = self.backend.port
         if t.kind == "isekai":
             conf = T.isekai_conf(port, bport, t.workers, routes)
@@ -308,7 +311,7 @@ class Bench:
         print(
             f"    {s.name:<11} {t.label:<12} rps {res['rps']:>10,.0f}  p50 {res['p50_ms']:6.2f}"
             f"  p99 {res['p99_ms']:6.2f} ms  cpu {res.get('cpu_us_per_req') or 0:6.1f} µs/req"
-            f"  rss {res.get('rss_mib') or 0:6.1f} MiB"
+            f"  rss {res.get('rss_mib') or 0:6.1f} MiB  busy {res.get('cpu_pct', 0):4.0f} %"
             f"  other {res.get('foreign_cpu_pct', 0):4.0f} %",
             flush=True,
         )
@@ -318,7 +321,7 @@ class Bench:
         kinds = {k for s in scens for k in s.targets}
         ts = [Target(k, w) for k, w in chosen if k in kinds]
         for t in ts:
-            self.start_target(t, routes)
+            self.start_target(t, routes, scens[0].name)
         for t in ts:
             self.wait_target(t, scens[0].path)
         for s in scens:
@@ -351,6 +354,7 @@ class Bench:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    env.PIN = not args.no_pin
     started = time.monotonic()
     chosen = parse_targets(args.targets, args.worker_counts)
     need = ("wrk", "nginx") + (("haproxy",) if any(k == "haproxy" for k, _ in chosen) else ())
@@ -377,28 +381,27 @@ def main(argv=None) -> int:
         f"isekai bench: {len(chosen_scen)} scenarios x {len(chosen)} targets x {args.runs} runs "
         f"x {args.duration:g} s on {cores} cores ({env.cpu_model()}); RLIMIT_NOFILE {nofile}"
     )
-    pin_notes = [
-        env.pinning_for(w).describe(f"{w}-worker runs") for w in sorted({w for _, w in chosen})
-    ]
-    pin_notes = [
-        n.replace("proxy", "proxy (the backend, for direct)", 1) if n.startswith("1-") else n
-        for n in pin_notes
-    ]
+    pin_notes = []
+    for w in sorted({w for _, w in chosen}):
+        plan = env.pinning_for(w)
+        note = plan.describe(f"{w}-worker runs")
+        if plan.pinned and w == 1:
+            note = note.replace("proxy", "proxy (the backend, for direct)", 1)
+        pin_notes.append(note)
     for n in pin_notes:
         print(f"  pinning: {n}")
 
     bench = Bench(args, tools, work)
     bench.notes += [f"pinning: {n}" for n in pin_notes]
+    if nofile < 4096 and any(s.connections > 500 for s in chosen_scen):
+        bench.note(f"RLIMIT_NOFILE is only {nofile} (hard limit): c1000 may fail to connect")
     commit, dirty = env.git_commit()
     rows: list[dict] = []
     try:
         bench.start_backend()
-        groups: dict[int | None, list[Scenario]] = {}
-        for s in chosen_scen:
-            groups.setdefault(s.routes, []).append(s)
         results: dict[tuple[str, str, int], list] = {}
-        for routes, scens in groups.items():
-            for t in bench.group(routes, scens, chosen):
+        for s in chosen_scen:  # fresh processes per scenario: RSS and pools start from zero
+            for t in bench.group(s.routes, [s], chosen):
                 for sname, runs in t.runs.items():
                     results[(sname, t.kind, t.workers)] = runs
         order = {k: i for i, k in enumerate(ALL_TARGETS)}
@@ -418,6 +421,7 @@ def main(argv=None) -> int:
         "runs": args.runs,
         "duration": args.duration,
         "warmup": args.warmup,
+        "pinned": not args.no_pin,
         "wrk": "wrk -t1 -cC -dDs --timeout 10s --latency -s done.lua",
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "notes": bench.notes,

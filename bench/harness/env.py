@@ -184,7 +184,8 @@ class Pinning:
 
     def describe(self, what: str) -> str:
         if not self.pinned:
-            return f"{what}: not pinned (proxy, wrk and backend share all cores)"
+            why = "" if PIN else " (--no-pin)"
+            return f"{what}: not pinned{why} (proxy, wrk and backend share all cores)"
         return (
             f"{what}: proxy on cores {fmt_cores(self.proxy)} (taskset -c {fmt_cores(self.proxy)}), "
             f"wrk + backend on cores {fmt_cores(self.load)} (taskset -c {fmt_cores(self.load)})"
@@ -195,12 +196,17 @@ def fmt_cores(cores) -> str:
     return ",".join(str(c) for c in sorted(cores))
 
 
+PIN = True  # bench/run.py --no-pin turns pinning off for every run
+
+
 def pinning_for(workers: int, cores: int | None = None) -> Pinning:
     """Give the proxy `workers` cores of its own and wrk + backend the rest, when that fits.
 
     On 2 cores: 1-worker runs pin the proxy to core 0 and wrk + backend to core 1; N-worker runs
     (N = cores) cannot be separated, so nothing is pinned.
     """
+    if not PIN:
+        return Pinning(None, None)
     available = sorted(os.sched_getaffinity(0))
     if cores is not None:
         available = available[:cores]

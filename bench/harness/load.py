@@ -201,6 +201,7 @@ def run_wrk(
         vanished = sorted(set(before) - set(after))
         born = sorted(set(after) - set(before))
         result["cpu_s"] = round(cpu, 3)
+        result["cpu_pct"] = round(cpu / wall * 100, 1)  # of one core: ~100 × workers = saturated
         result["cpu_us_per_req"] = round(cpu * 1e6 / requests, 2) if requests else None
         result["rss_mib"] = round(sampler.peak / 2**20, 1)
         foreign = (busy1 - busy0) - cpu - wrk_cpu - self_cpu - others

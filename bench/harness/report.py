@@ -13,6 +13,7 @@ METRICS = (
     "p999_ms",
     "cpu_us_per_req",
     "rss_mib",
+    "cpu_pct",
     "foreign_cpu_pct",
 )
 
@@ -91,8 +92,8 @@ def markdown(doc: dict) -> str:
         f"Medians of {s.get('runs')} interleaved runs of {s.get('duration'):g} s; {s.get('date')}.",
         "",
         "| scenario | target | rps | p50 ms | p99 ms | p99.9 ms | CPU µs/req | RSS MiB "
-        "| rps ÷ nginx | CPU ÷ nginx | p99 ÷ nginx | errors | other CPU % |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|",
+        "| rps ÷ nginx | CPU ÷ nginx | p99 ÷ nginx | errors | proxy CPU % | other CPU % |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|",
     ]
     for row in rows:
         ref = _reference(rows, row)
@@ -106,7 +107,7 @@ def markdown(doc: dict) -> str:
             f"| {_ratio(row['rps'], ref.get('rps'))} "
             f"| {_ratio(row['cpu_us_per_req'], ref.get('cpu_us_per_req'))} "
             f"| {_ratio(row['p99_ms'], ref.get('p99_ms'))} | {errors} "
-            f"| {_num(row.get('foreign_cpu_pct'), '.0f')} |"
+            f"| {_num(row.get('cpu_pct'), '.0f')} | {_num(row.get('foreign_cpu_pct'), '.0f')} |"
         )
     notes = s.get("notes") or []
     if notes:

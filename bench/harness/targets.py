@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -148,14 +149,16 @@ def _nginx_common(work: Path, tag: str, workers: int, master: bool = True) -> st
         f"    {kind}_temp_path {tmp / kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # raised by env.raise_nofile()
+    nofile = nofile if 0 < nofile <= 1 << 20 else 65536
     user = "user root;\n" if os.geteuid() == 0 else ""  # workers must read files in our tmp dir
     return f"""{user}worker_processes {workers};
 daemon off;
 master_process {"on" if master else "off"};
 pid {work / (tag + ".pid")};
 error_log {work / (tag + "-error.log")} warn;
-worker_rlimit_nofile 65536;
-events {{ worker_connections 16384; multi_accept off; }}
+worker_rlimit_nofile {nofile};
+events {{ worker_connections {min(16384, nofile // 2)}; multi_accept off; }}
 http {{
     access_log off;
     server_tokens off;
