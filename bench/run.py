@@ -320,27 +320,31 @@ class Bench:
     def group(self, routes: int | None, scens: list[Scenario], chosen) -> list[Target]:
         kinds = {k for s in scens for k in s.targets}
         ts = [Target(k, w) for k, w in chosen if k in kinds]
-        for t in ts:
-            self.start_target(t, routes, scens[0].name)
-        for t in ts:
-            self.wait_target(t, scens[0].path)
-        for s in scens:
-            live = [t for t in ts if not t.failed and t.kind in s.targets]
-            print(f"\n== {s.name}: {s.what} ({', '.join(t.label for t in live)})", flush=True)
-            for t in live:
-                self.verify(t, s)
-                if self.args.warmup > 0:
-                    self.one_run(t, s, self.args.warmup, record=False)
-            for r in range(self.args.runs):
-                order = live[r % len(live) :] + live[: r % len(live)] if live else []
-                for t in order:
-                    if not t.failed:
-                        self.one_run(t, s, self.args.duration, record=True)
-        for t in ts:
-            if t.kind != "direct" and t.proc is not None:
-                t.proc.stop()
-                self.scan_log(t)
+        try:
+            for t in ts:
+                self.start_target(t, routes, scens[0].name)
+            for t in ts:
+                self.wait_target(t, scens[0].path)
+            for s in scens:
+                self.measure(s, [t for t in ts if not t.failed and t.kind in s.targets])
+        finally:  # also on an exception or Ctrl-C: never leave a proxy running
+            for t in ts:
+                if t.kind != "direct" and t.proc is not None:
+                    t.proc.stop()
+                    self.scan_log(t)
         return ts
+
+    def measure(self, s: Scenario, live: list[Target]) -> None:
+        print(f"\n== {s.name}: {s.what} ({', '.join(t.label for t in live)})", flush=True)
+        for t in live:
+            self.verify(t, s)
+            if self.args.warmup > 0:
+                self.one_run(t, s, self.args.warmup, record=False)
+        for r in range(self.args.runs):
+            order = live[r % len(live) :] + live[: r % len(live)] if live else []
+            for t in order:
+                if not t.failed:
+                    self.one_run(t, s, self.args.duration, record=True)
 
     def scan_log(self, t: Target) -> None:
         if t.kind != "isekai":

@@ -72,21 +72,23 @@ class Proc:
             return ""
 
     def stop(self, grace: float = 10.0) -> None:
-        if self.popen.poll() is None:
-            try:
+        try:
+            if self.popen.poll() is None:
                 self.popen.send_signal(signal.SIGTERM)
                 self.popen.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.pid, signal.SIGKILL)  # the session we created for it
-                except ProcessLookupError:
-                    pass
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            pass  # too slow, or a second Ctrl-C: no more grace
+        finally:
+            # the session we created for it: the process and anything it left behind (a worker
+            # that outlived its master)
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
                 self.popen.wait(timeout=10)
-        # children left behind (a worker that outlived its master) belong to our process group
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+            except subprocess.TimeoutExpired:
+                pass
 
 
 def start(name: str, argv: list[str], log: Path, port: int, cores=None, env=None, **kw) -> Proc:
