@@ -45,10 +45,12 @@ def compile_rewrite(template: str) -> tuple[tuple[bytes, str | None], ...]:
 
 
 def direct_response_head(respond: Respond) -> bytes:
-    """Status line and configured headers of a direct response, each line CRLF-terminated."""
+    """Status line, configured headers and content-length of a direct response, each line
+    CRLF-terminated; `_core` adds x-request-id, connection and the body."""
     lines = [b"HTTP/1.1 %d %s\r\n" % (respond.status, reason_phrase_py(respond.status))]
     for name, value in respond.headers:
         lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+    lines.append(b"content-length: %d\r\n" % len(respond.body))
     return b"".join(lines)
 
 

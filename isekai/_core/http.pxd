@@ -1,4 +1,26 @@
 cdef double monotonic() noexcept nogil
+cdef enum HeaderKind:
+    H_OTHER = 0
+    H_HOST
+    H_CONTENT_LENGTH
+    H_TRANSFER_ENCODING
+    H_CONNECTION
+    H_KEEP_ALIVE
+    H_PROXY_CONNECTION
+    H_TE
+    H_TRAILER
+    H_UPGRADE
+    H_X_FORWARDED_FOR
+    H_X_FORWARDED_PROTO
+    H_X_FORWARDED_HOST
+    H_X_REQUEST_ID
+    H_EXPECT
+
+cdef int header_kind(bytes name) noexcept
+cdef bint kind_is_hop_by_hop(int kind) noexcept
+cdef bytes status_line(int status, bytes reason)
+cdef bytes join_bytes(list parts)
+cdef bytes int_bytes(long long value)
 cdef bytes reason_phrase(int status)
 cdef bytes next_request_id()
 cdef bint is_hop_by_hop(bytes lname)

@@ -11,6 +11,12 @@ Request ids are a per-process random prefix plus a counter: unique, cheap, and s
 import json
 import os
 
+from cpython.bytes cimport (
+    PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE,
+)
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from libc.stdio cimport snprintf
+from libc.string cimport memcpy
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus the de-facto ones proxies also drop.
@@ -35,6 +41,96 @@ cdef dict REASONS = {
 cdef bytes _ID_PREFIX = os.urandom(6).hex().encode()
 cdef unsigned long long _id_counter = 0
 
+# "HTTP/1.1 200 OK\r\n" for every status we know, built once.
+cdef dict STATUS_LINES = {
+    status: b"HTTP/1.1 %d %s\r\n" % (status, reason) for status, reason in REASONS.items()
+}
+
+
+cdef inline bint _is(const char* p, const char* lower, Py_ssize_t n) noexcept:
+    # Case-insensitive match of a header name against a lower-case literal. OR-ing 0x20 folds
+    # A-Z onto a-z and leaves "-" alone; the only other byte it could fold onto a literal's
+    # character is a control byte, which a parsed field name never contains.
+    cdef Py_ssize_t i
+    for i in range(n):
+        if (p[i] | 0x20) != lower[i]:
+            return False
+    return True
+
+
+cdef int header_kind(bytes name) noexcept:
+    """Which of the fields the gateway treats specially `name` is, without allocating."""
+    cdef const char* p = PyBytes_AS_STRING(name)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(name)
+    if n == 4:
+        return H_HOST if _is(p, b"host", 4) else H_OTHER
+    if n == 2:
+        return H_TE if _is(p, b"te", 2) else H_OTHER
+    if n == 6:
+        return H_EXPECT if _is(p, b"expect", 6) else H_OTHER
+    if n == 7:
+        if _is(p, b"upgrade", 7):
+            return H_UPGRADE
+        return H_TRAILER if _is(p, b"trailer", 7) else H_OTHER
+    if n == 10:
+        if _is(p, b"connection", 10):
+            return H_CONNECTION
+        return H_KEEP_ALIVE if _is(p, b"keep-alive", 10) else H_OTHER
+    if n == 12:
+        return H_X_REQUEST_ID if _is(p, b"x-request-id", 12) else H_OTHER
+    if n == 14:
+        return H_CONTENT_LENGTH if _is(p, b"content-length", 14) else H_OTHER
+    if n == 15:
+        return H_X_FORWARDED_FOR if _is(p, b"x-forwarded-for", 15) else H_OTHER
+    if n == 16:
+        if _is(p, b"proxy-connection", 16):
+            return H_PROXY_CONNECTION
+        if _is(p, b"x-forwarded-host", 16):
+            return H_X_FORWARDED_HOST
+        return H_OTHER
+    if n == 17:
+        if _is(p, b"transfer-encoding", 17):
+            return H_TRANSFER_ENCODING
+        return H_X_FORWARDED_PROTO if _is(p, b"x-forwarded-proto", 17) else H_OTHER
+    return H_OTHER
+
+
+cdef bint kind_is_hop_by_hop(int kind) noexcept:
+    return (kind == H_CONNECTION or kind == H_KEEP_ALIVE or kind == H_PROXY_CONNECTION
+            or kind == H_TE or kind == H_TRAILER or kind == H_TRANSFER_ENCODING
+            or kind == H_UPGRADE)
+
+
+cdef bytes status_line(int status, bytes reason):
+    """Our status line for known codes; the upstream's reason phrase for others."""
+    line = STATUS_LINES.get(status)
+    if line is not None:
+        return <bytes>line
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason or b"Unknown")
+
+
+cdef bytes join_bytes(list parts):
+    """b"".join for a list known to hold only bytes, without the buffer protocol per item."""
+    cdef Py_ssize_t count = PyList_GET_SIZE(parts)
+    cdef Py_ssize_t i, size, total = 0
+    cdef object part
+    for i in range(count):
+        total += PyBytes_GET_SIZE(<object>PyList_GET_ITEM(parts, i))
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
+    cdef char* dst = PyBytes_AS_STRING(out)
+    for i in range(count):
+        part = <object>PyList_GET_ITEM(parts, i)
+        size = PyBytes_GET_SIZE(part)
+        memcpy(dst, PyBytes_AS_STRING(part), size)
+        dst += size
+    return out
+
+
+cdef bytes int_bytes(long long value):
+    cdef char buf[24]
+    cdef int n = snprintf(buf, sizeof(buf), b"%lld", value)
+    return PyBytes_FromStringAndSize(buf, n)
+
 
 cdef double monotonic() noexcept nogil:
     cdef timespec ts
@@ -49,8 +145,20 @@ cdef bytes reason_phrase(int status):
 
 cdef bytes next_request_id():
     global _id_counter
+    cdef char buf[48]
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(_ID_PREFIX)
+    cdef Py_ssize_t i, digits = 8
+    cdef unsigned long long value
     _id_counter += 1
-    return _ID_PREFIX + (b"-%08x" % _id_counter)
+    value = _id_counter
+    while digits < 16 and (value >> (4 * digits)):
+        digits += 1
+    memcpy(buf, PyBytes_AS_STRING(_ID_PREFIX), n)
+    buf[n] = b'-'
+    for i in range(digits):
+        buf[n + digits - i] = b"0123456789abcdef"[value & 15]
+        value >>= 4
+    return PyBytes_FromStringAndSize(buf, n + 1 + digits)
 
 
 cdef bint is_hop_by_hop(bytes lname):
@@ -140,6 +248,21 @@ cdef bytes chunk_frame(bytes data):
 def _error_response_py(status, message, request_id, close=False):
     """Test hook for error_response."""
     return error_response(status, message, request_id, close)
+
+
+def _header_kind_py(name):
+    """Test hook for header_kind."""
+    return header_kind(name)
+
+
+def _int_bytes_py(value):
+    """Test hook for int_bytes."""
+    return int_bytes(value)
+
+
+def _join_bytes_py(parts):
+    """Test hook for join_bytes."""
+    return join_bytes(parts)
 
 
 def _next_request_id_py():

@@ -59,6 +59,7 @@ cdef class ProxyRequest(Exchange):
     cdef bytes xff
     cdef bytes upgrade
     cdef bint connection_upgrade
+    cdef bint keepalive_token
     cdef bint wants_upgrade
     cdef bint tunneling
     cdef set conn_tokens
@@ -102,6 +103,7 @@ cdef class DownstreamProtocol:
     cdef double last_read
     cdef int messages
     cdef public bytes peer_ip
+    cdef bytes forwarded
     cdef int read_pause
     cdef bint write_paused
     cdef bint closing

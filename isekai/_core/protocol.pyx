@@ -29,8 +29,10 @@ import httptools
 
 from isekai._core.counters cimport Counters
 from isekai._core.http cimport (
-    chunk_frame, connection_tokens, error_response, is_hop_by_hop, monotonic, next_request_id,
-    reason_phrase, valid_host,
+    chunk_frame, connection_tokens, error_response, monotonic, next_request_id,
+    H_CONNECTION, H_CONTENT_LENGTH, H_EXPECT, H_HOST, H_OTHER, H_TRANSFER_ENCODING, H_UPGRADE,
+    H_X_FORWARDED_FOR, H_X_REQUEST_ID, header_kind, int_bytes, join_bytes, reason_phrase,
+    status_line, valid_host,
 )
 from isekai._core.router cimport Router
 from isekai._core.tunnel cimport Tunnel
@@ -50,11 +52,6 @@ cdef Py_ssize_t PIPELINE_LIMIT = 16
 cdef long long DISCARD_LIMIT = 1024 * 1024
 
 # Request header fields the gateway sets itself or re-frames; they are not copied upstream.
-cdef frozenset REGENERATED = frozenset((
-    b"host", b"content-length", b"transfer-encoding", b"x-forwarded-for", b"x-forwarded-proto",
-    b"x-forwarded-host", b"x-request-id", b"expect", b"connection", b"keep-alive",
-    b"proxy-connection", b"te", b"trailer", b"upgrade",
-))
 
 cdef bytes CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -159,33 +156,21 @@ cdef class ProxyRequest(Exchange):
 
     cdef int response_head(self, UpstreamProtocol conn) except -1:
         cdef DownstreamProtocol proto = self.proto
-        cdef bytes lname
-        cdef set tokens = None
-        cdef bint upstream_id = False
         cdef int status = conn.status
         cdef bint no_body = self.is_head or status == 204 or status == 304 or status == 101
-        cdef list out = [b"HTTP/1.1 %d " % status, conn.reason or reason_phrase(status), b"\r\n"]
+        # The upstream protocol already sorted the fields into ready-to-join parts; take them.
+        cdef list out = conn.headers
+        conn.headers = None
+        if conn.conn_tokens:
+            out = _drop_listed(out, conn.conn_tokens)
+        out.insert(0, status_line(status, conn.reason))
         if status == 101:
             if not self.wants_upgrade or conn.upgrade is None:
                 raise ValueError("upstream switched protocols unasked")
             self.tunneling = True
         elif self.wants_upgrade:
             self.close_after = True  # the client may already be sending the other protocol
-        for name, value in conn.headers:
-            lname = name.lower()
-            if is_hop_by_hop(lname):
-                if lname == b"connection":
-                    tokens = connection_tokens(value)
-                continue
-            if lname == b"x-request-id":
-                upstream_id = True
-            out.append(name)
-            out.append(b": ")
-            out.append(value)
-            out.append(b"\r\n")
-        if tokens:
-            out = _drop_listed(out, tokens)
-        if not upstream_id:
+        if not conn.has_request_id:
             out.append(b"x-request-id: ")
             out.append(self.request_id)
             out.append(b"\r\n")
@@ -196,7 +181,7 @@ cdef class ProxyRequest(Exchange):
             out.append(b"\r\n\r\n")
             self.status = status
             self.response_started = True
-            proto.transport.write(b"".join(out))
+            proto.transport.write(join_bytes(out))
             return 0
         if not no_body and (conn.chunked or not conn.has_length):
             if self.http11:
@@ -209,14 +194,15 @@ cdef class ProxyRequest(Exchange):
             self.close_after = True
         if self.close_after or not self.keep_alive:
             self.close_after = True
-            out.append(b"connection: close\r\n")
+            out.append(b"connection: close\r\n\r\n")
         elif not self.http11:
-            out.append(b"connection: keep-alive\r\n")
-        out.append(b"\r\n")
+            out.append(b"connection: keep-alive\r\n\r\n")
+        else:
+            out.append(b"\r\n")
         self.status = status
         self.response_started = True
         # Held until the end of this read from the upstream: head and body leave in one write.
-        self.out = [b"".join(out)]
+        self.out = [join_bytes(out)]
         return 0
 
     cdef int response_body(self, bytes data) except -1:
@@ -285,13 +271,14 @@ cdef class ProxyRequest(Exchange):
         return self.proto.peer_ip
 
 
-cdef list _drop_listed(list out, set tokens):
-    """Remove the fields named by the upstream's Connection header (RFC 9110 §7.6.1)."""
-    cdef list kept = out[:3]
-    cdef Py_ssize_t i = 3
-    while i < len(out):
-        if out[i].lower() not in tokens:
-            kept.extend(out[i:i + 4])
+cdef list _drop_listed(list parts, set tokens):
+    """Remove the fields named in a Connection header (RFC 9110 §7.6.1) from flat
+    [name, b": ", value, b"\r\n", ...] parts."""
+    cdef list kept = []
+    cdef Py_ssize_t i = 0
+    while i + 3 < len(parts):
+        if parts[i].lower() not in tokens:
+            kept.extend(parts[i:i + 4])
         i += 4
     return kept
 
@@ -310,6 +297,8 @@ cdef class DownstreamProtocol:
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0].encode() if peer else b"unknown"
+        self.forwarded = b"".join(
+            (self.peer_ip, b"\r\nx-forwarded-proto: ", self.state.scheme, b"\r\n"))
         if peer and self.state.trusted_networks:
             address = ipaddress.ip_address(peer[0])
             self.trusted = any(address in net for net in self.state.trusted_networks)
@@ -494,7 +483,8 @@ cdef class DownstreamProtocol:
 
     def on_header(self, bytes name, bytes value):
         cdef ProxyRequest req = self.parsing
-        cdef bytes lname
+        cdef int kind
+        cdef list out
         if req.head_complete:
             return  # a trailer field (RFC 9110 §6.5): never merged into the head; dropped
         req.header_count += 1
@@ -503,23 +493,28 @@ cdef class DownstreamProtocol:
             self._fail_parse(431, "too many header fields")
         if req.header_bytes > self.state.max_header_bytes:
             self._fail_parse(431, "header block too large")
-        lname = name.lower()
-        if lname not in REGENERATED:
-            req.headers.append((name, value))
+        kind = header_kind(name)
+        if kind == H_OTHER:
+            # Kept as ready-to-join parts of the upstream head.
+            out = req.headers
+            out.append(name)
+            out.append(b": ")
+            out.append(value)
+            out.append(b"\r\n")
             return
-        if lname == b"host":
+        if kind == H_HOST:
             if req.host is not None:
                 self._fail_parse(400, "duplicate Host header")
             if not valid_host(value):
                 self._fail_parse(400, "invalid Host header")
             req.host = value
-        elif lname == b"content-length":
+        elif kind == H_CONTENT_LENGTH:
             # llhttp has checked the digits; a length past 2^62 is refused before int overflow.
             if len(value.strip()) > 18:
                 self._fail_parse(400, "Content-Length out of range")
             req.has_length = True
             req.content_length = int(value)
-        elif lname == b"transfer-encoding":
+        elif kind == H_TRANSFER_ENCODING:
             # Checked here, before the head can reach an upstream: only a lone "chunked"
             # frames a request body we forward (RFC 9112 §6.1).
             coding = value.strip().lower()
@@ -529,22 +524,24 @@ cdef class DownstreamProtocol:
                     self._fail_parse(501, "transfer coding not implemented")
                 self._fail_parse(400, "invalid Transfer-Encoding")
             req.chunked = True
-        elif lname == b"x-forwarded-for":
+        elif kind == H_X_FORWARDED_FOR:
             req.xff = value if req.xff is None else req.xff + b", " + value
-        elif lname == b"x-request-id":
+        elif kind == H_X_REQUEST_ID:
             if 0 < len(value) <= 200 and value.isascii() and b" " not in value:
                 req.request_id = value
-        elif lname == b"expect":
+        elif kind == H_EXPECT:
             if value.lower() == b"100-continue":
                 req.expect_continue = True
             else:
                 self._fail_parse(417, "unsupported Expect value")
-        elif lname == b"upgrade":
+        elif kind == H_UPGRADE:
             req.upgrade = value
-        elif lname == b"connection":
+        elif kind == H_CONNECTION:
             tokens = connection_tokens(value)
             tokens.discard(b"close")
-            tokens.discard(b"keep-alive")
+            if b"keep-alive" in tokens:
+                req.keepalive_token = True
+                tokens.discard(b"keep-alive")
             if b"upgrade" in tokens:
                 req.connection_upgrade = True
                 tokens.discard(b"upgrade")
@@ -561,14 +558,19 @@ cdef class DownstreamProtocol:
         req.method = self.parser.get_method()
         req.is_head = req.method == b"HEAD"
         req.keep_alive = self.parser.should_keep_alive()
-        version = self.parser.get_http_version()
-        req.http11 = version == "1.1"
-        if not req.http11 and version != "1.0":
-            self._fail_parse(505, "HTTP version not supported")
+        if req.keep_alive and not req.keepalive_token:
+            # llhttp keeps a connection alive by default only for HTTP/1.1: no need to ask
+            # for the version string (a formatted str per call).
+            req.http11 = True
+        else:
+            version = self.parser.get_http_version()
+            req.http11 = version == "1.1"
+            if not req.http11 and version != "1.0":
+                self._fail_parse(505, "HTTP version not supported")
         if req.request_id is None:
             req.request_id = next_request_id()
         if req.conn_tokens:
-            req.headers = [h for h in req.headers if h[0].lower() not in req.conn_tokens]
+            req.headers = _drop_listed(req.headers, req.conn_tokens)
         if req.host is None and req.http11:
             self._fail_parse(400, "missing Host header")
         if req.chunked and not req.http11:
@@ -696,34 +698,34 @@ cdef class DownstreamProtocol:
             path = _rewrite(route.rewrite, req.params)
         cdef list out = [req.method, b" ", path, req.query, b" HTTP/1.1\r\nhost: ",
                          req.conn.pool.authority, b"\r\n"]
-        for name, value in req.headers:
-            out.append(name)
-            out.append(b": ")
-            out.append(value)
-            out.append(b"\r\n")
+        out += req.headers
         if req.wants_upgrade:
             out.append(b"connection: upgrade\r\nupgrade: ")
             out.append(req.upgrade)
             out.append(b"\r\n")
-        out.append(b"x-forwarded-for: ")
         if req.xff is not None and self.trusted:
+            out.append(b"x-forwarded-for: ")
             out.append(req.xff)
             out.append(b", ")
-        out.append(self.peer_ip)
-        out.append(b"\r\nx-forwarded-proto: ")
-        out.append(self.state.scheme)
+            out.append(self.forwarded)  # "<peer>\r\nx-forwarded-proto: <scheme>\r\n"
+        else:
+            out.append(b"x-forwarded-for: ")
+            out.append(self.forwarded)
         if req.host is not None:
-            out.append(b"\r\nx-forwarded-host: ")
+            out.append(b"x-forwarded-host: ")
             out.append(req.host)
-        out.append(b"\r\nx-request-id: ")
+            out.append(b"\r\n")
+        out.append(b"x-request-id: ")
         out.append(req.request_id)
         if req.chunked:
             out.append(b"\r\ntransfer-encoding: chunked\r\n\r\n")
         elif req.has_length:
-            out.append(b"\r\ncontent-length: %d\r\n\r\n" % req.content_length)
+            out.append(b"\r\ncontent-length: ")
+            out.append(int_bytes(req.content_length))
+            out.append(b"\r\n\r\n")
         else:
             out.append(b"\r\n\r\n")
-        req.conn.write(b"".join(out))
+        req.conn.write(join_bytes(out))
         return 0
 
     cdef int send_direct(self, ProxyRequest req) except -1:
@@ -735,9 +737,10 @@ cdef class DownstreamProtocol:
             tail = b"\r\nconnection: close\r\n\r\n"
         else:
             tail = b"\r\n\r\n"
-        self.transport.write(b"".join((
-            route.respond_head, b"content-length: %d\r\nx-request-id: " % len(body),
-            req.request_id, tail, b"" if req.is_head else body)))
+        # respond_head ends with the content-length line (prebuilt by the snapshot).
+        self.transport.write(join_bytes([
+            route.respond_head, b"x-request-id: ", req.request_id, tail,
+            b"" if req.is_head else body]))
         req.bytes_out = len(body)
         return self.finish_response(req)
 

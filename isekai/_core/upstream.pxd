@@ -47,6 +47,10 @@ cdef class UpstreamProtocol:
     cdef public bint keep_alive
     cdef public long long bytes_received
     cdef public bytes upgrade
+    cdef public bint has_request_id
+    cdef public set conn_tokens
+    cdef int lengths
+    cdef bytes encoding
 
     cdef int attach(self, Exchange exchange) except -1
     cdef int write(self, bytes data) except -1

@@ -24,7 +24,10 @@ from collections import deque
 
 import httptools
 
-from isekai._core.http cimport monotonic
+from isekai._core.http cimport (
+    H_CONNECTION, H_CONTENT_LENGTH, H_OTHER, H_TRANSFER_ENCODING, H_UPGRADE, H_X_REQUEST_ID,
+    connection_tokens, header_kind, kind_is_hop_by_hop, monotonic,
+)
 
 cdef set _pools = set()
 
@@ -135,43 +138,62 @@ cdef class UpstreamProtocol:
         self.chunked = False
         self.has_length = False
         self.upgrade = None
+        self.has_request_id = False
+        self.lengths = 0
+        self.encoding = None
+        self.conn_tokens = None
 
     def on_status(self, bytes status):
         self.reason = status if not self.reason else self.reason + status
 
     def on_header(self, bytes name, bytes value):
-        self.headers.append((name, value))
+        # Fields are sorted as they arrive: what the client may see goes straight into
+        # `headers` as ready-to-join parts; framing and hop-by-hop fields are only noted.
+        cdef int kind = header_kind(name)
+        cdef list out = self.headers
+        if kind == H_OTHER or not kind_is_hop_by_hop(kind):
+            if kind == H_CONTENT_LENGTH:
+                self.lengths += 1
+            elif kind == H_X_REQUEST_ID:
+                self.has_request_id = True
+            out.append(name)
+            out.append(b": ")
+            out.append(value)
+            out.append(b"\r\n")
+        elif kind == H_TRANSFER_ENCODING:
+            self.encoding = value if self.encoding is None else self.encoding + b"," + value
+        elif kind == H_UPGRADE:
+            self.upgrade = value
+        elif kind == H_CONNECTION:
+            tokens = connection_tokens(value)
+            tokens.discard(b"close")
+            tokens.discard(b"keep-alive")
+            tokens.discard(b"upgrade")
+            if tokens:
+                self.conn_tokens = tokens if self.conn_tokens is None else self.conn_tokens | tokens
 
     def on_headers_complete(self):
         cdef int status = self.parser.get_status_code()
         cdef Exchange ex = self.exchange
+        cdef bytes codings
         self.status = status
         if 100 <= status < 200 and status != 101:
             self.interim = True
+            self.headers = []
             return
         self.interim = False
         self.head_received = True
         self.keep_alive = self.parser.should_keep_alive()
-        cdef int lengths = 0
-        cdef bytes encoding = None
-        for name, value in self.headers:
-            lname = name.lower()
-            if lname == b"content-length":
-                lengths += 1
-            elif lname == b"transfer-encoding":
-                encoding = value if encoding is None else encoding + b"," + value
-            elif lname == b"upgrade":
-                self.upgrade = value
-        if encoding is not None:
+        if self.encoding is not None:
             # Only a final "chunked" frames a body we can trust (RFC 9112 §6.1); anything else,
             # or a Content-Length beside it, is how responses get desynchronised.
-            codings = encoding.lower().replace(b" ", b"").replace(b"\t", b"")
-            if lengths or not (codings == b"chunked" or codings.endswith(b",chunked")):
+            codings = self.encoding.lower().replace(b" ", b"").replace(b"\t", b"")
+            if self.lengths or not (codings == b"chunked" or codings.endswith(b",chunked")):
                 raise ValueError("ambiguous upstream response framing")
             self.chunked = True
-        elif lengths > 1:
+        elif self.lengths > 1:
             raise ValueError("several Content-Length headers in the upstream response")
-        self.has_length = lengths == 1
+        self.has_length = self.lengths == 1
         no_body = ex.is_head or status == 204 or status == 304
         self.eof_body = not no_body and not self.chunked and not self.has_length
         if self.eof_body:

@@ -51,7 +51,10 @@ def direct(name: str, body: bytes, status: int = 200) -> CoreRoute:
     route = CoreRoute(name, COUNTERS.slot(name))
     route.direct = True
     route.respond_status = status
-    route.respond_head = b"HTTP/1.1 %d OK\r\ncontent-type: text/plain\r\n" % status
+    route.respond_head = b"HTTP/1.1 %d OK\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n" % (
+        status,
+        len(body),
+    )
     route.respond_body = body
     return route
 
