@@ -16,7 +16,14 @@ cdef enum HeaderKind:
     H_X_REQUEST_ID
     H_EXPECT
 
+cdef enum ConnectionOption:
+    CONNECTION_OTHER = 0
+    CONNECTION_KEEP_ALIVE
+    CONNECTION_CLOSE
+    CONNECTION_UPGRADE
+
 cdef int header_kind(bytes name) noexcept
+cdef int connection_option(bytes value) noexcept
 cdef bint kind_is_hop_by_hop(int kind) noexcept
 cdef bytes status_line(int status, bytes reason)
 cdef bytes join_bytes(list parts)

@@ -95,6 +95,19 @@ cdef int header_kind(bytes name) noexcept:
     return H_OTHER
 
 
+cdef int connection_option(bytes value) noexcept:
+    """A Connection value that is one common token, recognised without building a set."""
+    cdef const char* p = PyBytes_AS_STRING(value)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(value)
+    if n == 10 and _is(p, b"keep-alive", 10):
+        return CONNECTION_KEEP_ALIVE
+    if n == 5 and _is(p, b"close", 5):
+        return CONNECTION_CLOSE
+    if n == 7 and _is(p, b"upgrade", 7):
+        return CONNECTION_UPGRADE
+    return CONNECTION_OTHER
+
+
 cdef bint kind_is_hop_by_hop(int kind) noexcept:
     return (kind == H_CONNECTION or kind == H_KEEP_ALIVE or kind == H_PROXY_CONNECTION
             or kind == H_TE or kind == H_TRAILER or kind == H_TRANSFER_ENCODING

@@ -30,6 +30,7 @@ import httptools
 from isekai._core.counters cimport Counters
 from isekai._core.http cimport (
     chunk_frame, connection_tokens, error_response, monotonic, next_request_id,
+    CONNECTION_CLOSE, CONNECTION_KEEP_ALIVE, CONNECTION_UPGRADE, connection_option,
     H_CONNECTION, H_CONTENT_LENGTH, H_EXPECT, H_HOST, H_OTHER, H_TRANSFER_ENCODING, H_UPGRADE,
     H_X_FORWARDED_FOR, H_X_REQUEST_ID, header_kind, int_bytes, join_bytes, reason_phrase,
     status_line, valid_host,
@@ -483,7 +484,7 @@ cdef class DownstreamProtocol:
 
     def on_header(self, bytes name, bytes value):
         cdef ProxyRequest req = self.parsing
-        cdef int kind
+        cdef int kind, option
         cdef list out
         if req.head_complete:
             return  # a trailer field (RFC 9110 §6.5): never merged into the head; dropped
@@ -537,6 +538,15 @@ cdef class DownstreamProtocol:
         elif kind == H_UPGRADE:
             req.upgrade = value
         elif kind == H_CONNECTION:
+            option = connection_option(value)
+            if option == CONNECTION_KEEP_ALIVE:
+                req.keepalive_token = True
+                return
+            if option == CONNECTION_CLOSE:
+                return
+            if option == CONNECTION_UPGRADE:
+                req.connection_upgrade = True
+                return
             tokens = connection_tokens(value)
             tokens.discard(b"close")
             if b"keep-alive" in tokens:

@@ -72,7 +72,7 @@ cdef class Pool:
     cdef public double read_timeout
     cdef object loop
     cdef list idle
-    cdef set busy
+    cdef set open
     cdef set connecting
     cdef object waiters
     cdef readonly int total

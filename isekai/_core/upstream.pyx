@@ -26,7 +26,8 @@ import httptools
 
 from isekai._core.http cimport (
     H_CONNECTION, H_CONTENT_LENGTH, H_OTHER, H_TRANSFER_ENCODING, H_UPGRADE, H_X_REQUEST_ID,
-    connection_tokens, header_kind, kind_is_hop_by_hop, monotonic,
+    CONNECTION_OTHER, connection_option, connection_tokens, header_kind, kind_is_hop_by_hop,
+    monotonic,
 )
 
 cdef set _pools = set()
@@ -164,7 +165,7 @@ cdef class UpstreamProtocol:
             self.encoding = value if self.encoding is None else self.encoding + b"," + value
         elif kind == H_UPGRADE:
             self.upgrade = value
-        elif kind == H_CONNECTION:
+        elif kind == H_CONNECTION and connection_option(value) == CONNECTION_OTHER:
             tokens = connection_tokens(value)
             tokens.discard(b"close")
             tokens.discard(b"keep-alive")
@@ -290,7 +291,7 @@ cdef class Pool:
         self.read_timeout = read_timeout
         self.loop = loop if loop is not None else asyncio.get_event_loop()
         self.idle = []
-        self.busy = set()
+        self.open = set()
         self.connecting = set()
         self.waiters = deque()
         _pools.add(self)
@@ -301,7 +302,7 @@ cdef class Pool:
 
     @property
     def busy_count(self):
-        return len(self.busy)
+        return len(self.open) - len(self.idle)
 
     cdef int acquire(self, Exchange exchange) except -1:
         cdef UpstreamProtocol conn
@@ -311,7 +312,6 @@ cdef class Pool:
             if conn.closed or now - conn.idle_since > self.keepalive_expiry:
                 conn.close()
                 continue
-            self.busy.add(conn)
             conn.attach(exchange)
             exchange.upstream_ready(conn)
             return 0
@@ -337,7 +337,6 @@ cdef class Pool:
     cdef int release(self, UpstreamProtocol conn, bint reusable) except -1:
         cdef Exchange waiter
         conn.exchange = None
-        self.busy.discard(conn)
         if not reusable or conn.closed or self.closed:
             conn.close()
             return 0
@@ -345,7 +344,6 @@ cdef class Pool:
             waiter = self.waiters.popleft()
             if waiter.cancelled:
                 continue
-            self.busy.add(conn)
             conn.attach(waiter)
             waiter.upstream_ready(conn)
             return 0
@@ -362,7 +360,7 @@ cdef class Pool:
         if conn in self.connecting:
             return 0  # _connect_done does the accounting
         self.total -= 1
-        self.busy.discard(conn)
+        self.open.discard(conn)
         try:
             self.idle.remove(conn)
         except ValueError:
@@ -378,7 +376,7 @@ cdef class Pool:
         for conn in list(self.connecting):
             if now > conn.deadline and not conn.closed:
                 conn.connect_future.cancel()
-        for conn in list(self.busy):
+        for conn in list(self.open):
             if conn.exchange is not None and now > conn.deadline:
                 conn._fail(FAIL_TIMEOUT, "upstream timed out")
         while self.idle:
@@ -423,7 +421,7 @@ cdef _connect_done(Pool pool, UpstreamProtocol conn, fut):
                 pool._connect(waiter)
                 break
         return
-    pool.busy.add(conn)
+    pool.open.add(conn)
     if ex is None or ex.cancelled:
         pool.release(conn, True)
         return
