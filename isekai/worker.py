@@ -16,6 +16,7 @@ in the kernel backlog until the server is recreated from another dup.
 from __future__ import annotations
 
 import asyncio
+import functools
 import dataclasses
 import json
 import logging
@@ -155,7 +156,7 @@ class Worker:
         dup = socket.socket(fileno=os.dup(sock.fileno()))
         try:
             return await self.loop.create_server(
-                lambda: DownstreamProtocol(self.state), sock=dup, backlog=BACKLOG
+                functools.partial(DownstreamProtocol, self.state), sock=dup, backlog=BACKLOG
             )
         except BaseException:
             dup.close()
