@@ -16,8 +16,8 @@ in the kernel backlog until the server is recreated from another dup.
 from __future__ import annotations
 
 import asyncio
-import functools
 import dataclasses
+import functools
 import json
 import logging
 import os
