@@ -1,4 +1,5 @@
 cdef double monotonic() noexcept nogil
+cdef double wall_clock() noexcept nogil
 cdef enum HeaderKind:
     H_OTHER = 0
     H_HOST
@@ -15,6 +16,7 @@ cdef enum HeaderKind:
     H_X_FORWARDED_HOST
     H_X_REQUEST_ID
     H_EXPECT
+    H_USER_AGENT
 
 cdef enum ConnectionOption:
     CONNECTION_OTHER = 0

@@ -17,7 +17,7 @@ from cpython.bytes cimport (
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from libc.stdio cimport snprintf
 from libc.string cimport memcpy
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus the de-facto ones proxies also drop.
 cdef frozenset HOP_BY_HOP = frozenset((
@@ -75,6 +75,8 @@ cdef int header_kind(bytes name) noexcept:
     if n == 10:
         if _is(p, b"connection", 10):
             return H_CONNECTION
+        if _is(p, b"user-agent", 10):
+            return H_USER_AGENT
         return H_KEEP_ALIVE if _is(p, b"keep-alive", 10) else H_OTHER
     if n == 12:
         return H_X_REQUEST_ID if _is(p, b"x-request-id", 12) else H_OTHER
@@ -148,6 +150,12 @@ cdef bytes int_bytes(long long value):
 cdef double monotonic() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef double wall_clock() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
 
 

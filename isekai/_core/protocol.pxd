@@ -42,6 +42,10 @@ cdef class ServerState:
     cdef public object on_capacity
     cdef public tuple trusted_networks
     cdef public set tunnels_open
+    cdef public bint log_requests
+    cdef public list log_buffer
+    cdef public int log_capacity
+    cdef public long long log_dropped
     cdef bint full
 
 
@@ -57,6 +61,7 @@ cdef class ProxyRequest(Exchange):
     cdef public dict params
     cdef public bytes request_id
     cdef bytes xff
+    cdef bytes user_agent
     cdef bytes upgrade
     cdef bint connection_upgrade
     cdef bint keepalive_token

@@ -29,11 +29,11 @@ import httptools
 
 from isekai._core.counters cimport Counters
 from isekai._core.http cimport (
-    chunk_frame, connection_tokens, error_response, monotonic, next_request_id,
-    CONNECTION_CLOSE, CONNECTION_KEEP_ALIVE, CONNECTION_UPGRADE, connection_option,
-    H_CONNECTION, H_CONTENT_LENGTH, H_EXPECT, H_HOST, H_OTHER, H_TRANSFER_ENCODING, H_UPGRADE,
-    H_X_FORWARDED_FOR, H_X_REQUEST_ID, header_kind, int_bytes, join_bytes, reason_phrase,
-    status_line, valid_host,
+    CONNECTION_CLOSE, CONNECTION_KEEP_ALIVE, CONNECTION_UPGRADE, H_CONNECTION, H_CONTENT_LENGTH,
+    H_EXPECT, H_HOST, H_OTHER, H_TRANSFER_ENCODING, H_UPGRADE, H_USER_AGENT, H_X_FORWARDED_FOR,
+    H_X_REQUEST_ID, chunk_frame, connection_option, connection_tokens, error_response,
+    header_kind, int_bytes, join_bytes, monotonic, next_request_id, reason_phrase, status_line,
+    valid_host, wall_clock,
 )
 from isekai._core.router cimport Router
 from isekai._core.tunnel cimport Tunnel
@@ -93,6 +93,16 @@ cdef class ServerState:
         self.on_capacity = None
         self.trusted_networks = ()
         self.tunnels_open = set()
+        self.log_requests = False
+        self.log_buffer = []
+        self.log_capacity = 10000
+        self.log_dropped = 0
+
+    def take_request_log(self):
+        """The request-log records gathered since the last call (tuples, see REQUEST_LOG_FIELDS)."""
+        records = self.log_buffer
+        self.log_buffer = []
+        return records
 
     def set_trusted_proxies(self, cidrs):
         """Peers in these CIDRs may supply X-Forwarded-For; others have theirs replaced."""
@@ -537,6 +547,13 @@ cdef class DownstreamProtocol:
                 self._fail_parse(417, "unsupported Expect value")
         elif kind == H_UPGRADE:
             req.upgrade = value
+        elif kind == H_USER_AGENT:
+            req.user_agent = value
+            out = req.headers
+            out.append(name)
+            out.append(b": ")
+            out.append(value)
+            out.append(b"\r\n")
         elif kind == H_CONNECTION:
             option = connection_option(value)
             if option == CONNECTION_KEEP_ALIVE:
@@ -810,8 +827,16 @@ cdef class DownstreamProtocol:
         return self.retire(req)
 
     cdef void _record(self, ProxyRequest req):
-        self.state.counters.record(req.route.slot if req.route is not None else 0, req.status,
-                                   req.bytes_in, req.bytes_out, monotonic() - req.started_at)
+        cdef double latency = monotonic() - req.started_at
+        cdef ServerState state = self.state
+        state.counters.record(req.route.slot if req.route is not None else 0, req.status,
+                              req.bytes_in, req.bytes_out, latency)
+        if state.log_requests:
+            # A bounded buffer the worker drains to the batched writer; full means dropped.
+            if len(state.log_buffer) < state.log_capacity:
+                state.log_buffer.append(_log_record(self, req, latency))
+            else:
+                state.log_dropped += 1
 
     cdef int retire(self, ProxyRequest req) except -1:
         """The request and its response are both over: move to the next one."""
@@ -909,6 +934,30 @@ cdef class DownstreamProtocol:
             if self.transport is not None:
                 self.transport.close()
         return 0
+
+
+REQUEST_LOG_FIELDS = (
+    "ts", "route", "method", "path", "status", "upstream", "latency_ms", "bytes_in", "bytes_out",
+    "client_ip", "user_agent", "request_id",
+)
+
+
+cdef tuple _log_record(DownstreamProtocol proto, ProxyRequest req, double latency):
+    cdef CoreRoute route = req.route
+    return (
+        wall_clock(),
+        route.name if route is not None else None,
+        req.method,
+        req.path,
+        req.status,
+        route.cluster.name if route is not None and route.cluster is not None else None,
+        latency * 1000.0,
+        req.bytes_in,
+        req.bytes_out,
+        proto.peer_ip,
+        req.user_agent,
+        req.request_id,
+    )
 
 
 cdef object _origin_form(ProxyRequest req, bytes url):

@@ -209,3 +209,30 @@ def test_protocol_max_requests_per_connection(state):
 def test_protocol_request_id_from_client_is_echoed(state):
     out, _ = serve(state, b"GET /hello HTTP/1.1\r\nHost: a\r\nX-Request-ID: r-1\r\n\r\n")
     assert b"x-request-id: r-1\r\n" in out
+
+
+def test_protocol_request_log_records_and_bounded_buffer(state):
+    from isekai._core.protocol import REQUEST_LOG_FIELDS
+
+    state.log_requests = True
+    state.log_capacity = 2
+    state.take_request_log()
+    dropped = state.log_dropped
+    serve(
+        state,
+        b"GET /hello?q=1 HTTP/1.1\r\nHost: a\r\nUser-Agent: curl/8\r\nX-Request-ID: r-9\r\n\r\n",
+        b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    records = [dict(zip(REQUEST_LOG_FIELDS, r, strict=True)) for r in state.take_request_log()]
+    assert len(records) == 2
+    assert state.log_dropped == dropped + 1
+    first, second = records
+    assert first["route"] == "hello" and first["status"] == 200
+    assert first["method"] == b"GET" and first["path"] == b"/hello"
+    assert first["user_agent"] == b"curl/8" and first["request_id"] == b"r-9"
+    assert first["client_ip"] == b"127.0.0.1" and first["latency_ms"] >= 0
+    assert first["ts"] > 1.7e9
+    assert second["route"] is None and second["status"] == 404
+    assert state.take_request_log() == []
+    state.log_requests = False
