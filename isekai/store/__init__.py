@@ -1,0 +1,31 @@
+"""The control-plane store: routes, upstreams, admin users and request logs.
+
+``open_store(url)`` returns a ``Store`` for ``sqlite:///...`` (embedded, the default) or
+``postgresql://...`` (several gateways sharing one database); see docs/store.md.
+"""
+
+from isekai.store.base import (
+    AlreadyExists,
+    InvalidStoreURL,
+    NotFound,
+    RequestLogQuery,
+    Store,
+    StoredItem,
+    StoreError,
+    VersionMismatch,
+    open_store,
+)
+from isekai.store.request_log import RequestLogWriter
+
+__all__ = [
+    "AlreadyExists",
+    "InvalidStoreURL",
+    "NotFound",
+    "RequestLogQuery",
+    "RequestLogWriter",
+    "Store",
+    "StoreError",
+    "StoredItem",
+    "VersionMismatch",
+    "open_store",
+]

@@ -1,0 +1,405 @@
+"""The control-plane store contract: what every backend offers, and the values it trades in.
+
+A store keeps what the admin API changes at run time (routes, upstreams), the admin accounts
+and the request logs. Items are versioned documents: each create, replace or delete bumps the
+item's ``version`` (optimistic concurrency through ``if_version``) and a store-wide ``revision``
+counter that gateways watch with ``wait_for_change`` to know when to rebuild their snapshot.
+
+Backends: ``sqlite.SQLiteStore`` (the embedded default) and ``postgres.PostgresStore`` (for
+several gateways sharing one database). ``open_store(url)`` picks one from a URL.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from isekai.errors import ConfigError, IsekaiError
+
+__all__ = [
+    "KINDS",
+    "LOG_COLUMNS",
+    "AlreadyExists",
+    "InvalidStoreURL",
+    "NotFound",
+    "RequestLogQuery",
+    "Store",
+    "StoreError",
+    "StoredItem",
+    "VersionMismatch",
+    "open_store",
+]
+
+KINDS = ("route", "upstream")
+
+# request-log columns in table order, with the Python type each value is coerced to
+LOG_COLUMNS: tuple[tuple[str, type], ...] = (
+    ("ts", float),
+    ("route", str),
+    ("method", str),
+    ("path", str),
+    ("status", int),
+    ("upstream", str),
+    ("latency_ms", float),
+    ("bytes_in", int),
+    ("bytes_out", int),
+    ("client_ip", str),
+    ("user_agent", str),
+    ("request_id", str),
+)
+LOG_KEYS = tuple(name for name, _ in LOG_COLUMNS)
+# longest text kept per request-log column; longer values are cut (logs must stay bounded)
+LOG_TEXT_LIMITS = {"path": 2048, "user_agent": 512, "route": 256, "upstream": 256}
+LOG_TEXT_DEFAULT_LIMIT = 128
+MAX_QUERY_LIMIT = 1000
+
+
+class StoreError(IsekaiError):
+    """The store failed: it is unreachable, not open, or a backend call went wrong."""
+
+
+class NotFound(StoreError):
+    """No item of that kind has that name."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        self.kind = kind
+        self.name = name
+        super().__init__(f"no {kind} named {name!r}")
+
+
+class AlreadyExists(StoreError):
+    """An item (or user) with that name exists already."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        self.kind = kind
+        self.name = name
+        super().__init__(f"a {kind} named {name!r} already exists")
+
+
+class VersionMismatch(StoreError):
+    """``if_version`` did not match: someone changed the item meanwhile."""
+
+    def __init__(self, kind: str, name: str, current_version: int, expected: int) -> None:
+        self.kind = kind
+        self.name = name
+        self.current_version = current_version
+        self.expected = expected
+        super().__init__(f"{kind} {name!r} is at version {current_version}, not {expected}")
+
+
+class InvalidStoreURL(ConfigError, ValueError):
+    """``store.url`` is not a URL any backend understands (also a ``ValueError``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredItem:
+    """One stored route or upstream.
+
+    ``doc`` is the YAML mapping of the item: a route's includes its ``name``; an upstream's
+    does not (in YAML the name is the mapping key). ``version`` starts at 1 and grows by one
+    per change; ``created_at``/``updated_at`` are unix seconds.
+    """
+
+    kind: str
+    name: str
+    doc: dict[str, Any]
+    version: int
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLogQuery:
+    """Which request logs to return: every given filter must hold.
+
+    ``status`` is exact; ``status_class`` 2 means 200-299; ``since``/``until`` bound ``ts``
+    (``since <= ts < until``); ``limit`` (1-1000) and ``offset`` page through the rows.
+    """
+
+    route: str | None = None
+    status: int | None = None
+    status_class: int | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 50
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= MAX_QUERY_LIMIT:
+            raise ValueError(f"limit must be from 1 to {MAX_QUERY_LIMIT}, got {self.limit}")
+        if self.offset < 0:
+            raise ValueError(f"offset must not be negative, got {self.offset}")
+        if self.status_class is not None and not 1 <= self.status_class <= 5:
+            raise ValueError(f"status_class must be from 1 to 5, got {self.status_class}")
+        if self.status is not None and not 100 <= self.status <= 599:
+            raise ValueError(f"status must be from 100 to 599, got {self.status}")
+
+    def conditions(self) -> list[tuple[str, Any]]:
+        """``(column op, value)`` pairs, e.g. ``("ts >=", 12.5)``; backends add placeholders."""
+        where: list[tuple[str, Any]] = []
+        if self.route is not None:
+            where.append(("route =", self.route))
+        if self.status is not None:
+            where.append(("status =", self.status))
+        if self.status_class is not None:
+            where.append(("status >=", self.status_class * 100))
+            where.append(("status <", self.status_class * 100 + 100))
+        if self.since is not None:
+            where.append(("ts >=", float(self.since)))
+        if self.until is not None:
+            where.append(("ts <", float(self.until)))
+        return where
+
+
+class Store(abc.ABC):
+    """A control-plane store. Call ``open()`` first (or use ``async with``), ``close()`` last.
+
+    Every failure of the backend itself is raised as ``StoreError``; ``NotFound``,
+    ``AlreadyExists`` and ``VersionMismatch`` are its subclasses. ``kind`` is ``"route"``
+    or ``"upstream"`` (anything else is a ``ValueError``).
+    """
+
+    url: str
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and bring the schema up to date (idempotent, safe to race)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections; a closed store can be opened again."""
+
+    # -- routes and upstreams ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def list_items(self, kind: str) -> list[StoredItem]:
+        """Every item of ``kind``, sorted by name."""
+
+    @abc.abstractmethod
+    async def get_item(self, kind: str, name: str) -> StoredItem | None:
+        """The item, or ``None``."""
+
+    @abc.abstractmethod
+    async def create_item(self, kind: str, name: str, doc: Mapping[str, Any]) -> StoredItem:
+        """Store a new item at version 1; ``AlreadyExists`` if the name is taken."""
+
+    @abc.abstractmethod
+    async def replace_item(
+        self, kind: str, name: str, doc: Mapping[str, Any], if_version: int | None = None
+    ) -> StoredItem:
+        """Replace the item's doc; ``NotFound``, or ``VersionMismatch`` if ``if_version``
+        is given and differs from the current version."""
+
+    @abc.abstractmethod
+    async def delete_item(self, kind: str, name: str, if_version: int | None = None) -> None:
+        """Delete the item; ``NotFound``, or ``VersionMismatch`` as for ``replace_item``."""
+
+    @abc.abstractmethod
+    async def revision(self) -> int:
+        """The store-wide change counter: +1 per successful create, replace or delete."""
+
+    @abc.abstractmethod
+    async def wait_for_change(self, since: int, timeout: float) -> int:
+        """The revision as soon as it is greater than ``since``, or after ``timeout`` seconds.
+
+        Changes made through other ``Store`` instances (other processes, other hosts on the
+        same database) count too.
+        """
+
+    # -- users ------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_user(self, username: str) -> dict[str, Any] | None:
+        """``{"username", "password_hash", "role", "created_at"}`` or ``None``."""
+
+    @abc.abstractmethod
+    async def create_user(self, username: str, password_hash: str, role: str) -> None:
+        """Add a user; ``AlreadyExists`` if the username is taken."""
+
+    @abc.abstractmethod
+    async def set_user(self, username: str, password_hash: str, role: str) -> None:
+        """Add or update a user (an update keeps ``created_at``)."""
+
+    @abc.abstractmethod
+    async def count_users(self) -> int:
+        """How many users there are."""
+
+    # -- request logs -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def insert_request_logs(self, rows: list[dict[str, Any]]) -> None:
+        """Append request-log rows (keys: ``LOG_KEYS``; a missing key is stored as null)."""
+
+    @abc.abstractmethod
+    async def query_request_logs(self, q: RequestLogQuery) -> tuple[list[dict[str, Any]], int]:
+        """One page of matching rows, newest first, and how many rows match in all."""
+
+    @abc.abstractmethod
+    async def purge_request_logs(self, older_than: float) -> int:
+        """Delete rows with ``ts < older_than``; return how many were deleted."""
+
+
+# -- helpers shared by the backends ----------------------------------------------------------
+
+
+def check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be 'route' or 'upstream', got {kind!r}")
+
+
+def check_user(username: str, password_hash: str, role: str) -> None:
+    for key, value in (("username", username), ("password_hash", password_hash), ("role", role)):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{key} must be a non-empty string, got {value!r}")
+
+
+def check_version(if_version: int | None) -> None:
+    if if_version is not None and (isinstance(if_version, bool) or not isinstance(if_version, int)):
+        raise ValueError(f"if_version must be an integer, got {if_version!r}")
+
+
+def encode_doc(kind: str, name: str, doc: Mapping[str, Any]) -> str:
+    """Check a doc against its kind and name, and return it as compact JSON."""
+    check_kind(kind)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{kind} name must be a non-empty string, got {name!r}")
+    if not isinstance(doc, Mapping):
+        raise ValueError(f"{kind} doc must be a mapping, got {type(doc).__name__}")
+    if kind == "route" and "name" in doc and doc["name"] != name:
+        raise ValueError(f"route doc names {doc['name']!r}, but it is stored as {name!r}")
+    if kind == "upstream" and "name" in doc:
+        raise ValueError("an upstream doc has no 'name' key: the name is given separately")
+    try:
+        return json.dumps(dict(doc), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{kind} {name!r}: doc is not JSON-compatible: {exc}") from None
+
+
+def _coerce(value: Any, to: type, key: str) -> Any:
+    if value is None:
+        return None
+    if to is str:
+        text = value if isinstance(value, str) else str(value)
+        limit = LOG_TEXT_LIMITS.get(key, LOG_TEXT_DEFAULT_LIMIT)
+        return text[:limit] if len(text) > limit else text
+    if to is float:
+        number = float(value)
+        return number if math.isfinite(number) else None
+    return int(value)
+
+
+def normalize_log_row(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A request-log dict as a tuple in ``LOG_COLUMNS`` order, values coerced and bounded.
+
+    ``ts`` defaults to now; other missing keys become null; unknown keys are ignored.
+    """
+    values = []
+    for key, to in LOG_COLUMNS:
+        try:
+            value = _coerce(row.get(key), to, key)
+        except (TypeError, ValueError):
+            raise ValueError(f"request log {key!r}: cannot use {row.get(key)!r}") from None
+        values.append(value)
+    if values[0] is None:
+        values[0] = time.time()
+    return tuple(values)
+
+
+# -- open_store -------------------------------------------------------------------------------
+
+
+def open_store(url: str) -> Store:
+    """A ``Store`` for ``url`` (not yet opened: ``await store.open()`` or ``async with``).
+
+    ``sqlite:///relative/path.db`` (relative to the working directory),
+    ``sqlite:////absolute/path.db``, ``sqlite:///:memory:``, and ``postgresql://...`` or
+    ``postgres://...`` (libpq-style URL; ``?schema=name`` keeps the tables in that schema).
+    Anything else raises ``InvalidStoreURL`` (a ``ConfigError`` and a ``ValueError``).
+    """
+    if not isinstance(url, str) or not url:
+        raise InvalidStoreURL("expected a store URL such as sqlite:///isekai.db", path="store.url")
+    scheme, sep, _ = url.partition("://")
+    scheme = scheme.lower()
+    if sep and scheme == "sqlite":
+        from isekai.store.sqlite import SQLiteStore
+
+        return SQLiteStore(sqlite_path(url))
+    if sep and scheme in ("postgresql", "postgres"):
+        from isekai.store.postgres import PostgresStore
+
+        dsn, schema = postgres_dsn(url)
+        return PostgresStore(dsn, schema=schema)
+    shown = f"{scheme}://" if sep else repr(redact_url(url))
+    raise InvalidStoreURL(
+        f"unsupported store URL {shown}: use sqlite:///path.db, sqlite:///:memory: or "
+        "postgresql://user@host:5432/database",
+        path="store.url",
+    )
+
+
+def sqlite_path(url: str) -> str:
+    """The file path of a ``sqlite:///...`` URL (``:memory:`` stays as is)."""
+    rest = url.partition("://")[2]
+    if not rest.startswith("/") or len(rest) < 2:
+        raise InvalidStoreURL(
+            f"bad SQLite URL {url!r}: write sqlite:///relative/path.db, "
+            "sqlite:////absolute/path.db or sqlite:///:memory:",
+            path="store.url",
+        )
+    if "?" in rest or "#" in rest:
+        raise InvalidStoreURL(f"SQLite URL {url!r} takes no query or fragment", path="store.url")
+    return rest[1:]
+
+
+def postgres_dsn(url: str) -> tuple[str, str | None]:
+    """Split a PostgreSQL URL into the DSN for the driver and the ``schema`` option."""
+    parts = urlsplit(url)
+    schema = None
+    kept = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "schema":
+            schema = value
+        else:
+            kept.append((key, value))
+    if schema is not None and not _is_schema_name(schema):
+        raise InvalidStoreURL(
+            f"bad schema {schema!r} in the store URL: use lower-case letters, digits and '_' "
+            "(at most 63, not starting with a digit)",
+            path="store.url",
+        )
+    if schema is None:
+        return url, None
+    return parts._replace(query=urlencode(kept)).geturl(), schema
+
+
+def _is_schema_name(name: str) -> bool:
+    return (
+        0 < len(name) <= 63
+        and not name[0].isdigit()
+        and all(c == "_" or c.isdigit() or ("a" <= c <= "z") for c in name)
+    )
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for messages and logs)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()

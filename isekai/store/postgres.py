@@ -1,0 +1,441 @@
+"""The clustered store: PostgreSQL through an asyncpg pool, changes announced by NOTIFY.
+
+Strategy: every change is one transaction that updates the item (row-locked with ``FOR
+UPDATE`` when ``if_version`` must be checked), bumps the single-row ``store_state.revision``
+and calls ``pg_notify(channel, revision)``. PostgreSQL delivers the notification only if and
+when the transaction commits, so a listener never hears of a change it cannot read yet. Each
+``PostgresStore`` keeps one dedicated connection that LISTENs on the channel (one channel per
+schema); a supervisor task checks it every few seconds and reconnects with backoff when it is
+lost. While it is down ``wait_for_change`` falls back to polling, and after a reconnect every
+waiter re-reads the revision, since notifications sent meanwhile are gone.
+
+asyncpg is imported on ``open()``, so the package imports without the ``postgres`` extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from isekai.store import migrations
+from isekai.store.base import (
+    LOG_KEYS,
+    AlreadyExists,
+    NotFound,
+    RequestLogQuery,
+    Store,
+    StoredItem,
+    StoreError,
+    VersionMismatch,
+    check_kind,
+    check_user,
+    check_version,
+    encode_doc,
+    normalize_log_row,
+    redact_url,
+)
+
+__all__ = ["PostgresStore"]
+
+logger = logging.getLogger("isekai.store")
+
+_ITEM_COLUMNS = "kind, name, doc::text, version, created_at, updated_at"
+_LOG_COLUMNS = ", ".join(LOG_KEYS)
+
+
+def _item(row: Any) -> StoredItem:
+    kind, name, doc, version, created_at, updated_at = row
+    return StoredItem(kind, name, json.loads(doc), version, created_at, updated_at)
+
+
+def _import_asyncpg() -> Any:
+    try:
+        import asyncpg
+    except ImportError:
+        raise StoreError(
+            "a postgresql:// store needs asyncpg: pip install 'isekai[postgres]'"
+        ) from None
+    return asyncpg
+
+
+class PostgresStore(Store):
+    """A store in a PostgreSQL database; ``schema``, if given, holds its tables (created if
+    missing). Several gateways on one database see each other's changes via LISTEN/NOTIFY.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str | None = None,
+        min_size: int = 1,
+        max_size: int = 4,
+        connect_timeout: float = 10.0,
+        poll_interval: float = 0.5,
+        check_interval: float = 5.0,
+        reconnect_delay: tuple[float, float] = (0.5, 10.0),
+    ) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.url = redact_url(dsn) + (f" (schema {schema})" if schema else "")
+        self.min_size = min_size
+        self.max_size = max_size
+        self.connect_timeout = connect_timeout
+        self.poll_interval = poll_interval  # wait_for_change while the listener is down
+        self.check_interval = check_interval  # listener health checks
+        self.reconnect_delay = reconnect_delay
+        self.channel = ""
+        self._asyncpg: Any = None
+        self._errors: tuple[type[BaseException], ...] = ()
+        self._pool: Any = None
+        self._listener: Any = None
+        self._lost: asyncio.Event | None = None
+        self._changed: asyncio.Event | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore {self.url}>"
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _server_settings(self) -> dict[str, str]:
+        settings = {"application_name": "isekai"}
+        if self.schema is not None:
+            settings["search_path"] = self.schema  # validated: lower-case identifier
+        return settings
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, *, transaction: bool = False) -> AsyncIterator[Any]:
+        pool = self._pool
+        if pool is None:
+            raise StoreError(f"the store {self.url} is not open")
+        try:
+            async with pool.acquire(timeout=self.connect_timeout) as conn:
+                if transaction:
+                    async with conn.transaction():
+                        yield conn
+                else:
+                    yield conn
+        except self._errors as exc:
+            raise StoreError(f"PostgreSQL store {self.url}: {exc}") from exc
+
+    async def _bump(self, conn: Any) -> int:
+        revision = await conn.fetchval(
+            "UPDATE store_state SET revision = revision + 1 WHERE id = 1 RETURNING revision"
+        )
+        # delivered to listeners (this instance included) when the transaction commits
+        await conn.execute("SELECT pg_notify($1, $2)", self.channel, str(revision))
+        return revision
+
+    def _wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        asyncpg = self._asyncpg = _import_asyncpg()
+        self._errors = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+        try:
+            pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=self.min_size,
+                max_size=self.max_size,
+                timeout=self.connect_timeout,
+                server_settings=self._server_settings(),
+            )
+        except self._errors as exc:
+            raise StoreError(f"cannot connect to PostgreSQL at {self.url}: {exc}") from exc
+        try:
+            async with pool.acquire() as conn:
+                await migrations.apply_postgres(conn, schema=self.schema)
+                schema = await conn.fetchval("SELECT current_schema()")
+            self.channel = f"isekai_store_{schema}"[:63]
+            self._changed = asyncio.Event()
+            self._lost = asyncio.Event()
+            await self._listen()
+        except BaseException as exc:
+            await self._close_listener()
+            pool.terminate()
+            if isinstance(exc, self._errors):
+                raise StoreError(f"cannot open the store at {self.url}: {exc}") from exc
+            raise
+        self._pool = pool
+        self._supervisor = asyncio.create_task(
+            self._supervise(), name=f"isekai-store-listener-{self.channel}"
+        )
+
+    async def _listen(self) -> None:
+        conn = await self._asyncpg.connect(
+            self.dsn, timeout=self.connect_timeout, server_settings=self._server_settings()
+        )
+        try:
+            conn.add_termination_listener(self._on_listener_lost)
+            await conn.add_listener(self.channel, self._on_notify)
+        except BaseException:
+            conn.terminate()
+            raise
+        self._listener = conn
+        self._wake()  # changes made while nobody listened are only seen by re-reading
+
+    def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        self._wake()
+
+    def _on_listener_lost(self, conn: Any) -> None:
+        if self._lost is not None and conn is self._listener:
+            self._lost.set()
+
+    def _listening(self) -> bool:
+        return self._listener is not None and not self._listener.is_closed()
+
+    async def _supervise(self) -> None:
+        lost = self._lost
+        assert lost is not None
+        low, high = self.reconnect_delay
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), self.check_interval)
+            if not lost.is_set() and await self._listener_alive():
+                continue
+            lost.clear()
+            await self._close_listener()
+            delay, failures, last_logged = low, 0, 0.0
+            while True:
+                try:
+                    await self._listen()
+                except Exception as exc:  # keep trying whatever the driver raises
+                    failures += 1
+                    now = time.monotonic()
+                    if now - last_logged >= 30.0:
+                        last_logged = now
+                        logger.warning(
+                            "store %s: change listener lost, reconnecting (%d failures): %s",
+                            self.url,
+                            failures,
+                            exc,
+                        )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, high)
+                    continue
+                if failures:
+                    logger.info("store %s: change listener reconnected", self.url)
+                break
+
+    async def _listener_alive(self) -> bool:
+        if not self._listening():
+            return False
+        try:
+            await self._listener.fetchval("SELECT 1", timeout=self.check_interval)
+        except self._errors:
+            return False
+        return True
+
+    async def _close_listener(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is None or conn.is_closed():
+            return
+        try:
+            await asyncio.wait_for(conn.close(), 2.0)
+        except Exception:  # timed out or already broken: just drop it
+            conn.terminate()
+        except BaseException:
+            conn.terminate()
+            raise
+
+    async def close(self) -> None:
+        pool = self._pool
+        if pool is None:
+            return
+        self._pool = None
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+        await self._close_listener()
+        try:
+            await asyncio.wait_for(pool.close(), 10.0)
+        except Exception:  # timed out or the server is gone: close without the goodbyes
+            pool.terminate()
+        self._wake()
+
+    # -- routes and upstreams ---------------------------------------------------------------
+
+    async def list_items(self, kind: str) -> list[StoredItem]:
+        check_kind(kind)
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f'SELECT {_ITEM_COLUMNS} FROM items WHERE kind = $1 ORDER BY name COLLATE "C"',
+                kind,
+            )
+        return [_item(row) for row in rows]
+
+    async def get_item(self, kind: str, name: str) -> StoredItem | None:
+        check_kind(kind)
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE kind = $1 AND name = $2", kind, name
+            )
+        return None if row is None else _item(row)
+
+    async def create_item(self, kind: str, name: str, doc: Mapping[str, Any]) -> StoredItem:
+        text = encode_doc(kind, name, doc)
+        now = time.time()
+        async with self._connection(transaction=True) as conn:
+            created = await conn.fetchval(
+                "INSERT INTO items (kind, name, doc, version, created_at, updated_at) "
+                "VALUES ($1, $2, $3::jsonb, 1, $4, $4) ON CONFLICT DO NOTHING RETURNING 1",
+                kind,
+                name,
+                text,
+                now,
+            )
+            if created is None:
+                raise AlreadyExists(kind, name)
+            await self._bump(conn)
+        return StoredItem(kind, name, json.loads(text), 1, now, now)
+
+    async def replace_item(
+        self, kind: str, name: str, doc: Mapping[str, Any], if_version: int | None = None
+    ) -> StoredItem:
+        text = encode_doc(kind, name, doc)
+        check_version(if_version)
+        async with self._connection(transaction=True) as conn:
+            version, created_at = await self._current(conn, kind, name, if_version)
+            now = time.time()
+            await conn.execute(
+                "UPDATE items SET doc = $3::jsonb, version = $4, updated_at = $5 "
+                "WHERE kind = $1 AND name = $2",
+                kind,
+                name,
+                text,
+                version + 1,
+                now,
+            )
+            await self._bump(conn)
+        return StoredItem(kind, name, json.loads(text), version + 1, created_at, now)
+
+    async def delete_item(self, kind: str, name: str, if_version: int | None = None) -> None:
+        check_kind(kind)
+        check_version(if_version)
+        async with self._connection(transaction=True) as conn:
+            await self._current(conn, kind, name, if_version)
+            await conn.execute("DELETE FROM items WHERE kind = $1 AND name = $2", kind, name)
+            await self._bump(conn)
+
+    @staticmethod
+    async def _current(
+        conn: Any, kind: str, name: str, if_version: int | None
+    ) -> tuple[int, float]:
+        row = await conn.fetchrow(
+            "SELECT version, created_at FROM items WHERE kind = $1 AND name = $2 FOR UPDATE",
+            kind,
+            name,
+        )
+        if row is None:
+            raise NotFound(kind, name)
+        if if_version is not None and row[0] != if_version:
+            raise VersionMismatch(kind, name, row[0], if_version)
+        return row[0], row[1]
+
+    async def revision(self) -> int:
+        async with self._connection() as conn:
+            return await conn.fetchval("SELECT revision FROM store_state WHERE id = 1")
+
+    async def wait_for_change(self, since: int, timeout: float) -> int:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0.0)
+        while True:
+            changed = self._changed  # taken before reading, so no notification is missed
+            current = await self.revision()
+            remaining = deadline - loop.time()
+            if current > since or remaining <= 0 or changed is None:
+                return current
+            if not self._listening():
+                remaining = min(remaining, self.poll_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+
+    # -- users ------------------------------------------------------------------------------
+
+    async def get_user(self, username: str) -> dict[str, Any] | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT username, password_hash, role, created_at FROM users WHERE username = $1",
+                username,
+            )
+        return None if row is None else dict(row)
+
+    async def create_user(self, username: str, password_hash: str, role: str) -> None:
+        check_user(username, password_hash, role)
+        async with self._connection() as conn:
+            created = await conn.fetchval(
+                "INSERT INTO users (username, password_hash, role, created_at) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING 1",
+                username,
+                password_hash,
+                role,
+                time.time(),
+            )
+        if created is None:
+            raise AlreadyExists("user", username)
+
+    async def set_user(self, username: str, password_hash: str, role: str) -> None:
+        check_user(username, password_hash, role)
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO users (username, password_hash, role, created_at) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT (username) DO UPDATE SET "
+                "password_hash = excluded.password_hash, role = excluded.role",
+                username,
+                password_hash,
+                role,
+                time.time(),
+            )
+
+    async def count_users(self) -> int:
+        async with self._connection() as conn:
+            return await conn.fetchval("SELECT count(*) FROM users")
+
+    # -- request logs -----------------------------------------------------------------------
+
+    async def insert_request_logs(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        records = [normalize_log_row(row) for row in rows]
+        async with self._connection() as conn:
+            await conn.copy_records_to_table(
+                "request_logs", records=records, columns=LOG_KEYS, schema_name=self.schema
+            )
+
+    async def query_request_logs(self, q: RequestLogQuery) -> tuple[list[dict[str, Any]], int]:
+        conditions = q.conditions()
+        where = (
+            " AND ".join(f"{condition} ${i}" for i, (condition, _) in enumerate(conditions, 1))
+            or "true"
+        )
+        params = [value for _, value in conditions]
+        n = len(params)
+        async with self._connection(transaction=True) as conn:
+            rows = await conn.fetch(
+                f"SELECT {_LOG_COLUMNS} FROM request_logs WHERE {where} "
+                f"ORDER BY ts DESC, id DESC LIMIT ${n + 1} OFFSET ${n + 2}",
+                *params,
+                q.limit,
+                q.offset,
+            )
+            total = await conn.fetchval(f"SELECT count(*) FROM request_logs WHERE {where}", *params)
+        return [dict(row) for row in rows], total
+
+    async def purge_request_logs(self, older_than: float) -> int:
+        async with self._connection() as conn:
+            status = await conn.execute("DELETE FROM request_logs WHERE ts < $1", float(older_than))
+        return int(status.rsplit(" ", 1)[-1])

@@ -1,0 +1,382 @@
+"""The embedded store: one SQLite file, shared safely by several processes.
+
+Strategy: stdlib ``sqlite3`` on one connection owned by one worker thread per ``Store`` (a
+single-thread executor), so the event loop never blocks on disk and calls are serialised
+without a lock. The file is in WAL mode with a busy timeout, so the master (admin changes) and
+the workers (request logs) can write to it from their own processes: readers never block,
+writers queue for up to ``busy_timeout``. Every write is one ``BEGIN IMMEDIATE`` transaction,
+taking the write lock up front so a read-check-write (``if_version``) is atomic across
+processes. ``wait_for_change`` polls the persisted revision every ``poll_interval`` seconds
+(other processes' changes) and also wakes at once on this instance's own changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from isekai.store import migrations
+from isekai.store.base import (
+    LOG_KEYS,
+    AlreadyExists,
+    NotFound,
+    RequestLogQuery,
+    Store,
+    StoredItem,
+    StoreError,
+    VersionMismatch,
+    check_kind,
+    check_user,
+    check_version,
+    encode_doc,
+    normalize_log_row,
+)
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+
+_ITEM_COLUMNS = "kind, name, doc, version, created_at, updated_at"
+_LOG_COLUMNS = ", ".join(LOG_KEYS)
+_INSERT_LOG = f"INSERT INTO request_logs ({_LOG_COLUMNS}) VALUES ({', '.join('?' * len(LOG_KEYS))})"
+_PURGE_CHUNK = 10_000  # rows per delete, so writers in other processes wait briefly
+
+
+def _item(row: tuple[Any, ...]) -> StoredItem:
+    kind, name, doc, version, created_at, updated_at = row
+    return StoredItem(kind, name, json.loads(doc), version, created_at, updated_at)
+
+
+class SQLiteStore(Store):
+    """A store in the SQLite file at ``path`` (``":memory:"`` for a private in-memory one).
+
+    The file's parent directories are created on ``open()``.
+    """
+
+    def __init__(self, path: str, *, busy_timeout: float = 5.0, poll_interval: float = 0.2) -> None:
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        self.busy_timeout = busy_timeout
+        self.poll_interval = poll_interval
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._changed: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStore {self.path!r}>"
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise StoreError(f"the store {self.url} is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"the store {self.url} is not open")
+        return self._conn
+
+    @staticmethod
+    def _bump(conn: sqlite3.Connection) -> int:
+        conn.execute("UPDATE store_state SET revision = revision + 1 WHERE id = 1")
+        return conn.execute("SELECT revision FROM store_state WHERE id = 1").fetchone()[0]
+
+    def _changed_locally(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="isekai-store")
+        loop = asyncio.get_running_loop()
+        try:
+            self._conn = await loop.run_in_executor(executor, self._connect)
+        except BaseException as exc:
+            executor.shutdown(wait=False)
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise StoreError(f"cannot open the SQLite store {self.path}: {exc}") from exc
+            raise
+        self._executor = executor
+        self._changed = asyncio.Event()
+
+    def _connect(self) -> sqlite3.Connection:
+        memory = self.path == ":memory:"
+        if not memory:
+            parent = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(parent, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            if not memory:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL
+            migrations.apply_sqlite(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def close(self) -> None:
+        executor, conn = self._executor, self._conn
+        if executor is None:
+            return
+        self._executor = None
+        try:
+            if conn is not None:
+                await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+        finally:
+            self._conn = None
+            executor.shutdown(wait=False)
+            self._changed_locally()  # waiters find the store closed instead of sleeping on
+
+    # -- routes and upstreams ---------------------------------------------------------------
+
+    async def list_items(self, kind: str) -> list[StoredItem]:
+        check_kind(kind)
+
+        def run() -> list[StoredItem]:
+            rows = self._connection().execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE kind = ? ORDER BY name", (kind,)
+            )
+            return [_item(row) for row in rows]
+
+        return await self._run(run)
+
+    async def get_item(self, kind: str, name: str) -> StoredItem | None:
+        check_kind(kind)
+
+        def run() -> StoredItem | None:
+            row = (
+                self._connection()
+                .execute(
+                    f"SELECT {_ITEM_COLUMNS} FROM items WHERE kind = ? AND name = ?", (kind, name)
+                )
+                .fetchone()
+            )
+            return None if row is None else _item(row)
+
+        return await self._run(run)
+
+    async def create_item(self, kind: str, name: str, doc: Mapping[str, Any]) -> StoredItem:
+        text = encode_doc(kind, name, doc)
+
+        def run() -> StoredItem:
+            now = time.time()
+            with self._write() as conn:
+                try:
+                    conn.execute(
+                        f"INSERT INTO items ({_ITEM_COLUMNS}) VALUES (?, ?, ?, 1, ?, ?)",
+                        (kind, name, text, now, now),
+                    )
+                except sqlite3.IntegrityError:
+                    raise AlreadyExists(kind, name) from None
+                self._bump(conn)
+            return StoredItem(kind, name, json.loads(text), 1, now, now)
+
+        item = await self._run(run)
+        self._changed_locally()
+        return item
+
+    async def replace_item(
+        self, kind: str, name: str, doc: Mapping[str, Any], if_version: int | None = None
+    ) -> StoredItem:
+        text = encode_doc(kind, name, doc)
+        check_version(if_version)
+
+        def run() -> StoredItem:
+            with self._write() as conn:
+                version, created_at = self._current(conn, kind, name, if_version)
+                now = time.time()
+                conn.execute(
+                    "UPDATE items SET doc = ?, version = ?, updated_at = ? "
+                    "WHERE kind = ? AND name = ?",
+                    (text, version + 1, now, kind, name),
+                )
+                self._bump(conn)
+            return StoredItem(kind, name, json.loads(text), version + 1, created_at, now)
+
+        item = await self._run(run)
+        self._changed_locally()
+        return item
+
+    async def delete_item(self, kind: str, name: str, if_version: int | None = None) -> None:
+        check_kind(kind)
+        check_version(if_version)
+
+        def run() -> None:
+            with self._write() as conn:
+                self._current(conn, kind, name, if_version)
+                conn.execute("DELETE FROM items WHERE kind = ? AND name = ?", (kind, name))
+                self._bump(conn)
+
+        await self._run(run)
+        self._changed_locally()
+
+    @staticmethod
+    def _current(
+        conn: sqlite3.Connection, kind: str, name: str, if_version: int | None
+    ) -> tuple[int, float]:
+        row = conn.execute(
+            "SELECT version, created_at FROM items WHERE kind = ? AND name = ?", (kind, name)
+        ).fetchone()
+        if row is None:
+            raise NotFound(kind, name)
+        if if_version is not None and row[0] != if_version:
+            raise VersionMismatch(kind, name, row[0], if_version)
+        return row[0], row[1]
+
+    async def revision(self) -> int:
+        def run() -> int:
+            conn = self._connection()
+            return conn.execute("SELECT revision FROM store_state WHERE id = 1").fetchone()[0]
+
+        return await self._run(run)
+
+    async def wait_for_change(self, since: int, timeout: float) -> int:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0.0)
+        while True:
+            changed = self._changed  # taken before reading, so no local change is missed
+            current = await self.revision()
+            remaining = deadline - loop.time()
+            if current > since or remaining <= 0 or changed is None:
+                return current
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(self.poll_interval, remaining))
+
+    # -- users ------------------------------------------------------------------------------
+
+    async def get_user(self, username: str) -> dict[str, Any] | None:
+        def run() -> dict[str, Any] | None:
+            row = (
+                self._connection()
+                .execute(
+                    "SELECT username, password_hash, role, created_at FROM users "
+                    "WHERE username = ?",
+                    (username,),
+                )
+                .fetchone()
+            )
+            if row is None:
+                return None
+            return dict(zip(("username", "password_hash", "role", "created_at"), row, strict=True))
+
+        return await self._run(run)
+
+    async def create_user(self, username: str, password_hash: str, role: str) -> None:
+        check_user(username, password_hash, role)
+
+        def run() -> None:
+            try:
+                self._connection().execute(
+                    "INSERT INTO users (username, password_hash, role, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (username, password_hash, role, time.time()),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists("user", username) from None
+
+        await self._run(run)
+
+    async def set_user(self, username: str, password_hash: str, role: str) -> None:
+        check_user(username, password_hash, role)
+
+        def run() -> None:
+            self._connection().execute(
+                "INSERT INTO users (username, password_hash, role, created_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (username) DO UPDATE SET "
+                "password_hash = excluded.password_hash, role = excluded.role",
+                (username, password_hash, role, time.time()),
+            )
+
+        await self._run(run)
+
+    async def count_users(self) -> int:
+        def run() -> int:
+            return self._connection().execute("SELECT count(*) FROM users").fetchone()[0]
+
+        return await self._run(run)
+
+    # -- request logs -----------------------------------------------------------------------
+
+    async def insert_request_logs(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+
+        def run() -> None:
+            values = [normalize_log_row(row) for row in rows]
+            with self._write() as conn:
+                conn.executemany(_INSERT_LOG, values)
+
+        await self._run(run)
+
+    async def query_request_logs(self, q: RequestLogQuery) -> tuple[list[dict[str, Any]], int]:
+        conditions = q.conditions()
+        where = " AND ".join(f"{condition} ?" for condition, _ in conditions) or "1"
+        params = [value for _, value in conditions]
+
+        def run() -> tuple[list[dict[str, Any]], int]:
+            conn = self._connection()
+            conn.execute("BEGIN")  # one snapshot for the page and the total
+            try:
+                rows = conn.execute(
+                    f"SELECT {_LOG_COLUMNS} FROM request_logs WHERE {where} "
+                    "ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?",
+                    (*params, q.limit, q.offset),
+                ).fetchall()
+                total = conn.execute(
+                    f"SELECT count(*) FROM request_logs WHERE {where}", params
+                ).fetchone()[0]
+            finally:
+                conn.execute("COMMIT")
+            return [dict(zip(LOG_KEYS, row, strict=True)) for row in rows], total
+
+        return await self._run(run)
+
+    async def purge_request_logs(self, older_than: float) -> int:
+        cutoff = float(older_than)
+
+        def run() -> int:
+            deleted = 0
+            while True:
+                with self._write() as conn:
+                    count = conn.execute(
+                        "DELETE FROM request_logs WHERE id IN (SELECT id FROM request_logs "
+                        "WHERE ts < ? LIMIT ?)",
+                        (cutoff, _PURGE_CHUNK),
+                    ).rowcount
+                deleted += count
+                if count < _PURGE_CHUNK:
+                    return deleted
+
+        return await self._run(run)

@@ -1,0 +1,477 @@
+"""The behaviour every store backend must have, as a base class of test classes.
+
+A backend's test module subclasses ``StoreContract`` and provides a ``backend`` fixture: an
+object with ``url`` (a fresh, empty database for this test, same one on every open),
+``async migrate_to(version)`` (apply migrations up to ``version`` only), ``async
+seed_v1_route(name, doc)`` (insert a route with plain SQL into a v1 schema) and ``async
+applied_versions()`` (what ``schema_migrations`` holds). Tests are plain functions run with
+``asyncio.run`` (the project does not use pytest-asyncio).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from isekai.store import (
+    AlreadyExists,
+    NotFound,
+    RequestLogQuery,
+    StoredItem,
+    StoreError,
+    VersionMismatch,
+    open_store,
+)
+from isekai.store.base import LOG_KEYS
+
+TEST_TIMEOUT = 30.0
+
+
+def async_test(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """Run an ``async def`` test in a fresh event loop (fixtures are passed through)."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(asyncio.wait_for(fn(*args, **kwargs), TEST_TIMEOUT))
+
+    return run
+
+
+def log_row(ts: float, route: str = "users", status: int = 200, **extra: Any) -> dict[str, Any]:
+    row = {
+        "ts": ts,
+        "route": route,
+        "method": "GET",
+        "path": f"/api/{route}/{int(ts)}",
+        "status": status,
+        "upstream": "app",
+        "latency_ms": 1.5,
+        "bytes_in": 0,
+        "bytes_out": 123,
+        "client_ip": "10.0.0.1",
+        "user_agent": "curl/8.0",
+        "request_id": f"req-{ts}",
+    }
+    row.update(extra)
+    return row
+
+
+ROUTE = {
+    "name": "users",
+    "match": {"path": "/api/users/{id}", "methods": ["GET"]},
+    "upstream": "app",
+}
+UPSTREAM = {"targets": ["10.0.0.5:9000", "10.0.0.6:9000"], "connect_timeout": "2s"}
+
+
+class StoreContract:
+    """Shared tests; subclasses supply the ``backend`` fixture (see the module docstring)."""
+
+    # -- lifecycle and migrations -----------------------------------------------------------
+
+    @async_test
+    async def test_open_applies_every_migration_once(self, backend):
+        for _ in range(2):
+            async with open_store(backend.url) as store:
+                assert await store.revision() == 0
+        assert await backend.applied_versions() == backend.all_versions
+
+    @async_test
+    async def test_open_upgrades_a_v1_schema_keeping_its_data(self, backend):
+        await backend.migrate_to(1)
+        assert await backend.applied_versions() == [1]
+        await backend.seed_v1_route("legacy", {"name": "legacy", "match": {"path": "/old"}})
+        async with open_store(backend.url) as store:
+            item = await store.get_item("route", "legacy")
+            assert item is not None and item.doc == {"name": "legacy", "match": {"path": "/old"}}
+            await store.insert_request_logs([log_row(1000.0)])  # a table v2 added
+            assert (await store.query_request_logs(RequestLogQuery()))[1] == 1
+        assert await backend.applied_versions() == backend.all_versions
+
+    @async_test
+    async def test_open_is_idempotent_and_close_twice_is_harmless(self, backend):
+        store = open_store(backend.url)
+        await store.open()
+        await store.open()
+        await store.create_item("route", "users", ROUTE)
+        await store.close()
+        await store.close()
+
+    @async_test
+    async def test_store_raises_store_error_when_not_open(self, backend):
+        store = open_store(backend.url)
+        with pytest.raises(StoreError, match="not open"):
+            await store.list_items("route")
+        await store.open()
+        await store.close()
+        with pytest.raises(StoreError, match="not open"):
+            await store.revision()
+
+    @async_test
+    async def test_store_can_be_reopened_after_close(self, backend):
+        store = open_store(backend.url)
+        await store.open()
+        await store.create_item("upstream", "app", UPSTREAM)
+        await store.close()
+        await store.open()
+        try:
+            assert (await store.get_item("upstream", "app")).doc == UPSTREAM
+        finally:
+            await store.close()
+
+    # -- items ------------------------------------------------------------------------------
+
+    @async_test
+    async def test_create_item_starts_at_version_one(self, backend):
+        async with open_store(backend.url) as store:
+            before = time.time()
+            item = await store.create_item("route", "users", ROUTE)
+            assert isinstance(item, StoredItem)
+            assert (item.kind, item.name, item.doc, item.version) == ("route", "users", ROUTE, 1)
+            assert before - 1 <= item.created_at == item.updated_at <= time.time() + 1
+            assert await store.get_item("route", "users") == item
+
+    @async_test
+    async def test_create_item_refuses_an_existing_name(self, backend):
+        async with open_store(backend.url) as store:
+            await store.create_item("route", "users", ROUTE)
+            with pytest.raises(AlreadyExists) as caught:
+                await store.create_item("route", "users", ROUTE)
+            assert (caught.value.kind, caught.value.name) == ("route", "users")
+            assert isinstance(caught.value, StoreError)
+
+    @async_test
+    async def test_create_item_kinds_have_separate_names(self, backend):
+        async with open_store(backend.url) as store:
+            await store.create_item("route", "app", {**ROUTE, "name": "app"})
+            await store.create_item("upstream", "app", UPSTREAM)
+            assert (await store.get_item("upstream", "app")).doc == UPSTREAM
+            assert (await store.get_item("route", "app")).doc["name"] == "app"
+
+    @async_test
+    async def test_create_item_round_trips_nested_json(self, backend):
+        doc = {
+            "name": "ünïcode-✓",
+            "match": {"path": "/ä/{id}", "methods": ["GET", "POST"], "host": None},
+            "respond": {"status": 200, "json": {"n": 1.5, "ok": True, "list": [1, "two", None]}},
+        }
+        async with open_store(backend.url) as store:
+            await store.create_item("route", "ünïcode-✓", doc)
+            assert (await store.get_item("route", "ünïcode-✓")).doc == doc
+
+    @async_test
+    async def test_create_item_rejects_bad_kind_name_or_doc(self, backend):
+        async with open_store(backend.url) as store:
+            with pytest.raises(ValueError, match="kind"):
+                await store.create_item("consumer", "x", {})
+            with pytest.raises(ValueError, match="stored as"):
+                await store.create_item("route", "users", {**ROUTE, "name": "other"})
+            with pytest.raises(ValueError, match="no 'name' key"):
+                await store.create_item("upstream", "app", {"name": "app", **UPSTREAM})
+            with pytest.raises(ValueError, match="JSON"):
+                await store.create_item("upstream", "app", {"targets": {1, 2}})
+            with pytest.raises(ValueError, match="kind"):
+                await store.list_items("routes")
+            assert await store.revision() == 0
+
+    @async_test
+    async def test_get_item_returns_none_when_missing(self, backend):
+        async with open_store(backend.url) as store:
+            assert await store.get_item("route", "nope") is None
+
+    @async_test
+    async def test_list_items_sorted_by_name_and_filtered_by_kind(self, backend):
+        names = ["b", "B", "a-1", "a", "z_9", "ä", "A"]
+        async with open_store(backend.url) as store:
+            for name in names:
+                await store.create_item("route", name, {"name": name, "match": {"path": "/"}})
+            await store.create_item("upstream", "app", UPSTREAM)
+            routes = await store.list_items("route")
+            assert [item.name for item in routes] == sorted(names)
+            assert all(item.kind == "route" for item in routes)
+            assert [item.name for item in await store.list_items("upstream")] == ["app"]
+
+    @async_test
+    async def test_replace_item_bumps_version_and_keeps_created_at(self, backend):
+        async with open_store(backend.url) as store:
+            first = await store.create_item("upstream", "app", UPSTREAM)
+            changed = {"targets": ["10.0.0.7:9000"]}
+            second = await store.replace_item("upstream", "app", changed)
+            assert (second.version, second.doc, second.created_at) == (2, changed, first.created_at)
+            assert second.updated_at >= first.updated_at
+            third = await store.replace_item("upstream", "app", UPSTREAM, if_version=2)
+            assert third.version == 3
+            assert await store.get_item("upstream", "app") == third
+
+    @async_test
+    async def test_replace_item_raises_not_found(self, backend):
+        async with open_store(backend.url) as store:
+            with pytest.raises(NotFound) as caught:
+                await store.replace_item("route", "users", ROUTE)
+            assert (caught.value.kind, caught.value.name) == ("route", "users")
+            with pytest.raises(NotFound):  # NotFound wins over a version check
+                await store.replace_item("route", "users", ROUTE, if_version=1)
+
+    @async_test
+    async def test_replace_item_raises_version_mismatch_with_current_version(self, backend):
+        async with open_store(backend.url) as store:
+            await store.create_item("route", "users", ROUTE)
+            await store.replace_item("route", "users", ROUTE)
+            with pytest.raises(VersionMismatch) as caught:
+                await store.replace_item("route", "users", {**ROUTE, "upstream": "b"}, if_version=1)
+            assert caught.value.current_version == 2
+            assert caught.value.expected == 1
+            item = await store.get_item("route", "users")
+            assert (item.version, item.doc) == (2, ROUTE)
+
+    @async_test
+    async def test_delete_item_removes_it(self, backend):
+        async with open_store(backend.url) as store:
+            await store.create_item("route", "users", ROUTE)
+            await store.delete_item("route", "users")
+            assert await store.get_item("route", "users") is None
+            assert await store.list_items("route") == []
+            again = await store.create_item("route", "users", ROUTE)
+            assert again.version == 1
+
+    @async_test
+    async def test_delete_item_raises_not_found_and_version_mismatch(self, backend):
+        async with open_store(backend.url) as store:
+            with pytest.raises(NotFound):
+                await store.delete_item("upstream", "app")
+            await store.create_item("upstream", "app", UPSTREAM)
+            with pytest.raises(VersionMismatch) as caught:
+                await store.delete_item("upstream", "app", if_version=7)
+            assert caught.value.current_version == 1
+            await store.delete_item("upstream", "app", if_version=1)
+            assert await store.get_item("upstream", "app") is None
+
+    # -- revision and change notification -----------------------------------------------------
+
+    @async_test
+    async def test_revision_counts_successful_changes_only(self, backend):
+        async with open_store(backend.url) as store:
+            assert await store.revision() == 0
+            await store.create_item("route", "users", ROUTE)
+            assert await store.revision() == 1
+            with pytest.raises(AlreadyExists):
+                await store.create_item("route", "users", ROUTE)
+            with pytest.raises(VersionMismatch):
+                await store.replace_item("route", "users", ROUTE, if_version=5)
+            with pytest.raises(NotFound):
+                await store.delete_item("route", "nope")
+            assert await store.revision() == 1
+            await store.replace_item("route", "users", ROUTE)
+            await store.delete_item("route", "users")
+            assert await store.revision() == 3
+            await store.set_user("admin", "hash", "admin")  # users are not routing config
+            await store.insert_request_logs([log_row(1.0)])
+            assert await store.revision() == 3
+
+    @async_test
+    async def test_revision_persists_across_reopen(self, backend):
+        async with open_store(backend.url) as store:
+            await store.create_item("route", "users", ROUTE)
+            await store.create_item("upstream", "app", UPSTREAM)
+        async with open_store(backend.url) as store:
+            assert await store.revision() == 2
+
+    @async_test
+    async def test_wait_for_change_returns_at_once_when_already_newer(self, backend):
+        async with open_store(backend.url) as store:
+            await store.create_item("route", "users", ROUTE)
+            started = time.monotonic()
+            assert await store.wait_for_change(0, timeout=5) == 1
+            assert time.monotonic() - started < 0.5
+
+    @async_test
+    async def test_wait_for_change_returns_current_revision_after_timeout(self, backend):
+        async with open_store(backend.url) as store:
+            await store.create_item("route", "users", ROUTE)
+            started = time.monotonic()
+            assert await store.wait_for_change(1, timeout=0.3) == 1
+            assert 0.25 <= time.monotonic() - started < 2.0
+            assert await store.wait_for_change(1, timeout=0) == 1
+
+    @async_test
+    async def test_wait_for_change_wakes_on_own_change(self, backend):
+        async with open_store(backend.url) as store:
+            waiter = asyncio.create_task(store.wait_for_change(0, timeout=10))
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            await store.create_item("route", "users", ROUTE)
+            assert await waiter == 1
+            assert time.monotonic() - started < 1.0
+
+    @async_test
+    async def test_wait_for_change_sees_another_instance_within_a_second(self, backend):
+        async with open_store(backend.url) as watcher, open_store(backend.url) as writer:
+            since = await watcher.revision()
+            waiter = asyncio.create_task(watcher.wait_for_change(since, timeout=10))
+            await asyncio.sleep(0.1)
+            started = time.monotonic()
+            await writer.create_item("upstream", "app", UPSTREAM)
+            assert await waiter == since + 1
+            assert time.monotonic() - started < 1.0
+            assert (await watcher.get_item("upstream", "app")).doc == UPSTREAM
+            # and the other way round, with a replace and a delete
+            waiter = asyncio.create_task(writer.wait_for_change(since + 1, timeout=10))
+            await asyncio.sleep(0.1)
+            started = time.monotonic()
+            await watcher.replace_item("upstream", "app", {"targets": ["h:1"]})
+            assert await waiter == since + 2
+            assert time.monotonic() - started < 1.0
+
+    @async_test
+    async def test_open_concurrently_migrates_once(self, backend):
+        stores = [open_store(backend.url) for _ in range(3)]
+        await asyncio.gather(*(store.open() for store in stores))
+        try:
+            assert await backend.applied_versions() == backend.all_versions
+        finally:
+            await asyncio.gather(*(store.close() for store in stores))
+
+    @async_test
+    async def test_replace_item_concurrent_if_version_lets_one_win(self, backend):
+        async with open_store(backend.url) as one, open_store(backend.url) as two:
+            await one.create_item("upstream", "app", UPSTREAM)
+            results = await asyncio.gather(
+                one.replace_item("upstream", "app", {"targets": ["a:1"]}, if_version=1),
+                two.replace_item("upstream", "app", {"targets": ["b:1"]}, if_version=1),
+                return_exceptions=True,
+            )
+            winners = [r for r in results if isinstance(r, StoredItem)]
+            losers = [r for r in results if isinstance(r, VersionMismatch)]
+            assert len(winners) == 1 and len(losers) == 1, results
+            assert losers[0].current_version == 2
+            assert (await two.get_item("upstream", "app")).doc == winners[0].doc
+            assert await one.revision() == 2
+
+    # -- users ------------------------------------------------------------------------------
+
+    @async_test
+    async def test_user_create_get_and_count(self, backend):
+        async with open_store(backend.url) as store:
+            assert await store.count_users() == 0
+            assert await store.get_user("admin") is None
+            before = time.time()
+            await store.create_user("admin", "$argon2id$hash", "admin")
+            user = await store.get_user("admin")
+            assert set(user) == {"username", "password_hash", "role", "created_at"}
+            assert (user["username"], user["password_hash"], user["role"]) == (
+                "admin",
+                "$argon2id$hash",
+                "admin",
+            )
+            assert before - 1 <= user["created_at"] <= time.time() + 1
+            with pytest.raises(AlreadyExists) as caught:
+                await store.create_user("admin", "other", "viewer")
+            assert caught.value.kind == "user"
+            assert (await store.get_user("admin"))["password_hash"] == "$argon2id$hash"
+            await store.create_user("viewer", "h2", "viewer")
+            assert await store.count_users() == 2
+
+    @async_test
+    async def test_user_set_inserts_or_updates_keeping_created_at(self, backend):
+        async with open_store(backend.url) as store:
+            await store.set_user("ops", "h1", "viewer")
+            first = await store.get_user("ops")
+            await store.set_user("ops", "h2", "admin")
+            second = await store.get_user("ops")
+            assert (second["password_hash"], second["role"]) == ("h2", "admin")
+            assert second["created_at"] == first["created_at"]
+            assert await store.count_users() == 1
+            with pytest.raises(ValueError, match="username"):
+                await store.set_user("", "h", "admin")
+
+    # -- request logs -----------------------------------------------------------------------
+
+    @async_test
+    async def test_request_logs_query_returns_newest_first_with_total(self, backend):
+        async with open_store(backend.url) as store:
+            await store.insert_request_logs([log_row(1000.0 + i) for i in range(5)])
+            rows, total = await store.query_request_logs(RequestLogQuery())
+            assert total == 5
+            assert [row["ts"] for row in rows] == [1004.0, 1003.0, 1002.0, 1001.0, 1000.0]
+            assert rows[0] == log_row(1004.0)
+            assert tuple(rows[0]) == LOG_KEYS
+
+    @async_test
+    async def test_request_logs_query_filters(self, backend):
+        rows = [
+            log_row(1000.0, "users", 200),
+            log_row(1001.0, "users", 201),
+            log_row(1002.0, "users", 404),
+            log_row(1003.0, "orders", 200),
+            log_row(1004.0, "orders", 503),
+            log_row(1005.0, "orders", 500),
+            log_row(1006.0, "users", 302),
+        ]
+        async with open_store(backend.url) as store:
+            await store.insert_request_logs(rows)
+
+            async def ts(**query: Any) -> tuple[list[float], int]:
+                found, total = await store.query_request_logs(RequestLogQuery(**query))
+                return [row["ts"] for row in found], total
+
+            assert await ts(route="orders") == ([1005.0, 1004.0, 1003.0], 3)
+            assert await ts(status=200) == ([1003.0, 1000.0], 2)
+            assert await ts(status_class=2) == ([1003.0, 1001.0, 1000.0], 3)
+            assert await ts(status_class=5) == ([1005.0, 1004.0], 2)
+            assert await ts(status_class=3) == ([1006.0], 1)
+            assert await ts(since=1002.0, until=1005.0) == ([1004.0, 1003.0, 1002.0], 3)
+            assert await ts(since=1005.0) == ([1006.0, 1005.0], 2)
+            assert await ts(until=1001.0) == ([1000.0], 1)
+            assert await ts(route="users", status_class=2, since=1000.5) == ([1001.0], 1)
+            assert await ts(route="nope") == ([], 0)
+
+    @async_test
+    async def test_request_logs_query_paginates_with_total(self, backend):
+        async with open_store(backend.url) as store:
+            await store.insert_request_logs([log_row(2000.0 + i) for i in range(10)])
+            pages = []
+            for offset in range(0, 12, 4):
+                found, total = await store.query_request_logs(
+                    RequestLogQuery(limit=4, offset=offset)
+                )
+                assert total == 10
+                pages.append([row["ts"] for row in found])
+            assert pages == [
+                [2009.0, 2008.0, 2007.0, 2006.0],
+                [2005.0, 2004.0, 2003.0, 2002.0],
+                [2001.0, 2000.0],
+            ]
+            found, total = await store.query_request_logs(RequestLogQuery(offset=50))
+            assert (found, total) == ([], 10)
+
+    @async_test
+    async def test_request_logs_insert_fills_missing_keys_and_bounds_text(self, backend):
+        async with open_store(backend.url) as store:
+            await store.insert_request_logs([])  # nothing to do
+            before = time.time()
+            await store.insert_request_logs(
+                [{"route": "r", "status": "200", "path": "/" + "x" * 5000, "extra": 1}]
+            )
+            (row,), total = await store.query_request_logs(RequestLogQuery())
+            assert total == 1
+            assert row["route"] == "r" and row["status"] == 200
+            assert len(row["path"]) == 2048
+            assert row["method"] is None and row["latency_ms"] is None
+            assert before - 1 <= row["ts"] <= time.time() + 1
+            with pytest.raises(ValueError, match="status"):
+                await store.insert_request_logs([{"status": "teapot"}])
+
+    @async_test
+    async def test_request_logs_purge_deletes_older_rows_and_counts(self, backend):
+        async with open_store(backend.url) as store:
+            await store.insert_request_logs([log_row(3000.0 + i) for i in range(10)])
+            assert await store.purge_request_logs(3004.0) == 4
+            assert await store.purge_request_logs(3004.0) == 0
+            found, total = await store.query_request_logs(RequestLogQuery())
+            assert total == 6 and min(row["ts"] for row in found) == 3004.0
+            assert await store.purge_request_logs(time.time()) == 6
