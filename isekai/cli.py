@@ -1,4 +1,5 @@
-"""The ``isekai`` command: ``run`` the gateway, ``validate`` a config file, ``reload`` it.
+"""The ``isekai`` command: ``run`` the gateway, ``validate`` a config file, ``reload`` it,
+and manage admin API ``users``.
 
 Every option has the name of the config key it sets (``--workers`` = ``workers``) and an
 ``ISEKAI_*`` environment variable used when the option is not given; the order of precedence
@@ -24,6 +25,7 @@ __all__ = ["main"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+USER_ROLES = ("admin", "editor", "viewer")
 
 log = logging.getLogger("isekai.cli")
 
@@ -117,7 +119,42 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("file", metavar="FILE", nargs="?", help="the file (env ISEKAI_CONFIG)")
     validate.set_defaults(handler=_validate)
+
+    users = commands.add_parser(
+        "users",
+        help="manage admin API users",
+        description="Manage the users of the admin API, in the store named by the config.",
+    )
+    users.set_defaults(handler=lambda _args: _usage(users))
+    actions = users.add_subparsers(dest="users_command", metavar="ACTION")
+    add = actions.add_parser(
+        "add",
+        help="create a user, or change its role and password",
+        description="Create the user NAME in the store of the config file (store.url), or "
+        "update its role and password if it exists. The password comes from --password, "
+        "--password-stdin or the ISEKAI_USER_PASSWORD environment variable.",
+    )
+    add.add_argument("name", metavar="NAME", help="the username")
+    add.add_argument("--role", required=True, choices=USER_ROLES, help="what the user may do")
+    add.add_argument("--password", metavar="P", help="the password (visible in `ps`)")
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    add.add_argument(
+        "-c", "--config", metavar="FILE", help="the config file (env ISEKAI_CONFIG) for store.url"
+    )
+    add.add_argument(
+        "--store-url",
+        metavar="URL",
+        help="the store, overriding store.url (env ISEKAI_STORE_URL)",
+    )
+    add.set_defaults(handler=_users_add)
     return parser
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
 
 
 def _setting(value: str | None, env: str) -> str | None:
@@ -278,3 +315,78 @@ def _reload(args: argparse.Namespace) -> int:
         return 1
     print(f"sent SIGHUP to isekai (pid {pid}); its log tells whether the config was accepted")
     return 0
+
+
+def _user_password(args: argparse.Namespace) -> str:
+    sources = [
+        name
+        for name, given in (
+            ("--password", args.password is not None),
+            ("--password-stdin", args.password_stdin),
+        )
+        if given
+    ]
+    if len(sources) > 1:
+        raise _UsageError("give the password one way: --password or --password-stdin")
+    if args.password is not None:
+        return args.password
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password = os.environ.get("ISEKAI_USER_PASSWORD")
+    if not password:
+        raise _UsageError(
+            "no password: give --password P, --password-stdin or set ISEKAI_USER_PASSWORD"
+        )
+    return password
+
+
+def _users_add(args: argparse.Namespace) -> int:
+    from isekai.admin.auth import check_password_rules, check_username, hash_password
+
+    password = _user_password(args)
+    try:
+        check_username(args.name)
+        check_password_rules(password)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    file = _setting(args.config, "ISEKAI_CONFIG")
+    try:
+        config = load_config(file) if file is not None else Config()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    url = _setting(args.store_url, "ISEKAI_STORE_URL") or config.store.url
+    password_hash = hash_password(password)
+    import asyncio
+
+    try:
+        created = asyncio.run(_save_user(url, args.name, password_hash, args.role))
+    except ConfigError as exc:  # a store URL no backend understands
+        print(f"isekai users add: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        from isekai.store import StoreError
+
+        if not isinstance(exc, StoreError):
+            raise
+        print(f"isekai users add: the store failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"user {args.name!r} {'created' if created else 'updated'} with role {args.role}")
+    return 0
+
+
+async def _save_user(url: str, username: str, password_hash: str, role: str) -> bool:
+    # True if the user was created, False if it existed and was updated
+    from isekai.store import AlreadyExists, open_store
+
+    store = open_store(url)
+    await store.open()
+    try:
+        try:
+            await store.create_user(username, password_hash, role)
+            return True
+        except AlreadyExists:
+            await store.set_user(username, password_hash, role)
+            return False
+    finally:
+        await store.close()

@@ -46,3 +46,21 @@ PID_FILE: str | None = None
 RESPOND_STATUS = 200
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 JSON_CONTENT_TYPE = "application/json"
+
+# admin: the admin API listener (isekai.admin); never public by default
+ADMIN_ENABLED = True
+ADMIN_BIND = "127.0.0.1:9080"
+ADMIN_HOST = "127.0.0.1"
+ADMIN_PORT = 9080
+ADMIN_AUTH_ENABLED = True
+JWT_EXPIRY = 3600.0
+JWT_ALGORITHM = "HS256"
+JWT_ALGORITHMS = ("HS256", "HS384", "HS512")  # shared-secret algorithms only, so far
+JWT_SECRET_MIN_LENGTH = 32
+REQUEST_LOGS_ENABLED = True
+REQUEST_LOGS_RETENTION = 7 * 86400.0
+REQUEST_LOGS_QUEUE_SIZE = 10_000
+
+# store: routes, upstreams, users and request logs written through the admin API
+STORE_URL = "sqlite:///isekai.db"  # isekai.db in the working directory
+STORE_SCHEMES = ("sqlite", "postgresql", "postgres")  # what isekai.store.open_store takes

@@ -7,6 +7,11 @@ key. ``${VAR}`` / ``${VAR:-default}`` are substituted in scalar values before th
 typed, so ``port: ${PORT:-8080}`` is an int. A key whose value is null counts as absent.
 Checks that need the whole file (route -> upstream references, route conflicts) run last.
 The first error found is raised.
+
+Routes and upstreams written through the admin API are checked by the same code: their JSON
+documents become nodes (``_document_node``) appended to the file's ``routes`` list and
+``upstreams`` mapping, and the whole result is built as if it were one file
+(``validate_dynamic``). Their scalars are literal: ``${VAR}`` is never substituted in them.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import ipaddress
 import json
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -27,19 +33,30 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from isekai.config import defaults, units
 from isekai.config.schema import (
+    Admin,
+    AdminAuth,
     Config,
     Limits,
     Listener,
+    RequestLogs,
     Respond,
     Route,
     RouteLimits,
     RouteMatch,
+    Store,
     Target,
     Upstream,
 )
 from isekai.errors import ConfigError, RouteConflictError
 
-__all__ = ["load_config", "load_config_text"]
+__all__ = [
+    "API_SOURCE",
+    "file_documents",
+    "is_loopback",
+    "load_config",
+    "load_config_text",
+    "validate_dynamic",
+]
 
 
 def _keys(cls: type, *, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -49,7 +66,12 @@ def _keys(cls: type, *, skip: tuple[str, ...] = ()) -> tuple[str, ...]:
 
 _parse_bind = functools.partial(units.parse_address, bind=True)
 _TOP_KEYS = _keys(Config, skip=("source",))
-_NOT_YET = frozenset({"admin", "policies", "store", "observability"})
+_NOT_YET = frozenset({"policies", "observability"})
+_ADMIN_KEYS = ("enabled", "bind", "auth", "request_logs")  # host and port are parsed from bind
+_AUTH_KEYS = _keys(AdminAuth)
+_REQUEST_LOG_KEYS = _keys(RequestLogs)
+_STORE_KEYS = _keys(Store)
+_STORE_URL = re.compile(r"([a-z][a-z0-9+.\-]*):(.*)", re.S)
 _LISTENER_KEYS = ("name", "bind")  # host and port are parsed from bind
 _UPSTREAM_KEYS = _keys(Upstream, skip=("name",))  # the name is the mapping key
 _ROUTE_KEYS = _keys(Route, skip=("index",))
@@ -77,6 +99,12 @@ _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _NULL_TAG = "tag:yaml.org,2002:null"
+_STR_TAG = "tag:yaml.org,2002:str"
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+
+API_SOURCE = "<api>"  # ConfigError.file of a mistake inside a document given to validate_dynamic
+_API_MARK = yaml.Mark(API_SOURCE, 0, 0, 0, None, None)
 _RESOLVER = yaml.resolver.Resolver()
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
 _JSON_NODE_BUDGET = 100_000
@@ -124,6 +152,129 @@ def load_config_text(
 
     ``env`` is the mapping ``${VAR}`` references are looked up in (default ``os.environ``).
     """
+    root = _parse(text, source)
+    return _Builder(source, os.environ if env is None else env).config(root)
+
+
+def validate_dynamic(
+    text: str,
+    source: str = "<string>",
+    *,
+    routes: Sequence[Mapping[str, Any]] = (),
+    upstreams: Mapping[str, Mapping[str, Any]] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Validate the config file ``text`` plus routes and upstreams given as JSON documents.
+
+    Each of ``routes`` is a route mapping as in YAML (with its ``name``); ``upstreams`` maps a
+    name to an upstream mapping (without the name). They are appended, in order, after the
+    file's own routes and upstreams, and the whole is validated exactly as one file would be:
+    the result's ``routes`` are the file's followed by these. Raises ``ConfigError`` as
+    `load_config_text` does; a mistake inside one of the documents has ``file`` `API_SOURCE`,
+    no line, and a ``path`` into the whole config (``routes[5].upstream``,
+    ``upstreams.users.targets[0]``).
+    """
+    root = _parse(text, source)
+    if not isinstance(root, MappingNode) or (not routes and not upstreams):
+        return _Builder(source, os.environ if env is None else env).config(root)
+    reader = _Reader(source, os.environ if env is None else env)
+    pairs = list(reader._pairs(root, "").values())  # merge keys resolved, as the builder would
+    added: list[tuple[str, Node, list[Any]]] = [
+        ("upstreams", MappingNode(_MAP_TAG, [], _API_MARK, _API_MARK), []),
+        ("routes", SequenceNode(_SEQ_TAG, [], _API_MARK, _API_MARK), []),
+    ]
+    for name, doc in (upstreams or {}).items():
+        key = _LiteralScalar(_STR_TAG, name, _API_MARK, _API_MARK)
+        added[0][2].append((key, _document_node(doc)))
+    added[1][2].extend(_document_node(doc) for doc in routes)
+    for key, empty, extra in added:
+        if not extra:
+            continue
+        at = next((i for i, (k, _) in enumerate(pairs) if k.value == key), None)
+        if at is None:
+            pairs.append((ScalarNode(_STR_TAG, key, _API_MARK, _API_MARK), empty))
+            at = len(pairs) - 1
+        key_node, node = pairs[at]
+        if reader.is_null(node, key):
+            node = empty
+        if isinstance(node, MappingNode):
+            node = MappingNode(node.tag, [*node.value, *extra], node.start_mark, node.end_mark)
+        elif isinstance(node, SequenceNode):
+            node = SequenceNode(node.tag, [*node.value, *extra], node.start_mark, node.end_mark)
+        pairs[at] = (key_node, node)  # anything else: the builder reports the file's mistake
+    root = MappingNode(root.tag, pairs, root.start_mark, root.end_mark)
+    return _Builder(source, os.environ if env is None else env).config(root)
+
+
+def file_documents(
+    text: str, source: str = "<string>"
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The routes and upstreams of config file ``text`` as JSON-compatible documents.
+
+    Values are as written: ``${VAR}`` references are kept, not substituted. The file is
+    expected to be valid (see `load_config_text`); raises ``ConfigError`` otherwise.
+    """
+    root = _parse(text, source)
+    reader = _Reader(source, {}, literal=True)
+    routes: list[dict[str, Any]] = []
+    upstreams: dict[str, dict[str, Any]] = {}
+    if not isinstance(root, MappingNode):
+        return routes, upstreams
+    fields = reader._pairs(root, "")
+    budget = [_JSON_NODE_BUDGET * 100]
+    if "routes" in fields and isinstance(fields["routes"][1], SequenceNode):
+        for i, node in enumerate(fields["routes"][1].value):
+            routes.append(reader.plain(node, f"routes[{i}]", budget))
+    if "upstreams" in fields and isinstance(fields["upstreams"][1], MappingNode):
+        for name, (_, node) in reader._pairs(fields["upstreams"][1], "upstreams").items():
+            upstreams[name] = reader.plain(node, _join("upstreams", name), budget)
+    return routes, upstreams
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (as parsed from a bind address) only accepts local connections."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _LiteralScalar(ScalarNode):
+    """A scalar from a JSON document: its text is never ``${VAR}``-substituted."""
+
+
+def _document_node(value: Any) -> Node:
+    # a JSON value as the node YAML would compose for it, every scalar explicitly tagged
+    if isinstance(value, Mapping):
+        pairs = [
+            (_LiteralScalar(_STR_TAG, str(key), _API_MARK, _API_MARK), _document_node(item))
+            for key, item in value.items()
+        ]
+        return MappingNode(_MAP_TAG, pairs, _API_MARK, _API_MARK)
+    if isinstance(value, (list, tuple)):
+        items = [_document_node(item) for item in value]
+        return SequenceNode(_SEQ_TAG, items, _API_MARK, _API_MARK)
+    if value is None:
+        tag, text = _NULL_TAG, "null"
+    elif isinstance(value, bool):
+        tag, text = "tag:yaml.org,2002:bool", "true" if value else "false"
+    elif isinstance(value, int):
+        tag, text = "tag:yaml.org,2002:int", str(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a JSON number")
+        tag, text = "tag:yaml.org,2002:float", repr(value)
+    elif isinstance(value, str):
+        tag, text = _STR_TAG, value
+    else:
+        raise TypeError(f"not a JSON value: {type(value).__name__}")
+    return _LiteralScalar(tag, text, _API_MARK, _API_MARK)
+
+
+def _parse(text: str, source: str) -> Node:
+    # the composed document, or a located ConfigError
     try:
         root = _compose(text)
     except yaml.MarkedYAMLError as exc:
@@ -145,7 +296,7 @@ def load_config_text(
     if root is None:
         message = "the file is empty; see docs/configuration.md for what goes in it"
         raise ConfigError(message, file=source)
-    return _Builder(source, os.environ if env is None else env).config(root)
+    return root
 
 
 def _join(path: str, key: str) -> str:
@@ -155,13 +306,16 @@ def _join(path: str, key: str) -> str:
 class _Reader:
     """Typed access to YAML nodes; every failure becomes a located ConfigError."""
 
-    def __init__(self, source: str, env: Mapping[str, str]) -> None:
+    def __init__(self, source: str, env: Mapping[str, str], *, literal: bool = False) -> None:
         self.source = source
         self.env = env
+        self.literal = literal  # True: no ${VAR} substitution anywhere
 
     def error(
         self, node: Node, path: str, message: str, cls: type[ConfigError] = ConfigError
     ) -> ConfigError:
+        if node.start_mark is _API_MARK:
+            return cls(message, path=path, file=API_SOURCE)
         return cls(message, path=path, file=self.source, line=node.start_mark.line + 1)
 
     # -- scalars ----------------------------------------------------------------------------
@@ -200,7 +354,7 @@ class _Reader:
         if not isinstance(node, ScalarNode):
             raise self.error(node, path, f"expected {what}, got {self.describe(node)}")
         tag, text, substituted = node.tag, node.value, None
-        if "${" in text:
+        if "${" in text and not self.literal and not isinstance(node, _LiteralScalar):
             implicit = tag == _RESOLVER.resolve(ScalarNode, text, (True, False))
             text = substituted = self._substitute(node, path)
             if node.style is None and implicit:
@@ -422,6 +576,8 @@ class _Builder(_Reader):
             "shutdown_timeout": lambda node, path: self.duration(node, path, allow_zero=True),
             "trusted_proxies": self.trusted_proxies,
             "pid_file": lambda node, path: self.string(node, path, "a file path"),
+            "admin": self.admin,
+            "store": self.store,
         }
         values = {key: sections[key](node, key) for key, (_, node) in fields.items()}
         self.check_references(values.get("routes", ()), values.get("upstreams", {}))
@@ -689,6 +845,93 @@ class _Builder(_Reader):
             at = f"{path}[{i}]"
             networks.append(self.check(item, at, units.parse_cidr, self.string(item, at, "a CIDR")))
         return tuple(networks)
+
+    def admin(self, node: Node, path: str) -> Admin:
+        fields = self.mapping(node, path, _ADMIN_KEYS)
+        values: dict[str, Any] = {}
+        if "enabled" in fields:
+            values["enabled"] = self.boolean(fields["enabled"][1], f"{path}.enabled")
+        if "bind" in fields:
+            bind_node = fields["bind"][1]
+            bind = self.string(bind_node, f"{path}.bind")
+            host, port = self.check(bind_node, f"{path}.bind", _parse_bind, bind)
+            values.update(bind=bind, host=host, port=port)
+        if "auth" in fields:
+            values["auth"] = auth = self.admin_auth(fields["auth"][1], f"{path}.auth")
+            host = values.get("host", defaults.ADMIN_HOST)
+            if not auth.enabled and not is_loopback(host):
+                bind = values.get("bind", defaults.ADMIN_BIND)
+                enabled_node = self.mapping(fields["auth"][1], f"{path}.auth", None)["enabled"][1]
+                message = (
+                    f"auth can only be turned off when {path}.bind is a loopback address "
+                    f"(127.0.0.1, [::1] or localhost), not {bind!r}"
+                )
+                raise self.error(enabled_node, f"{path}.auth.enabled", message)
+        if "request_logs" in fields:
+            at = f"{path}.request_logs"
+            values["request_logs"] = self.request_logs(fields["request_logs"][1], at)
+        return Admin(**values)
+
+    def admin_auth(self, node: Node, path: str) -> AdminAuth:
+        fields = self.mapping(node, path, _AUTH_KEYS)
+        values: dict[str, Any] = {}
+        for key, (_, value_node) in fields.items():
+            at = f"{path}.{key}"
+            if key == "enabled":
+                values[key] = self.boolean(value_node, at)
+            elif key == "jwt_expiry":
+                values[key] = self.duration(value_node, at)
+            elif key == "jwt_algorithm":
+                values[key] = algorithm = self.string(value_node, at).upper()
+                if algorithm not in defaults.JWT_ALGORITHMS:
+                    supported = ", ".join(defaults.JWT_ALGORITHMS)
+                    message = f"algorithm {algorithm!r} is not supported (supported: {supported})"
+                    raise self.error(value_node, at, message)
+            else:
+                values[key] = self.string(value_node, at, "a secret string")
+        if "jwt_secret" in values:
+            # at least as long as the hash: 32 characters for HS256, 48 for HS384, 64 for HS512
+            algorithm = values.get("jwt_algorithm", defaults.JWT_ALGORITHM)
+            shortest = max(defaults.JWT_SECRET_MIN_LENGTH, int(algorithm[2:]) // 8)
+            secret = values["jwt_secret"]
+            if len(secret.encode()) < shortest:
+                message = (
+                    f"must be at least {shortest} characters long for {algorithm}, got "
+                    f"{len(secret)} (leave it out for a random secret per process)"
+                )
+                raise self.error(fields["jwt_secret"][1], f"{path}.jwt_secret", message)
+        return AdminAuth(**values)
+
+    def request_logs(self, node: Node, path: str) -> RequestLogs:
+        values: dict[str, Any] = {}
+        for key, (_, value_node) in self.mapping(node, path, _REQUEST_LOG_KEYS).items():
+            at = f"{path}.{key}"
+            if key == "enabled":
+                values[key] = self.boolean(value_node, at)
+            elif key == "retention":
+                values[key] = self.duration(value_node, at)
+            else:
+                values[key] = self.integer(value_node, at, 1)
+        return RequestLogs(**values)
+
+    def store(self, node: Node, path: str) -> Store:
+        fields = self.mapping(node, path, _STORE_KEYS)
+        if "url" not in fields:
+            return Store()
+        url_node = fields["url"][1]
+        url = self.string(url_node, f"{path}.url", "a store URL")
+        found = _STORE_URL.fullmatch(url)
+        if found is None or not found.group(2):
+            message = (
+                f"bad store URL {url!r}: write it like sqlite:///isekai.db or "
+                "postgresql://user@host/isekai"
+            )
+            raise self.error(url_node, f"{path}.url", message)
+        if found.group(1).lower() not in defaults.STORE_SCHEMES:
+            supported = ", ".join(f"{scheme}://" for scheme in defaults.STORE_SCHEMES)
+            message = f"unsupported store URL {found.group(1)}:// (supported: {supported})"
+            raise self.error(url_node, f"{path}.url", message)
+        return Store(url=url)
 
     def check_references(
         self, routes: tuple[Route, ...], upstreams: Mapping[str, Upstream]

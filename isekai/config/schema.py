@@ -14,13 +14,17 @@ from types import MappingProxyType
 from isekai.config import defaults
 
 __all__ = [
+    "Admin",
+    "AdminAuth",
     "Config",
     "Limits",
     "Listener",
+    "RequestLogs",
     "Respond",
     "Route",
     "RouteLimits",
     "RouteMatch",
+    "Store",
     "Target",
     "Upstream",
 ]
@@ -134,6 +138,48 @@ class Route:
     index: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class AdminAuth:
+    """How the admin API authenticates: JWTs signed with ``jwt_secret``.
+
+    ``jwt_secret`` ``None`` means one random secret per process, made at startup (tokens then
+    do not survive a restart). ``enabled`` false is only accepted on a loopback ``admin.bind``.
+    """
+
+    enabled: bool = defaults.ADMIN_AUTH_ENABLED
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwt_expiry: float = defaults.JWT_EXPIRY
+    jwt_algorithm: str = defaults.JWT_ALGORITHM
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLogs:
+    """The per-request log kept in the store and served by ``GET /api/logs``."""
+
+    enabled: bool = defaults.REQUEST_LOGS_ENABLED
+    retention: float = defaults.REQUEST_LOGS_RETENTION
+    queue_size: int = defaults.REQUEST_LOGS_QUEUE_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    """The admin API listener. ``host``/``port`` are parsed from ``bind``, as for listeners."""
+
+    enabled: bool = defaults.ADMIN_ENABLED
+    bind: str = defaults.ADMIN_BIND
+    host: str = defaults.ADMIN_HOST
+    port: int = defaults.ADMIN_PORT
+    auth: AdminAuth = field(default_factory=AdminAuth)
+    request_logs: RequestLogs = field(default_factory=RequestLogs)
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """Where API-made routes and upstreams, users and request logs are kept."""
+
+    url: str = defaults.STORE_URL
+
+
 def _default_listeners() -> tuple[Listener, ...]:
     return (
         Listener(
@@ -165,4 +211,6 @@ class Config:
     shutdown_timeout: float = defaults.SHUTDOWN_TIMEOUT
     trusted_proxies: tuple[str, ...] = defaults.TRUSTED_PROXIES
     pid_file: str | None = defaults.PID_FILE
+    admin: Admin = field(default_factory=Admin)
+    store: Store = field(default_factory=Store)
     source: str = "<string>"

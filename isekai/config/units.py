@@ -29,9 +29,15 @@ __all__ = [
     "parse_strip_prefix",
 ]
 
-_DURATION_UNITS = {"ms": Decimal("0.001"), "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+")
+_DURATION_UNITS = {
+    "ms": Decimal("0.001"),
+    "s": Decimal(1),
+    "m": Decimal(60),
+    "h": Decimal(3600),
+    "d": Decimal(86400),
+}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
 
 _SIZE_UNITS = {
     "": 1,
@@ -78,7 +84,7 @@ def _finite_number(value: object) -> Decimal | None:
 
 
 def parse_duration(value: object) -> float:
-    """Parse ``250ms``, ``10s``, ``5m``, ``1h``, ``1m30s`` or a plain number of seconds.
+    """Parse ``250ms``, ``10s``, ``5m``, ``1h``, ``7d``, ``1m30s`` or a plain number of seconds.
 
     Returns float seconds; raises ``ValueError`` for anything else, including negatives.
     """
@@ -98,7 +104,7 @@ def parse_duration(value: object) -> float:
             )
         else:
             raise ValueError(
-                f"bad duration {value!r}: use a number with a unit (ms, s, m, h) like 250ms, "
+                f"bad duration {value!r}: use a number with a unit (ms, s, m, h, d) like 250ms, "
                 "10s, 5m, 1h or 1m30s, or a plain number of seconds"
             )
     if number < 0:
@@ -139,7 +145,7 @@ def parse_size(value: object) -> int:
 def parse_rate(value: object) -> float:
     """Parse ``100/s``, ``10/m``, ``5000/h`` or ``30/10s`` into float events per second.
 
-    The part after ``/`` is a unit (ms, s, m, h) or any duration. Raises ``ValueError``
+    The part after ``/`` is a unit (ms, s, m, h, d) or any duration. Raises ``ValueError``
     for plain numbers (the period must be explicit), zero or negative rates and bad periods.
     """
     if not isinstance(value, str):
@@ -158,7 +164,7 @@ def parse_rate(value: object) -> float:
         except ValueError:
             raise ValueError(
                 f"bad rate {value!r}: the period {period_text!r} must be a unit "
-                "(ms, s, m, h) or a duration like 10s"
+                "(ms, s, m, h, d) or a duration like 10s"
             ) from None
     count = float(Decimal(count_text))
     if count <= 0:

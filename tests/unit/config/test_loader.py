@@ -448,10 +448,11 @@ MISTAKES = {
     "unknown top-level key": (
         """
         routes: []
-        admin: {}
+        policies: {}
         """,
-        "gw.yaml:2: admin: unknown key 'admin' (not supported yet); allowed keys: listeners, "
-        "upstreams, routes, limits, workers, shutdown_timeout, trusted_proxies, pid_file",
+        "gw.yaml:2: policies: unknown key 'policies' (not supported yet); allowed keys: "
+        "listeners, upstreams, routes, limits, workers, shutdown_timeout, trusted_proxies, "
+        "pid_file, admin, store",
     ),
     "unknown nested key": (
         """
@@ -540,7 +541,7 @@ MISTAKES = {
             read_timeout: 10 seconds
         """,
         "gw.yaml:4: upstreams.users.read_timeout: bad duration '10 seconds': use a number with a "
-        "unit (ms, s, m, h) like 250ms, 10s, 5m, 1h or 1m30s, or a plain number of seconds",
+        "unit (ms, s, m, h, d) like 250ms, 10s, 5m, 1h or 1m30s, or a plain number of seconds",
     ),
     "zero duration": (
         """

@@ -1,0 +1,144 @@
+"""The admin API application: ``create_app(ctx)``, and `AdminServer` to serve it.
+
+Middleware, outermost first: a request id (``X-Request-Id``, echoed or made) on every
+response; errors as the JSON envelope (``ApiError``, aiohttp's 404/405/413, store failures as
+503, anything unexpected as 500 with the request id, logged with its traceback); then
+authentication and the role check for the endpoint (``openapi.OPERATIONS`` says which role
+each needs). With ``admin.auth.enabled: false`` every endpoint is open.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from isekai.admin import auth, openapi
+from isekai.admin.context import CTX, REQUEST_ID, USER, AdminContext
+from isekai.admin.http import ApiError, fail
+from isekai.store import StoreError
+
+__all__ = ["AdminServer", "create_app"]
+
+log = logging.getLogger("isekai.admin")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PERMISSIONS = web.AppKey("isekai_admin_permissions", dict)
+MAX_BODY = 1024 * 1024  # bytes: the largest request body
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+@web.middleware
+async def _request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
+    given = request.headers.get("X-Request-Id", "")
+    request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    response = await handler(request)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return fail(exc.status, exc.code, exc.message, headers=exc.headers, **exc.details)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "location")}
+        code = _STATUS_CODES.get(exc.status, "http_error")
+        message = exc.reason
+        if exc.status == 404:
+            message = f"no such endpoint: {request.path}"
+        elif exc.status == 405:
+            message = f"{request.method} is not allowed here (allowed: {headers.get('Allow')})"
+        return fail(exc.status, code, message, headers=headers)
+    except StoreError as exc:
+        log.error("admin API: %s %s: the store failed: %s", request.method, request.path, exc)
+        return fail(503, "store_unavailable", f"the store is not available: {exc}")
+    except Exception:
+        request_id = request.get(REQUEST_ID, "-")
+        log.exception(
+            "admin API: %s %s failed (request id %s)", request.method, request.path, request_id
+        )
+        return fail(
+            500,
+            "internal",
+            f"internal error (request id {request_id}); the gateway log has the details",
+            request_id=request_id,
+        )
+
+
+@web.middleware
+async def _access(request: web.Request, handler: Handler) -> web.StreamResponse:
+    ctx: AdminContext = request.app[CTX]
+    needed = request.app[PERMISSIONS].get(request.match_info.route)
+    if needed is not None and ctx.config.admin.auth.enabled:
+        user = await auth.authenticate(ctx, request)
+        auth.authorize(user, needed)
+        request[USER] = user
+    return await handler(request)
+
+
+def create_app(ctx: AdminContext) -> web.Application:
+    """The admin API as an aiohttp application, serving ``ctx``."""
+    app = web.Application(middlewares=[_request_id, _errors, _access], client_max_size=MAX_BODY)
+    app[CTX] = ctx
+    permissions: dict[Any, str | None] = {}
+    for op in openapi.OPERATIONS:
+        route = app.router.add_route(op.method, op.path, op.handler)
+        permissions[route] = op.permission
+    app.router.add_get("/openapi.json", openapi.openapi_json)
+    app.router.add_get("/docs", openapi.docs_page)
+    app.router.add_get("/docs/", openapi.docs_page)
+    app.router.add_get("/docs/init.js", openapi.docs_init)
+    app.router.add_get("/docs/openapi-3.0.json", openapi.openapi_30_json)
+    app.router.add_static("/docs/static", openapi.swagger_ui_dir(), append_version=False)
+    app[PERMISSIONS] = permissions
+    return app
+
+
+class AdminServer:
+    """The admin API listening on ``ctx.config.admin`` (``host``/``port``; port 0 = any).
+
+    ``await server.start()`` binds and serves on the running loop; ``port`` is then the bound
+    port; ``await server.stop()`` closes it.
+    """
+
+    def __init__(self, ctx: AdminContext, host: str | None = None, port: int | None = None):
+        self.ctx = ctx
+        self.host = ctx.config.admin.host if host is None else host
+        self.port = ctx.config.admin.port if port is None else port
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(create_app(self.ctx), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        log.info("admin API on http://%s:%d", shown, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -1,0 +1,448 @@
+"""Routes and upstreams as API resources: what ``routes.py`` and ``upstreams.py`` share.
+
+Items come from two sources. ``file`` items are in the YAML file: listed, readable, never
+changed through the API (409). ``api`` items are stored (``isekai.store``) with a version that
+is their ETag. Every change is checked by building the whole resulting config with the config
+loader (``validate_dynamic``: the file, every stored item, and this change), then stored, then
+applied, all under ``ctx.lock`` so that changes happen one at a time.
+
+A mistake is answered 422 with ``error.path`` relative to the submitted document
+(``route.match.path``, ``upstream.targets[0]``) when it lies there, else the path in the whole
+config (``routes[4].upstream``) and ``error.item`` naming the item it lies in.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from isekai.admin.context import CTX, AdminContext
+from isekai.admin.http import PATCH_TYPES, ApiError, iso_time, ok, read_json
+from isekai.admin.schemas import first_error
+from isekai.config.loader import API_SOURCE, validate_dynamic
+from isekai.config.schema import Config
+from isekai.errors import ConfigError
+from isekai.store import AlreadyExists, NotFound, VersionMismatch
+
+__all__ = ["IF_MATCH_PATTERN", "ROUTE", "UPSTREAM", "Kind", "merge_patch", "parse_if_match"]
+
+log = logging.getLogger("isekai.admin")
+
+_ROUTE_PATH = re.compile(r"routes\[(\d+)\](.*)", re.S)
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """``route`` or ``upstream``: how the API names, shows and checks items of one kind."""
+
+    name: str  # store kind and error prefix: route, upstream
+    plural: str  # URL segment and config key: routes, upstreams
+    create_schema: str
+    replace_schema: str
+    doc_has_name: bool  # a route doc holds its name; an upstream's name is the YAML key
+
+
+ROUTE = Kind("route", "routes", "Route", "RouteReplace", True)
+UPSTREAM = Kind("upstream", "upstreams", "Upstream", "UpstreamReplace", False)
+
+
+# -- views -------------------------------------------------------------------------------------
+
+
+def _file_items(ctx: AdminContext, kind: Kind) -> dict[str, dict[str, Any]]:
+    routes, upstreams = ctx.file_documents()
+    if kind.doc_has_name:
+        return {str(doc.get("name")): doc for doc in routes if isinstance(doc, dict)}
+    return dict(upstreams)
+
+
+def _view_file(name: str, doc: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "source": "file",
+        "version": None,
+        "created_at": None,
+        "updated_at": None,
+        "spec": doc,
+    }
+
+
+def _view_stored(item: Any) -> dict[str, Any]:
+    return {
+        "name": item.name,
+        "source": "api",
+        "version": item.version,
+        "created_at": iso_time(item.created_at),
+        "updated_at": iso_time(item.updated_at),
+        "spec": item.doc,
+    }
+
+
+def _etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def _with_etag(item: Any, status: int = 200, **headers: str) -> web.Response:
+    return ok(_view_stored(item), status=status, headers={"ETag": _etag(item.version), **headers})
+
+
+# -- If-Match and merge patch ------------------------------------------------------------------
+
+
+_ENTITY_TAG = r'(?:W/)?"[\x21\x23-\x7e]*"'
+IF_MATCH_PATTERN = rf"^\s*(\*|{_ENTITY_TAG}(\s*,\s*{_ENTITY_TAG})*)\s*$"
+_IF_MATCH = re.compile(IF_MATCH_PATTERN)
+
+
+def parse_if_match(header: str | None) -> list[int] | None:
+    """The versions an ``If-Match`` header accepts: None = any (absent or ``*``).
+
+    Entity tags are compared strongly: ``W/"3"`` and non-numeric tags match no version (an
+    empty list, so the request fails with 412). ``ValueError`` when the header is not a list
+    of entity tags (RFC 9110 section 13.1.1).
+    """
+    if header is None:
+        return None
+    if not _IF_MATCH.fullmatch(header):
+        raise ValueError(f'If-Match must be * or entity tags like "3", got {header!r}')
+    if header.strip() == "*":
+        return None
+    versions = []
+    for tag in header.split(","):
+        tag = tag.strip()
+        if len(tag) >= 3 and tag[0] == tag[-1] == '"' and tag[1:-1].isdigit():
+            versions.append(int(tag[1:-1]))
+    return versions
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON merge patch: ``patch`` applied to ``target`` (neither is modified)."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _check_precondition(request: web.Request, item: Any) -> int | None:
+    # 412 unless If-Match accepts the item's version; the version to write against
+    try:
+        wanted = parse_if_match(request.headers.get("If-Match"))
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
+    if wanted is None:
+        return None
+    if item.version not in wanted:
+        raise ApiError(
+            412,
+            "precondition_failed",
+            f"{item.kind} {item.name!r} is at version {item.version}, "
+            f"not {request.headers.get('If-Match')}: fetch it again and retry",
+            current_version=item.version,
+            headers={"ETag": _etag(item.version)},
+        )
+    return item.version
+
+
+# -- validation --------------------------------------------------------------------------------
+
+
+class _Plan:
+    """The stored items with one change applied, in the order the loader sees them."""
+
+    def __init__(self, ctx: AdminContext, routes: list[Any], upstreams: list[Any]) -> None:
+        self.ctx = ctx
+        self.routes = {item.name: item.doc for item in routes}
+        self.upstreams = {item.name: item.doc for item in upstreams}
+        self.changed: tuple[Kind, str] | None = None
+
+    def put(self, kind: Kind, name: str, doc: dict[str, Any]) -> None:
+        items = self.routes if kind.doc_has_name else self.upstreams
+        items.pop(name, None)
+        items[name] = doc  # last: a conflict is reported on the document being written
+        self.changed = (kind, name)
+
+    def remove(self, kind: Kind, name: str) -> None:
+        (self.routes if kind.doc_has_name else self.upstreams).pop(name, None)
+
+    def validate(self) -> Config:
+        ctx = self.ctx
+        try:
+            return validate_dynamic(
+                ctx.config_text,
+                ctx.config.source,
+                routes=list(self.routes.values()),
+                upstreams=self.upstreams,
+            )
+        except ConfigError as exc:
+            raise self._explain(exc) from None
+
+    def _explain(self, exc: ConfigError) -> ApiError:
+        file_routes, file_upstreams = self.ctx.file_documents()
+        item: dict[str, Any] | None = None
+        rest = ""
+        found = _ROUTE_PATH.fullmatch(exc.path)
+        if found is not None:
+            index, rest = int(found.group(1)), found.group(2)
+            if index < len(file_routes):
+                name = (
+                    file_routes[index].get("name") if isinstance(file_routes[index], dict) else None
+                )
+                item = {"kind": "route", "name": name, "source": "file"}
+            elif index - len(file_routes) < len(self.routes):
+                name = list(self.routes)[index - len(file_routes)]
+                item = {"kind": "route", "name": name, "source": "api"}
+        elif exc.path.startswith("upstreams."):
+            known = sorted({*file_upstreams, *self.upstreams}, key=len, reverse=True)
+            for name in known:
+                head = f"upstreams.{name}"
+                if exc.path == head or exc.path.startswith((head + ".", head + "[")):
+                    source = "api" if exc.file == API_SOURCE else "file"
+                    item = {"kind": "upstream", "name": name, "source": source}
+                    rest = exc.path[len(head) :]
+                    break
+        config_path = exc.path
+        path = config_path
+        if item is not None and item["source"] == "api" and self.changed is not None:
+            kind, name = self.changed
+            if item["kind"] == kind.name and item["name"] == name:
+                path = f"{kind.name}{rest}"
+        where = path or "config"
+        if exc.file is not None and exc.file != API_SOURCE:
+            where = f"{exc.file}:{exc.line}: {where}" if exc.line else f"{exc.file}: {where}"
+            if item is None:
+                item = {"kind": "file", "name": exc.file, "source": "file"}
+        elif item is not None and path == config_path:
+            where = f"{item['kind']} {item['name']!r} ({path})"
+        return ApiError(
+            422,
+            "invalid",
+            f"{where}: {exc.message}",
+            path=path,
+            config_path=config_path,
+            item=item,
+        )
+
+
+async def _plan(ctx: AdminContext) -> _Plan:
+    routes = await ctx.store.list_items("route")
+    upstreams = await ctx.store.list_items("upstream")
+    return _Plan(ctx, routes, upstreams)
+
+
+def _check_schema(kind: Kind, schema: str, doc: Any) -> None:
+    problem = first_error(schema, doc, kind.name)
+    if problem is not None:
+        path, message = problem
+        raise ApiError(422, "invalid", f"{path}: {message}", path=path, config_path=path)
+
+
+async def _apply(ctx: AdminContext, config: Config, what: str) -> None:
+    try:
+        await ctx.apply(config)
+    except Exception as exc:
+        log.exception("%s was stored but applying it failed", what)
+        raise ApiError(
+            500,
+            "apply_failed",
+            f"{what} was stored but could not be applied: {exc}; it applies at the next "
+            "successful change or restart",
+        ) from exc
+    ctx.current = config
+    log.info("admin API: %s", what)
+
+
+def _read_only(kind: Kind, name: str) -> ApiError:
+    return ApiError(
+        409,
+        "read_only",
+        f"{kind.name} {name!r} is defined in the config file: change it there and reload",
+        source="file",
+    )
+
+
+def _document(kind: Kind, name: str | None, body: Any, *, schema: str) -> tuple[str, dict]:
+    # (name, doc as stored) from a request body; the name comes from the body or the URL
+    if not isinstance(body, dict):
+        _check_schema(kind, schema, body)  # raises: the body must be an object
+        raise AssertionError("unreachable")
+    given = body.get("name")
+    if name is None:  # create: the body names the item
+        if given is None:
+            raise ApiError(
+                422,
+                "invalid",
+                f"{kind.name}.name: missing required key 'name'",
+                path=f"{kind.name}.name",
+            )
+        if not isinstance(given, str):
+            _check_schema(kind, schema, body)
+            raise ApiError(422, "invalid", f"{kind.name}.name: expected a string")
+        name = given
+    elif given is not None and given != name:
+        raise ApiError(
+            422,
+            "invalid",
+            f"{kind.name}.name: {given!r} is not {name!r}: an item cannot be renamed "
+            "(create the new one, then delete the old one)",
+            path=f"{kind.name}.name",
+        )
+    doc = {key: value for key, value in body.items() if key != "name"}
+    return name, {"name": name, **doc} if kind.doc_has_name else doc
+
+
+async def _validated(plan: _Plan, kind: Kind, schema: str, body: dict[str, Any]) -> Config:
+    config = plan.validate()  # the loader's word first: the same messages as for YAML
+    _check_schema(kind, schema, body)
+    return config
+
+
+# -- handlers ----------------------------------------------------------------------------------
+
+
+async def list_items(request: web.Request, kind: Kind) -> web.Response:
+    ctx: AdminContext = request.app[CTX]
+    views = [_view_file(name, doc) for name, doc in _file_items(ctx, kind).items()]
+    views += [_view_stored(item) for item in await ctx.store.list_items(kind.name)]
+    return ok(views)
+
+
+async def get_item(request: web.Request, kind: Kind) -> web.Response:
+    ctx: AdminContext = request.app[CTX]
+    name = request.match_info["id"]
+    file_items = _file_items(ctx, kind)
+    if name in file_items:
+        return ok(_view_file(name, file_items[name]))
+    item = await ctx.store.get_item(kind.name, name)
+    if item is None:
+        raise ApiError(404, "not_found", f"no {kind.name} named {name!r}")
+    return _with_etag(item)
+
+
+async def create_item(request: web.Request, kind: Kind) -> web.Response:
+    ctx: AdminContext = request.app[CTX]
+    body = await read_json(request)
+    name, doc = _document(kind, None, body, schema=kind.create_schema)
+    if name in _file_items(ctx, kind):
+        raise ApiError(
+            409,
+            "conflict",
+            f"{kind.name} {name!r} is defined in the config file",
+            source="file",
+        )
+    async with ctx.lock:
+        if await ctx.store.get_item(kind.name, name) is not None:
+            raise ApiError(409, "already_exists", f"{kind.name} {name!r} already exists")
+        plan = await _plan(ctx)
+        plan.put(kind, name, doc)
+        config = await _validated(plan, kind, kind.create_schema, body)
+        try:
+            item = await ctx.store.create_item(kind.name, name, doc)
+        except AlreadyExists:
+            raise ApiError(409, "already_exists", f"{kind.name} {name!r} already exists") from None
+        await _apply(ctx, config, f"{kind.name} {name!r} created")
+    location = f"/api/{kind.plural}/{name}"
+    return _with_etag(item, 201, Location=location)
+
+
+async def _replace(
+    request: web.Request, kind: Kind, name: str, build: Any, schema: str
+) -> web.Response:
+    # shared by PUT and PATCH: build(current_doc) -> (request body to check, new doc)
+    ctx: AdminContext = request.app[CTX]
+    if name in _file_items(ctx, kind):
+        raise _read_only(kind, name)
+    async with ctx.lock:
+        current = await ctx.store.get_item(kind.name, name)
+        if current is None:
+            raise ApiError(404, "not_found", f"no {kind.name} named {name!r}")
+        version = _check_precondition(request, current)
+        body, doc = build(current.doc)
+        plan = await _plan(ctx)
+        plan.put(kind, name, doc)
+        config = await _validated(plan, kind, schema, body)
+        try:
+            item = await ctx.store.replace_item(
+                kind.name, name, doc, if_version=version or current.version
+            )
+        except NotFound:
+            raise ApiError(404, "not_found", f"no {kind.name} named {name!r}") from None
+        except VersionMismatch as exc:
+            raise ApiError(
+                412,
+                "precondition_failed",
+                f"{kind.name} {name!r} changed meanwhile (now version {exc.current_version})",
+                current_version=exc.current_version,
+            ) from None
+        await _apply(ctx, config, f"{kind.name} {name!r} changed (version {item.version})")
+    return _with_etag(item)
+
+
+async def replace_item(request: web.Request, kind: Kind) -> web.Response:
+    ctx: AdminContext = request.app[CTX]
+    name = request.match_info["id"]
+    if name in _file_items(ctx, kind):
+        raise _read_only(kind, name)
+    body = await read_json(request)
+    _, doc = _document(kind, name, body, schema=kind.replace_schema)
+    return await _replace(request, kind, name, lambda _current: (body, doc), kind.replace_schema)
+
+
+async def patch_item(request: web.Request, kind: Kind) -> web.Response:
+    ctx: AdminContext = request.app[CTX]
+    name = request.match_info["id"]
+    if name in _file_items(ctx, kind):
+        raise _read_only(kind, name)
+    patch = await read_json(request, PATCH_TYPES)
+    if not isinstance(patch, dict):
+        raise ApiError(
+            422,
+            "invalid",
+            f"{kind.name}: a merge patch must be a JSON object, got {type(patch).__name__}",
+            path=kind.name,
+        )
+
+    def build(current: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        merged = merge_patch(current, patch)
+        if kind.doc_has_name and "name" not in merged:
+            merged["name"] = name
+        _, doc = _document(kind, name, merged, schema=kind.replace_schema)
+        return merged, doc
+
+    return await _replace(request, kind, name, build, kind.replace_schema)
+
+
+async def delete_item(request: web.Request, kind: Kind) -> web.Response:
+    ctx: AdminContext = request.app[CTX]
+    name = request.match_info["id"]
+    if name in _file_items(ctx, kind):
+        raise _read_only(kind, name)
+    async with ctx.lock:
+        current = await ctx.store.get_item(kind.name, name)
+        if current is None:
+            raise ApiError(404, "not_found", f"no {kind.name} named {name!r}")
+        version = _check_precondition(request, current)
+        plan = await _plan(ctx)
+        plan.remove(kind, name)
+        config = plan.validate()
+        try:
+            await ctx.store.delete_item(kind.name, name, if_version=version or current.version)
+        except NotFound:
+            raise ApiError(404, "not_found", f"no {kind.name} named {name!r}") from None
+        except VersionMismatch as exc:
+            raise ApiError(
+                412,
+                "precondition_failed",
+                f"{kind.name} {name!r} changed meanwhile (now version {exc.current_version})",
+                current_version=exc.current_version,
+            ) from None
+        await _apply(ctx, config, f"{kind.name} {name!r} deleted")
+    return ok(message=f"{kind.name} {name!r} deleted")

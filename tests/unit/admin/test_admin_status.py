@@ -1,0 +1,252 @@
+"""Health, readiness, status, statistics, request logs, and the HTTP error envelope."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+
+import pytest
+from admin_helpers import ROUTE, admin, run
+
+from isekai.admin import status as status_module
+from isekai.admin.context import StatusProviders
+from isekai.admin.http import parse_json
+from isekai.admin.logs import parse_time
+
+
+def test_health_is_public_and_in_the_envelope(tmp_path):
+    async def scenario():
+        async with admin(tmp_path, role=None) as api:
+            reply = await api.get("/health")
+            assert reply.status == 200
+            assert reply.body == {
+                "success": True,
+                "message": "isekai is running",
+                "data": {"status": "ok"},
+            }
+            assert reply.headers["Content-Type"].startswith("application/json")
+            assert len(reply.headers["X-Request-Id"]) == 32
+
+    run(scenario())
+
+
+def test_ready_reports_the_store(tmp_path):
+    async def scenario():
+        async with admin(tmp_path, role=None) as api:
+            reply = await api.get("/health/ready")
+            assert reply.status == 200 and reply.data["store"] == "ok"
+            await api.ctx.store.close()
+            reply = await api.get("/health/ready")
+            assert reply.status == 503
+            assert reply.error["code"] == "not_ready"
+            await api.ctx.store.open()
+
+    run(scenario())
+
+
+def test_status_reports_version_uptime_workers_config_version_and_counts(tmp_path):
+    providers = StatusProviders(workers=lambda: 4, config_version=lambda: 17)
+
+    async def scenario():
+        async with admin(tmp_path, status=providers) as api:
+            await api.post("/api/routes", ROUTE)
+            data = (await api.get("/api/status")).data
+            assert data["version"] == "0.1.0"
+            assert data["workers"] == 4 and data["config_version"] == 17
+            assert data["routes"] == 3 and data["upstreams"] == 1
+            assert 0 <= data["uptime"] < 60
+            assert data["started_at"].endswith("Z")
+
+    run(scenario())
+
+
+def test_stats_endpoints_show_the_providers(tmp_path):
+    providers = StatusProviders(
+        load_balancer=lambda: {"users": {"balancer": "round_robin", "targets": 1}},
+        circuit_breakers=lambda: {"users": {"127.0.0.1:9001": "closed"}},
+        websockets=lambda: {"open": 3, "total": 10},
+    )
+
+    async def scenario():
+        async with admin(tmp_path, status=providers, role="viewer") as api:
+            lb = await api.get("/api/load-balancer/status")
+            assert lb.data == {"users": {"balancer": "round_robin", "targets": 1}}
+            cb = await api.get("/api/circuit-breaker/status")
+            assert cb.data == {"users": {"127.0.0.1:9001": "closed"}}
+            ws = await api.get("/api/websocket/stats")
+            assert ws.data == {"open": 3, "total": 10}
+
+    run(scenario())
+
+
+def test_unexpected_errors_are_a_500_envelope_with_a_request_id(tmp_path, caplog):
+    def broken():
+        raise KeyError("boom")
+
+    async def scenario():
+        async with admin(tmp_path, status=StatusProviders(websockets=broken)) as api:
+            reply = await api.get("/api/websocket/stats", headers={"X-Request-Id": "req-42"})
+            assert reply.status == 500
+            assert reply.error == {"code": "internal", "request_id": "req-42"}
+            assert "Traceback" not in reply.raw.decode()
+            assert reply.headers["X-Request-Id"] == "req-42"
+
+    caplog.set_level(logging.ERROR)
+    run(scenario())
+    assert "req-42" in caplog.text and "KeyError" in caplog.text
+
+
+def test_store_failures_are_503(tmp_path):
+    async def scenario():
+        async with admin(tmp_path) as api:
+            await api.ctx.store.close()
+            reply = await api.get("/api/routes")
+            assert reply.status in (401, 503)  # the token's user cannot be looked up either
+            assert reply.body["success"] is False
+            await api.ctx.store.open()
+
+    run(scenario())
+
+
+def test_http_errors_are_envelopes(tmp_path):
+    async def scenario():
+        async with admin(tmp_path) as api:
+            reply = await api.get("/api/nothing-here")
+            assert reply.status == 404 and reply.error["code"] == "not_found"
+            reply = await api.request("DELETE", "/api/routes")
+            assert reply.status == 405
+            assert reply.error["code"] == "method_not_allowed"
+            assert set(reply.headers["Allow"].split(",")) == {"GET", "POST"}
+            reply = await api.request("POST", "/health")
+            assert reply.status == 405
+            json_type = {"Content-Type": "application/json"}
+            for body, status in [
+                ("", 400),
+                ("{", 400),
+                ('{"a": 1, "a": 2}', 400),
+                ('{"a": NaN}', 400),
+                ("[" * 100 + "]" * 100, 400),
+                (b"\xff\xfe", 400),
+            ]:
+                reply = await api.request("POST", "/api/routes", data=body, headers=json_type)
+                assert reply.status == status, (body, reply)
+                assert reply.error["code"] == "bad_request"
+            reply = await api.request(
+                "POST", "/api/routes", data="x" * (2 * 1024 * 1024), headers=json_type
+            )
+            assert reply.status == 413
+            reply = await api.request(
+                "POST", "/api/routes", data="{}", headers={"Content-Type": "text/plain"}
+            )
+            assert reply.status == 415 and reply.error["code"] == "unsupported_media_type"
+
+    run(scenario())
+
+
+def test_parse_json_is_strict():
+    assert parse_json('{"a": [1, 2.5, null, true]}') == {"a": [1, 2.5, None, True]}
+    for bad in ['{"a": 1, "a": 1}', "Infinity", "[-Infinity]", "{", "[" * 70 + "]" * 70]:
+        with pytest.raises(ValueError):
+            parse_json(bad)
+
+
+def _rows(now: float) -> list[dict]:
+    rows = []
+    for i in range(30):
+        rows.append(
+            {
+                "ts": now - 1000 + i * 10,
+                "route": "a" if i % 2 else "b",
+                "method": "GET",
+                "path": f"/p/{i}",
+                "status": [200, 404, 503][i % 3],
+                "latency_ms": 1.5,
+                "request_id": f"r{i}",
+            }
+        )
+    return rows
+
+
+def test_logs_filters_and_pages_newest_first(tmp_path):
+    now = 1_800_000_000.0
+
+    async def scenario():
+        async with admin(tmp_path, role="viewer") as api:
+            await api.ctx.store.insert_request_logs(_rows(now))
+            page = (await api.get("/api/logs?limit=5")).data
+            assert page["total"] == 30 and page["limit"] == 5 and page["offset"] == 0
+            assert [row["request_id"] for row in page["items"]] == [
+                f"r{i}" for i in (29, 28, 27, 26, 25)
+            ]
+            assert page["next_offset"] == 5
+            assert page["items"][0]["time"].endswith("Z")
+            last = (await api.get("/api/logs?limit=5&offset=25")).data
+            assert [row["request_id"] for row in last["items"]] == [
+                f"r{i}" for i in (4, 3, 2, 1, 0)
+            ]
+            assert last["next_offset"] is None
+            only_a = (await api.get("/api/logs?route=a&limit=100")).data
+            assert only_a["total"] == 15 and {r["route"] for r in only_a["items"]} == {"a"}
+            assert (await api.get("/api/logs?status=404")).data["total"] == 10
+            for value in ("5", "5xx", "5XX"):
+                assert (await api.get(f"/api/logs?status_class={value}")).data["total"] == 10
+            since = now - 1000 + 100  # rows 10..29
+            until = now - 1000 + 200  # rows before 20
+            page = (await api.get(f"/api/logs?since={since}&until={until}&limit=100")).data
+            assert page["total"] == 10
+            iso = datetime.datetime.fromtimestamp(since, datetime.UTC).isoformat()
+            iso = iso.replace("+00:00", "Z")
+            assert (await api.get(f"/api/logs?since={iso}")).data["total"] == 20
+            both = await api.get("/api/logs?route=b&status_class=2&limit=100")
+            assert {(r["route"], r["status"]) for r in both.data["items"]} == {("b", 200)}
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=0",
+        "limit=1001",
+        "limit=x",
+        "offset=-1",
+        "status=99",
+        "status=600",
+        "status_class=6",
+        "status_class=2xy",
+        "since=yesterday",
+        "until=2026-13-01T00:00:00Z",
+        "route=",
+        "unknown=1",
+        "limit=1&limit=2",
+    ],
+)
+def test_logs_bad_parameters_are_400(tmp_path, query):
+    async def scenario():
+        async with admin(tmp_path, role="viewer") as api:
+            reply = await api.get(f"/api/logs?{query}")
+            assert reply.status == 400, reply
+            assert reply.error["code"] == "bad_request"
+            assert reply.body["message"].startswith("query parameter ")
+
+    run(scenario())
+
+
+def test_parse_time_accepts_iso_8601_and_unix_seconds():
+    assert parse_time("1700000000") == 1_700_000_000
+    assert parse_time("1700000000.5") == 1_700_000_000.5
+    assert parse_time("2023-11-14T22:13:20Z") == 1_700_000_000
+    assert parse_time("2023-11-14T22:13:20") == 1_700_000_000
+    assert parse_time("2023-11-14T23:13:20+01:00") == 1_700_000_000
+    assert parse_time("2023-11-14t22:13:20.25z") == 1_700_000_000.25
+    assert parse_time("2016-12-31T23:59:60Z") == parse_time("2016-12-31T23:59:59Z")
+    assert parse_time("2023-11-14") == 1_699_920_000
+    for bad in ("", "soon", "2023-11-14T25:00:00Z", "1e400"):
+        with pytest.raises(ValueError):
+            parse_time(bad)
+
+
+def test_status_module_version_is_the_package_version():
+    import isekai
+
+    assert status_module._version() == isekai.__version__
