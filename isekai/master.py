@@ -120,6 +120,9 @@ class Master:
         self._signals: list[int] = []
         self._wakeup: tuple[int, int] | None = None
         self._restarts: list[float] = []
+        self.admin: _WorkerHandle | None = None  # the admin-API process, when admin.enabled
+        self._admin_restart_at: float | None = None
+        self._workers_started = False
         self._policy = RestartPolicy()
         self._kill_at: float | None = None
         self._interrupts = 0
@@ -138,9 +141,11 @@ class Master:
             return 1
         self._install_signals()
         try:
-            for _ in range(self.config.workers):
-                self._spawn()
-            while self.workers or (self._restarts and not self.stopping):
+            if self.config.admin.enabled:
+                self._spawn_admin()  # workers start once it sends the effective config
+            else:
+                self._spawn_workers()
+            while self.workers or self.admin or (self._restarts and not self.stopping):
                 self._step()
         finally:
             self._restore_signals()
@@ -152,6 +157,8 @@ class Master:
     def _step(self) -> None:
         now = time.monotonic()
         deadlines = list(self._restarts)
+        if self._admin_restart_at is not None:
+            deadlines.append(self._admin_restart_at)
         if self._kill_at is not None:
             deadlines.append(self._kill_at)
         timeout = max(0.0, min(deadlines) - now) if deadlines else None
@@ -171,6 +178,10 @@ class Master:
         while self._restarts and self._restarts[0] <= now and not self.stopping:
             self._restarts.pop(0)
             self._spawn()
+        if self._admin_restart_at is not None and now >= self._admin_restart_at:
+            self._admin_restart_at = None
+            if not self.stopping:
+                self._spawn_admin()
 
     def _reserve(self) -> None:
         for listener in self.config.listeners:
@@ -232,6 +243,23 @@ class Master:
 
     # -- workers -----------------------------------------------------------------------------
 
+    def _spawn_workers(self) -> None:
+        self._workers_started = True
+        for _ in range(self.config.workers):
+            self._spawn()
+
+    def _spawn_admin(self) -> None:
+        parent, child = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            parent.close()
+            self._become_child(child, admin=True)  # never returns
+        child.close()
+        parent.setblocking(False)
+        self.admin = _WorkerHandle(pid, parent)
+        self._selector.register(parent, selectors.EVENT_READ, self.admin)
+        log.debug("admin process %d forked", pid)
+
     def _spawn(self) -> None:
         parent, child = socket.socketpair()
         try:
@@ -244,7 +272,7 @@ class Master:
             return
         if pid == 0:
             parent.close()
-            self._become_worker(child)  # never returns
+            self._become_child(child)  # never returns
         child.close()
         parent.setblocking(False)
         handle = _WorkerHandle(pid, parent)
@@ -252,7 +280,7 @@ class Master:
         self._selector.register(parent, selectors.EVENT_READ, handle)
         log.debug("worker %d forked", pid)
 
-    def _become_worker(self, control: socket.socket) -> None:
+    def _become_child(self, control: socket.socket, *, admin: bool = False) -> None:
         code = 1
         try:
             for sig in HANDLED_SIGNALS:
@@ -265,8 +293,15 @@ class Master:
                     os.close(fd)
             for handle in self.workers.values():
                 handle.control.close()
+            if self.admin is not None:
+                self.admin.control.close()
             self._close_reserved()
-            code = run_worker(self.config, self.ports, control, self.version)
+            if admin:
+                from isekai.control import run_admin_process
+
+                code = run_admin_process(self.config, control)
+            else:
+                code = run_worker(self.config, self.ports, control, self.version)
         except BaseException:
             log.exception("worker %d failed", os.getpid())
         finally:
@@ -300,6 +335,9 @@ class Master:
 
     def _on_message(self, handle: _WorkerHandle, message: dict) -> None:
         kind = message["type"]
+        if handle is self.admin:
+            self._on_admin_message(message)
+            return
         if kind == "ready":
             handle.ready = True
             handle.version = message["version"]
@@ -325,6 +363,33 @@ class Master:
                 message.get("version"),
                 message.get("error"),
             )
+
+    def _on_admin_message(self, message: dict) -> None:
+        from isekai.control import config_from_message
+
+        kind = message["type"]
+        if kind == "failed":
+            log.error("the admin process could not start: stopping")
+            self.exit_code = 1
+            self.stop(graceful=False)
+            return
+        if kind not in ("ready", "apply"):
+            return
+        try:
+            new = config_from_message(message["config"])
+        except ConfigError as exc:
+            log.error("config from the admin process rejected: %s", exc)
+            return
+        warn_restart_needed(new, self.config, self._warned)
+        self.config = keep_running(new, self.config)
+        if not self._workers_started:
+            self._spawn_workers()  # they start on the effective config (file + store)
+            return
+        self.version += 1
+        log.info("config from the admin API: sending version %d to the workers", self.version)
+        payload = dict(message["config"], type="config", version=self.version)
+        for worker in self.workers.values():
+            self._send(worker, payload)
 
     def _send(self, handle: _WorkerHandle, message: dict) -> None:
         if handle.control.fileno() < 0:
@@ -358,6 +423,9 @@ class Master:
                 return
             if pid == 0:
                 return
+            if self.admin is not None and pid == self.admin.pid:
+                self._admin_died(status)
+                continue
             handle = self.workers.pop(pid, None)
             if handle is None:
                 continue
@@ -387,6 +455,21 @@ class Master:
                 self._restarts.append(start)
                 self._restarts.sort()
 
+    def _admin_died(self, status: int) -> None:
+        assert self.admin is not None
+        self._forget_control(self.admin)
+        pid, self.admin = self.admin.pid, None
+        how = exit_description(status)
+        if self.stopping:
+            log.info("admin process %d %s", pid, how)
+        elif not self._workers_started:
+            log.error("admin process %d %s while starting: stopping", pid, how)
+            self.exit_code = 1
+            self.stop(graceful=False)
+        else:
+            log.warning("admin process %d %s; starting a replacement", pid, how)
+            self._admin_restart_at = time.monotonic() + CRASH_BACKOFF
+
     # -- reload and stop ---------------------------------------------------------------------
 
     def reload(self) -> bool:
@@ -400,6 +483,10 @@ class Master:
         except ConfigError as exc:
             log.error("reload rejected: %s", exc)
             return False
+        if self.admin is not None:
+            # The admin process merges the file with the store and sends the result back.
+            self._send(self.admin, {"type": "reload"})
+            return True
         warn_restart_needed(new, self.config, self._warned)
         self.config = keep_running(new, self.config)
         self.version += 1
@@ -426,8 +513,12 @@ class Master:
         self._kill_at = time.monotonic() + timeout + KILL_GRACE
         for pid in self.workers:
             _signal(pid, signal.SIGTERM)
+        if self.admin is not None:
+            _signal(self.admin.pid, signal.SIGTERM)
 
     def _kill_all(self) -> None:
+        if self.admin is not None:
+            _signal(self.admin.pid, signal.SIGKILL)
         for pid in self.workers:
             _signal(pid, signal.SIGKILL)
         for pid, handle in list(self.workers.items()):

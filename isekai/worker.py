@@ -35,6 +35,7 @@ from isekai.config.loader import load_config, load_config_text
 from isekai.config.schema import Config
 from isekai.errors import ConfigError
 from isekai.gateway import Snapshot, build_snapshot
+from isekai.store import StoreError
 from isekai.upstream.cluster import ClusterRegistry
 
 log = logging.getLogger("isekai.worker")
@@ -45,7 +46,8 @@ DRAIN_POLL_INTERVAL = 0.05  # seconds: how often a drain looks for finished requ
 BACKLOG = 4096
 CONTROL_LINE_LIMIT = 64 * 1024 * 1024  # bytes: one control message (a whole config file)
 CAPACITY_LOG_INTERVAL = 10.0  # seconds: at most one "at capacity" warning per interval
-RESTART_KEYS = ("listeners", "workers", "pid_file")  # config keys a reload cannot change
+# config keys a reload cannot change
+RESTART_KEYS = ("listeners", "workers", "pid_file", "admin", "store")
 
 
 class Worker:
@@ -385,10 +387,12 @@ async def _until_stopped(worker: Worker, signals: _Signals) -> int:
 
 
 class _FileReloader:
-    """SIGHUP in a single-process gateway: re-read the file and swap."""
+    """SIGHUP in a single-process gateway: re-read the file and swap (merged with the store
+    when the admin API runs)."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, plane=None) -> None:
         self.worker = worker
+        self.plane = plane
         self.warned: dict[str, object] = {}
 
     def __call__(self) -> None:
@@ -398,38 +402,97 @@ class _FileReloader:
             return
         source = worker.snapshot.config.source
         try:
-            new, _ = read_config(source)
-            config = keep_running(new, worker.snapshot.config)
-            snapshot = worker.swap(config)
+            new, text = read_config(source)
+        except ConfigError as exc:
+            log.error("reload rejected: %s", exc)
+            return
+        warn_restart_needed(new, worker.snapshot.config, self.warned)
+        if self.plane is not None:
+            asyncio.ensure_future(self._through_plane(new, text))
+            return
+        try:
+            snapshot = worker.swap(keep_running(new, worker.snapshot.config))
         except ConfigError as exc:
             log.error("reload rejected: %s", exc)
             return
         except Exception:
             log.exception("reload failed; keeping config version %d", worker.snapshot.version)
             return
-        warn_restart_needed(new, config, self.warned)
         log.info("config reloaded (version %d)", snapshot.version)
+
+    async def _through_plane(self, new: Config, text: str) -> None:
+        try:
+            await self.plane.reload(new, text)
+        except ConfigError as exc:
+            log.error("reload rejected: %s", exc)
+        except Exception:
+            log.exception("reload failed; keeping config version %d", self.worker.snapshot.version)
+        else:
+            log.info("config reloaded (version %d)", self.worker.snapshot.version)
 
 
 async def _serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
+    plane = None
+    if config.admin.enabled:
+        from isekai.control import ControlPlane
+
+        try:
+            plane = await ControlPlane.open(config, read_config(config.source)[1])
+        except (ConfigError, StoreError) as exc:
+            log.error("cannot start the control plane: %s", exc)
+            return 1
+        config = plane.config
     worker = Worker(config, loop)
     try:
         await worker.start()
     except OSError as exc:
         log.error("%s", exc)
         worker.abort()
+        if plane is not None:
+            await plane.close()
         return 1
     for name, host, port in worker.addresses:
         log.info("listener %s on %s", name, format_address(host, port))
-    signals = _Signals(loop, reload=_FileReloader(worker))
+    feed = None
+    if plane is not None:
+        plane.ctx.status = worker_status(worker)
+
+        async def apply(new: Config, message: dict) -> None:
+            snapshot = worker.swap(keep_running(new, worker.snapshot.config))
+            log.info("config applied (version %d)", snapshot.version)
+
+        await plane.start(apply)
+        if config.admin.request_logs.enabled:
+            from isekai.observability.request_log import RequestLogFeed
+
+            feed = RequestLogFeed(worker.state, plane.store, config.admin.request_logs, purge=True)
+            await feed.start()
+    signals = _Signals(loop, reload=_FileReloader(worker, plane))
     log.info(
         "isekai serving %d routes, %d upstreams (config %s)",
         len(config.routes),
         len(config.upstreams),
         config.source,
     )
-    return await _until_stopped(worker, signals)
+    code = await _until_stopped(worker, signals)
+    if feed is not None:
+        await feed.stop()
+    if plane is not None:
+        await plane.close()
+    return code
+
+
+def worker_status(worker: Worker):
+    """Status providers of the admin API for a single-process gateway."""
+    from isekai.admin.context import StatusProviders
+
+    return StatusProviders(
+        workers=lambda: 1,
+        config_version=lambda: worker.snapshot.version,
+        load_balancer=lambda: worker.registry.status(),
+        websockets=lambda: {"open_tunnels": worker.state.tunnel_count},
+    )
 
 
 def serve(config: Config) -> int:
@@ -456,7 +519,12 @@ def _send(writer: asyncio.StreamWriter, message: dict) -> None:
 def _apply_config(worker: Worker, message: dict, writer: asyncio.StreamWriter) -> None:
     version = message.get("version")
     try:
-        new = load_config_text(message["text"], message["source"])
+        if "routes" in message:  # the file plus what the admin API stored
+            from isekai.control import config_from_message
+
+            new = config_from_message(message)
+        else:
+            new = load_config_text(message["text"], message["source"])
         snapshot = worker.swap(keep_running(new, worker.snapshot.config), version)
     except Exception as exc:
         if isinstance(exc, ConfigError):
@@ -499,12 +567,34 @@ async def _serve_worker(
         worker.abort()
         return 1
     reader, writer = await asyncio.open_connection(sock=control, limit=CONTROL_LINE_LIMIT)
+    feed = await _request_log_feed(worker, config)
     _send(writer, {"type": "ready", "version": version})
     channel = asyncio.ensure_future(_follow_master(worker, reader, writer, signals))
     code = await _until_stopped(worker, signals)
     channel.cancel()
+    if feed is not None:
+        await feed.stop()
+        await feed.writer.store.close()
     writer.close()
     return code
+
+
+async def _request_log_feed(worker: Worker, config: Config):
+    """A worker's own connection to the store for its request logs (the admin process purges)."""
+    if not (config.admin.enabled and config.admin.request_logs.enabled):
+        return None
+    from isekai.observability.request_log import RequestLogFeed
+    from isekai.store import open_store
+
+    store = open_store(config.store.url)
+    try:
+        await store.open()
+    except StoreError as exc:
+        log.error("request logs off in this worker: cannot open the store: %s", exc)
+        return None
+    feed = RequestLogFeed(worker.state, store, config.admin.request_logs, purge=False)
+    await feed.start()
+    return feed
 
 
 def run_worker(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
@@ -23,7 +24,12 @@ def start_gateway(tmp_path):
 
     def start(yaml_text: str, name: str = "gateway.yaml") -> Gateway:
         path = tmp_path / name
-        path.write_text(textwrap.dedent(yaml_text))
+        text = textwrap.dedent(yaml_text)
+        if not re.search(r"^admin:", text, re.M):
+            # Most tests are about the data plane; the admin API has its own tests (and would
+            # otherwise want the fixed default port 127.0.0.1:9080 in every gateway).
+            text += "\nadmin: {enabled: false}\n"
+        path.write_text(text)
         gw = Gateway(path)
         started.append(gw)
         return gw

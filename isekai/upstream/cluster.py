@@ -32,6 +32,7 @@ class ClusterRegistry:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._pools: dict[tuple, Pool] = {}
+        self.clusters: dict[str, Cluster] = {}
 
     def build(self, upstreams: Mapping[str, Upstream]) -> dict[str, Cluster]:
         """Clusters for ``upstreams``; pools of unchanged targets are reused."""
@@ -60,7 +61,27 @@ class ClusterRegistry:
             if key not in pools:
                 pool.close()
         self._pools = pools
+        self.clusters = clusters
         return clusters
+
+    def status(self) -> dict:
+        """Per upstream, its targets and their connections (for the admin API)."""
+        return {
+            name: {
+                "balancer": "round_robin",
+                "targets": [
+                    {
+                        "target": f"{pool.host}:{pool.port}",
+                        "open": pool.total,
+                        "idle": pool.idle_count,
+                        "busy": pool.busy_count,
+                        "opened_total": pool.connections_opened,
+                    }
+                    for pool in cluster.pools
+                ],
+            }
+            for name, cluster in self.clusters.items()
+        }
 
     def close(self) -> None:
         for pool in self._pools.values():

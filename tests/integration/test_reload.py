@@ -20,6 +20,7 @@ from tests.support.upstream import payload_digest
 
 BASE = """
 workers: {workers}
+admin: {{enabled: false}}
 listeners: [{{name: public, bind: "127.0.0.1:0"}}]
 upstreams:
   app: {{targets: ["127.0.0.1:{port}"]{upstream_extra}}}

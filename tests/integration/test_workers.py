@@ -16,6 +16,7 @@ from tests.support.gateway import connection_owners, wait_for
 
 TWO_WORKERS = """
 workers: 2
+admin: {{enabled: false}}
 shutdown_timeout: 10s
 listeners: [{{name: public, bind: "127.0.0.1:0"}}]
 upstreams:
@@ -229,6 +230,7 @@ def test_workers_flag_overrides_the_file(start_gateway, tmp_path):
     path = tmp_path / "one.yaml"
     path.write_text(
         'listeners: [{name: public, bind: "127.0.0.1:0"}]\n'
+        "admin: {enabled: false}\n"
         "routes: [{name: hello, match: {path: /hello}, respond: {body: hi}}]\n"
     )
     from tests.support.gateway import Gateway

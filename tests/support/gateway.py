@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 
 LISTENING = re.compile(r"listener (\S+) on http://(\S+):(\d+)")
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Gateway:
@@ -35,13 +36,19 @@ class Gateway:
     ) -> None:
         self.config_path = Path(config_path)
         environment = dict(os.environ, PYTHONUNBUFFERED="1")
+        # The repo's isekai whether or not it is installed; the process runs in the config's
+        # folder, so relative paths in it (a default sqlite store, say) stay out of the repo.
+        environment["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO), environment.get("PYTHONPATH")) if p
+        )
         environment.update(env or {})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "isekai", "run", "-c", str(config_path), *args],
+            [sys.executable, "-m", "isekai", "run", "-c", str(self.config_path.resolve()), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env=environment,
+            cwd=str(self.config_path.resolve().parent),
             start_new_session=new_session,
         )
         self.ports: dict[str, int] = {}

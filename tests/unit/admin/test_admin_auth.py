@@ -88,24 +88,26 @@ def _token(claims: dict, secret: str = SECRET, algorithm: str = "HS256") -> str:
     return jwt.encode({**base, **claims}, secret, algorithm=algorithm)
 
 
+# Tokens are made when a test runs, not at import: a long suite would see them expire.
 BAD_TOKENS = {
-    "expired": (_token({"exp": int(time.time()) - 10}), "has expired"),
+    "expired": (lambda: _token({"exp": int(time.time()) - 10}), "has expired"),
     "garbage": ("not.a.token", "not valid"),
-    "wrong secret": (_token({}, secret="x" * 40), "not valid"),
+    "wrong secret": (lambda: _token({}, secret="x" * 40), "not valid"),
     "alg none": (
-        jwt.encode({"sub": "admin", "role": "admin"}, None, algorithm="none"),
+        lambda: jwt.encode({"sub": "admin", "role": "admin"}, None, algorithm="none"),
         "not valid",
     ),
-    "other algorithm": (_token({}, secret="s" * 64, algorithm="HS512"), "not valid"),
-    "no exp": (_token({"exp": None}), "not valid"),
-    "wrong issuer": (_token({"iss": "someone"}), "not valid"),
-    "unknown user": (_token({"sub": "ghost"}), "does not exist"),
+    "other algorithm": (lambda: _token({}, secret="s" * 64, algorithm="HS512"), "not valid"),
+    "no exp": (lambda: _token({"exp": None}), "not valid"),
+    "wrong issuer": (lambda: _token({"iss": "someone"}), "not valid"),
+    "unknown user": (lambda: _token({"sub": "ghost"}), "does not exist"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_TOKENS, ids=list(BAD_TOKENS))
 def test_auth_bad_tokens_are_401_invalid_token(tmp_path, case):
-    token, message = BAD_TOKENS[case]
+    make, message = BAD_TOKENS[case]
+    token = make() if callable(make) else make
     if case == "no exp":
         payload = jwt.decode(token, SECRET, algorithms=["HS256"], options={"verify_exp": False})
         payload.pop("exp", None)
