@@ -287,6 +287,9 @@ def isekai_conf(port: int, backend_port: int, workers: int, routes: int | None =
     lines = [
         f"workers: {workers}",
         "shutdown_timeout: 2s",
+        # No admin API, store or request log: the proxies it is compared with run with
+        # access logging off too.
+        "admin: {enabled: false}",
         f'listeners: [{{name: public, bind: "127.0.0.1:{port}"}}]',
         f'upstreams: {{be: {{targets: ["127.0.0.1:{backend_port}"]}}}}',
         "routes:",
