@@ -158,11 +158,14 @@ def test_control_plane_api_route_serves_within_a_second_during_a_download(
         assert gw.stop() == 0
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(
+    "workers, backend", [(1, "sqlite"), (2, "sqlite"), (1, "postgres"), (2, "postgres")]
+)
 def test_control_plane_api_routes_survive_restart_and_yaml_stays_read_only(
-    tmp_path, upstream, workers
+    tmp_path, upstream, workers, backend
 ):
-    text = gateway_yaml(upstream.port, f"sqlite:///{tmp_path}/s.db", workers)
+    url = f"sqlite:///{tmp_path}/s.db" if backend == "sqlite" else _postgres_url()
+    text = gateway_yaml(upstream.port, url, workers)
     gw = start(tmp_path, text)
     try:
         admin = Admin(gw)
