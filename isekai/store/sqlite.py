@@ -138,7 +138,7 @@ class SQLiteStore(Store):
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             if not memory:
-                conn.execute("PRAGMA journal_mode = WAL")
+                _set_wal(conn, self.busy_timeout)
                 conn.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL
             migrations.apply_sqlite(conn)
         except BaseException:
@@ -380,3 +380,17 @@ class SQLiteStore(Store):
                     return deleted
 
         return await self._run(run)
+
+
+def _set_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    # Switching a new file to WAL needs an exclusive lock, and SQLite may answer "database is
+    # locked" at once (without its busy handler) while another process opens the same file.
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
