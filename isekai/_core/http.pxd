@@ -27,7 +27,7 @@ cdef enum ConnectionOption:
 cdef int header_kind(bytes name) noexcept
 cdef int connection_option(bytes value) noexcept
 cdef bint kind_is_hop_by_hop(int kind) noexcept
-cdef bytes status_line(int status, bytes reason)
+cdef bytes status_line(int status)
 cdef bytes join_bytes(list parts)
 cdef bytes int_bytes(long long value)
 cdef bytes reason_phrase(int status)

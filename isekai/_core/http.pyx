@@ -27,13 +27,20 @@ cdef frozenset HOP_BY_HOP = frozenset((
 
 cdef dict REASONS = {
     100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 201: b"Created",
-    202: b"Accepted", 204: b"No Content", 206: b"Partial Content", 301: b"Moved Permanently",
+    202: b"Accepted", 203: b"Non-Authoritative Information", 204: b"No Content",
+    205: b"Reset Content", 206: b"Partial Content", 207: b"Multi-Status", 300: b"Multiple Choices",
+    301: b"Moved Permanently",
     302: b"Found", 303: b"See Other", 304: b"Not Modified", 307: b"Temporary Redirect",
     308: b"Permanent Redirect", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden",
-    404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout", 409: b"Conflict",
-    411: b"Length Required", 413: b"Content Too Large", 414: b"URI Too Long",
-    415: b"Unsupported Media Type", 417: b"Expectation Failed", 422: b"Unprocessable Content",
-    429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
+    402: b"Payment Required", 404: b"Not Found", 405: b"Method Not Allowed",
+    406: b"Not Acceptable", 407: b"Proxy Authentication Required", 408: b"Request Timeout",
+    409: b"Conflict", 410: b"Gone", 411: b"Length Required", 412: b"Precondition Failed",
+    413: b"Content Too Large", 414: b"URI Too Long", 415: b"Unsupported Media Type",
+    416: b"Range Not Satisfiable", 417: b"Expectation Failed", 418: b"I'm a teapot",
+    421: b"Misdirected Request", 422: b"Unprocessable Content", 423: b"Locked",
+    424: b"Failed Dependency", 425: b"Too Early", 426: b"Upgrade Required",
+    428: b"Precondition Required", 429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large", 451: b"Unavailable For Legal Reasons",
     500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
     503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
 }
@@ -116,12 +123,13 @@ cdef bint kind_is_hop_by_hop(int kind) noexcept:
             or kind == H_UPGRADE)
 
 
-cdef bytes status_line(int status, bytes reason):
-    """Our status line for known codes; the upstream's reason phrase for others."""
+cdef bytes status_line(int status):
+    """The status line we send for `status`. The reason phrase is ours, not the upstream's
+    (RFC 9112 §4: clients ignore it), so httptools need not hand it over per response."""
     line = STATUS_LINES.get(status)
     if line is not None:
         return <bytes>line
-    return b"HTTP/1.1 %d %s\r\n" % (status, reason or b"Unknown")
+    return b"HTTP/1.1 %d Unknown\r\n" % status
 
 
 cdef bytes join_bytes(list parts):

@@ -174,7 +174,7 @@ cdef class ProxyRequest(Exchange):
         conn.headers = None
         if conn.conn_tokens:
             out = _drop_listed(out, conn.conn_tokens)
-        out.insert(0, status_line(status, conn.reason))
+        out.insert(0, status_line(status))
         if status == 101:
             if not self.wants_upgrade or conn.upgrade is None:
                 raise ValueError("upstream switched protocols unasked")

@@ -40,7 +40,6 @@ cdef class UpstreamProtocol:
     cdef double idle_since
     cdef double deadline
     cdef public int status
-    cdef public bytes reason
     cdef public list headers
     cdef public bint chunked
     cdef public bint has_length

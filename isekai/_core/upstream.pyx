@@ -135,7 +135,6 @@ cdef class UpstreamProtocol:
             # A response nobody asked for (several in one read, or after completion).
             raise ValueError("unsolicited upstream response")
         self.headers = []
-        self.reason = b""
         self.chunked = False
         self.has_length = False
         self.upgrade = None
@@ -143,9 +142,6 @@ cdef class UpstreamProtocol:
         self.lengths = 0
         self.encoding = None
         self.conn_tokens = None
-
-    def on_status(self, bytes status):
-        self.reason = status if not self.reason else self.reason + status
 
     def on_header(self, bytes name, bytes value):
         # Fields are sorted as they arrive: what the client may see goes straight into
@@ -214,7 +210,6 @@ cdef class UpstreamProtocol:
             self.interim = False
             return
         if self.exchange is not None:
-            self.keep_alive = self.keep_alive and self.parser.should_keep_alive()
             self._complete()
 
     # -- driven by the exchange ---------------------------------------------------------------
