@@ -57,7 +57,7 @@ JWT_EXPIRY = 3600.0
 JWT_ALGORITHM = "HS256"
 JWT_ALGORITHMS = ("HS256", "HS384", "HS512")  # shared-secret algorithms only, so far
 JWT_SECRET_MIN_LENGTH = 32
-REQUEST_LOGS_ENABLED = True
+REQUEST_LOGS_ENABLED = False  # opt-in: see docs/configuration.md (costs CPU per request)
 REQUEST_LOGS_RETENTION = 7 * 86400.0
 REQUEST_LOGS_QUEUE_SIZE = 10_000
 

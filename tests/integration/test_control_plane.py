@@ -33,6 +33,7 @@ listeners: [{{name: public, bind: "127.0.0.1:0"}}]
 admin:
   bind: "127.0.0.1:0"
   auth: {{jwt_secret: "control-plane-secret-control-plane-secret"}}
+  request_logs: {{enabled: true}}
 store: {{url: "{store_url}"}}
 upstreams:
   app: {{targets: ["127.0.0.1:{upstream_port}"]}}

@@ -29,7 +29,7 @@ def test_admin_and_store_defaults():
         host="127.0.0.1",
         port=9080,
         auth=AdminAuth(enabled=True, jwt_secret=None, jwt_expiry=3600.0, jwt_algorithm="HS256"),
-        request_logs=RequestLogs(enabled=True, retention=7 * 86400.0, queue_size=10_000),
+        request_logs=RequestLogs(enabled=False, retention=7 * 86400.0, queue_size=10_000),
     )
     assert config.store == Store(url="sqlite:///isekai.db")
     assert Config().admin == config.admin
@@ -46,7 +46,7 @@ def test_admin_every_key():
             jwt_secret: "${SECRET}"
             jwt_expiry: 30m
             jwt_algorithm: hs384
-          request_logs: {enabled: false, retention: 1d12h, queue_size: 500}
+          request_logs: {enabled: true, retention: 1d12h, queue_size: 500}
         store:
           url: "sqlite:////var/lib/isekai/isekai.db"
         """,
@@ -57,7 +57,7 @@ def test_admin_every_key():
     assert admin.auth == AdminAuth(
         enabled=False, jwt_secret="k" * 48, jwt_expiry=1800.0, jwt_algorithm="HS384"
     )
-    assert admin.request_logs == RequestLogs(enabled=False, retention=129600.0, queue_size=500)
+    assert admin.request_logs == RequestLogs(enabled=True, retention=129600.0, queue_size=500)
     assert config.store.url == "sqlite:////var/lib/isekai/isekai.db"
     assert "k" * 48 not in repr(config)
 
