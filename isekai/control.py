@@ -235,8 +235,15 @@ async def _admin_main(config: Config, control: socket.socket) -> int:
         _send(writer, {"type": "apply", "config": message})
         await writer.drain()
 
+    try:
+        await plane.start(apply)
+    except OSError as exc:
+        log.error("cannot start the admin API on %s: %s", config.admin.bind, exc)
+        _send(writer, {"type": "failed", "error": str(exc)})
+        await writer.drain()
+        await plane.close()
+        return 1
     _send(writer, {"type": "ready", "config": await plane.message()})
-    await plane.start(apply)
 
     async def follow_master() -> None:
         while True:

@@ -462,7 +462,13 @@ async def _serve(config: Config) -> int:
             snapshot = worker.swap(keep_running(new, worker.snapshot.config))
             log.info("config applied (version %d)", snapshot.version)
 
-        await plane.start(apply)
+        try:
+            await plane.start(apply)
+        except OSError as exc:
+            log.error("cannot start the admin API on %s: %s", config.admin.bind, exc)
+            worker.abort()
+            await plane.close()
+            return 1
         if config.admin.request_logs.enabled:
             from isekai.observability.request_log import RequestLogFeed
 
