@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from tests.support.gateway import Gateway, wait_for
+from tests.support.gateway import REPO, Gateway, wait_for
 from tests.support.upstream import payload_digest
 
 ADMIN_ENV = {"ISEKAI_ADMIN_USERNAME": "root", "ISEKAI_ADMIN_PASSWORD": "control-plane-password"}
@@ -244,3 +244,32 @@ def test_control_plane_two_instances_on_one_postgres_database(tmp_path, upstream
         first.stop()
         if second is not None:
             second.stop()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_control_plane_admin_port_taken_is_a_clear_startup_error(tmp_path, upstream, workers):
+    import subprocess
+    import sys
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    text = gateway_yaml(upstream.port, f"sqlite:///{tmp_path}/s.db", workers).replace(
+        'bind: "127.0.0.1:0"\n  auth', f'bind: "127.0.0.1:{port}"\n  auth'
+    )
+    path = tmp_path / "taken.yaml"
+    path.write_text(text)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "isekai", "run", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=str(tmp_path),
+            env={**os.environ, **ADMIN_ENV, "PYTHONPATH": str(REPO)},
+        )
+    finally:
+        taken.close()
+    assert proc.returncode == 1
+    assert f"cannot start the admin API on 127.0.0.1:{port}" in proc.stderr + proc.stdout
