@@ -205,7 +205,7 @@ cdef set connection_tokens(bytes value):
 
 
 cdef bytes error_response(int status, str message, bytes request_id, bint close,
-                          bytes extra_headers=b""):
+                          bytes extra_headers=b"", bint head=False):
     """A complete JSON error response: {"success": false, "error": ..., "request_id": ...}."""
     body = json.dumps(
         {"success": False, "error": message, "request_id": request_id.decode("latin-1")},
@@ -218,7 +218,7 @@ cdef bytes error_response(int status, str message, bytes request_id, bint close,
         b"x-request-id: ", request_id, b"\r\n",
         extra_headers,
         b"connection: close\r\n\r\n" if close else b"\r\n",
-        body,
+        b"" if head else body,  # a response to HEAD says how long the body would be
     ))
 
 

@@ -134,7 +134,8 @@ cdef class ProxyRequest(Exchange):
         cdef DownstreamProtocol proto = self.proto
         self.conn = conn
         proto.write_upstream_head(self)
-        if self.pending:
+        if self.pending and not self.wants_upgrade:
+            # (bytes after an Upgrade head belong to the tunnel: only a 101 releases them)
             conn.transport.writelines(self.pending)
             self.pending = None
             self.pending_size = 0
@@ -247,7 +248,8 @@ cdef class ProxyRequest(Exchange):
 
     cdef int response_complete(self, UpstreamProtocol conn) except -1:
         cdef DownstreamProtocol proto = self.proto
-        cdef bint reusable = conn.keep_alive and self.message_complete and not self.cancelled
+        cdef bint reusable = (conn.keep_alive and self.message_complete and not self.cancelled
+                              and not self.wants_upgrade)
         if self.tunneling and not self.cancelled:
             return proto.start_tunnel(self, conn)
         self.conn = None
@@ -374,8 +376,8 @@ cdef class DownstreamProtocol:
     def eof_received(self):
         if self.active is None:
             return False
-        # Half-closed client: finish the response in flight, then close.
-        self.active.close_after = True
+        # Half-closed client: answer what was received, then close after the last of it.
+        (self.last if self.last is not None else self.active).close_after = True
         return True
 
     def pause_writing(self):
@@ -694,6 +696,7 @@ cdef class DownstreamProtocol:
         req.read_timeout = route.read_timeout
         if req.upgrade is not None and req.connection_upgrade and route.websocket:
             req.wants_upgrade = True
+            req.close_after = True  # anything but a 101 ends the connection
         if req.has_length and req.content_length > route.max_body_size:
             req.close_after = True
             return self.send_error(req, 413, "request body too large")
@@ -798,7 +801,7 @@ cdef class DownstreamProtocol:
             req.close_after = req.close_after or not req.message_complete
         self._count_request()
         self.transport.write(error_response(status, message, req.request_id,
-                                            self._closing_after(req), extra))
+                                            self._closing_after(req), extra, req.is_head))
         return self.finish_response(req)
 
     cdef void _count_request(self):
@@ -812,6 +815,14 @@ cdef class DownstreamProtocol:
     cdef int finish_response(self, ProxyRequest req) except -1:
         req.response_done = True
         self._record(req)
+        if req.conn is None and not req.tunneling:
+            # Answered without an upstream exchange (direct, error, policy): a connection the
+            # pool is still opening or waiting for must not carry this request afterwards.
+            req.cancelled = True
+        if req.pending is not None:
+            req.pending = None
+            req.pending_size = 0
+        self.resume(PAUSE_PENDING)
         if req.close_after:
             self.close()
             self.retire(req)
@@ -819,10 +830,6 @@ cdef class DownstreamProtocol:
         if not req.message_complete:
             # Answered before the body arrived: read and drop the rest, then serve the next one.
             req.discarding = True
-            if req.pending is not None:
-                req.pending = None
-                req.pending_size = 0
-                self.resume(PAUSE_PENDING)
             return 0
         return self.retire(req)
 

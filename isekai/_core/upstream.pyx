@@ -80,7 +80,7 @@ cdef class UpstreamProtocol:
             self.tunnel.close()
         if ex is None:
             return
-        if self.head_received and self.eof_body:
+        if self.head_received and self.eof_body and exc is None:
             self.exchange = None
             self.keep_alive = False
             ex.response_complete(self)
@@ -250,6 +250,8 @@ cdef class UpstreamProtocol:
     cdef int resume_reading(self) except -1:
         if self.transport is not None and self.reading_paused:
             self.reading_paused = False
+            if self.exchange is not None:
+                self.deadline = monotonic() + self.exchange.read_timeout
             self.transport.resume_reading()
         return 0
 
@@ -372,7 +374,8 @@ cdef class Pool:
             if now > conn.deadline and not conn.closed:
                 conn.connect_future.cancel()
         for conn in list(self.open):
-            if conn.exchange is not None and now > conn.deadline:
+            # While reading is paused (the client is slow) the upstream cannot be late.
+            if conn.exchange is not None and not conn.reading_paused and now > conn.deadline:
                 conn._fail(FAIL_TIMEOUT, "upstream timed out")
         while self.idle:
             conn = self.idle[0]
@@ -385,8 +388,13 @@ cdef class Pool:
     def close(self):
         """Close idle connections now and busy ones as they finish."""
         cdef UpstreamProtocol conn
+        cdef Exchange waiter
         self.closed = True
         _pools.discard(self)
+        while self.waiters:  # nothing will ever hand them a connection now
+            waiter = self.waiters.popleft()
+            if not waiter.cancelled:
+                waiter.upstream_failed(FAIL_CONNECT, "upstream pool closed by a reload")
         for conn in list(self.idle):
             conn.close()
         self.idle.clear()
