@@ -77,6 +77,7 @@ cdef class ProxyRequest(Exchange):
     cdef bint message_complete
     cdef bint started
     cdef bint response_started
+    cdef bint head_sent
     cdef bint response_done
     cdef bint response_chunked
     cdef bint close_after

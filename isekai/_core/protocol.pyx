@@ -153,6 +153,11 @@ cdef class ProxyRequest(Exchange):
         proto.state.counters.upstream_error(self.route.slot, kind)
         if self.cancelled or self.response_done:
             return 0
+        if self.response_started and not self.head_sent:
+            # The head is still in our buffer: the client has seen nothing, so it gets a 502.
+            self.out = None
+            self.response_started = False
+            proto.served -= 1
         if self.response_started:
             # Never pass a cut-short body off as complete.
             self.response_done = True
@@ -240,6 +245,7 @@ cdef class ProxyRequest(Exchange):
         self.out = None
         if transport is None:
             return 0
+        self.head_sent = True
         if len(out) == 1:
             transport.write(out[0])
         else:

@@ -269,3 +269,17 @@ def test_edge_slow_reader_is_not_an_upstream_timeout(start_gateway, upstream):
             received += len(chunk)
             time.sleep(0.1)  # ~640 KB/s: the download outlasts read_timeout several times
     assert received == size
+
+
+def test_edge_head_and_broken_chunk_in_one_read_is_a_502(raw_gateway):
+    """The upstream's head and a malformed chunk arrive together: nothing reached the client
+    yet, so it gets a proper 502 rather than a bare close."""
+
+    def answer(target: bytes) -> bytes:
+        return b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nbad\r\n"
+
+    _, gw = raw_gateway(answer)
+    with connect(gw.port) as sock:
+        sock.sendall(b"GET /api/broken HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = read_all(sock, 2.0)
+    assert data.startswith(b"HTTP/1.1 502"), data
