@@ -34,7 +34,6 @@ from isekai.store import Store, StoreError, open_store
 
 log = logging.getLogger("isekai.control")
 
-CONTROL_LINE_LIMIT = 64 * 1024 * 1024  # bytes: one control message (a whole config)
 
 WATCH_TIMEOUT = 1.0  # seconds: the longest a store change waits to be noticed (SQLite polling)
 
@@ -191,10 +190,6 @@ def stats_of(provider: Callable[[], Any]) -> Callable[[], Any]:
 # -- the admin process (workers > 1) -----------------------------------------------------------
 
 
-def _send(writer: asyncio.StreamWriter, message: dict) -> None:
-    writer.write(json.dumps(message).encode() + b"\n")
-
-
 def _config_status(plane: ControlPlane, applied: list[int]) -> StatusProviders:
     def load_balancer() -> dict:
         return {
@@ -213,7 +208,7 @@ def _config_status(plane: ControlPlane, applied: list[int]) -> StatusProviders:
 
 
 async def _admin_main(config: Config, control: socket.socket) -> int:
-    from isekai.worker import read_config
+    from isekai.worker import CONTROL_LINE_LIMIT, read_config, send_message
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -224,7 +219,7 @@ async def _admin_main(config: Config, control: socket.socket) -> int:
         plane = await ControlPlane.open(config, read_config(config.source)[1])
     except (ConfigError, StoreError) as exc:
         log.error("cannot start the control plane: %s", exc)
-        _send(writer, {"type": "failed", "error": str(exc)})
+        send_message(writer, {"type": "failed", "error": str(exc)})
         await writer.drain()
         return 1
     applied = [1]
@@ -232,18 +227,18 @@ async def _admin_main(config: Config, control: socket.socket) -> int:
 
     async def apply(new: Config, message: dict) -> None:
         applied[0] += 1
-        _send(writer, {"type": "apply", "config": message})
+        send_message(writer, {"type": "apply", "config": message})
         await writer.drain()
 
     try:
         await plane.start(apply)
     except OSError as exc:
         log.error("cannot start the admin API on %s: %s", config.admin.bind, exc)
-        _send(writer, {"type": "failed", "error": str(exc)})
+        send_message(writer, {"type": "failed", "error": str(exc)})
         await writer.drain()
         await plane.close()
         return 1
-    _send(writer, {"type": "ready", "config": await plane.message()})
+    send_message(writer, {"type": "ready", "config": await plane.message()})
 
     async def follow_master() -> None:
         while True:

@@ -518,7 +518,8 @@ def serve(config: Config) -> int:
 # -- a worker process forked by the master -----------------------------------------------------
 
 
-def _send(writer: asyncio.StreamWriter, message: dict) -> None:
+def send_message(writer: asyncio.StreamWriter, message: dict) -> None:
+    """One newline-delimited JSON message on a control channel."""
     writer.write(json.dumps(message).encode() + b"\n")
 
 
@@ -537,10 +538,10 @@ def _apply_config(worker: Worker, message: dict, writer: asyncio.StreamWriter) -
             log.error("reload rejected: %s", exc)
         else:
             log.exception("reload failed; keeping config version %d", worker.snapshot.version)
-        _send(writer, {"type": "rejected", "version": version, "error": str(exc)})
+        send_message(writer, {"type": "rejected", "version": version, "error": str(exc)})
         return
     log.info("config reloaded (version %d)", snapshot.version)
-    _send(writer, {"type": "reloaded", "version": snapshot.version})
+    send_message(writer, {"type": "reloaded", "version": snapshot.version})
 
 
 async def _follow_master(
@@ -574,7 +575,7 @@ async def _serve_worker(
         return 1
     reader, writer = await asyncio.open_connection(sock=control, limit=CONTROL_LINE_LIMIT)
     feed = await _request_log_feed(worker, config)
-    _send(writer, {"type": "ready", "version": version})
+    send_message(writer, {"type": "ready", "version": version})
     channel = asyncio.ensure_future(_follow_master(worker, reader, writer, signals))
     code = await _until_stopped(worker, signals)
     channel.cancel()

@@ -19,11 +19,6 @@ from libc.stdio cimport snprintf
 from libc.string cimport memcpy
 from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
-# RFC 9110 §7.6.1 hop-by-hop fields, plus the de-facto ones proxies also drop.
-cdef frozenset HOP_BY_HOP = frozenset((
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-    b"transfer-encoding", b"upgrade",
-))
 
 cdef dict REASONS = {
     100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 201: b"Created",
@@ -188,10 +183,6 @@ cdef bytes next_request_id():
         buf[n + digits - i] = b"0123456789abcdef"[value & 15]
         value >>= 4
     return PyBytes_FromStringAndSize(buf, n + 1 + digits)
-
-
-cdef bint is_hop_by_hop(bytes lname):
-    return lname in HOP_BY_HOP
 
 
 cdef set connection_tokens(bytes value):
