@@ -178,3 +178,30 @@ def config(values: dict[str, Any], where: Where) -> None:
             known = ", ".join(upstreams) if upstreams else "none defined"
             message = f"no upstream named {item.upstream!r} (upstreams: {known})"
             raise where.of(item).error("upstream", message)
+
+
+# -- the same rules, where JSON Schema can say them (jsonschema.class_schema adds these) ------
+
+_SET = {"not": {"type": "null"}}  # given, not null
+
+
+def _both(a: str, b: str) -> dict[str, Any]:
+    return {"not": {"required": [a, b], "properties": {a: _SET, b: _SET}}}
+
+
+JSON_RULES: dict[str, dict[str, Any]] = {
+    "Route": {
+        "oneOf": [
+            {"required": ["upstream"], "properties": {"upstream": {"type": "string"}}},
+            {"required": ["respond"], "properties": {"respond": {"type": "object"}}},
+        ],
+        "allOf": [
+            _both("strip_prefix", "rewrite"),
+            {
+                "if": {"required": ["respond"], "properties": {"respond": {"type": "object"}}},
+                "then": {"properties": {key: {"type": "null"} for key in _UPSTREAM_ONLY}},
+            },
+        ],
+    },
+    "Respond": {"allOf": [_both("body", "json")]},
+}

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import ClassVar
 
 from isekai.config import defaults, rules, units
 from isekai.config.meta import Setting, item, setting
@@ -41,43 +42,54 @@ class Limits:
     """Protocol limits applied to every client connection (DESIGN.md section 11)."""
 
     max_request_line: int = setting(
-        "size", "Longest request line (method, target, version); longer: 414.",
+        "size",
+        "Longest request line; longer: 414.",
         default=defaults.MAX_REQUEST_LINE,
-    )  # fmt: skip
+    )
     max_header_bytes: int = setting(
         "size", "Largest request header block; larger: 431.", default=defaults.MAX_HEADER_BYTES
     )
     max_header_count: int = setting(
-        "int", "Most request header fields; more: 431.",
-        default=defaults.MAX_HEADER_COUNT, minimum=1,
-    )  # fmt: skip
+        "int",
+        "Most request header fields; more: 431.",
+        default=defaults.MAX_HEADER_COUNT,
+        minimum=1,
+    )
     header_read_timeout: float = setting(
-        "duration", "Time allowed to receive the whole request head; then 408 and close.",
+        "duration",
+        "Time to receive the whole request head; then 408, connection closed.",
         default=defaults.HEADER_READ_TIMEOUT,
-    )  # fmt: skip
+    )
     body_idle_timeout: float = setting(
-        "duration", "Longest pause between two pieces of a request body; then 408.",
+        "duration",
+        "Longest pause between two pieces of a request body; then 408.",
         default=defaults.BODY_IDLE_TIMEOUT,
-    )  # fmt: skip
+    )
     max_body_size: int = setting(
         "size", "Largest request body; larger: 413.", default=defaults.MAX_BODY_SIZE
     )
     keepalive_timeout: float = setting(
-        "duration", "How long an idle client connection is kept open between requests.",
+        "duration",
+        "An idle client connection is closed after this long.",
         default=defaults.KEEPALIVE_TIMEOUT,
-    )  # fmt: skip
+    )
     max_requests_per_connection: int = setting(
-        "int", "Requests served on one client connection before it is closed.",
-        default=defaults.MAX_REQUESTS_PER_CONNECTION, minimum=1,
-    )  # fmt: skip
+        "int",
+        "The connection is closed after the response to this many requests.",
+        default=defaults.MAX_REQUESTS_PER_CONNECTION,
+        minimum=1,
+    )
     max_connections: int = setting(
-        "int", "Client connections one worker accepts at once; more wait in the backlog.",
-        default=defaults.MAX_CONNECTIONS, minimum=1,
-    )  # fmt: skip
+        "int",
+        "Client connections per worker; accepting pauses at the limit.",
+        default=defaults.MAX_CONNECTIONS,
+        minimum=1,
+    )
     websocket_idle_timeout: float = setting(
-        "duration", "An upgraded (WebSocket) tunnel with no traffic either way is closed.",
+        "duration",
+        "An upgraded (WebSocket) tunnel idle both ways is closed.",
         default=defaults.WEBSOCKET_IDLE_TIMEOUT,
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +99,12 @@ class Listener:
     ``host`` has no brackets for IPv6 (``::1``); ``port`` 0 asks the OS for a free port.
     """
 
-    name: str = setting("name", "The listener's name, unique among listeners.", what="listener")
-    bind: str = setting("bind", "host:port to listen on: 0.0.0.0:8080, [::1]:8080, :8080.")
+    name: str = setting("name", "Unique among listeners.", what="listener")
+    bind: str = setting(
+        "bind",
+        "`0.0.0.0:8080`, `127.0.0.1:8080`, `[::1]:8080` (IPv6 in brackets), `:8080` (= "
+        "`0.0.0.0:8080`); port `0` picks a free port.",
+    )
     host: str = setting("string", "Parsed from bind.", yaml=False)
     port: int = setting("int", "Parsed from bind.", yaml=False)
 
@@ -109,40 +125,56 @@ class Upstream:
 
     name: str = setting("name", "The upstream's name (its key in upstreams).", yaml=False)
     targets: tuple[Target, ...] = setting(
-        "list", "host:port of each server; IPv6 in brackets ([::1]:9000).",
-        item=item("target"), what="a list of 'host:port' strings",
-        empty="needs at least one target", unique="duplicate target {text!r}",
-    )  # fmt: skip
+        "list",
+        "Servers of this upstream; host is a name, IPv4 or `[IPv6]`; port 1–65535; no duplicates.",
+        item=item("target"),
+        what="a list of 'host:port' strings",
+        empty="needs at least one target",
+        unique="duplicate target {text!r}",
+        default_doc="required, at least one",
+    )
     scheme: str = setting(
-        "enum", "How the gateway talks to the targets.", default=defaults.UPSTREAM_SCHEME,
-        choices=defaults.UPSTREAM_SCHEMES, case="lower",
+        "enum",
+        "Only `http` is supported so far.",
+        default=defaults.UPSTREAM_SCHEME,
+        choices=defaults.UPSTREAM_SCHEMES,
+        case="lower",
         unsupported="scheme {value!r} is not supported yet (supported: {choices})",
-    )  # fmt: skip
+    )
     connect_timeout: float = setting(
-        "duration", "Time allowed to open a connection to a target; then 502.",
+        "duration",
+        "Time to open a connection to a target (then 502).",
         default=defaults.CONNECT_TIMEOUT,
-    )  # fmt: skip
+    )
     read_timeout: float = setting(
-        "duration", "Time allowed for the response head to come back; then 504.",
+        "duration",
+        "Time to wait for the response (then 504); a route's `timeout` overrides it.",
         default=defaults.READ_TIMEOUT,
-    )  # fmt: skip
+    )
     max_connections: int = setting(
-        "int", "Connections open at once to each target.",
-        default=defaults.UPSTREAM_MAX_CONNECTIONS, minimum=1,
-    )  # fmt: skip
+        "int",
+        "Open connections per target.",
+        default=defaults.UPSTREAM_MAX_CONNECTIONS,
+        minimum=1,
+    )
     max_keepalive_connections: int = setting(
-        "int", "Idle connections kept per target for reuse; at most max_connections.",
-        default=defaults.UPSTREAM_MAX_KEEPALIVE_CONNECTIONS, minimum=0,
-        default_doc="128, or max_connections if lower",
-    )  # fmt: skip
+        "int",
+        "Idle connections kept per target for reuse; `0` keeps none.",
+        default=defaults.UPSTREAM_MAX_KEEPALIVE_CONNECTIONS,
+        minimum=0,
+        default_doc="`128` (at most `max_connections`)",
+    )
     keepalive_expiry: float = setting(
-        "duration", "An idle kept connection is closed after this long.",
+        "duration",
+        "How long an idle connection is kept.",
         default=defaults.KEEPALIVE_EXPIRY,
-    )  # fmt: skip
+    )
     pool_timeout: float = setting(
-        "duration", "How long a request waits for a free connection slot before a 503.",
+        "duration",
+        "How long a request waits for a free connection slot (all `max_connections` busy) before "
+        "a 503.",
         default=defaults.POOL_TIMEOUT,
-    )  # fmt: skip
+    )
 
     validate = staticmethod(rules.upstream)
 
@@ -156,16 +188,23 @@ class RouteMatch:
     ``pattern`` is ``path`` parsed (what the router is given); made from ``path`` if not given.
     """
 
-    path: str = setting("path_pattern", "A path pattern: /users/{id}, /static/* ...")
+    path: str = setting("path_pattern", "See below.")
     host: str | None = setting(
-        "host_pattern", "api.example.com or *.example.com; absent: any host.", default=None
+        "host_pattern",
+        "`api.example.com` (exact), or `*.example.com` (any subdomain).",
+        default=None,
+        default_doc="any host",
     )
     methods: tuple[str, ...] | None = setting(
-        "list", "Methods like [GET, POST]; absent: any method.", default=None,
-        item=item("method", what="a method name"), what="a list of methods like [GET, POST]",
+        "list",
+        "E.g. `[GET, POST]`.",
+        default=None,
+        item=item("method", what="a method name"),
+        what="a list of methods like [GET, POST]",
         empty="must not be empty; leave 'methods' out to match any method",
         unique="method {value} is listed twice",
-    )  # fmt: skip
+        default_doc="any method",
+    )
     pattern: units.PathPattern | None = setting(
         "json", "Parsed from path.", default=None, yaml=False, compare=False, repr=False
     )
@@ -182,22 +221,31 @@ class Respond:
     """A fixed response the gateway sends itself, without an upstream."""
 
     status: int = setting(
-        "int", "The status code, 200 to 599.", default=defaults.RESPOND_STATUS,
-        minimum=100, maximum=599, schema={"minimum": 200},
-    )  # fmt: skip
+        "int",
+        "1xx statuses are interim and cannot be a fixed response.",
+        default=defaults.RESPOND_STATUS,
+        minimum=100,
+        maximum=599,
+        schema={"minimum": 200},
+    )
     headers: tuple[tuple[str, str], ...] = setting(
-        "headers", "Header name -> value; content-type is set from body or json if absent.",
+        "headers",
+        "Values are strings or numbers: visible ASCII, Latin-1, spaces and tabs (no CR, LF or "
+        "NUL).",
         default=(),
-    )  # fmt: skip
-    body: bytes = setting("string", "The body, as text (content-type text/plain).", default=b"")
+    )
+    body: bytes = setting(
+        "string", "Sent as UTF-8; adds `content-type: text/plain; charset=utf-8`.", default=b""
+    )
 
     # YAML-only: another way to give the body
-    extra_keys = {
+    extra_keys: ClassVar[dict[str, Setting]] = {
         "json": Setting(
             "json",
-            "Any JSON value, sent as the body (application/json); not with body.",
+            "Serialised as compact JSON; adds `content-type: application/json`; not with `body`.",
             nullable=True,
-        )  # fmt: skip
+            default_doc="—",
+        )
     }
     validate = staticmethod(rules.respond)
 
@@ -211,13 +259,22 @@ class RouteLimits:
     """
 
     max_body_size: int | None = setting(
-        "size", "Overrides limits.max_body_size for this route.", default=None
+        "size",
+        "413 when a body (declared or streamed chunked) is larger.",
+        default=None,
+        default_doc="`limits.max_body_size`",
     )
     body_idle_timeout: float | None = setting(
-        "duration", "Overrides limits.body_idle_timeout for this route.", default=None
+        "duration",
+        "408 when the client sends no body bytes for this long.",
+        default=None,
+        default_doc="`limits.body_idle_timeout`",
     )
     websocket_idle_timeout: float | None = setting(
-        "duration", "Overrides limits.websocket_idle_timeout for this route.", default=None
+        "duration",
+        "A tunnel with no traffic either way for this long is closed.",
+        default=None,
+        default_doc="`limits.websocket_idle_timeout`",
     )
 
 
@@ -231,34 +288,51 @@ class Route:
     the ``routes`` list.
     """
 
-    name: str = setting("name", "The route's name, unique among routes.", what="route")
+    name: str = setting("name", "Unique among routes; used in logs and metrics.", what="route")
     match: RouteMatch = setting(
-        "object", "What a request must look like to take the route.", cls=RouteMatch
+        "object", "What a request must look like to take this route.", cls=RouteMatch
     )
     upstream: str | None = setting(
-        "ref", "The upstream to proxy to (a name in upstreams); or respond.", default=None,
-        what="an upstream name",
-    )  # fmt: skip
-    strip_prefix: str | None = setting(
-        "strip_prefix", "Removed from the path before proxying; true: the literal part "
-        "of match.path (up to the first { or *).", default=None,
-    )  # fmt: skip
-    rewrite: str | None = setting(
-        "rewrite", "The path sent upstream: a template with {param} and {*} from match.path.",
+        "ref",
+        "Proxy matching requests to this upstream; it must exist in `upstreams`.",
         default=None,
-    )  # fmt: skip
+        what="an upstream name",
+        default_doc="—",
+    )
+    strip_prefix: str | None = setting(
+        "strip_prefix",
+        "Remove this prefix from the path before proxying.",
+        default=None,
+    )
+    rewrite: str | None = setting(
+        "rewrite",
+        "Replace the path before proxying.",
+        default=None,
+    )
     timeout: float | None = setting(
-        "duration", "Overrides the upstream's read_timeout for this route.", default=None
+        "duration",
+        "Time to wait for this route's responses.",
+        default=None,
+        default_doc="the upstream's `read_timeout`",
     )
     respond: Respond | None = setting(
-        "object", "A fixed response sent by the gateway itself; or upstream.", default=None,
+        "object",
+        "Answer with a fixed response, no upstream involved.",
+        default=None,
         cls=Respond,
-    )  # fmt: skip
+        default_doc="—",
+    )
     websocket: bool = setting(
-        "bool", "Let clients upgrade to WebSocket on this route.", default=False
+        "bool",
+        "Relay `Upgrade` requests (WebSocket); after `101` the connection becomes a tunnel.",
+        default=False,
     )
     limits: RouteLimits = setting(
-        "object", "Per-route overrides of limits.", default_factory=RouteLimits, cls=RouteLimits
+        "object",
+        "Per-route overrides.",
+        default_factory=RouteLimits,
+        cls=RouteLimits,
+        default_doc="the global [limits](#limits)",
     )
     index: int = setting("int", "The position in the routes list.", default=0, yaml=False)
 
@@ -274,22 +348,30 @@ class AdminAuth:
     """
 
     enabled: bool = setting(
-        "bool", "Require a login; false only when admin.bind is a loopback address.",
+        "bool",
+        "`false` opens every endpoint to anyone who can connect; only accepted when `admin.bind` "
+        "is a loopback address (`127.0.0.0/8`, `::1`, `localhost`).",
         default=defaults.ADMIN_AUTH_ENABLED,
-    )  # fmt: skip
+    )
     jwt_secret: str | None = setting(
-        "string", "Signs the tokens; at least as many bytes as the hash (32 for HS256). "
-        "Absent: a random secret per process.", default=None, repr=False,
+        "string",
+        "Signs the login tokens; at least 32 characters for HS256 (48 for HS384, 64 for HS512).",
+        default=None,
+        repr=False,
         what="a secret string",
-    )  # fmt: skip
+        default_doc="a random secret per process",
+    )
     jwt_expiry: float = setting(
         "duration", "How long a login token is valid.", default=defaults.JWT_EXPIRY
     )
     jwt_algorithm: str = setting(
-        "enum", "The token signature algorithm.", default=defaults.JWT_ALGORITHM,
-        choices=defaults.JWT_ALGORITHMS, case="upper",
+        "enum",
+        "HMAC algorithm of the tokens (case is ignored).",
+        default=defaults.JWT_ALGORITHM,
+        choices=defaults.JWT_ALGORITHMS,
+        case="upper",
         unsupported="algorithm {value!r} is not supported (supported: {choices})",
-    )  # fmt: skip
+    )
 
     validate = staticmethod(rules.admin_auth)
 
@@ -299,35 +381,48 @@ class RequestLogs:
     """The per-request log kept in the store and served by ``GET /api/logs``."""
 
     enabled: bool = setting(
-        "bool", "Keep a row per request in the store (costs CPU per request).",
+        "bool",
+        "Record one row per request in the store.",
         default=defaults.REQUEST_LOGS_ENABLED,
-    )  # fmt: skip
+    )
     retention: float = setting(
         "duration", "Rows older than this are deleted.", default=defaults.REQUEST_LOGS_RETENTION
     )
     queue_size: int = setting(
-        "int", "Rows waiting to be written; when full, new rows are dropped and counted.",
-        default=defaults.REQUEST_LOGS_QUEUE_SIZE, minimum=1,
-    )  # fmt: skip
+        "int",
+        "Rows waiting to be written; when full, new rows are dropped and counted, requests are "
+        "never slowed.",
+        default=defaults.REQUEST_LOGS_QUEUE_SIZE,
+        minimum=1,
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class Admin:
     """The admin API listener. ``host``/``port`` are parsed from ``bind``, as for listeners."""
 
-    enabled: bool = setting("bool", "Serve the admin API.", default=defaults.ADMIN_ENABLED)
+    enabled: bool = setting(
+        "bool", "`false`: no admin listener at all.", default=defaults.ADMIN_ENABLED
+    )
     bind: str = setting(
-        "bind", "host:port of the admin API; keep it private.", default=defaults.ADMIN_BIND
+        "bind", "As a listener's `bind`; port `0` picks a free port.", default=defaults.ADMIN_BIND
     )
     host: str = setting("string", "Parsed from bind.", default=defaults.ADMIN_HOST, yaml=False)
     port: int = setting("int", "Parsed from bind.", default=defaults.ADMIN_PORT, yaml=False)
     auth: AdminAuth = setting(
-        "object", "How the admin API authenticates.", default_factory=AdminAuth, cls=AdminAuth
+        "object",
+        "How callers authenticate.",
+        default_factory=AdminAuth,
+        cls=AdminAuth,
+        default_doc="enabled",
     )
     request_logs: RequestLogs = setting(
-        "object", "The request log served by GET /api/logs.",
-        default_factory=RequestLogs, cls=RequestLogs,
-    )  # fmt: skip
+        "object",
+        "The per-request log served by `GET /api/logs`.",
+        default_factory=RequestLogs,
+        cls=RequestLogs,
+        default_doc="off",
+    )
 
     validate = staticmethod(rules.admin)
 
@@ -337,10 +432,12 @@ class Store:
     """Where API-made routes and upstreams, users and request logs are kept."""
 
     url: str = setting(
-        "store_url", "sqlite:///isekai.db (relative), sqlite:////abs/path.db, "
-        "sqlite:///:memory: or postgresql://user@host/db[?schema=name].",
-        default=defaults.STORE_URL, what="a store URL",
-    )  # fmt: skip
+        "store_url",
+        "`sqlite:///isekai.db` is `isekai.db` in the directory the gateway is started from; the "
+        "forms are in the table below.",
+        default=defaults.STORE_URL,
+        what="a store URL",
+    )
 
 
 def _default_listeners() -> tuple[Listener, ...]:
@@ -367,46 +464,78 @@ class Config:
     """
 
     listeners: tuple[Listener, ...] = setting(
-        "list", "Sockets clients connect to.", default_factory=_default_listeners,
-        item=item("object", cls=Listener), unique_name="listener",
+        "list",
+        "Where clients connect.",
+        default_factory=_default_listeners,
+        item=item("object", cls=Listener),
+        unique_name="listener",
         empty=f"needs at least one listener (leave 'listeners' out for the default "
-        f"{defaults.LISTENER_BIND})", default_doc=f"one, public on {defaults.LISTENER_BIND}",
-    )  # fmt: skip
+        f"{defaults.LISTENER_BIND})",
+        default_doc="one listener `public` on `0.0.0.0:8080`",
+    )
     upstreams: Mapping[str, Upstream] = setting(
-        "map", "Named groups of servers routes proxy to.", default_factory=_no_upstreams,
-        item=item("object", cls=Upstream), key_field="name", default_doc="none",
-    )  # fmt: skip
-    routes: tuple[Route, ...] = setting(
-        "list", "What to do with requests, tried most specific first.", default=(),
-        item=item("object", cls=Route), unique_name="route", index_field="index",
+        "map",
+        "Services to proxy to.",
+        default_factory=_no_upstreams,
+        item=item("object", cls=Upstream),
+        key_field="name",
         default_doc="none",
-    )  # fmt: skip
+    )
+    routes: tuple[Route, ...] = setting(
+        "list",
+        "Which requests go where.",
+        default=(),
+        item=item("object", cls=Route),
+        unique_name="route",
+        index_field="index",
+        default_doc="none",
+    )
     limits: Limits = setting(
-        "object", "Protocol limits for every client connection.", default_factory=Limits,
+        "object",
+        "Protocol limits per client connection.",
+        default_factory=Limits,
         cls=Limits,
-    )  # fmt: skip
+    )
     workers: int = setting(
-        "workers", "Worker processes; auto: one per CPU.", default=defaults.WORKERS,
+        "workers",
+        "Worker processes; `auto` = number of CPUs.",
+        default=defaults.WORKERS,
         minimum=1,
-    )  # fmt: skip
+    )
     shutdown_timeout: float = setting(
-        "duration", "On stop, how long requests in flight may take to finish; 0: close now.",
-        default=defaults.SHUTDOWN_TIMEOUT, minimum=0,
-    )  # fmt: skip
+        "duration",
+        "On SIGTERM/SIGINT, how long in-flight requests may take to finish.",
+        default=defaults.SHUTDOWN_TIMEOUT,
+        minimum=0,
+    )
     trusted_proxies: tuple[str, ...] = setting(
-        "list", "Networks whose X-Forwarded-For is believed (CIDRs).",
-        default=defaults.TRUSTED_PROXIES, item=item("cidr", what="a CIDR"),
-        what="a list of CIDRs like 10.0.0.0/8", default_doc="none",
-    )  # fmt: skip
+        "list",
+        'Peers whose `X-Forwarded-For` is believed, e.g. `[10.0.0.0/8, "::1"]`.',
+        default=defaults.TRUSTED_PROXIES,
+        item=item("cidr", what="a CIDR"),
+        what="a list of CIDRs like 10.0.0.0/8",
+        default_doc="none",
+    )
     pid_file: str | None = setting(
-        "string", "Where the master writes its process id.", default=defaults.PID_FILE,
+        "string",
+        "The master writes its process id here; `isekai reload` reads it.",
+        default=defaults.PID_FILE,
         what="a file path",
-    )  # fmt: skip
-    admin: Admin = setting("object", "The admin API.", default_factory=Admin, cls=Admin)
+    )
+    admin: Admin = setting(
+        "object",
+        "The admin REST API.",
+        default_factory=Admin,
+        cls=Admin,
+        default_doc="on `127.0.0.1:9080`, authenticated",
+    )
     store: Store = setting(
-        "object", "Where API-made items, users and request logs are kept.",
-        default_factory=Store, cls=Store,
-    )  # fmt: skip
+        "object",
+        "Where API-made routes and upstreams, users and request logs are kept.",
+        default_factory=Store,
+        cls=Store,
+        default_doc="`sqlite:///isekai.db`",
+    )
     source: str = setting("string", "The file it came from.", default="<string>", yaml=False)
 
     validate = staticmethod(rules.config)
