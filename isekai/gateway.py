@@ -89,6 +89,6 @@ def build_snapshot(
     routes = []
     for route in config.routes:
         core = _core_route(route, config, clusters, counters)
-        router.add(route.match.host, route.match.methods, route.match.path, core)
+        router.add(route.match.host, route.match.methods, route.match.pattern, core)
         routes.append(core)
     return Snapshot(config, router, tuple(routes), clusters, version)
