@@ -24,12 +24,15 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import uvloop
+
 from isekai.admin.app import AdminServer
 from isekai.admin.auth import ensure_initial_admin
 from isekai.admin.context import AdminContext, StatusProviders
-from isekai.config.loader import validate_dynamic
+from isekai.config.reload import read_config
 from isekai.config.schema import Config
 from isekai.errors import ConfigError
+from isekai.process.channel import open_channel, send_message
 from isekai.store import Store, StoreError, open_store
 
 log = logging.getLogger("isekai.control")
@@ -54,16 +57,6 @@ def change_message(text: str, source: str, routes: list[dict], upstreams: dict) 
         "routes": routes,
         "upstreams": upstreams,
     }
-
-
-def config_from_message(message: dict) -> Config:
-    """The effective config carried by a `change_message` (file text + stored documents)."""
-    return validate_dynamic(
-        message["text"],
-        message["source"],
-        routes=message.get("routes") or (),
-        upstreams=message.get("upstreams") or None,
-    )
 
 
 class ControlPlane:
@@ -208,13 +201,11 @@ def _config_status(plane: ControlPlane, applied: list[int]) -> StatusProviders:
 
 
 async def _admin_main(config: Config, control: socket.socket) -> int:
-    from isekai.worker import CONTROL_LINE_LIMIT, read_config, send_message
-
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    reader, writer = await asyncio.open_connection(sock=control, limit=CONTROL_LINE_LIMIT)
+    reader, writer = await open_channel(control)
     try:
         plane = await ControlPlane.open(config, read_config(config.source)[1])
     except (ConfigError, StoreError) as exc:
@@ -264,6 +255,4 @@ async def _admin_main(config: Config, control: socket.socket) -> int:
 
 def run_admin_process(config: Config, control: socket.socket) -> int:
     """The admin API and store in a process of its own (forked by the master)."""
-    import uvloop
-
     return uvloop.run(_admin_main(config, control))

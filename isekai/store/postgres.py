@@ -37,8 +37,8 @@ from isekai.store.base import (
     check_version,
     encode_doc,
     normalize_log_row,
-    redact_url,
 )
+from isekai.store.urls import redact_url
 
 __all__ = ["PostgresStore"]
 

@@ -249,4 +249,4 @@ def test_parse_time_accepts_iso_8601_and_unix_seconds():
 def test_status_module_version_is_the_package_version():
     import isekai
 
-    assert status_module._version() == isekai.__version__
+    assert status_module.__version__ is isekai.__version__
