@@ -107,11 +107,16 @@ class ControlPlane:
         new effective config current (``message`` is its `change_message`)."""
 
         async def apply_current(config: Config) -> None:
+            # Called with the store's writer lock held (by an API handler, `_catch_up` or
+            # `reload`), so the documents and the revision read here are exactly those
+            # ``config`` was validated against: every revision up to ``self.revision`` is
+            # applied, and a peer's change always shows as a revision above it.
             async with self._apply_lock:
                 routes, upstreams = await stored_documents(self.store)
-                self.revision = await self.store.revision()
+                revision = await self.store.revision()
                 message = change_message(self.ctx.config_text, config.source, routes, upstreams)
                 await apply(config, message)
+                self.revision = revision
 
         self.ctx.apply = apply_current
         self.server = AdminServer(self.ctx)
@@ -126,30 +131,34 @@ class ControlPlane:
     async def reload(self, config: Config, text: str) -> None:
         """A new config file (SIGHUP): merge it with the store and apply; ConfigError keeps
         the old one."""
-        merged = await self.ctx.reload(config, text)
-        await self.ctx.apply(merged)
+        async with self.ctx.lock, self.store.exclusive():
+            merged = await self.ctx.reload(config, text)
+            await self.ctx.apply(merged)
 
     async def _follow(self) -> None:
         while True:
             try:
                 current = await self.store.wait_for_change(self.revision, WATCH_TIMEOUT)
+                if current > self.revision:
+                    await self._catch_up()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a store outage must not end the watch
-                log.warning("store unavailable while watching for changes: %s", exc)
+                log.warning("store unavailable while following changes: %s", exc)
                 await asyncio.sleep(WATCH_TIMEOUT)
-                continue
-            if current == self.revision:
-                continue
-            async with self.ctx.lock:
-                if current <= self.revision:
-                    continue  # our own change, already applied by the API handler
-                try:
-                    config = await self.ctx.load()
-                except ConfigError as exc:
-                    self.revision = current
-                    log.error("stored routes do not fit the config file; not applied: %s", exc)
-                    continue
+
+    async def _catch_up(self) -> None:
+        # apply what other writers stored; our own changes are applied by the API handler
+        async with self.ctx.lock, self.store.exclusive():
+            current = await self.store.revision()
+            if current <= self.revision:
+                return  # applied meanwhile (our own change, or an earlier catch-up)
+            try:
+                config = await self.ctx.load()
+            except ConfigError as exc:
+                self.revision = current
+                log.error("stored routes do not fit the config file; not applied: %s", exc)
+                return
             log.info("store changed (revision %d): applying", current)
             await self.ctx.apply(config)
 

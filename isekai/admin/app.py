@@ -70,7 +70,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return fail(exc.status, code, message, headers=headers)
     except StoreError as exc:
         log.error("admin API: %s %s: the store failed: %s", request.method, request.path, exc)
-        return fail(503, "store_unavailable", f"the store is not available: {exc}")
+        return fail(
+            503, "store_unavailable", "the store is not available; the gateway log has the details"
+        )
     except Exception:
         request_id = request.get(REQUEST_ID, "-")
         log.exception(

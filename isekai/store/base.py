@@ -17,6 +17,7 @@ import json
 import math
 import time
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,8 @@ LOG_KEYS = tuple(name for name, _ in LOG_COLUMNS)
 LOG_TEXT_LIMITS = {"path": 2048, "user_agent": 512, "route": 256, "upstream": 256}
 LOG_TEXT_DEFAULT_LIMIT = 128
 MAX_QUERY_LIMIT = 1000
+EXCLUSIVE_TIMEOUT = 10.0  # seconds a writer waits for the store's writer lock
+EXCLUSIVE_POLL = 0.005  # seconds between two tries for a lock held elsewhere
 
 
 class StoreError(IsekaiError):
@@ -205,6 +208,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete_item(self, kind: str, name: str, if_version: int | None = None) -> None:
         """Delete the item; ``NotFound``, or ``VersionMismatch`` as for ``replace_item``."""
+
+    @abc.abstractmethod
+    def exclusive(self, timeout: float = EXCLUSIVE_TIMEOUT) -> AbstractAsyncContextManager[None]:
+        """Hold the store's writer lock: one holder at a time across every process and host
+        using this store. A change is read, validated and written under it, so the second of
+        two concurrent writers sees the first's change. ``StoreError`` if the lock is not had
+        within ``timeout`` seconds. Not re-entrant."""
 
     @abc.abstractmethod
     async def revision(self) -> int:
