@@ -161,4 +161,3 @@ def test_cli_run_bad_options_are_usage_errors(served, monkeypatch, capsys):
     monkeypatch.setenv("ISEKAI_WORKERS", "many")
     assert main(["run"]) == 2
     assert served == []
-
