@@ -6,7 +6,8 @@ item's ``version`` (optimistic concurrency through ``if_version``) and a store-w
 counter that gateways watch with ``wait_for_change`` to know when to rebuild their snapshot.
 
 Backends: ``sqlite.SQLiteStore`` (the embedded default) and ``postgres.PostgresStore`` (for
-several gateways sharing one database). ``open_store(url)`` picks one from a URL.
+several gateways sharing one database). ``isekai.store.backends.open_store(url)`` picks one
+from a URL.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ import json
 import math
 import time
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from isekai.errors import ConfigError, IsekaiError
-from isekai.store.urls import parse_store_url
-from isekai.store.urls import redact_url as redact_url  # re-exported
 
 __all__ = [
     "KINDS",
@@ -34,7 +34,6 @@ __all__ = [
     "StoreError",
     "StoredItem",
     "VersionMismatch",
-    "open_store",
 ]
 
 KINDS = ("route", "upstream")
@@ -59,6 +58,8 @@ LOG_KEYS = tuple(name for name, _ in LOG_COLUMNS)
 LOG_TEXT_LIMITS = {"path": 2048, "user_agent": 512, "route": 256, "upstream": 256}
 LOG_TEXT_DEFAULT_LIMIT = 128
 MAX_QUERY_LIMIT = 1000
+EXCLUSIVE_TIMEOUT = 10.0  # seconds a writer waits for the store's writer lock
+EXCLUSIVE_POLL = 0.005  # seconds between two tries for a lock held elsewhere
 
 
 class StoreError(IsekaiError):
@@ -209,6 +210,13 @@ class Store(abc.ABC):
         """Delete the item; ``NotFound``, or ``VersionMismatch`` as for ``replace_item``."""
 
     @abc.abstractmethod
+    def exclusive(self, timeout: float = EXCLUSIVE_TIMEOUT) -> AbstractAsyncContextManager[None]:
+        """Hold the store's writer lock: one holder at a time across every process and host
+        using this store. A change is read, validated and written under it, so the second of
+        two concurrent writers sees the first's change. ``StoreError`` if the lock is not had
+        within ``timeout`` seconds. Not re-entrant."""
+
+    @abc.abstractmethod
     async def revision(self) -> int:
         """The store-wide change counter: +1 per successful create, replace or delete."""
 
@@ -317,25 +325,3 @@ def normalize_log_row(row: Mapping[str, Any]) -> tuple[Any, ...]:
     if values[0] is None:
         values[0] = time.time()
     return tuple(values)
-
-
-# -- open_store -------------------------------------------------------------------------------
-
-
-def open_store(url: str) -> Store:
-    """A ``Store`` for ``url`` (not yet opened: ``await store.open()`` or ``async with``).
-
-    The URL forms are those of ``isekai.store.urls`` (`parse_store_url`, the one grammar).
-    Anything else raises ``InvalidStoreURL`` (a ``ConfigError`` and a ``ValueError``).
-    """
-    try:
-        parsed = parse_store_url(url)
-    except ValueError as exc:
-        raise InvalidStoreURL(str(exc), path="store.url") from None
-    if parsed.scheme == "sqlite":
-        from isekai.store.sqlite import SQLiteStore
-
-        return SQLiteStore(parsed.path)
-    from isekai.store.postgres import PostgresStore
-
-    return PostgresStore(parsed.dsn, schema=parsed.schema)

@@ -1,59 +1,53 @@
-"""The one grammar of store URLs: what ``store.url`` may say, for ``validate`` and ``run`` alike.
+"""The store URL grammar: the one place that says which URLs name a store.
 
-``sqlite:///relative/path.db`` (relative to the working directory), ``sqlite:////abs/path.db``,
-``sqlite:///:memory:``, and ``postgresql://...`` or ``postgres://...`` (a libpq-style URL;
-``?schema=name`` keeps the tables in that schema). A leaf module: it imports nothing of isekai.
+``sqlite:///relative/path.db`` (relative to the working directory),
+``sqlite:////absolute/path.db``, ``sqlite:///:memory:``, and ``postgresql://...`` or
+``postgres://...`` (a libpq-style URL; ``?schema=name`` keeps the tables in that schema).
+The config loader checks ``store.url`` with `parse_store_url` and ``open_store`` opens what it
+returns, so ``isekai validate`` and ``isekai run`` accept exactly the same URLs.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 __all__ = ["SCHEMES", "StoreURL", "parse_store_url", "redact_url"]
 
 SCHEMES = ("sqlite", "postgresql", "postgres")
-_URL = re.compile(r"([a-z][a-z0-9+.\-]*):(.*)", re.S | re.I)
+_FORMS = "sqlite:///path.db, sqlite:///:memory: or postgresql://user@host:5432/database"
 
 
 @dataclass(frozen=True, slots=True)
 class StoreURL:
-    """A checked store URL: ``scheme`` is ``sqlite`` or ``postgresql`` (``postgres`` too)."""
+    """A parsed store URL. ``scheme`` is ``sqlite`` or ``postgresql`` (``postgres`` folded in).
+
+    SQLite: ``path`` is the file path (or ``:memory:``). PostgreSQL: ``dsn`` is the URL for the
+    driver without the ``schema`` option, ``schema`` that option or None.
+    """
 
     scheme: str
-    path: str | None = None  # sqlite: the file path, or ':memory:'
-    dsn: str | None = None  # postgresql: the URL for the driver, without ?schema=
-    schema: str | None = None  # postgresql: the ?schema= option
+    path: str | None = None
+    dsn: str | None = None
+    schema: str | None = None
 
 
 def parse_store_url(url: str) -> StoreURL:
-    """Check ``url`` and split it; raises ``ValueError`` with a message meant for humans."""
+    """Parse ``url``; raise ``ValueError`` with a message for the user (password hidden)."""
     if not isinstance(url, str) or not url:
-        raise ValueError("expected a store URL such as sqlite:///isekai.db")
-    found = _URL.fullmatch(url)
-    if found is None or not found.group(2):
-        raise ValueError(
-            f"bad store URL {redact_url(url)!r}: write it like sqlite:///isekai.db or "
-            "postgresql://user@host/isekai"
-        )
-    scheme = found.group(1).lower()
-    if scheme not in SCHEMES:
-        supported = ", ".join(f"{name}://" for name in SCHEMES)
-        raise ValueError(f"unsupported store URL {scheme}:// (supported: {supported})")
-    if not found.group(2).startswith("//"):
-        raise ValueError(
-            f"bad store URL {redact_url(url)!r}: {scheme}: needs '//' after it, as in "
-            + ("sqlite:///isekai.db" if scheme == "sqlite" else "postgresql://user@host/isekai")
-        )
-    if scheme == "sqlite":
-        return StoreURL("sqlite", path=_sqlite_path(url))
-    dsn, schema = _postgres_dsn(url)
-    return StoreURL("postgresql", dsn=dsn, schema=schema)
+        raise ValueError(f"expected a store URL such as {_FORMS}")
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if sep and scheme == "sqlite":
+        return StoreURL("sqlite", path=_sqlite_path(url, rest))
+    if sep and scheme in ("postgresql", "postgres"):
+        dsn, schema = _postgres_dsn(url)
+        return StoreURL("postgresql", dsn=dsn, schema=schema)
+    shown = f"{scheme}://" if sep else repr(redact_url(url))
+    raise ValueError(f"unsupported store URL {shown}: use {_FORMS}")
 
 
-def _sqlite_path(url: str) -> str:
-    rest = url.partition("://")[2]
+def _sqlite_path(url: str, rest: str) -> str:
     if not rest.startswith("/") or len(rest) < 2:
         raise ValueError(
             f"bad SQLite URL {url!r}: write sqlite:///relative/path.db, "
@@ -61,11 +55,17 @@ def _sqlite_path(url: str) -> str:
         )
     if "?" in rest or "#" in rest:
         raise ValueError(f"SQLite URL {url!r} takes no query or fragment")
+    if "\0" in rest:
+        raise ValueError("a SQLite path must not contain NUL")
     return rest[1:]
 
 
 def _postgres_dsn(url: str) -> tuple[str, str | None]:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ValueError(f"bad PostgreSQL URL {redact_url(url)!r}: {exc}") from None
     schema = None
     kept = []
     for key, value in parse_qsl(parts.query, keep_blank_values=True):

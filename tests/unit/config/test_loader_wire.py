@@ -59,8 +59,8 @@ WIRE_MISTAKES = {
     ),
     "store url without slashes": (
         'store: {url: "sqlite:isekai.db"}\n',
-        "gw.yaml:1: store.url: bad store URL 'sqlite:isekai.db': sqlite: needs '//' after it, "
-        "as in sqlite:///isekai.db",
+        "gw.yaml:1: store.url: unsupported store URL 'sqlite:isekai.db': use sqlite:///path.db, "
+        "sqlite:///:memory: or postgresql://user@host:5432/database",
     ),
     "store url with a bad sqlite path": (
         'store: {url: "sqlite://host/x.db"}\n',
