@@ -34,14 +34,13 @@ from isekai.config.nodes import (
     MAP_TAG,
     SEQ_TAG,
     STR_TAG,
-    Fields,
     LiteralScalar,
     Reader,
     document_node,
     join,
     parse,
 )
-from isekai.config.rules import is_loopback
+from isekai.config.rules import Where, is_loopback
 from isekai.config.schema import Config, Target
 from isekai.errors import ConfigError
 from isekai.store.urls import parse_store_url
@@ -211,48 +210,12 @@ def _plan(cls: type) -> _Plan:
     return plan
 
 
-class _Where:
-    """Where one object's values were written: turns a rule's message into a located error."""
-
-    __slots__ = ("builder", "fields", "node", "path")
-
-    def __init__(self, builder: _Builder, path: str, node: Node, fields: Fields) -> None:
-        self.builder = builder
-        self.path = path
-        self.node = node
-        self.fields = fields
-
-    def has(self, key: str) -> bool:
-        return key in self.fields
-
-    def keys(self) -> list[str]:
-        return list(self.fields)
-
-    def of(self, value: Any) -> _Where:
-        return self.builder.wheres[id(value)]
-
-    def error(
-        self,
-        key: str | None,
-        message: str,
-        *,
-        on: str = "value",
-        path: str | None = None,
-        cls: type[ConfigError] = ConfigError,
-    ) -> ConfigError:
-        if key is None:
-            return self.builder.error(self.node, path or self.path, message, cls)
-        key_node, value_node = self.fields[key]
-        node = key_node if on == "key" else value_node
-        return self.builder.error(node, path or join(self.path, key), message, cls)
-
-
 class _Builder(Reader):
     """Reads any config class from its node, field by field, by each field's kind."""
 
     def __init__(self, source: str, env: Mapping[str, str]) -> None:
         super().__init__(source, env)
-        self.wheres: dict[int, _Where] = {}
+        self.wheres: dict[int, Where] = {}
         self.kinds: dict[str, Callable[[Setting, Node, str], Any]] = {
             "duration": lambda s, n, p: self.duration(n, p, allow_zero=s.minimum == 0),
             "size": lambda s, n, p: self.size(n, p),
@@ -308,7 +271,7 @@ class _Builder(Reader):
         for key, (_, value_node) in fields.items():
             setting = settings[key]
             values[key] = kinds[setting.kind](setting, value_node, f"{path}.{key}" if path else key)
-        where = _Where(self, path, node, fields)
+        where = Where(self, path, node, fields)
         if plan.validate is not None:
             plan.validate(values, where)
         result = cls(**values)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["KINDS", "Setting", "keys_of", "setting", "settings_of"]
+__all__ = ["KINDS", "Setting", "default_of", "item", "keys_of", "setting", "settings_of"]
 
 KINDS = frozenset(
     {

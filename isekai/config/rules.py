@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from typing import Any, Protocol
+from typing import Any
 
 from isekai.config import defaults, units
 from isekai.errors import ConfigError, RouteConflictError
@@ -20,16 +20,29 @@ __all__ = ["Where", "is_loopback"]
 _UPSTREAM_ONLY = ("strip_prefix", "rewrite", "timeout", "websocket")
 
 
-class Where(Protocol):
-    """Where the values being validated were written (implemented by the loader)."""
+class Where:
+    """Where one object's values were written: turns a rule's message into a located error.
 
-    path: str
+    Made by the loader for every object it builds (``builder`` is its reader: ``error(node,
+    path, message, cls)`` and ``wheres``, id of a built object -> its Where).
+    """
 
-    def has(self, key: str) -> bool: ...
+    __slots__ = ("builder", "fields", "node", "path")
 
-    def keys(self) -> list[str]: ...
+    def __init__(self, builder: Any, path: str, node: Any, fields: dict[str, Any]) -> None:
+        self.builder = builder
+        self.path = path
+        self.node = node
+        self.fields = fields
 
-    def of(self, value: Any) -> Where: ...
+    def has(self, key: str) -> bool:
+        return key in self.fields
+
+    def keys(self) -> list[str]:
+        return list(self.fields)
+
+    def of(self, value: Any) -> Where:
+        return self.builder.wheres[id(value)]
 
     def error(
         self,
@@ -39,7 +52,13 @@ class Where(Protocol):
         on: str = "value",
         path: str | None = None,
         cls: type[ConfigError] = ConfigError,
-    ) -> ConfigError: ...
+    ) -> ConfigError:
+        if key is None:
+            return self.builder.error(self.node, path or self.path, message, cls)
+        key_node, value_node = self.fields[key]
+        node = key_node if on == "key" else value_node
+        at = f"{self.path}.{key}" if self.path else key
+        return self.builder.error(node, path or at, message, cls)
 
 
 def is_loopback(host: str) -> bool:
