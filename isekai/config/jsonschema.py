@@ -61,6 +61,9 @@ def kind_schema(setting: Setting, ref: Ref, *, env: bool = False) -> dict[str, A
         schema = _positive({"type": "number"}, units.DURATION_PATTERN, setting.minimum)
     elif kind == "size":
         schema = _positive({"type": "integer"}, units.SIZE_PATTERN, setting.minimum)
+    elif kind == "rate":
+        rate = [{"pattern": units.RATE_PATTERN}, {"pattern": units.NONZERO_PATTERN}]
+        schema = {"type": "string", "allOf": rate}
     elif kind == "int":
         schema = {"type": "integer"}
         if setting.minimum is not None:

@@ -225,6 +225,7 @@ class _Builder(Reader):
             "string": lambda s, n, p: self.string(n, p, s.what or "a string"),
             "name": lambda s, n, p: self.name(n, p, s.what or "item"),
             "ref": lambda s, n, p: self.string(n, p, s.what or "a name"),
+            "rate": lambda s, n, p: self.check(n, p, units.parse_rate, self.string(n, p, "a rate")),
             "cidr": lambda s, n, p: self.parsed(units.parse_cidr, s, n, p),
             "host_pattern": lambda s, n, p: self.parsed(units.parse_host_pattern, s, n, p),
             "path_pattern": lambda s, n, p: self.checked(units.parse_path_pattern, s, n, p),
@@ -279,9 +280,6 @@ class _Builder(Reader):
         return result
 
     # -- kinds ------------------------------------------------------------------------------
-
-    def value(self, setting: Setting, node: Node, path: str) -> Any:
-        return self.kinds[setting.kind](setting, node, path)
 
     def parsed(self, parse: Callable[[str], Any], setting: Setting, node: Node, path: str) -> Any:
         # the string, as the parser returns it (normalised)

@@ -23,6 +23,7 @@ __all__ = [
     "MAX_PARAMS",
     "NAME_PATTERN",
     "PATH_PATTERN",
+    "RATE_PATTERN",
     "SIZE_PATTERN",
     "TOKEN_PATTERN",
     "PathPattern",
@@ -74,6 +75,7 @@ _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 DURATION_PATTERN = r"^\s*(\d+(\.\d+)?|(\d+(\.\d+)?(ms|s|m|h|d))+)\s*$"
 SIZE_PATTERN = r"^\s*\d+(\.\d+)?\s*([Bb]|[KkMmGgTt][Ii]?[Bb])?\s*$"
 NONZERO_PATTERN = r"[1-9]"
+RATE_PATTERN = r"^\s*\d+(\.\d+)?\s*/\s*(ms|s|m|h|d|(\d+(\.\d+)?(ms|s|m|h|d))+|\d+(\.\d+)?)\s*$"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 TOKEN_PATTERN = r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$"  # RFC 9110 token: methods, header names
 HEADER_VALUE_PATTERN = r"^[\t\u0020-\u007e\u0080-\u00ff]*$"  # VCHAR, obs-text, SP, HTAB

@@ -9,8 +9,9 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from isekai.cli import main
-from isekai.config import jsonschema
+from isekai.config import jsonschema, units
 from isekai.config.loader import load_config_text
+from isekai.config.meta import Setting
 from isekai.config.schema import Respond, Route, Upstream
 from isekai.errors import ConfigError
 
@@ -126,3 +127,11 @@ def test_jsonschema_allows_env_references_in_files_only():
 
 def _defs():
     return {name: jsonschema.class_schema(cls, _ref) for name, cls in jsonschema.classes().items()}
+
+
+def test_jsonschema_rate_kind_accepts_what_parse_rate_accepts():
+    rate = Draft202012Validator(jsonschema.kind_schema(Setting("rate", "A rate."), _ref))
+    for text in ("100/s", "10/m", "30/10s", "1.5/h"):
+        assert rate.is_valid(text) and units.parse_rate(text) > 0
+    for text in ("100", "0/s", "10/x", 10):
+        assert not rate.is_valid(text)
