@@ -41,14 +41,32 @@ def _config_ref(cls: type) -> str:
 
 
 _NAME = {"type": "string", "pattern": NAME_PATTERN, "maxLength": 128}
+_NO_NUL = "^[^\\u0000]*$"  # http.read_json answers 400 to a NUL in any JSON string
+
+
+def _api(schema: Any) -> Any:
+    # a config schema as the API takes it: free-form strings say they hold no NUL
+    if isinstance(schema, list):
+        return [_api(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _api(value) for key, value in schema.items()}
+    if out.get("type") == "string" and "pattern" not in out and "allOf" not in out:
+        out["pattern"] = _NO_NUL
+    return out
+
+
+def _config_schema(cls: type) -> dict[str, Any]:
+    return _api(class_schema(cls, _config_ref))
+
 
 # The config objects the API takes, made from the config schema's metadata (one description)
 CONFIG_COMPONENTS = {
-    cls.__name__: class_schema(cls, _config_ref) for cls in (RouteMatch, Respond, RouteLimits)
+    cls.__name__: _config_schema(cls) for cls in (RouteMatch, Respond, RouteLimits)
 }
 
 ROUTE = {
-    **class_schema(Route, _config_ref),
+    **_config_schema(Route),
     "description": "A route, exactly as in the YAML `routes` list (docs/configuration.md).",
     "examples": [
         {
@@ -69,7 +87,7 @@ ROUTE_REPLACE = {
     "required": [key for key in ROUTE["required"] if key != "name"],
 }
 
-_UPSTREAM = class_schema(Upstream, _config_ref)
+_UPSTREAM = _config_schema(Upstream)
 UPSTREAM = {
     **_UPSTREAM,
     "description": "An upstream as in YAML `upstreams`, with its `name` (the YAML key).",

@@ -34,7 +34,7 @@ _ENV = {
 }
 _NAME = {"type": "string", "pattern": units.NAME_PATTERN, "maxLength": 128}
 _PATH = {"type": "string", "pattern": units.PATH_PATTERN}
-_ADDRESS = r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]/]{h}):[0-9]{{1,5}}$"
+_ADDRESS = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]{h}):[0-9]{{1,5}}$"  # as units.parse_address
 _CIDR = r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$"
 
 Ref = Callable[[type], str]
