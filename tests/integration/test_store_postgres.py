@@ -1,60 +1,34 @@
 """PostgresStore against a real PostgreSQL: the shared store contract, plus clustering.
 
-The server is ``ISEKAI_TEST_POSTGRES_DSN`` (default ``postgresql://postgres@127.0.0.1:5432/test``).
-When it is unreachable (or asyncpg is missing) these tests skip, except with ``CI=true``, where
-they fail. Each test works in its own schema, dropped afterwards.
+The server comes from ``require_service("postgres")`` (``ISEKAI_TEST_POSTGRES_DSN``, default
+``postgresql://postgres@127.0.0.1:5432/test``): unreachable, these tests skip, or fail under
+``CI=true``. Each test works in its own schema, dropped afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 
 import pytest
 
 from isekai.store import StoreError, open_store
-from isekai.store.base import redact_url
 from isekai.store.migrations import POSTGRES_MIGRATIONS, apply_postgres
 from isekai.store.postgres import PostgresStore
 from tests.unit.store.store_contract import ROUTE, UPSTREAM, StoreContract, async_test
 
-DSN = os.environ.get("ISEKAI_TEST_POSTGRES_DSN") or "postgresql://postgres@127.0.0.1:5432/test"
-IN_CI = os.environ.get("CI", "").lower() == "true"
 
-
-def _unavailable(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: PostgreSQL tests must run, not skip)", pytrace=False)
-    pytest.skip(reason)
+@pytest.fixture(scope="module")
+def pg_dsn(require_service) -> str:
+    return require_service("postgres")
 
 
 def _asyncpg():
-    try:
-        import asyncpg
-    except ImportError:
-        _unavailable("asyncpg is not installed (pip install 'isekai[postgres]')")
+    import asyncpg  # installed: require_service("postgres") connected with it
+
     return asyncpg
-
-
-@pytest.fixture(scope="module")
-def pg_dsn() -> str:
-    asyncpg = _asyncpg()
-
-    async def probe() -> None:
-        conn = await asyncpg.connect(DSN, timeout=5)
-        await conn.close()
-
-    try:
-        asyncio.run(probe())
-    except Exception as exc:  # anything: refused, auth, missing database, timeout
-        _unavailable(
-            f"PostgreSQL is not reachable at {redact_url(DSN)} ({type(exc).__name__}: {exc}); "
-            "set ISEKAI_TEST_POSTGRES_DSN"
-        )
-    return DSN
 
 
 class PostgresBackend:
@@ -231,8 +205,7 @@ async def test_postgres_store_survives_pool_connections_being_killed(backend):
 
 
 @async_test
-async def test_postgres_store_open_reports_an_unreachable_server():
-    _asyncpg()
+async def test_postgres_store_open_reports_an_unreachable_server(pg_dsn):
     store = open_store("postgresql://isekai:secret@127.0.0.1:1/none")
     store.connect_timeout = 2.0
     with pytest.raises(StoreError, match="cannot connect to PostgreSQL") as caught:
