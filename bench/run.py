@@ -376,7 +376,7 @@ def exit_status(found: list[str]) -> int:
         return 0
     print("\nbench: FAILED, requested targets did not run or gave no rows:", file=sys.stderr)
     for reason in found:
-        print(f"  - {reason.splitlines()[0][:300]}", file=sys.stderr)
+        print(f"  - {' '.join(reason.split())[:300]}", file=sys.stderr)
     return 1
 
 

@@ -17,7 +17,14 @@ import pytest
 from isekai.store import StoreError, open_store
 from isekai.store.migrations import POSTGRES_MIGRATIONS, apply_postgres
 from isekai.store.postgres import PostgresStore
-from tests.unit.store.store_contract import ROUTE, UPSTREAM, StoreContract, async_test
+from tests.unit.store.store_contract import (
+    PROMPT,
+    ROUTE,
+    UPSTREAM,
+    WAIT,
+    StoreContract,
+    async_test,
+)
 
 
 @pytest.fixture(scope="module")
@@ -112,28 +119,28 @@ async def test_postgres_store_keeps_docs_as_jsonb_in_its_own_schema(backend):
 
 
 @async_test
-async def test_postgres_store_two_instances_see_each_other_within_a_second(backend):
+async def test_postgres_store_two_instances_see_each_other_promptly(backend):
     async with open_store(backend.url) as gateway_a, open_store(backend.url) as gateway_b:
         for writer, watcher in ((gateway_a, gateway_b), (gateway_b, gateway_a)):
             since = await watcher.revision()
-            waiter = asyncio.create_task(watcher.wait_for_change(since, timeout=10))
+            waiter = asyncio.create_task(watcher.wait_for_change(since, timeout=WAIT))
             await asyncio.sleep(0.1)
             started = time.monotonic()
             await writer.create_item("upstream", f"up{since}", UPSTREAM)
             assert await waiter == since + 1
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < PROMPT
 
 
 @async_test
 async def test_postgres_store_wakes_on_notify_not_by_polling(backend):
     async with open_store(backend.url) as watcher, open_store(backend.url) as writer:
         watcher.poll_interval = 60.0  # only a notification can wake the waiter in time
-        waiter = asyncio.create_task(watcher.wait_for_change(0, timeout=10))
+        waiter = asyncio.create_task(watcher.wait_for_change(0, timeout=WAIT))
         await asyncio.sleep(0.1)
         started = time.monotonic()
         await writer.create_item("route", "users", ROUTE)
         assert await waiter == 1
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < PROMPT
 
 
 @async_test
@@ -164,23 +171,23 @@ async def test_postgres_store_listener_reconnects_after_being_killed(backend):
         finally:
             await admin.close()
         # a change while the listener is down is still seen (polling, then the reconnect)
-        waiter = asyncio.create_task(watcher.wait_for_change(0, timeout=10))
+        waiter = asyncio.create_task(watcher.wait_for_change(0, timeout=WAIT))
         await asyncio.sleep(0.05)
         started = time.monotonic()
         await writer.create_item("route", "users", ROUTE)
         assert await waiter == 1
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < PROMPT
         deadline = time.monotonic() + 10
         while not (watcher._listening() and watcher._listener is not first):
             assert time.monotonic() < deadline, "listener did not reconnect"
             await asyncio.sleep(0.05)
         watcher.poll_interval = 60.0  # from here on, only NOTIFY wakes it
-        waiter = asyncio.create_task(watcher.wait_for_change(1, timeout=10))
+        waiter = asyncio.create_task(watcher.wait_for_change(1, timeout=WAIT))
         await asyncio.sleep(0.1)
         started = time.monotonic()
         await writer.delete_item("route", "users")
         assert await waiter == 2
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < PROMPT
 
 
 @async_test
