@@ -126,12 +126,12 @@ class AdminContext:
         """Take a new config file (after SIGHUP) and return the new effective config.
 
         Nothing changes when it raises ``ConfigError``; on success the caller makes the result
-        current (this does not call ``apply``).
+        current (this does not call ``apply``). Call it holding `lock` and the store's writer
+        lock, in that order, as the API handlers do.
         """
-        async with self.lock:
-            merged = await effective_config(self.store, text, config.source)
-            self.config, self.config_text, self.current = config, text, merged
-            return merged
+        merged = await effective_config(self.store, text, config.source)
+        self.config, self.config_text, self.current = config, text, merged
+        return merged
 
 
 async def effective_config(store: Any, text: str, source: str) -> Config:

@@ -338,7 +338,7 @@ async def create_item(request: web.Request, kind: Kind) -> web.Response:
             f"{kind.name} {name!r} is defined in the config file",
             source="file",
         )
-    async with ctx.lock:
+    async with ctx.lock, ctx.store.exclusive():
         if await ctx.store.get_item(kind.name, name) is not None:
             raise ApiError(409, "already_exists", f"{kind.name} {name!r} already exists")
         plan = await _plan(ctx)
@@ -360,7 +360,7 @@ async def _replace(
     ctx: AdminContext = request.app[CTX]
     if name in _file_items(ctx, kind):
         raise _read_only(kind, name)
-    async with ctx.lock:
+    async with ctx.lock, ctx.store.exclusive():
         current = await ctx.store.get_item(kind.name, name)
         if current is None:
             raise ApiError(404, "not_found", f"no {kind.name} named {name!r}")
@@ -425,7 +425,7 @@ async def delete_item(request: web.Request, kind: Kind) -> web.Response:
     name = request.match_info["id"]
     if name in _file_items(ctx, kind):
         raise _read_only(kind, name)
-    async with ctx.lock:
+    async with ctx.lock, ctx.store.exclusive():
         current = await ctx.store.get_item(kind.name, name)
         if current is None:
             raise ApiError(404, "not_found", f"no {kind.name} named {name!r}")

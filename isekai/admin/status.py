@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from isekai import __version__
 from isekai.admin.context import CTX, AdminContext
 from isekai.admin.http import ApiError, iso_time, ok
 
@@ -18,12 +19,6 @@ __all__ = ["circuit_breakers", "health", "load_balancer", "ready", "status", "we
 log = logging.getLogger("isekai.admin")
 
 READY_TIMEOUT = 2.0  # seconds the store has to answer a readiness probe
-
-
-def _version() -> str:
-    import isekai
-
-    return getattr(isekai, "__version__", "unknown")
 
 
 async def health(request: web.Request) -> web.Response:
@@ -46,7 +41,7 @@ async def status(request: web.Request) -> web.Response:
     providers = ctx.status
     return ok(
         {
-            "version": _version(),
+            "version": __version__,
             "started_at": iso_time(ctx.started_at),
             "uptime": round(max(0.0, time.time() - ctx.started_at), 3),
             "workers": int(providers.workers()),

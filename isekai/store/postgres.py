@@ -19,11 +19,14 @@ import contextlib
 import json
 import logging
 import time
+import zlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from isekai.store import migrations
 from isekai.store.base import (
+    EXCLUSIVE_POLL,
+    EXCLUSIVE_TIMEOUT,
     LOG_KEYS,
     AlreadyExists,
     NotFound,
@@ -37,8 +40,8 @@ from isekai.store.base import (
     check_version,
     encode_doc,
     normalize_log_row,
-    redact_url,
 )
+from isekai.store.urls import redact_url
 
 __all__ = ["PostgresStore"]
 
@@ -90,6 +93,8 @@ class PostgresStore(Store):
         self.check_interval = check_interval  # listener health checks
         self.reconnect_delay = reconnect_delay
         self.channel = ""
+        # one writer lock per database and schema (advisory locks are per database)
+        self._lock_key = zlib.crc32(f"isekai.store:{schema or ''}".encode())
         self._asyncpg: Any = None
         self._errors: tuple[type[BaseException], ...] = ()
         self._pool: Any = None
@@ -123,6 +128,24 @@ class PostgresStore(Store):
                     yield conn
         except self._errors as exc:
             raise StoreError(f"PostgreSQL store {self.url}: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, timeout: float = EXCLUSIVE_TIMEOUT) -> AsyncIterator[None]:
+        # a session-level advisory lock, held on one pooled connection; the server releases
+        # it if that connection dies
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with self._connection() as conn:
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
+                if loop.time() >= deadline:
+                    raise StoreError(
+                        f"PostgreSQL store {self.url}: another writer held it for {timeout:g}s"
+                    )
+                await asyncio.sleep(EXCLUSIVE_POLL)
+            try:
+                yield
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", self._lock_key)
 
     async def _bump(self, conn: Any) -> int:
         revision = await conn.fetchval(

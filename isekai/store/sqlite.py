@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from isekai.store import migrations
 from isekai.store.base import (
+    EXCLUSIVE_POLL,
+    EXCLUSIVE_TIMEOUT,
     LOG_KEYS,
     AlreadyExists,
     NotFound,
@@ -68,9 +71,40 @@ class SQLiteStore(Store):
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._changed: asyncio.Event | None = None
+        self._memory_lock = asyncio.Lock()  # the writer lock of a private in-memory store
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path!r}>"
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, timeout: float = EXCLUSIVE_TIMEOUT) -> AsyncIterator[None]:
+        # flock on a file beside the database: SQLite itself uses POSIX record locks, which
+        # closing another descriptor of the database file would release
+        self._connection()
+        if self.path == ":memory:":
+            async with self._memory_lock:
+                yield
+            return
+        try:
+            fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StoreError(f"SQLite store {self.path}: cannot open its lock file: {exc}") from exc
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if loop.time() >= deadline:
+                        raise StoreError(
+                            f"SQLite store {self.path}: another writer held it for {timeout:g}s"
+                        ) from None
+                    await asyncio.sleep(EXCLUSIVE_POLL)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     # -- plumbing ---------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from isekai.store.base import redact_url
+from isekai.store.urls import redact_url
 
 PROBE_TIMEOUT = 3.0  # seconds, for each connect and each read of a probe
 
