@@ -41,13 +41,6 @@ log = logging.getLogger("isekai.control")
 WATCH_TIMEOUT = 1.0  # seconds: the longest a store change waits to be noticed (SQLite polling)
 
 
-async def stored_documents(store: Store) -> tuple[list[dict], dict[str, dict]]:
-    """The routes and upstreams created through the API, as documents."""
-    routes = [item.doc for item in await store.list_items("route")]
-    upstreams = {item.name: item.doc for item in await store.list_items("upstream")}
-    return routes, upstreams
-
-
 def change_message(text: str, source: str, routes: list[dict], upstreams: dict) -> dict:
     """What a worker needs to rebuild the effective config (JSON-compatible)."""
     return {
@@ -112,7 +105,7 @@ class ControlPlane:
             # ``config`` was validated against: every revision up to ``self.revision`` is
             # applied, and a peer's change always shows as a revision above it.
             async with self._apply_lock:
-                routes, upstreams = await stored_documents(self.store)
+                routes, upstreams = await self.ctx.stored_documents()
                 revision = await self.store.revision()
                 message = change_message(self.ctx.config_text, config.source, routes, upstreams)
                 await apply(config, message)
@@ -125,7 +118,7 @@ class ControlPlane:
 
     async def message(self) -> dict:
         """The `change_message` of the current effective config."""
-        routes, upstreams = await stored_documents(self.store)
+        routes, upstreams = await self.ctx.stored_documents()
         return change_message(self.ctx.config_text, self.config.source, routes, upstreams)
 
     async def reload(self, config: Config, text: str) -> None:

@@ -31,7 +31,7 @@ async def ready(request: web.Request) -> web.Response:
         revision = await asyncio.wait_for(ctx.store.revision(), READY_TIMEOUT)
     except Exception as exc:  # any failure means "not ready", never a 500
         log.warning("readiness: the store is not reachable: %s", exc)
-        raise ApiError(503, "not_ready", f"the store is not reachable: {exc}") from None
+        raise ApiError(503, "not_ready", "the store is not reachable") from None
     return ok({"status": "ready", "store": "ok", "store_revision": revision})
 
 
@@ -48,6 +48,11 @@ async def status(request: web.Request) -> web.Response:
             "config_version": int(providers.config_version()),
             "routes": len(current.routes),
             "upstreams": len(current.upstreams),
+            "skipped_items": len(ctx.skipped),
+            "skipped": [
+                {"kind": item.kind, "name": item.name, "reason": item.reason}
+                for item in ctx.skipped
+            ],
         }
     )
 

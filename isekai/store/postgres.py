@@ -389,35 +389,50 @@ class PostgresStore(Store):
 
     # -- users ------------------------------------------------------------------------------
 
+    # usernames are ASCII (check_user) and compared case-insensitively; writers of users
+    # serialise on a transaction-level advisory lock, so two spellings cannot both be created
+
+    _FIND_USER = (
+        "SELECT username, password_hash, role, created_at FROM users "
+        "WHERE lower(username) = lower($1) ORDER BY created_at LIMIT 1"
+    )
+
     async def get_user(self, username: str) -> dict[str, Any] | None:
         async with self._connection() as conn:
-            row = await conn.fetchrow(
-                "SELECT username, password_hash, role, created_at FROM users WHERE username = $1",
-                username,
-            )
+            row = await conn.fetchrow(self._FIND_USER, username)
         return None if row is None else dict(row)
 
     async def create_user(self, username: str, password_hash: str, role: str) -> None:
         check_user(username, password_hash, role)
-        async with self._connection() as conn:
-            created = await conn.fetchval(
+        async with self._connection(transaction=True) as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key + 1)
+            if await conn.fetchrow(self._FIND_USER, username) is not None:
+                raise AlreadyExists("user", username)
+            await conn.execute(
                 "INSERT INTO users (username, password_hash, role, created_at) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING 1",
+                "VALUES ($1, $2, $3, $4)",
                 username,
                 password_hash,
                 role,
                 time.time(),
             )
-        if created is None:
-            raise AlreadyExists("user", username)
 
     async def set_user(self, username: str, password_hash: str, role: str) -> None:
         check_user(username, password_hash, role)
-        async with self._connection() as conn:
+        async with self._connection(transaction=True) as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key + 1)
+            found = await conn.fetchrow(self._FIND_USER, username)
+            if found is not None:  # keeps the stored spelling and created_at
+                await conn.execute(
+                    "UPDATE users SET password_hash = $1, role = $2 WHERE username = $3",
+                    password_hash,
+                    role,
+                    found["username"],
+                )
+                return
             await conn.execute(
                 "INSERT INTO users (username, password_hash, role, created_at) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT (username) DO UPDATE SET "
-                "password_hash = excluded.password_hash, role = excluded.role",
+                "VALUES ($1, $2, $3, $4)",
                 username,
                 password_hash,
                 role,

@@ -310,35 +310,37 @@ class SQLiteStore(Store):
 
     # -- users ------------------------------------------------------------------------------
 
+    # usernames are ASCII (check_user) and compared case-insensitively: NOCASE folds ASCII
+
     async def get_user(self, username: str) -> dict[str, Any] | None:
         def run() -> dict[str, Any] | None:
-            row = (
-                self._connection()
-                .execute(
-                    "SELECT username, password_hash, role, created_at FROM users "
-                    "WHERE username = ?",
-                    (username,),
-                )
-                .fetchone()
-            )
+            row = self._find_user(self._connection(), username)
             if row is None:
                 return None
             return dict(zip(("username", "password_hash", "role", "created_at"), row, strict=True))
 
         return await self._run(run)
 
+    @staticmethod
+    def _find_user(conn: sqlite3.Connection, username: str) -> tuple[Any, ...] | None:
+        return conn.execute(
+            "SELECT username, password_hash, role, created_at FROM users "
+            "WHERE username = ? COLLATE NOCASE ORDER BY created_at LIMIT 1",
+            (username,),
+        ).fetchone()
+
     async def create_user(self, username: str, password_hash: str, role: str) -> None:
         check_user(username, password_hash, role)
 
         def run() -> None:
-            try:
-                self._connection().execute(
+            with self._write() as conn:
+                if self._find_user(conn, username) is not None:
+                    raise AlreadyExists("user", username)
+                conn.execute(
                     "INSERT INTO users (username, password_hash, role, created_at) "
                     "VALUES (?, ?, ?, ?)",
                     (username, password_hash, role, time.time()),
                 )
-            except sqlite3.IntegrityError:
-                raise AlreadyExists("user", username) from None
 
         await self._run(run)
 
@@ -346,12 +348,19 @@ class SQLiteStore(Store):
         check_user(username, password_hash, role)
 
         def run() -> None:
-            self._connection().execute(
-                "INSERT INTO users (username, password_hash, role, created_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (username) DO UPDATE SET "
-                "password_hash = excluded.password_hash, role = excluded.role",
-                (username, password_hash, role, time.time()),
-            )
+            with self._write() as conn:
+                found = self._find_user(conn, username)
+                if found is not None:  # keeps the stored spelling and created_at
+                    conn.execute(
+                        "UPDATE users SET password_hash = ?, role = ? WHERE username = ?",
+                        (password_hash, role, found[0]),
+                    )
+                    return
+                conn.execute(
+                    "INSERT INTO users (username, password_hash, role, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (username, password_hash, role, time.time()),
+                )
 
         await self._run(run)
 

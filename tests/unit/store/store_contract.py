@@ -512,3 +512,35 @@ class StoreContract:
             await asyncio.gather(writer(one, "a"), writer(two, "b"), writer(one, "c"))
         assert sorted(after - before for _, before, after in seen) == [1, 1, 1]
         assert sorted(before for _, before, _ in seen) == [0, 1, 2]
+
+    @async_test
+    async def test_users_are_found_and_unique_whatever_the_case(self, backend):
+        async with open_store(backend.url) as store:
+            await store.create_user("admin", "hash-1", "admin")
+            for other in ("Admin", "ADMIN"):
+                with pytest.raises(AlreadyExists):
+                    await store.create_user(other, "hash-2", "viewer")
+            found = await store.get_user("ADMIN")
+            assert found is not None and found["username"] == "admin"
+            await store.set_user("aDmIn", "hash-3", "editor")  # updates the one user
+            assert await store.count_users() == 1
+            found = await store.get_user("admin")
+            assert (found["username"], found["password_hash"], found["role"]) == (
+                "admin",
+                "hash-3",
+                "editor",
+            )
+
+    @async_test
+    async def test_users_concurrent_creates_of_two_spellings_make_one_user(self, backend):
+        async with open_store(backend.url) as one, open_store(backend.url) as two:
+            results = await asyncio.gather(
+                *(
+                    store.create_user(name, "hash", "viewer")
+                    for store, name in ((one, "Ops"), (two, "ops"), (one, "OPS"), (two, "oPs"))
+                ),
+                return_exceptions=True,
+            )
+            assert sum(r is None for r in results) == 1
+            assert all(isinstance(r, AlreadyExists) for r in results if r is not None)
+            assert await one.count_users() == 1
