@@ -29,7 +29,7 @@ async def served(tmp_path) -> AsyncIterator[tuple[str, AdminContext]]:
     store = open_store(f"sqlite:///{tmp_path}/hardening.db")
     await store.open()
 
-    async def apply(new):
+    async def apply(new, changes):
         return None
 
     ctx = AdminContext(
