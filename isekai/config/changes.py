@@ -47,16 +47,20 @@ class Change:
 def apply_changes(config: Config, changes: Iterable[Change]) -> Config:
     """``config`` with ``changes`` applied in order (already validated: nothing is checked).
 
-    A changed route keeps its place; a new one goes last, as it would in a full load.
+    A new or changed route goes last (where a whole validation of the candidate puts the
+    changed document); an upstream keeps its place.
     """
     routes = {route.name: route for route in config.routes}
     upstreams = dict(config.upstreams)
     for change in changes:
-        table: dict[str, Any] = routes if change.kind == "route" else upstreams
-        if change.item is None:
-            table.pop(change.name, None)
+        if change.kind == "route":
+            routes.pop(change.name, None)  # a changed route goes last, as in `commit`
+            if change.item is not None:
+                routes[change.name] = change.item
+        elif change.item is None:
+            upstreams.pop(change.name, None)
         else:
-            table[change.name] = change.item
+            upstreams[change.name] = change.item  # an upstream keeps its place
     return dataclasses.replace(
         config, routes=tuple(routes.values()), upstreams=MappingProxyType(upstreams)
     )
@@ -98,8 +102,11 @@ class ConfigIndex:
         route = read_document(Route, doc, f"routes[{index}]", extra={"index": index})
         for other in self.by_shape.get((route.match.host, route.match.pattern.shape), ()):
             if other is not old and rules.routes_overlap(route, other):
+                position = self.position(other.name)
+                if old is not None and self.position(name) < position:
+                    position -= 1  # the candidate has the old version taken out
                 raise RouteConflictError(
-                    rules.route_conflict(other, self.position(other.name)),
+                    rules.route_conflict(other, position),
                     path=f"routes[{index}].match",
                     file=API_SOURCE,
                 )

@@ -76,7 +76,7 @@ def _full(stored_routes, stored_upstreams, kind, name, doc):
     return validate_dynamic(FILE, "gw.yaml", routes=routes, upstreams=upstreams)
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=operations)
 def test_changes_match_whole_config_validation(ops):
     base = validate_dynamic(FILE, "gw.yaml")
