@@ -30,13 +30,12 @@ import uvloop
 
 from isekai._core.counters import Counters
 from isekai._core.protocol import DownstreamProtocol, ServerState
-from isekai._core.upstream import sweep_pools
 from isekai.config.loader import load_config, load_config_text
 from isekai.config.schema import Config
 from isekai.errors import ConfigError
 from isekai.gateway import Snapshot, build_snapshot
 from isekai.store import StoreError
-from isekai.upstream.cluster import ClusterRegistry
+from isekai.upstream.clusters import ClusterRegistry
 
 log = logging.getLogger("isekai.worker")
 
@@ -180,7 +179,7 @@ class Worker:
     # -- timers ------------------------------------------------------------------------------
 
     def _tick_upstream(self) -> None:
-        sweep_pools()
+        self.registry.sweep()
         self._timers.append(self.loop.call_later(UPSTREAM_SWEEP_INTERVAL, self._tick_upstream))
         if len(self._timers) > 8:
             self._timers = self._timers[-2:]

@@ -29,6 +29,7 @@ READ_TIMEOUT = 30.0
 UPSTREAM_MAX_CONNECTIONS = 1024  # per target
 UPSTREAM_MAX_KEEPALIVE_CONNECTIONS = 128  # per target, idle ones kept
 KEEPALIVE_EXPIRY = 60.0
+POOL_TIMEOUT = 5.0
 
 # listeners: used when the file has no `listeners` key
 LISTENER_NAME = "public"

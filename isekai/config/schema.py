@@ -79,6 +79,7 @@ class Upstream:
     max_connections: int = defaults.UPSTREAM_MAX_CONNECTIONS
     max_keepalive_connections: int = defaults.UPSTREAM_MAX_KEEPALIVE_CONNECTIONS
     keepalive_expiry: float = defaults.KEEPALIVE_EXPIRY
+    pool_timeout: float = defaults.POOL_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)
