@@ -135,7 +135,10 @@ cdef class ServerState:
         if now < 0:
             now = monotonic()
         for proto in list(self.connections):
-            proto.check_timeouts(now)
+            try:
+                proto.check_timeouts(now)
+            except Exception as error:
+                proto.internal_error(proto.active, error, True)
         for tunnel in list(self.tunnels_open):
             tunnel.close_idle(now, tunnel.idle_timeout)
 
@@ -164,21 +167,25 @@ cdef class ProxyRequest(Exchange):
     cdef int upstream_failed(self, int kind, str reason) except -1:
         """The one place every upstream failure of this request passes (connect, timeout,
         protocol, unavailable): the answer comes from `FAILURE_STATUS`. A retry would be
-        decided here, while `can_answer` holds."""
+        decided here, while `can_answer` holds. Called from pool and connection callbacks
+        and the sweep, so it catches for the request itself."""
         cdef DownstreamProtocol proto = self.proto
         self.conn = None
-        proto.resume(PAUSE_UPSTREAM)
         proto.state.counters.upstream_error(self.route.slot, kind)
-        if self.cancelled or self.response_done:
-            return 0
-        if not self.can_answer():
-            # Never pass a cut-short body off as complete.
-            self.response_done = True
-            proto._record(self)
-            proto.close()
-            proto.retire(self)
-            return 0
-        proto.send_error(self, failure_status(kind), reason)
+        try:
+            proto.resume(PAUSE_UPSTREAM)
+            if self.cancelled or self.response_done:
+                return 0
+            if not self.can_answer():
+                # Never pass a cut-short body off as complete.
+                self.response_done = True
+                proto._record(self)
+                proto.close()
+                proto.retire(self)
+                return 0
+            proto.send_error(self, failure_status(kind), reason)
+        except Exception as error:
+            proto.internal_error(self, error, False)
         return 0
 
     cdef bint can_answer(self):
