@@ -13,7 +13,7 @@ import pytest
 
 from isekai.pipeline import compile_chain
 from tests.support.client import connect, json_body, read_responses
-from tests.support.worker import ThreadedWorker, get
+from tests.support.worker import ThreadedWorker, app_config, get
 
 
 class Explodes:
@@ -34,17 +34,11 @@ class Answers:
 
 @pytest.fixture
 def worker(upstream):
-    with ThreadedWorker(
-        f"""
-        listeners: [{{name: public, bind: "127.0.0.1:0"}}]
-        upstreams:
-          app: {{targets: ["127.0.0.1:{upstream.port}"]}}
-        routes:
-          - {{name: app, match: {{path: "/app/*"}}, upstream: app, strip_prefix: /app}}
-          - {{name: boom, match: {{path: "/boom"}}, upstream: app}}
-          - {{name: locked, match: {{path: "/locked"}}, respond: {{body: secret}}}}
-        """
-    ) as tw:
+    routes = """
+  - {name: boom, match: {path: "/boom"}, upstream: app}
+  - {name: locked, match: {path: "/locked"}, respond: {body: secret}}
+"""
+    with ThreadedWorker(app_config(upstream.port, routes=routes)) as tw:
 
         def attach(path: bytes, policy) -> None:
             route = tw.worker.state.router.match(b"", b"GET", path)[0]

@@ -12,7 +12,7 @@ import pytest
 from isekai._core.upstream import Balancer, Cluster
 
 from tests.support.client import connect, json_body, read_responses
-from tests.support.worker import ThreadedWorker, get
+from tests.support.worker import ThreadedWorker, app_config, get
 
 
 def wait_for(predicate, timeout: float = 5.0) -> bool:
@@ -25,16 +25,8 @@ def wait_for(predicate, timeout: float = 5.0) -> bool:
 
 
 def one_connection_worker(upstream, pool_timeout: str) -> ThreadedWorker:
-    return ThreadedWorker(
-        f"""
-        listeners: [{{name: public, bind: "127.0.0.1:0"}}]
-        upstreams:
-          app: {{targets: ["127.0.0.1:{upstream.port}"], max_connections: 1,
-                 pool_timeout: {pool_timeout}}}
-        routes:
-          - {{name: app, match: {{path: "/app/*"}}, upstream: app, strip_prefix: /app}}
-        """
-    )
+    options = f"max_connections: 1, pool_timeout: {pool_timeout}"
+    return ThreadedWorker(app_config(upstream.port, options=options))
 
 
 def target_status(tw: ThreadedWorker) -> dict:
@@ -94,15 +86,7 @@ class NoTarget(Balancer):
 
 @pytest.fixture
 def worker(upstream):
-    with ThreadedWorker(
-        f"""
-        listeners: [{{name: public, bind: "127.0.0.1:0"}}]
-        upstreams:
-          app: {{targets: ["127.0.0.1:{upstream.port}"]}}
-        routes:
-          - {{name: app, match: {{path: "/app/*"}}, upstream: app, strip_prefix: /app}}
-        """
-    ) as tw:
+    with ThreadedWorker(app_config(upstream.port)) as tw:
         yield tw
 
 
@@ -134,5 +118,6 @@ def test_upstream_post_body_counted_in(worker):
 
     c = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=10)
     c.request("POST", "/app/echo", body=b"x" * 1000)
-    assert c.getresponse().status == 200
+    response = c.getresponse()
+    assert json_body(response.read())["body_length"] == 1000  # read to the end: recorded
     assert worker.call(worker.worker.counters.snapshot)["slots"]["app"]["bytes_in"] == 1000

@@ -50,3 +50,16 @@ def get(port: int, path: str) -> tuple[int, bytes]:
     c.request("GET", path)
     resp = c.getresponse()
     return resp.status, resp.read()
+
+
+def app_config(upstream_port: int, *, options: str = "", routes: str = "") -> str:
+    """A listener on port 0, the upstream ``app`` (with ``options``, YAML flow-mapping items)
+    and the route ``/app/*`` to it with the prefix stripped; ``routes`` adds more route lines."""
+    extra = f", {options}" if options else ""
+    return f"""
+listeners: [{{name: public, bind: "127.0.0.1:0"}}]
+upstreams:
+  app: {{targets: ["127.0.0.1:{upstream_port}"]{extra}}}
+routes:
+  - {{name: app, match: {{path: "/app/*"}}, upstream: app, strip_prefix: /app}}
+{routes}"""
