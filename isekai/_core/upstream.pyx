@@ -6,9 +6,9 @@ uses (`RoundRobin` stays in C: no Python call per request); a balancer answering
 target) fails the exchange with FAIL_UNAVAILABLE. A `Pool` keeps idle keep-alive connections on a
 LIFO stack (the most recently used socket is the warmest), counts every open or opening connection
 against `max_connections`, and parks `Exchange`s in a FIFO when the limit is reached; a parked
-exchange whose client leaves is taken off the queue at once. Opening a connection is the only place that touches a coroutine: `loop.create_connection`
-is wrapped in a future whose done-callback hands the ready connection to the exchange; nothing in
-this module awaits. Reused connections cost no allocation beyond the response parser's header list.
+exchange whose client leaves is taken off the queue at once. Opening a connection is the only
+place that touches a coroutine: `loop.create_connection` is wrapped in a future whose
+done-callback hands the ready connection to the exchange; nothing in this module awaits. Reused connections cost no allocation beyond the response parser's header list.
 
 Timeouts are not timers per request: each connection carries a deadline on the monotonic clock,
 and so does each parked exchange (`pool_timeout`). `sweep_pools(pools, now)`, called a few times a
