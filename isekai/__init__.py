@@ -1,7 +1,7 @@
 """Isekai: a high-throughput API gateway. This module is the public plugin API."""
 
 from isekai.errors import ConfigError, IsekaiError, ProtocolError
-from isekai.pipeline import Policy, Response
+from isekai.policy import Policy, Response
 
 __version__ = "0.1.0"
 

@@ -17,6 +17,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from isekai import __version__
 from isekai.config.loader import load_config
 from isekai.config.schema import Config
 from isekai.errors import ConfigError
@@ -54,17 +55,11 @@ class _UsageError(Exception):
     pass
 
 
-def _version() -> str:
-    import isekai
-
-    return getattr(isekai, "__version__", "unknown")
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="isekai", description="Isekai, an API gateway configured by one YAML file."
     )
-    parser.add_argument("--version", action="version", version=f"isekai {_version()}")
+    parser.add_argument("--version", action="version", version=f"isekai {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = commands.add_parser(
@@ -222,7 +217,7 @@ def _run(args: argparse.Namespace) -> int:
         except _PidFileError as exc:
             print(f"isekai run: {exc}", file=sys.stderr)
             return 1
-    from isekai.worker import serve  # one process, or the master of several
+    from isekai.server import serve  # one process, or the master of several
 
     try:
         return serve(config)

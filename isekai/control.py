@@ -24,25 +24,21 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import uvloop
+
 from isekai.admin.app import AdminServer
 from isekai.admin.auth import ensure_initial_admin
 from isekai.admin.context import AdminContext, StatusProviders
-from isekai.config.loader import validate_dynamic
+from isekai.config.reload import read_config
 from isekai.config.schema import Config
 from isekai.errors import ConfigError
+from isekai.process.channel import open_channel, send_message
 from isekai.store import Store, StoreError, open_store
 
 log = logging.getLogger("isekai.control")
 
 
 WATCH_TIMEOUT = 1.0  # seconds: the longest a store change waits to be noticed (SQLite polling)
-
-
-async def stored_documents(store: Store) -> tuple[list[dict], dict[str, dict]]:
-    """The routes and upstreams created through the API, as documents."""
-    routes = [item.doc for item in await store.list_items("route")]
-    upstreams = {item.name: item.doc for item in await store.list_items("upstream")}
-    return routes, upstreams
 
 
 def change_message(text: str, source: str, routes: list[dict], upstreams: dict) -> dict:
@@ -54,16 +50,6 @@ def change_message(text: str, source: str, routes: list[dict], upstreams: dict) 
         "routes": routes,
         "upstreams": upstreams,
     }
-
-
-def config_from_message(message: dict) -> Config:
-    """The effective config carried by a `change_message` (file text + stored documents)."""
-    return validate_dynamic(
-        message["text"],
-        message["source"],
-        routes=message.get("routes") or (),
-        upstreams=message.get("upstreams") or None,
-    )
 
 
 class ControlPlane:
@@ -114,11 +100,16 @@ class ControlPlane:
         new effective config current (``message`` is its `change_message`)."""
 
         async def apply_current(config: Config) -> None:
+            # Called with the store's writer lock held (by an API handler, `_catch_up` or
+            # `reload`), so the documents and the revision read here are exactly those
+            # ``config`` was validated against: every revision up to ``self.revision`` is
+            # applied, and a peer's change always shows as a revision above it.
             async with self._apply_lock:
-                routes, upstreams = await stored_documents(self.store)
-                self.revision = await self.store.revision()
+                routes, upstreams = await self.ctx.stored_documents()
+                revision = await self.store.revision()
                 message = change_message(self.ctx.config_text, config.source, routes, upstreams)
                 await apply(config, message)
+                self.revision = revision
 
         self.ctx.apply = apply_current
         self.server = AdminServer(self.ctx)
@@ -127,36 +118,40 @@ class ControlPlane:
 
     async def message(self) -> dict:
         """The `change_message` of the current effective config."""
-        routes, upstreams = await stored_documents(self.store)
+        routes, upstreams = await self.ctx.stored_documents()
         return change_message(self.ctx.config_text, self.config.source, routes, upstreams)
 
     async def reload(self, config: Config, text: str) -> None:
         """A new config file (SIGHUP): merge it with the store and apply; ConfigError keeps
         the old one."""
-        merged = await self.ctx.reload(config, text)
-        await self.ctx.apply(merged)
+        async with self.ctx.lock, self.store.exclusive():
+            merged = await self.ctx.reload(config, text)
+            await self.ctx.apply(merged)
 
     async def _follow(self) -> None:
         while True:
             try:
                 current = await self.store.wait_for_change(self.revision, WATCH_TIMEOUT)
+                if current > self.revision:
+                    await self._catch_up()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a store outage must not end the watch
-                log.warning("store unavailable while watching for changes: %s", exc)
+                log.warning("store unavailable while following changes: %s", exc)
                 await asyncio.sleep(WATCH_TIMEOUT)
-                continue
-            if current == self.revision:
-                continue
-            async with self.ctx.lock:
-                if current <= self.revision:
-                    continue  # our own change, already applied by the API handler
-                try:
-                    config = await self.ctx.load()
-                except ConfigError as exc:
-                    self.revision = current
-                    log.error("stored routes do not fit the config file; not applied: %s", exc)
-                    continue
+
+    async def _catch_up(self) -> None:
+        # apply what other writers stored; our own changes are applied by the API handler
+        async with self.ctx.lock, self.store.exclusive():
+            current = await self.store.revision()
+            if current <= self.revision:
+                return  # applied meanwhile (our own change, or an earlier catch-up)
+            try:
+                config = await self.ctx.load()
+            except ConfigError as exc:
+                self.revision = current
+                log.error("stored routes do not fit the config file; not applied: %s", exc)
+                return
             log.info("store changed (revision %d): applying", current)
             await self.ctx.apply(config)
 
@@ -208,13 +203,11 @@ def _config_status(plane: ControlPlane, applied: list[int]) -> StatusProviders:
 
 
 async def _admin_main(config: Config, control: socket.socket) -> int:
-    from isekai.worker import CONTROL_LINE_LIMIT, read_config, send_message
-
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    reader, writer = await asyncio.open_connection(sock=control, limit=CONTROL_LINE_LIMIT)
+    reader, writer = await open_channel(control)
     try:
         plane = await ControlPlane.open(config, read_config(config.source)[1])
     except (ConfigError, StoreError) as exc:
@@ -264,6 +257,4 @@ async def _admin_main(config: Config, control: socket.socket) -> int:
 
 def run_admin_process(config: Config, control: socket.socket) -> int:
     """The admin API and store in a process of its own (forked by the master)."""
-    import uvloop
-
     return uvloop.run(_admin_main(config, control))

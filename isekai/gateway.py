@@ -15,7 +15,7 @@ from isekai._core.http import response_head
 from isekai._core.protocol import CoreRoute
 from isekai._core.router import Router
 from isekai.config.schema import Config, Route
-from isekai.pipeline import compile_chain
+from isekai.policy import compile_chain
 from isekai.upstream.clusters import ClusterRegistry
 
 _TEMPLATE_PART = re.compile(r"\{(\*|[A-Za-z_][A-Za-z0-9_]*)\}")

@@ -33,17 +33,18 @@ import signal
 import socket
 import time
 
-from isekai.config.schema import Config
-from isekai.errors import ConfigError
-from isekai.worker import (
-    bind_sockets,
-    format_address,
+from isekai.config.reload import (
+    config_from_message,
     keep_running,
-    raise_fd_limit,
     read_config,
-    run_worker,
     warn_restart_needed,
 )
+from isekai.config.schema import Config
+from isekai.control import run_admin_process
+from isekai.errors import ConfigError
+from isekai.process.channel import encode_message
+from isekai.process.sockets import bind_sockets, format_address, raise_fd_limit
+from isekai.worker import run_worker
 
 __all__ = ["Master", "run"]
 
@@ -297,8 +298,6 @@ class Master:
                 self.admin.control.close()
             self._close_reserved()
             if admin:
-                from isekai.control import run_admin_process
-
                 code = run_admin_process(self.config, control)
             else:
                 code = run_worker(self.config, self.ports, control, self.version)
@@ -365,8 +364,6 @@ class Master:
             )
 
     def _on_admin_message(self, message: dict) -> None:
-        from isekai.control import config_from_message
-
         kind = message["type"]
         if kind == "failed":
             log.error("the admin process could not start: stopping")
@@ -394,7 +391,7 @@ class Master:
     def _send(self, handle: _WorkerHandle, message: dict) -> None:
         if handle.control.fileno() < 0:
             return
-        handle.outbox += json.dumps(message).encode() + b"\n"
+        handle.outbox += encode_message(message)
         self._flush(handle)
 
     def _flush(self, handle: _WorkerHandle) -> None:

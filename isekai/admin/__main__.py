@@ -16,9 +16,9 @@ import sys
 from isekai.admin.app import AdminServer
 from isekai.admin.auth import ensure_initial_admin
 from isekai.admin.context import AdminContext
+from isekai.config.reload import read_config
 from isekai.config.schema import Config
 from isekai.errors import ConfigError
-from isekai.worker import read_config
 
 log = logging.getLogger("isekai.admin")
 

@@ -20,6 +20,8 @@ from aiohttp import web
 from isekai.admin import auth, openapi
 from isekai.admin.context import CTX, REQUEST_ID, USER, AdminContext
 from isekai.admin.http import ApiError, fail
+from isekai.config.loader import is_loopback
+from isekai.errors import ConfigError
 from isekai.store import StoreError
 
 __all__ = ["AdminServer", "create_app"]
@@ -29,6 +31,11 @@ log = logging.getLogger("isekai.admin")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PERMISSIONS = web.AppKey("isekai_admin_permissions", dict)
 MAX_BODY = 1024 * 1024  # bytes: the largest request body
+MAX_HEADER_VALUE = 8 * 1024  # bytes: the longest header value answered (431 past it, JSON)
+# what aiohttp's parser itself takes before it answers a plain-text 400: well above the limits
+# checked here, so that the usual oversized request still gets the JSON envelope
+PARSER_LIMITS = {"max_line_size": 64 * 1024, "max_field_size": 128 * 1024}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 _STATUS_CODES = {
     400: "bad_request",
@@ -37,6 +44,7 @@ _STATUS_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
+    414: "uri_too_long",
     415: "unsupported_media_type",
 }
 
@@ -54,6 +62,7 @@ async def _request_id(request: web.Request, handler: Handler) -> web.StreamRespo
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        _check_request(request)
         return await handler(request)
     except ApiError as exc:
         return fail(exc.status, exc.code, exc.message, headers=exc.headers, **exc.details)
@@ -70,7 +79,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return fail(exc.status, code, message, headers=headers)
     except StoreError as exc:
         log.error("admin API: %s %s: the store failed: %s", request.method, request.path, exc)
-        return fail(503, "store_unavailable", f"the store is not available: {exc}")
+        return fail(
+            503, "store_unavailable", "the store is not available; the gateway log has the details"
+        )
     except Exception:
         request_id = request.get(REQUEST_ID, "-")
         log.exception(
@@ -82,6 +93,20 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             f"internal error (request id {request_id}); the gateway log has the details",
             request_id=request_id,
         )
+
+
+def _check_request(request: web.Request) -> None:
+    # before anything reads the request: no control characters in the path (they would reach
+    # the store and the log), no header value over MAX_HEADER_VALUE
+    if _CONTROL.search(request.path):
+        raise ApiError(400, "bad_request", "the path must not contain control characters")
+    for name, value in request.headers.items():
+        if len(value) > MAX_HEADER_VALUE:
+            raise ApiError(
+                431,
+                "header_too_large",
+                f"header {name[:64]!r} is longer than {MAX_HEADER_VALUE} bytes",
+            )
 
 
 @web.middleware
@@ -125,9 +150,17 @@ class AdminServer:
         self.host = ctx.config.admin.host if host is None else host
         self.port = ctx.config.admin.port if port is None else port
         self._runner: web.AppRunner | None = None
+        if not ctx.config.admin.auth.enabled and not is_loopback(self.host):
+            # checked here because every way of starting the admin API comes through here
+            raise ConfigError(
+                "auth can only be turned off when the admin API listens on a loopback "
+                f"address (127.0.0.1, [::1] or localhost), not {self.host or 'every interface'!r}",
+                path="admin.auth.enabled",
+                file=ctx.config.source,
+            )
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(create_app(self.ctx), access_log=None)
+        self._runner = web.AppRunner(create_app(self.ctx), access_log=None, **PARSER_LIMITS)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()

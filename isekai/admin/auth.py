@@ -171,6 +171,10 @@ async def login(request: web.Request) -> web.Response:
     if problem is not None:
         raise ApiError(422, "invalid", f"{problem[0]}: {problem[1]}", path=problem[0])
     username, password = body["username"], body["password"]
+    try:
+        check_username(username)  # nothing else can be stored; control characters stop here
+    except ValueError:
+        raise ApiError(400, "bad_request", "bad username", path="body.username") from None
     user = await ctx.store.get_user(username)
     if user is None:
         await _run(verify_password, password, _dummy_hash(ctx.bcrypt_rounds))

@@ -118,32 +118,41 @@ def _constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _depth(value: Any, limit: int) -> bool:
-    # whether value nests no deeper than limit (iteratively: no recursion limit to hit)
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is out of range: numbers must be finite")
+    return number
+
+
+def _check_shape(value: Any, limit: int) -> None:
+    # nesting no deeper than limit, no NUL in any key or string; iterative (no recursion limit)
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if depth > limit:
-            return False
+            raise ValueError(f"nested more than {limit} levels deep")
         if isinstance(item, dict):
+            stack.extend((key, depth) for key in item)
             stack.extend((v, depth + 1) for v in item.values())
         elif isinstance(item, list):
             stack.extend((v, depth + 1) for v in item)
-    return True
+        elif isinstance(item, str) and "\0" in item:
+            raise ValueError("strings must not contain NUL (\\u0000)")
 
 
 def parse_json(text: str) -> Any:
-    """Strict JSON: no NaN/Infinity, no duplicate keys; ``ValueError`` otherwise."""
+    """Strict JSON: finite numbers, no duplicate keys, no NUL in strings, bounded nesting;
+    ``ValueError`` otherwise."""
     try:
-        value = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
+        value = json.loads(
+            text, object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_finite
+        )
     except RecursionError:
         raise ValueError("nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("numbers must be finite")
-    if not _depth(value, MAX_JSON_DEPTH):
-        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep")
+    _check_shape(value, MAX_JSON_DEPTH)
     return value
 
 

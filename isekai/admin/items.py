@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from isekai.admin.context import CTX, AdminContext
+from isekai.admin.context import CTX, ROUTE_PATH, AdminContext
 from isekai.admin.http import PATCH_TYPES, ApiError, iso_time, ok, read_json
 from isekai.admin.schemas import first_error
 from isekai.config.loader import API_SOURCE, validate_dynamic
@@ -31,8 +31,6 @@ from isekai.store import AlreadyExists, NotFound, VersionMismatch
 __all__ = ["IF_MATCH_PATTERN", "ROUTE", "UPSTREAM", "Kind", "merge_patch", "parse_if_match"]
 
 log = logging.getLogger("isekai.admin")
-
-_ROUTE_PATH = re.compile(r"routes\[(\d+)\](.*)", re.S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +187,7 @@ class _Plan:
         file_routes, file_upstreams = self.ctx.file_documents()
         item: dict[str, Any] | None = None
         rest = ""
-        found = _ROUTE_PATH.fullmatch(exc.path)
+        found = ROUTE_PATH.fullmatch(exc.path)
         if found is not None:
             index, rest = int(found.group(1)), found.group(2)
             if index < len(file_routes):
@@ -233,8 +231,11 @@ class _Plan:
 
 
 async def _plan(ctx: AdminContext) -> _Plan:
-    routes = await ctx.store.list_items("route")
-    upstreams = await ctx.store.list_items("upstream")
+    # stored items left out of the effective config stay out (the one changed goes back in)
+    routes = [i for i in await ctx.store.list_items("route") if not ctx.is_skipped("route", i.name)]
+    upstreams = [
+        i for i in await ctx.store.list_items("upstream") if not ctx.is_skipped("upstream", i.name)
+    ]
     return _Plan(ctx, routes, upstreams)
 
 
@@ -245,7 +246,8 @@ def _check_schema(kind: Kind, schema: str, doc: Any) -> None:
         raise ApiError(422, "invalid", f"{path}: {message}", path=path, config_path=path)
 
 
-async def _apply(ctx: AdminContext, config: Config, what: str) -> None:
+async def _apply(ctx: AdminContext, config: Config, kind: Kind, name: str, what: str) -> None:
+    ctx.changed(kind.name, name)  # stored as validated: no longer left out, if it was
     try:
         await ctx.apply(config)
     except Exception as exc:
@@ -338,7 +340,7 @@ async def create_item(request: web.Request, kind: Kind) -> web.Response:
             f"{kind.name} {name!r} is defined in the config file",
             source="file",
         )
-    async with ctx.lock:
+    async with ctx.lock, ctx.store.exclusive():
         if await ctx.store.get_item(kind.name, name) is not None:
             raise ApiError(409, "already_exists", f"{kind.name} {name!r} already exists")
         plan = await _plan(ctx)
@@ -348,7 +350,7 @@ async def create_item(request: web.Request, kind: Kind) -> web.Response:
             item = await ctx.store.create_item(kind.name, name, doc)
         except AlreadyExists:
             raise ApiError(409, "already_exists", f"{kind.name} {name!r} already exists") from None
-        await _apply(ctx, config, f"{kind.name} {name!r} created")
+        await _apply(ctx, config, kind, name, f"{kind.name} {name!r} created")
     location = f"/api/{kind.plural}/{name}"
     return _with_etag(item, 201, Location=location)
 
@@ -360,7 +362,7 @@ async def _replace(
     ctx: AdminContext = request.app[CTX]
     if name in _file_items(ctx, kind):
         raise _read_only(kind, name)
-    async with ctx.lock:
+    async with ctx.lock, ctx.store.exclusive():
         current = await ctx.store.get_item(kind.name, name)
         if current is None:
             raise ApiError(404, "not_found", f"no {kind.name} named {name!r}")
@@ -382,7 +384,9 @@ async def _replace(
                 f"{kind.name} {name!r} changed meanwhile (now version {exc.current_version})",
                 current_version=exc.current_version,
             ) from None
-        await _apply(ctx, config, f"{kind.name} {name!r} changed (version {item.version})")
+        await _apply(
+            ctx, config, kind, name, f"{kind.name} {name!r} changed (version {item.version})"
+        )
     return _with_etag(item)
 
 
@@ -425,7 +429,7 @@ async def delete_item(request: web.Request, kind: Kind) -> web.Response:
     name = request.match_info["id"]
     if name in _file_items(ctx, kind):
         raise _read_only(kind, name)
-    async with ctx.lock:
+    async with ctx.lock, ctx.store.exclusive():
         current = await ctx.store.get_item(kind.name, name)
         if current is None:
             raise ApiError(404, "not_found", f"no {kind.name} named {name!r}")
@@ -444,5 +448,5 @@ async def delete_item(request: web.Request, kind: Kind) -> web.Response:
                 f"{kind.name} {name!r} changed meanwhile (now version {exc.current_version})",
                 current_version=exc.current_version,
             ) from None
-        await _apply(ctx, config, f"{kind.name} {name!r} deleted")
+        await _apply(ctx, config, kind, name, f"{kind.name} {name!r} deleted")
     return ok(message=f"{kind.name} {name!r} deleted")

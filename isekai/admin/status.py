@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from isekai import __version__
 from isekai.admin.context import CTX, AdminContext
 from isekai.admin.http import ApiError, iso_time, ok
 
@@ -18,12 +19,6 @@ __all__ = ["circuit_breakers", "health", "load_balancer", "ready", "status", "we
 log = logging.getLogger("isekai.admin")
 
 READY_TIMEOUT = 2.0  # seconds the store has to answer a readiness probe
-
-
-def _version() -> str:
-    import isekai
-
-    return getattr(isekai, "__version__", "unknown")
 
 
 async def health(request: web.Request) -> web.Response:
@@ -36,7 +31,7 @@ async def ready(request: web.Request) -> web.Response:
         revision = await asyncio.wait_for(ctx.store.revision(), READY_TIMEOUT)
     except Exception as exc:  # any failure means "not ready", never a 500
         log.warning("readiness: the store is not reachable: %s", exc)
-        raise ApiError(503, "not_ready", f"the store is not reachable: {exc}") from None
+        raise ApiError(503, "not_ready", "the store is not reachable") from None
     return ok({"status": "ready", "store": "ok", "store_revision": revision})
 
 
@@ -46,13 +41,18 @@ async def status(request: web.Request) -> web.Response:
     providers = ctx.status
     return ok(
         {
-            "version": _version(),
+            "version": __version__,
             "started_at": iso_time(ctx.started_at),
             "uptime": round(max(0.0, time.time() - ctx.started_at), 3),
             "workers": int(providers.workers()),
             "config_version": int(providers.config_version()),
             "routes": len(current.routes),
             "upstreams": len(current.upstreams),
+            "skipped_items": len(ctx.skipped),
+            "skipped": [
+                {"kind": item.kind, "name": item.name, "reason": item.reason}
+                for item in ctx.skipped
+            ],
         }
     )
 

@@ -4,6 +4,7 @@
 ``postgresql://...`` (several gateways sharing one database); see docs/store.md.
 """
 
+from isekai.store.backends import open_store
 from isekai.store.base import (
     AlreadyExists,
     InvalidStoreURL,
@@ -13,9 +14,8 @@ from isekai.store.base import (
     StoredItem,
     StoreError,
     VersionMismatch,
-    open_store,
 )
-from isekai.store.request_log import RequestLogWriter
+from isekai.store.request_log_writer import RequestLogWriter
 
 __all__ = [
     "AlreadyExists",

@@ -6,7 +6,8 @@ item's ``version`` (optimistic concurrency through ``if_version``) and a store-w
 counter that gateways watch with ``wait_for_change`` to know when to rebuild their snapshot.
 
 Backends: ``sqlite.SQLiteStore`` (the embedded default) and ``postgres.PostgresStore`` (for
-several gateways sharing one database). ``open_store(url)`` picks one from a URL.
+several gateways sharing one database). ``isekai.store.backends.open_store(url)`` picks one
+from a URL.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import json
 import math
 import time
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from isekai.errors import ConfigError, IsekaiError
 
@@ -33,7 +34,6 @@ __all__ = [
     "StoreError",
     "StoredItem",
     "VersionMismatch",
-    "open_store",
 ]
 
 KINDS = ("route", "upstream")
@@ -58,6 +58,8 @@ LOG_KEYS = tuple(name for name, _ in LOG_COLUMNS)
 LOG_TEXT_LIMITS = {"path": 2048, "user_agent": 512, "route": 256, "upstream": 256}
 LOG_TEXT_DEFAULT_LIMIT = 128
 MAX_QUERY_LIMIT = 1000
+EXCLUSIVE_TIMEOUT = 10.0  # seconds a writer waits for the store's writer lock
+EXCLUSIVE_POLL = 0.005  # seconds between two tries for a lock held elsewhere
 
 
 class StoreError(IsekaiError):
@@ -208,6 +210,13 @@ class Store(abc.ABC):
         """Delete the item; ``NotFound``, or ``VersionMismatch`` as for ``replace_item``."""
 
     @abc.abstractmethod
+    def exclusive(self, timeout: float = EXCLUSIVE_TIMEOUT) -> AbstractAsyncContextManager[None]:
+        """Hold the store's writer lock: one holder at a time across every process and host
+        using this store. A change is read, validated and written under it, so the second of
+        two concurrent writers sees the first's change. ``StoreError`` if the lock is not had
+        within ``timeout`` seconds. Not re-entrant."""
+
+    @abc.abstractmethod
     async def revision(self) -> int:
         """The store-wide change counter: +1 per successful create, replace or delete."""
 
@@ -316,90 +325,3 @@ def normalize_log_row(row: Mapping[str, Any]) -> tuple[Any, ...]:
     if values[0] is None:
         values[0] = time.time()
     return tuple(values)
-
-
-# -- open_store -------------------------------------------------------------------------------
-
-
-def open_store(url: str) -> Store:
-    """A ``Store`` for ``url`` (not yet opened: ``await store.open()`` or ``async with``).
-
-    ``sqlite:///relative/path.db`` (relative to the working directory),
-    ``sqlite:////absolute/path.db``, ``sqlite:///:memory:``, and ``postgresql://...`` or
-    ``postgres://...`` (libpq-style URL; ``?schema=name`` keeps the tables in that schema).
-    Anything else raises ``InvalidStoreURL`` (a ``ConfigError`` and a ``ValueError``).
-    """
-    if not isinstance(url, str) or not url:
-        raise InvalidStoreURL("expected a store URL such as sqlite:///isekai.db", path="store.url")
-    scheme, sep, _ = url.partition("://")
-    scheme = scheme.lower()
-    if sep and scheme == "sqlite":
-        from isekai.store.sqlite import SQLiteStore
-
-        return SQLiteStore(sqlite_path(url))
-    if sep and scheme in ("postgresql", "postgres"):
-        from isekai.store.postgres import PostgresStore
-
-        dsn, schema = postgres_dsn(url)
-        return PostgresStore(dsn, schema=schema)
-    shown = f"{scheme}://" if sep else repr(redact_url(url))
-    raise InvalidStoreURL(
-        f"unsupported store URL {shown}: use sqlite:///path.db, sqlite:///:memory: or "
-        "postgresql://user@host:5432/database",
-        path="store.url",
-    )
-
-
-def sqlite_path(url: str) -> str:
-    """The file path of a ``sqlite:///...`` URL (``:memory:`` stays as is)."""
-    rest = url.partition("://")[2]
-    if not rest.startswith("/") or len(rest) < 2:
-        raise InvalidStoreURL(
-            f"bad SQLite URL {url!r}: write sqlite:///relative/path.db, "
-            "sqlite:////absolute/path.db or sqlite:///:memory:",
-            path="store.url",
-        )
-    if "?" in rest or "#" in rest:
-        raise InvalidStoreURL(f"SQLite URL {url!r} takes no query or fragment", path="store.url")
-    return rest[1:]
-
-
-def postgres_dsn(url: str) -> tuple[str, str | None]:
-    """Split a PostgreSQL URL into the DSN for the driver and the ``schema`` option."""
-    parts = urlsplit(url)
-    schema = None
-    kept = []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key == "schema":
-            schema = value
-        else:
-            kept.append((key, value))
-    if schema is not None and not _is_schema_name(schema):
-        raise InvalidStoreURL(
-            f"bad schema {schema!r} in the store URL: use lower-case letters, digits and '_' "
-            "(at most 63, not starting with a digit)",
-            path="store.url",
-        )
-    if schema is None:
-        return url, None
-    return parts._replace(query=urlencode(kept)).geturl(), schema
-
-
-def _is_schema_name(name: str) -> bool:
-    return (
-        0 < len(name) <= 63
-        and not name[0].isdigit()
-        and all(c == "_" or c.isdigit() or ("a" <= c <= "z") for c in name)
-    )
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for messages and logs)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()

@@ -19,11 +19,14 @@ import contextlib
 import json
 import logging
 import time
+import zlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from isekai.store import migrations
 from isekai.store.base import (
+    EXCLUSIVE_POLL,
+    EXCLUSIVE_TIMEOUT,
     LOG_KEYS,
     AlreadyExists,
     NotFound,
@@ -37,8 +40,8 @@ from isekai.store.base import (
     check_version,
     encode_doc,
     normalize_log_row,
-    redact_url,
 )
+from isekai.store.urls import redact_url
 
 __all__ = ["PostgresStore"]
 
@@ -90,6 +93,8 @@ class PostgresStore(Store):
         self.check_interval = check_interval  # listener health checks
         self.reconnect_delay = reconnect_delay
         self.channel = ""
+        # one writer lock per database and schema (advisory locks are per database)
+        self._lock_key = zlib.crc32(f"isekai.store:{schema or ''}".encode())
         self._asyncpg: Any = None
         self._errors: tuple[type[BaseException], ...] = ()
         self._pool: Any = None
@@ -123,6 +128,24 @@ class PostgresStore(Store):
                     yield conn
         except self._errors as exc:
             raise StoreError(f"PostgreSQL store {self.url}: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, timeout: float = EXCLUSIVE_TIMEOUT) -> AsyncIterator[None]:
+        # a session-level advisory lock, held on one pooled connection; the server releases
+        # it if that connection dies
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with self._connection() as conn:
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
+                if loop.time() >= deadline:
+                    raise StoreError(
+                        f"PostgreSQL store {self.url}: another writer held it for {timeout:g}s"
+                    )
+                await asyncio.sleep(EXCLUSIVE_POLL)
+            try:
+                yield
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", self._lock_key)
 
     async def _bump(self, conn: Any) -> int:
         revision = await conn.fetchval(
@@ -366,35 +389,50 @@ class PostgresStore(Store):
 
     # -- users ------------------------------------------------------------------------------
 
+    # usernames are ASCII (check_user) and compared case-insensitively; writers of users
+    # serialise on a transaction-level advisory lock, so two spellings cannot both be created
+
+    _FIND_USER = (
+        "SELECT username, password_hash, role, created_at FROM users "
+        "WHERE lower(username) = lower($1) ORDER BY created_at LIMIT 1"
+    )
+
     async def get_user(self, username: str) -> dict[str, Any] | None:
         async with self._connection() as conn:
-            row = await conn.fetchrow(
-                "SELECT username, password_hash, role, created_at FROM users WHERE username = $1",
-                username,
-            )
+            row = await conn.fetchrow(self._FIND_USER, username)
         return None if row is None else dict(row)
 
     async def create_user(self, username: str, password_hash: str, role: str) -> None:
         check_user(username, password_hash, role)
-        async with self._connection() as conn:
-            created = await conn.fetchval(
+        async with self._connection(transaction=True) as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key + 1)
+            if await conn.fetchrow(self._FIND_USER, username) is not None:
+                raise AlreadyExists("user", username)
+            await conn.execute(
                 "INSERT INTO users (username, password_hash, role, created_at) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING 1",
+                "VALUES ($1, $2, $3, $4)",
                 username,
                 password_hash,
                 role,
                 time.time(),
             )
-        if created is None:
-            raise AlreadyExists("user", username)
 
     async def set_user(self, username: str, password_hash: str, role: str) -> None:
         check_user(username, password_hash, role)
-        async with self._connection() as conn:
+        async with self._connection(transaction=True) as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key + 1)
+            found = await conn.fetchrow(self._FIND_USER, username)
+            if found is not None:  # keeps the stored spelling and created_at
+                await conn.execute(
+                    "UPDATE users SET password_hash = $1, role = $2 WHERE username = $3",
+                    password_hash,
+                    role,
+                    found["username"],
+                )
+                return
             await conn.execute(
                 "INSERT INTO users (username, password_hash, role, created_at) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT (username) DO UPDATE SET "
-                "password_hash = excluded.password_hash, role = excluded.role",
+                "VALUES ($1, $2, $3, $4)",
                 username,
                 password_hash,
                 role,

@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from isekai.store import migrations
 from isekai.store.base import (
+    EXCLUSIVE_POLL,
+    EXCLUSIVE_TIMEOUT,
     LOG_KEYS,
     AlreadyExists,
     NotFound,
@@ -68,9 +71,40 @@ class SQLiteStore(Store):
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._changed: asyncio.Event | None = None
+        self._memory_lock = asyncio.Lock()  # the writer lock of a private in-memory store
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path!r}>"
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, timeout: float = EXCLUSIVE_TIMEOUT) -> AsyncIterator[None]:
+        # flock on a file beside the database: SQLite itself uses POSIX record locks, which
+        # closing another descriptor of the database file would release
+        self._connection()
+        if self.path == ":memory:":
+            async with self._memory_lock:
+                yield
+            return
+        try:
+            fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StoreError(f"SQLite store {self.path}: cannot open its lock file: {exc}") from exc
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if loop.time() >= deadline:
+                        raise StoreError(
+                            f"SQLite store {self.path}: another writer held it for {timeout:g}s"
+                        ) from None
+                    await asyncio.sleep(EXCLUSIVE_POLL)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -276,35 +310,37 @@ class SQLiteStore(Store):
 
     # -- users ------------------------------------------------------------------------------
 
+    # usernames are ASCII (check_user) and compared case-insensitively: NOCASE folds ASCII
+
     async def get_user(self, username: str) -> dict[str, Any] | None:
         def run() -> dict[str, Any] | None:
-            row = (
-                self._connection()
-                .execute(
-                    "SELECT username, password_hash, role, created_at FROM users "
-                    "WHERE username = ?",
-                    (username,),
-                )
-                .fetchone()
-            )
+            row = self._find_user(self._connection(), username)
             if row is None:
                 return None
             return dict(zip(("username", "password_hash", "role", "created_at"), row, strict=True))
 
         return await self._run(run)
 
+    @staticmethod
+    def _find_user(conn: sqlite3.Connection, username: str) -> tuple[Any, ...] | None:
+        return conn.execute(
+            "SELECT username, password_hash, role, created_at FROM users "
+            "WHERE username = ? COLLATE NOCASE ORDER BY created_at LIMIT 1",
+            (username,),
+        ).fetchone()
+
     async def create_user(self, username: str, password_hash: str, role: str) -> None:
         check_user(username, password_hash, role)
 
         def run() -> None:
-            try:
-                self._connection().execute(
+            with self._write() as conn:
+                if self._find_user(conn, username) is not None:
+                    raise AlreadyExists("user", username)
+                conn.execute(
                     "INSERT INTO users (username, password_hash, role, created_at) "
                     "VALUES (?, ?, ?, ?)",
                     (username, password_hash, role, time.time()),
                 )
-            except sqlite3.IntegrityError:
-                raise AlreadyExists("user", username) from None
 
         await self._run(run)
 
@@ -312,12 +348,19 @@ class SQLiteStore(Store):
         check_user(username, password_hash, role)
 
         def run() -> None:
-            self._connection().execute(
-                "INSERT INTO users (username, password_hash, role, created_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (username) DO UPDATE SET "
-                "password_hash = excluded.password_hash, role = excluded.role",
-                (username, password_hash, role, time.time()),
-            )
+            with self._write() as conn:
+                found = self._find_user(conn, username)
+                if found is not None:  # keeps the stored spelling and created_at
+                    conn.execute(
+                        "UPDATE users SET password_hash = ?, role = ? WHERE username = ?",
+                        (password_hash, role, found[0]),
+                    )
+                    return
+                conn.execute(
+                    "INSERT INTO users (username, password_hash, role, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (username, password_hash, role, time.time()),
+                )
 
         await self._run(run)
 

@@ -11,7 +11,7 @@ import logging
 
 import pytest
 
-from isekai.pipeline import compile_chain
+from isekai.policy import compile_chain
 from tests.support.client import connect, json_body, read_responses
 from tests.support.worker import ThreadedWorker, app_config, get
 
@@ -27,7 +27,7 @@ class Answers:
     """A sync policy that answers with the gateway's own response."""
 
     def on_request(self, request):
-        from isekai.pipeline import Response
+        from isekai.policy import Response
 
         return Response(401, (("www-authenticate", "Bearer"),), b"no")
 

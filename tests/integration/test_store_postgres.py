@@ -16,9 +16,9 @@ import uuid
 import pytest
 
 from isekai.store import StoreError, open_store
-from isekai.store.base import redact_url
 from isekai.store.migrations import POSTGRES_MIGRATIONS, apply_postgres
 from isekai.store.postgres import PostgresStore
+from isekai.store.urls import redact_url
 from tests.unit.store.store_contract import ROUTE, UPSTREAM, StoreContract, async_test
 
 DSN = os.environ.get("ISEKAI_TEST_POSTGRES_DSN") or "postgresql://postgres@127.0.0.1:5432/test"

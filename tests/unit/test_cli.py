@@ -1,3 +1,4 @@
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import isekai as isekai_package
 from isekai.cli import main
 from isekai.config.schema import Config
 
@@ -98,25 +100,26 @@ def test_cli_validate_bundled_default_config(tmp_path):
 def test_cli_version_and_usage(tmp_path):
     result = isekai("--version", cwd=tmp_path)
     assert result.returncode == 0
-    assert result.stdout.startswith("isekai ")
+    assert result.stdout == f"isekai {isekai_package.__version__}\n"
+    assert importlib.metadata.version("isekai") == isekai_package.__version__
     assert isekai(cwd=tmp_path).returncode == 2
     assert isekai("frobnicate", cwd=tmp_path).returncode == 2
 
 
-# -- `run`, in process, with a stand-in for isekai.worker (the real one is not imported) -------
+# -- `run`, in process, with a stand-in for isekai.server (the real one is not imported) -------
 
 
 @pytest.fixture
 def served(monkeypatch):
     calls: list[Config] = []
-    fake = types.ModuleType("isekai.worker")
+    fake = types.ModuleType("isekai.server")
 
     def serve(config):
         calls.append(config)
         return 0
 
     fake.serve = serve  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "isekai.worker", fake)
+    monkeypatch.setitem(sys.modules, "isekai.server", fake)
     for name in ("ISEKAI_CONFIG", "ISEKAI_WORKERS", "ISEKAI_LOG_LEVEL"):
         monkeypatch.delenv(name, raising=False)
     return calls

@@ -14,7 +14,7 @@ from isekai._core.protocol import CoreRoute, DownstreamProtocol, ServerState
 
 from isekai._core.counters import Counters
 from isekai._core.router import Router
-from isekai.observability.request_log import to_row
+from isekai.observability.request_log_feed import to_row
 from isekai.store.base import LOG_KEYS, normalize_log_row
 from tests.support.memory import MemoryTransport
 

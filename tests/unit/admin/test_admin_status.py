@@ -103,6 +103,7 @@ def test_store_failures_are_503(tmp_path):
             reply = await api.get("/api/routes")
             assert reply.status in (401, 503)  # the token's user cannot be looked up either
             assert reply.body["success"] is False
+            assert "admin.db" not in reply.raw.decode()  # no store details to the client
             await api.ctx.store.open()
 
     run(scenario())
@@ -249,4 +250,4 @@ def test_parse_time_accepts_iso_8601_and_unix_seconds():
 def test_status_module_version_is_the_package_version():
     import isekai
 
-    assert status_module._version() == isekai.__version__
+    assert status_module.__version__ is isekai.__version__

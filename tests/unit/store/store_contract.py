@@ -475,3 +475,67 @@ class StoreContract:
             found, total = await store.query_request_logs(RequestLogQuery())
             assert total == 6 and min(row["ts"] for row in found) == 3004.0
             assert await store.purge_request_logs(time.time()) == 6
+
+    # -- the writer lock --------------------------------------------------------------------
+
+    @async_test
+    async def test_exclusive_keeps_out_another_instance_until_released(self, backend):
+        async with open_store(backend.url) as one, open_store(backend.url) as two:
+            async with one.exclusive():
+                with pytest.raises(StoreError, match="another writer"):
+                    async with two.exclusive(timeout=0.2):
+                        pass
+            async with two.exclusive(timeout=5):
+                await two.create_item("route", "users", ROUTE)
+            async with one.exclusive(timeout=5):  # released on exit, also after an error
+                assert await one.revision() == 1
+
+    @async_test
+    async def test_exclusive_serialises_read_check_write_across_instances(self, backend):
+        # each writer reads the revision, yields, and writes only if nothing changed meanwhile:
+        # without the lock both would see revision 0 and one of the checks would fail
+        seen: list[tuple[str, int, int]] = []
+
+        async def writer(store: Any, name: str) -> None:
+            async with store.exclusive(timeout=10):
+                before = await store.revision()
+                await asyncio.sleep(0.05)
+                await store.create_item("upstream", name, UPSTREAM)
+                seen.append((name, before, await store.revision()))
+
+        async with open_store(backend.url) as one, open_store(backend.url) as two:
+            await asyncio.gather(writer(one, "a"), writer(two, "b"), writer(one, "c"))
+        assert sorted(after - before for _, before, after in seen) == [1, 1, 1]
+        assert sorted(before for _, before, _ in seen) == [0, 1, 2]
+
+    @async_test
+    async def test_users_are_found_and_unique_whatever_the_case(self, backend):
+        async with open_store(backend.url) as store:
+            await store.create_user("admin", "hash-1", "admin")
+            for other in ("Admin", "ADMIN"):
+                with pytest.raises(AlreadyExists):
+                    await store.create_user(other, "hash-2", "viewer")
+            found = await store.get_user("ADMIN")
+            assert found is not None and found["username"] == "admin"
+            await store.set_user("aDmIn", "hash-3", "editor")  # updates the one user
+            assert await store.count_users() == 1
+            found = await store.get_user("admin")
+            assert (found["username"], found["password_hash"], found["role"]) == (
+                "admin",
+                "hash-3",
+                "editor",
+            )
+
+    @async_test
+    async def test_users_concurrent_creates_of_two_spellings_make_one_user(self, backend):
+        async with open_store(backend.url) as one, open_store(backend.url) as two:
+            results = await asyncio.gather(
+                *(
+                    store.create_user(name, "hash", "viewer")
+                    for store, name in ((one, "Ops"), (two, "ops"), (one, "OPS"), (two, "oPs"))
+                ),
+                return_exceptions=True,
+            )
+            assert sum(r is None for r in results) == 1
+            assert all(isinstance(r, AlreadyExists) for r in results if r is not None)
+            assert await one.count_users() == 1

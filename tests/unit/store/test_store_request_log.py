@@ -122,7 +122,7 @@ async def test_request_log_writer_survives_a_failing_store(caplog):
     store = FakeStore()
     store.fail = 3
     writer = RequestLogWriter(store, batch_size=1, interval=0.02, error_log_interval=60)
-    with caplog.at_level(logging.WARNING, logger="isekai.store.request_log"):
+    with caplog.at_level(logging.WARNING, logger="isekai.store.request_log_writer"):
         await writer.start()
         try:
             for i in range(3):

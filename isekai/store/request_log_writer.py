@@ -26,7 +26,7 @@ from isekai.store.base import Store
 
 __all__ = ["RequestLogWriter"]
 
-logger = logging.getLogger("isekai.store.request_log")
+logger = logging.getLogger("isekai.store.request_log_writer")
 
 
 class RequestLogWriter:

@@ -1,0 +1,1 @@
+"""Process plumbing shared by the master, the workers and the admin process."""
