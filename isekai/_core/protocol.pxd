@@ -138,8 +138,8 @@ cdef class DownstreamProtocol:
     cdef int resume(self, int reason) except -1
     cdef int close(self) except -1
     cdef int abort(self) except -1
-    cdef int _log_internal(self, ProxyRequest req, object exc) except -1
-    cdef int internal_error(self, ProxyRequest req, object exc, bint close) except -1
+    cdef int _log_internal(self, ProxyRequest req, object exc, str policy=*) except -1
+    cdef int internal_error(self, ProxyRequest req, object exc, bint close, str policy=*) except -1
     cdef int _fail_parse(self, int status, str message) except -1
     cdef int _send_policy_response(self, ProxyRequest req, answer) except -1
     cdef void _count_request(self)

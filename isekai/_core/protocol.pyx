@@ -772,7 +772,10 @@ cdef class DownstreamProtocol:
             return self.send_error(req, 413, "request body too large")
         if route.chain:
             for policy in route.chain:
-                answer = policy.on_request(req)
+                try:
+                    answer = policy.on_request(req)
+                except Exception as error:
+                    return self.internal_error(req, error, False, type(policy).__name__)
                 if answer is not None:
                     return self._send_policy_response(req, answer)
         if route.direct:
@@ -1007,21 +1010,24 @@ cdef class DownstreamProtocol:
             self.transport.abort()
         return 0
 
-    cdef int _log_internal(self, ProxyRequest req, object exc) except -1:
-        """Log `exc` once, with the request id and route, and count it on the route's slot."""
+    cdef int _log_internal(self, ProxyRequest req, object exc, str policy=None) except -1:
+        """Log `exc` once, with the request id, route (and policy), and count it on the route's
+        slot."""
         cdef CoreRoute route = req.route if req is not None else None
         self.state.counters.internal_error(route.slot if route is not None else 0)
-        log.error("internal error serving request %s (route %s): %r",
+        log.error("internal error serving request %s (route %s%s): %r",
                   req.request_id.decode("latin-1") if req is not None and req.request_id else "-",
-                  route.name if route is not None else "-", exc, exc_info=exc)
+                  route.name if route is not None else "-",
+                  f", policy {policy}" if policy is not None else "", exc, exc_info=exc)
         return 0
 
-    cdef int internal_error(self, ProxyRequest req, object exc, bint close) except -1:
+    cdef int internal_error(self, ProxyRequest req, object exc, bint close,
+                            str policy=None) except -1:
         """Our own code or a policy raised while serving `req`: log and count it, then answer
         500 if the client has seen nothing of the response, else abort the connection. With
         `close` the connection ends after the answer (its state is not to be trusted)."""
         cdef UpstreamProtocol conn
-        self._log_internal(req, exc)
+        self._log_internal(req, exc, policy)
         try:
             if req is None or self.transport is None or not req.can_answer():
                 self.abort()

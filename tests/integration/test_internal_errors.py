@@ -75,7 +75,8 @@ def test_internal_error_raising_policy_first_of_three_pipelined(worker, caplog):
     records = logged(caplog)
     assert len(records) == 1
     message = records[0].getMessage()
-    assert error["request_id"] in message and "boom" in message and "policy bug" in message
+    assert error["request_id"] in message and "route boom, policy Explodes" in message
+    assert "policy bug" in message
     assert internal_errors(worker, "boom") == 1
 
 
