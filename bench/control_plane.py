@@ -83,9 +83,17 @@ class Gateway:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.05)
-        if self.port is None or self.admin is None:
+        while time.monotonic() < deadline and self.port is not None and not self._serving():
+            time.sleep(0.05)  # with workers, the master logs the port before they listen
+        if self.port is None or self.admin is None or not self._serving():
             self.stop()
             raise SystemExit("the gateway did not start:\n" + "".join(self.lines[-30:]))
+
+    def _serving(self) -> bool:
+        try:
+            return served(self.port, "/ping") == 200
+        except OSError:
+            return False
 
     def _read(self) -> None:
         for line in self.proc.stdout:

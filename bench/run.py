@@ -356,6 +356,30 @@ class Bench:
             self.note(f"{t.label}: {len(bad)} warning/error lines in its log, first:\n    {shown}")
 
 
+def problems(
+    chosen: list[tuple[str, int]], chosen_scen: list[Scenario], rows: list[dict], ts: list[Target]
+) -> list[str]:
+    """Why this run is not a complete result: every requested target that failed, and every
+    (scenario, target) pair requested that produced no row. Empty when all of them ran."""
+    out = [f"{t.label}: {t.failed}" for t in ts if t.failed]
+    have = {(r["scenario"], r["target"], r["workers"]) for r in rows}
+    for s in chosen_scen:
+        for kind, w in chosen:
+            if kind in s.targets and (s.name, kind, w) not in have:
+                out.append(f"{kind} ×{w} {s.name}: no results")
+    return out
+
+
+def exit_status(found: list[str]) -> int:
+    """0 for a complete run; 1, with the reasons on stderr, when anything requested is missing."""
+    if not found:
+        return 0
+    print("\nbench: FAILED, requested targets did not run or gave no rows:", file=sys.stderr)
+    for reason in found:
+        print(f"  - {' '.join(reason.split())[:300]}", file=sys.stderr)
+    return 1
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     env.PIN = not args.no_pin
@@ -401,11 +425,13 @@ def main(argv=None) -> int:
         bench.note(f"RLIMIT_NOFILE is only {nofile} (hard limit): c1000 may fail to connect")
     commit, dirty = env.git_commit()
     rows: list[dict] = []
+    ran: list[Target] = []
     try:
         bench.start_backend()
         results: dict[tuple[str, str, int], list] = {}
         for s in chosen_scen:  # fresh processes per scenario: RSS and pools start from zero
             for t in bench.group(s.routes, [s], chosen):
+                ran.append(t)
                 for sname, runs in t.runs.items():
                     results[(sname, t.kind, t.workers)] = runs
         order = {k: i for i, k in enumerate(ALL_TARGETS)}
@@ -457,7 +483,7 @@ def main(argv=None) -> int:
         f"{f'; configs and logs in {work}' if args.keep_work else ''}"
     )
     print(f"total time {elapsed:.0f} s")
-    return 0
+    return exit_status(problems(chosen, chosen_scen, rows, ran))
 
 
 if __name__ == "__main__":

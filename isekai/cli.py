@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from isekai import __version__
+from isekai.admin.roles import ROLES
 from isekai.config.loader import load_config
 from isekai.config.schema import Config
 from isekai.errors import ConfigError
@@ -26,7 +27,6 @@ __all__ = ["main"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-USER_ROLES = ("admin", "editor", "viewer")
 
 log = logging.getLogger("isekai.cli")
 
@@ -115,6 +115,19 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("file", metavar="FILE", nargs="?", help="the file (env ISEKAI_CONFIG)")
     validate.set_defaults(handler=_validate)
 
+    schema = commands.add_parser(
+        "schema",
+        help="print the JSON Schema of config files",
+        description="Print the JSON Schema (draft 2020-12) of a config file, made from the "
+        "same description the loader reads by: `isekai schema > docs/isekai.schema.json`. "
+        "With --reference, print the Markdown reference tables of docs/configuration.md "
+        "instead.",
+    )
+    schema.add_argument(
+        "--reference", action="store_true", help="print the Markdown key tables instead"
+    )
+    schema.set_defaults(handler=_schema)
+
     users = commands.add_parser(
         "users",
         help="manage admin API users",
@@ -130,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
         "--password-stdin or the ISEKAI_USER_PASSWORD environment variable.",
     )
     add.add_argument("name", metavar="NAME", help="the username")
-    add.add_argument("--role", required=True, choices=USER_ROLES, help="what the user may do")
+    add.add_argument("--role", required=True, choices=ROLES, help="what the user may do")
     add.add_argument("--password", metavar="P", help="the password (visible in `ps`)")
     add.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
@@ -182,6 +195,16 @@ def _validate(args: argparse.Namespace) -> int:
         f"{file}: OK ({len(config.routes)} routes, {len(config.upstreams)} upstreams, "
         f"{len(config.listeners)} listeners)"
     )
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from isekai.config import jsonschema, reference
+
+    if args.reference:
+        sys.stdout.write(reference.render())
+    else:
+        sys.stdout.write(jsonschema.dumps(jsonschema.document_schema()))
     return 0
 
 

@@ -77,5 +77,5 @@ def build_snapshot(
     router = Router()
     for route in config.routes:
         core = _core_route(route, config, clusters, counters)
-        router.add(route.match.host, route.match.methods, route.match.path, core)
+        router.add(route.match.host, route.match.methods, route.match.pattern, core)
     return Snapshot(config, router, version)

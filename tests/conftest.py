@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
-import re
-import textwrap
-
 import pytest
 
-from tests.support.gateway import Gateway
+from tests.support import services
+from tests.support.gateway import Gateway, start_from_yaml
 from tests.support.upstream import Upstream
+
+
+@pytest.fixture(scope="session")
+def require_service():
+    """`require_service("postgres" | "redis" | "amqp")` -> the service's URL, from
+    ISEKAI_TEST_POSTGRES_DSN / ISEKAI_TEST_REDIS_URL / ISEKAI_TEST_AMQP_URL or the local default,
+    after a real connection to it (probed once per session). Skips the test when the service does
+    not answer, or fails it under CI=true."""
+    problems: dict[str, str | None] = {}
+
+    def require(name: str) -> str:
+        url = services.service_url(name)
+        if name not in problems:
+            problems[name] = services.probe(name, url)
+        if problems[name] is not None:
+            services.unavailable(problems[name])
+        return url
+
+    return require
 
 
 @pytest.fixture
@@ -23,14 +40,7 @@ def start_gateway(tmp_path):
     started: list[Gateway] = []
 
     def start(yaml_text: str, name: str = "gateway.yaml") -> Gateway:
-        path = tmp_path / name
-        text = textwrap.dedent(yaml_text)
-        if not re.search(r"^admin:", text, re.M):
-            # Most tests are about the data plane; the admin API has its own tests (and would
-            # otherwise want the fixed default port 127.0.0.1:9080 in every gateway).
-            text += "\nadmin: {enabled: false}\n"
-        path.write_text(text)
-        gw = Gateway(path)
+        gw = start_from_yaml(tmp_path, yaml_text, name)
         started.append(gw)
         return gw
 

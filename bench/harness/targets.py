@@ -313,8 +313,11 @@ def isekai_env() -> dict:
 
 
 def isekai_argv(conf_path: Path, python: str | None = None) -> list[str]:
-    # the real interpreter, not a wrapper script (a pyenv shim would exec it out of valgrind)
-    python = python or os.path.realpath(sys.executable)
+    # This interpreter as it was started: a venv's bin/python (a symlink) must not be resolved,
+    # or the child leaves the venv and finds no uvloop. It is a binary, never a wrapper script
+    # (a pyenv shim execs the real one, so sys.executable already names that), so valgrind can
+    # run it directly.
+    python = python or sys.executable
     return [python, "-m", "isekai", "run", "-c", str(conf_path)]
 
 

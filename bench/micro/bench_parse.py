@@ -17,6 +17,7 @@ from isekai._core.protocol import CoreRoute, DownstreamProtocol, ServerState
 
 from isekai._core.counters import Counters
 from isekai._core.router import Router
+from isekai.config.units import parse_path_pattern
 
 LOOPS = 50_000
 REPEATS = 5
@@ -88,7 +89,7 @@ def make_state() -> ServerState:
         route.respond_status = 200
         route.respond_head = response_head(200, [("content-type", "text/plain")])
         route.respond_body = b"hi"
-        router.add(None, None, path.decode(), route)
+        router.add(None, None, parse_path_pattern(path.decode()), route)
     state = ServerState(router, counters, None)
     state.max_requests_per_connection = 1 << 30
     return state

@@ -11,6 +11,7 @@ import random
 import time
 
 from isekai._core.router import Router
+from isekai.config.units import parse_path_pattern
 
 LOOPS = 200_000
 REPEATS = 5
@@ -70,7 +71,7 @@ def big_table() -> tuple[Router, list[tuple[str, tuple[str, ...], str]]]:
             routes.append((("GET",), base + "/{id}/files/*"))
     r = Router()
     for i, (methods, pattern) in enumerate(routes):
-        r.add(None, methods, pattern, f"route-{i}")
+        r.add(None, methods, parse_path_pattern(pattern), f"route-{i}")
     assert len(r) == 10_000, len(r)
     return r, routes
 
@@ -91,7 +92,7 @@ def small_table() -> Router:
             (("GET",), "/api/v1/users/me"),
         ]
     ):
-        r.add(None, methods, pattern, f"route-{i}")
+        r.add(None, methods, parse_path_pattern(pattern), f"route-{i}")
     assert len(r) == 10
     return r
 

@@ -1,11 +1,10 @@
 """Run every micro-benchmark and print one table.
 
-    python bench/micro/run.py                  # router, head parse, rate limit, callgrind
+    python bench/micro/run.py                  # router, head parse, callgrind
     python bench/micro/run.py --no-callgrind   # the in-process ones only (~1 min)
 
 router        Router.match ns/op on 10 and 10,000 routes (bench_router.py)
 parse         DownstreamProtocol: head parse + route + direct response, ns/request (bench_parse.py)
-ratelimit     token-bucket take (bench_ratelimit.py; skipped until the module exists)
 instructions  callgrind instructions per proxied request: direct, nginx, HAProxy, Isekai
               (instructions.py; needs valgrind)
 """
@@ -21,7 +20,6 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent.parent), str(HERE)]  # the repo's isekai, then the bench modules
 
 import bench_parse  # noqa: E402
-import bench_ratelimit  # noqa: E402
 import bench_router  # noqa: E402
 
 
@@ -41,14 +39,6 @@ def main(argv=None) -> int:
     print("head parse ...", flush=True)
     for case, ns in bench_parse.results():
         rows.append(("head parse + direct response", case, f"{ns:,.0f} ns"))
-
-    rl = bench_ratelimit.results()
-    if rl is None:
-        print("ratelimit: not built yet")
-        rows.append(("bucket take", "ratelimit: not built yet", "—"))
-    else:
-        for case, ns in rl:
-            rows.append(("bucket take", case, f"{ns:,.0f} ns"))
 
     if not args.no_callgrind:
         import instructions

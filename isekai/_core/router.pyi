@@ -1,21 +1,31 @@
 """Host + path + method route table (compiled; see router.pyx for the matching rules)."""
 
-from typing import Any
+from typing import Any, Protocol
+
+class ParsedPattern(Protocol):
+    """What ``isekai.config.units.parse_path_pattern`` returns (a ``PathPattern``)."""
+
+    segments: tuple[str | None, ...]  # static text; None for a {param}; last "*": wildcard
+    params: tuple[str, ...]
+    wildcard: bool
+    text: str
 
 class Router:
     def __init__(self) -> None: ...
     def add(
-        self, host: str | None, methods: tuple[str, ...] | None, pattern: str, value: Any
+        self, host: str | None, methods: tuple[str, ...] | None, pattern: ParsedPattern, value: Any
     ) -> None:
         """Add a route.
 
         host: None (any), "api.example.com" (exact) or "*.example.com" (any subdomain depth,
         not the bare domain). methods: None (any) or method names; GET also answers HEAD unless
-        HEAD is routed separately. pattern: "/a/b", "/users/{id}" (whole segments), "/files/*"
-        (matches "/files/" + anything, not "/files").
+        HEAD is routed separately. pattern: parsed by the config's one grammar
+        (``parse_path_pattern("/users/{id}")``; "/files/*" matches "/files/" + anything, not
+        "/files").
 
-        Raises RouteConflictError on an exact tie (same host, same shape ignoring param names,
-        overlapping methods) and ConfigError on malformed input.
+        Raises RouteConflictError when the entry would replace another (same host, same shape
+        ignoring param names, overlapping methods; the config loader reports these first with
+        file and line), ConfigError on malformed host or methods, TypeError on a str pattern.
         """
     def match(
         self, host: bytes, method: bytes, path: bytes

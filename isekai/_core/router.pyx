@@ -25,7 +25,8 @@ Semantics worth knowing:
   UTF-8 encoded once. A trailing slash is significant ("/a/" is not "/a") and empty segments
   only match empty segments ("/a//b" is not "/a/b"); patterns may not contain empty segments
   except a trailing one.
-- "{name}" is a whole, non-empty segment. Its value is percent-decoded and decoded as UTF-8
+- Patterns come parsed (isekai.config.units.PathPattern: the one grammar, in the config loader).
+  "{name}" is a whole, non-empty segment. Its value is percent-decoded and decoded as UTF-8
   (errors replaced). "/static/*" matches "/static/" plus anything ("/static/", "/static/x/y"),
   not "/static"; the tail (percent-decoded) is returned under the key "*".
 - Host headers are matched case-insensitively, with the port and one trailing dot removed;
@@ -33,8 +34,9 @@ Semantics worth knowing:
   domain. An empty Host only reaches any-host routes.
 - GET also answers HEAD unless the same host + pattern routes HEAD itself; a route naming the
   method beats a methods=None route at the same position (GET-implied HEAD counts as naming it).
-- Two routes with the same host, the same pattern shape (param names ignored) and overlapping
-  methods raise RouteConflictError; a failed add leaves the router unchanged.
+- Route conflicts are the config loader's to report (with file and line). As a guard, an add that
+  would replace an entry (same host, pattern shape and method) raises RouteConflictError and
+  leaves the router unchanged.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -323,42 +325,36 @@ def _parse_methods(object methods):
     return tuple(out)
 
 
-def _parse_pattern(object pattern):
-    """-> (segments, names, wildcard); segments are (SegKind, bytes-or-None) pairs."""
-    if not isinstance(pattern, str) or not pattern.startswith("/"):
-        raise ConfigError(f"route pattern must be a string starting with '/', got {pattern!r}")
-    parts = pattern[1:].split("/")
-    last = len(parts) - 1
-    segs = []
-    names = []
-    wildcard = False
-    for i, s in enumerate(parts):
-        if s == "*":
-            if i != last:
-                raise ConfigError(f"route pattern {pattern!r}: '*' must be the last segment")
-            wildcard = True
-            segs.append((SEG_WILD, None))
-        elif len(s) > 2 and s.startswith("{") and s.endswith("}"):
-            name = s[1:len(s) - 1]
-            if "{" in name or "}" in name or name == "*":
-                raise ConfigError(f"route pattern {pattern!r}: bad parameter {s!r}")
-            if name in names:
-                raise ConfigError(f"route pattern {pattern!r}: parameter {name!r} repeated")
-            names.append(name)
-            segs.append((SEG_PARAM, None))
-        elif "{" in s or "}" in s:
-            raise ConfigError(
-                f"route pattern {pattern!r}: parameters must be whole segments, got {s!r}")
-        elif "*" in s:
-            raise ConfigError(
-                f"route pattern {pattern!r}: '*' is only valid as the whole last segment")
-        elif s == "" and i != last:
-            raise ConfigError(f"route pattern {pattern!r}: empty segment")
-        else:
-            segs.append((SEG_STATIC, s.encode("utf-8")))
+def _segments(object pattern):
+    """-> (segments, names, wildcard, text) of an already-parsed pattern.
+
+    The grammar of patterns (and route conflicts) belong to the config loader
+    (isekai.config.units.parse_path_pattern -> PathPattern); the router only turns the parsed
+    segments into trie keys: a str is a static segment, None a {param}, a last "*" the wildcard.
+    """
+    try:
+        parts = pattern.segments
+        names = tuple(pattern.params)
+        wildcard = bool(pattern.wildcard)
+        text = pattern.text
+    except AttributeError:
+        raise TypeError(
+            f"Router.add takes a parsed path pattern (isekai.config.units.parse_path_pattern), "
+            f"got {pattern!r}") from None
+    if not parts:
+        raise ConfigError(f"route pattern {text!r} has no segments")
     if len(names) > MAX_PARAMS:
-        raise ConfigError(f"route pattern {pattern!r}: more than {MAX_PARAMS} parameters")
-    return segs, tuple(names), wildcard
+        raise ConfigError(f"route pattern {text!r}: more than {MAX_PARAMS} parameters")
+    segs = []
+    last = len(parts) - 1
+    for i, part in enumerate(parts):
+        if part is None:
+            segs.append((SEG_PARAM, None))
+        elif wildcard and i == last:
+            segs.append((SEG_WILD, None))
+        else:
+            segs.append((SEG_STATIC, part.encode("utf-8")))
+    return segs, names, wildcard, text
 
 
 cdef RouteNode _descend(RouteNode node, list segs, bint create):
@@ -408,14 +404,18 @@ cdef class Router:
         return self._count
 
     def add(self, host, methods, pattern, value):
-        """Add a route; raises RouteConflictError on an exact tie, ConfigError on bad input."""
+        """Add a route; ``pattern`` is parsed (``isekai.config.units.PathPattern``).
+
+        Raises RouteConflictError when the entry would replace another (same host, shape and
+        method: a guard, the config loader reports conflicts first), ConfigError on bad input.
+        """
         cdef RouteNode root, node
         cdef RouteLeaf leaf
         cdef RouteEntry entry
         cdef HostGroup group
         hkind, hkey = _parse_host(host)
         mset = _parse_methods(methods)
-        segs, names, wildcard = _parse_pattern(pattern)
+        segs, names, wildcard, text = _segments(pattern)
 
         # Find the would-be leaf without growing anything, and check for a tie.
         root = None
@@ -437,13 +437,13 @@ cdef class Router:
             if mset is None:
                 if leaf.any is not None:
                     raise RouteConflictError(
-                        f"route {pattern!r} (host {host!r}, any method) conflicts with "
+                        f"route {text!r} (host {host!r}, any method) conflicts with "
                         f"{leaf.any.where}")
             else:
                 for m in mset:
                     if m in leaf.explicit:
                         raise RouteConflictError(
-                            f"route {pattern!r} (host {host!r}, method {m.decode()}) conflicts "
+                            f"route {text!r} (host {host!r}, method {m.decode()}) conflicts "
                             f"with {(<RouteEntry>leaf.explicit[m]).where}")
 
         # No tie: grow the trie and insert.
@@ -463,7 +463,7 @@ cdef class Router:
                 node.wild = leaf
             else:
                 node.leaf = leaf
-        entry = RouteEntry(value, names, wildcard, f"route {pattern!r} (host {host!r})")
+        entry = RouteEntry(value, names, wildcard, f"route {text!r} (host {host!r})")
         if mset is None:
             leaf.any = entry
         else:

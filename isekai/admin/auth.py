@@ -25,7 +25,8 @@ from aiohttp import web
 
 from isekai.admin.context import CTX, USER, AdminContext
 from isekai.admin.http import ApiError, iso_time, ok, read_json
-from isekai.admin.schemas import ROLES, USERNAME_PATTERN, first_error
+from isekai.admin.roles import MAX_PASSWORD_BYTES, MIN_PASSWORD, RANK, ROLES
+from isekai.admin.schemas import USERNAME_PATTERN, first_error
 
 __all__ = [
     "Permission",
@@ -40,10 +41,7 @@ __all__ = [
 log = logging.getLogger("isekai.admin")
 
 ISSUER = "isekai-admin"
-MIN_PASSWORD = 8
-MAX_PASSWORD_BYTES = 72  # bcrypt ignores what is longer; refuse it instead
 REALM = 'Bearer realm="isekai-admin"'
-RANK = {"viewer": 1, "editor": 2, "admin": 3}
 
 
 class Permission:

@@ -514,11 +514,17 @@ def to_openapi_30(doc: dict[str, Any]) -> dict[str, Any]:
                     out = {**only, **out} if "$ref" not in only else {"allOf": [only], **out}
         if "const" in out:
             out["enum"] = [out.pop("const")]
+        if out.get("type") == "null":
+            del out["type"]
+            out.update(enum=[None], nullable=True)
+        if isinstance(out.get("exclusiveMinimum"), (int, float)):
+            out["minimum"] = out.pop("exclusiveMinimum")
+            out["exclusiveMinimum"] = True
         if isinstance(out.get("examples"), list):
             examples = out.pop("examples")
             if examples:
                 out["example"] = examples[0]
-        for key in ("$schema", "$id", "propertyNames", "unevaluatedProperties"):
+        for key in ("$schema", "$id", "propertyNames", "unevaluatedProperties", "if", "then"):
             out.pop(key, None)
         return out
 

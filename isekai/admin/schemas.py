@@ -1,11 +1,12 @@
 """JSON Schemas (draft 2020-12) of what the admin API accepts and answers.
 
 The handlers validate request bodies with these, and ``openapi.py`` publishes the same objects
-under ``components.schemas``. The route and upstream schemas follow the YAML rules of
-docs/configuration.md as far as JSON Schema can say them, and are never stricter than the
-loader: a document they refuse, the loader refuses too. What they cannot say (an upstream that
-exists, two routes that tie, a rewrite naming a parameter of the path) the loader still judges,
-so a document valid here can still be answered with 422.
+under ``components.schemas``. The route and upstream schemas (and RouteMatch, Respond,
+RouteLimits) are not written here: ``isekai.config.jsonschema`` makes them from the config
+schema's field metadata, the one description the YAML loader reads by, so they say what the
+loader checks as far as JSON Schema can, and are never stricter than the loader. What they
+cannot say (an upstream that exists, two routes that tie, a rewrite naming a parameter of the
+path) the loader still judges, so a document valid here can still be answered with 422.
 
 As in YAML, ``null`` for an optional key is the same as leaving the key out.
 """
@@ -18,15 +19,15 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
-__all__ = ["COMPONENTS", "ROLES", "first_error", "validator"]
+from isekai.admin.roles import MAX_PASSWORD_BYTES, MIN_PASSWORD, ROLES
+from isekai.config import units
+from isekai.config.jsonschema import class_schema
+from isekai.config.schema import Respond, Route, RouteLimits, RouteMatch, Upstream
 
-ROLES = ("admin", "editor", "viewer")
+__all__ = ["COMPONENTS", "first_error", "validator"]
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+NAME_PATTERN = units.NAME_PATTERN
 USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}$"
-_DURATION_PATTERN = r"^\s*(\d+(\.\d+)?|(\d+(\.\d+)?(ms|s|m|h|d))+)\s*$"
-_SIZE_PATTERN = r"^\s*\d+(\.\d+)?\s*[A-Za-z]*\s*$"
-_TOKEN_PATTERN = r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$"
 
 _NULL = {"type": "null"}
 
@@ -35,97 +36,37 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _optional(schema: dict[str, Any]) -> dict[str, Any]:
-    # null is the same as absent, as in YAML
-    return {"anyOf": [schema, _NULL]}
+def _config_ref(cls: type) -> str:
+    return f"#/components/schemas/{cls.__name__}"
 
 
-_DURATION = {
-    "description": "A duration: 250ms, 10s, 5m, 1h, 7d, 1m30s, or a number of seconds.",
-    "anyOf": [
-        {"type": "number", "minimum": 0},
-        {"type": "string", "pattern": _DURATION_PATTERN},
-    ],
-}
-_SIZE = {
-    "description": "A size: a number of bytes, or 8KiB, 1MiB, 10KB ...",
-    "anyOf": [
-        {"type": "integer", "minimum": 0},
-        {"type": "string", "pattern": _SIZE_PATTERN},
-    ],
-}
 _NAME = {"type": "string", "pattern": NAME_PATTERN, "maxLength": 128}
+_NO_NUL = "^[^\\u0000]*$"  # http.read_json answers 400 to a NUL in any JSON string
 
-_MATCH = {
-    "type": "object",
-    "description": "What a request must look like to take the route.",
-    "additionalProperties": False,
-    "required": ["path"],
-    "properties": {
-        "path": {
-            "type": "string",
-            "pattern": r"^/[^\s?#]*$",
-            "description": "A path pattern: /users/{id}, /static/* ...",
-        },
-        "host": _optional(
-            {
-                "type": "string",
-                "pattern": r"^(\*\.)?[A-Za-z0-9_.\-]+$",
-                "description": "api.example.com or *.example.com; absent: any host.",
-            }
-        ),
-        "methods": _optional(
-            {
-                "type": "array",
-                "minItems": 1,
-                "items": {"type": "string", "pattern": _TOKEN_PATTERN},
-                "description": "Methods like [GET, POST]; absent: any method.",
-            }
-        ),
-    },
-}
 
-_RESPOND = {
-    "type": "object",
-    "description": "A fixed response sent by the gateway itself.",
-    "additionalProperties": False,
-    "properties": {
-        "status": _optional({"type": "integer", "minimum": 200, "maximum": 599}),
-        "headers": _optional(
-            {
-                "type": "object",
-                "additionalProperties": _optional({"type": ["string", "number"]}),
-            }
-        ),
-        "body": _optional({"type": "string"}),
-        "json": {"description": "Any JSON value, sent as the body (not with body)."},
-    },
-}
+def _api(schema: Any) -> Any:
+    # a config schema as the API takes it: free-form strings say they hold no NUL
+    if isinstance(schema, list):
+        return [_api(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _api(value) for key, value in schema.items()}
+    if out.get("type") == "string" and "pattern" not in out and "allOf" not in out:
+        out["pattern"] = _NO_NUL
+    return out
 
-_ROUTE_LIMITS = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "max_body_size": _optional(_SIZE),
-        "body_idle_timeout": _optional(_DURATION),
-        "websocket_idle_timeout": _optional(_DURATION),
-    },
-}
 
-_ROUTE_PROPERTIES: dict[str, Any] = {
-    "name": _NAME,
-    "match": _ref("RouteMatch"),
-    "upstream": _optional(_NAME),
-    "strip_prefix": _optional({"type": ["string", "boolean"]}),
-    "rewrite": _optional({"type": "string", "pattern": r"^/[^?#]*$"}),
-    "timeout": _optional(_DURATION),
-    "respond": _optional(_ref("Respond")),
-    "websocket": _optional({"type": "boolean"}),
-    "limits": _optional(_ref("RouteLimits")),
+def _config_schema(cls: type) -> dict[str, Any]:
+    return _api(class_schema(cls, _config_ref))
+
+
+# The config objects the API takes, made from the config schema's metadata (one description)
+CONFIG_COMPONENTS = {
+    cls.__name__: _config_schema(cls) for cls in (RouteMatch, Respond, RouteLimits)
 }
 
 ROUTE = {
-    "type": "object",
+    **_config_schema(Route),
     "description": "A route, exactly as in the YAML `routes` list (docs/configuration.md).",
     "examples": [
         {
@@ -136,13 +77,6 @@ ROUTE = {
             "timeout": "10s",
         }
     ],
-    "additionalProperties": False,
-    "required": ["name", "match"],
-    "properties": _ROUTE_PROPERTIES,
-    "oneOf": [
-        {"required": ["upstream"], "properties": {"upstream": {"type": "string"}}},
-        {"required": ["respond"], "properties": {"respond": {"type": "object"}}},
-    ],
 }
 
 # PUT: the name comes from the URL (a body name must be the same)
@@ -150,38 +84,26 @@ ROUTE_REPLACE = {
     **ROUTE,
     "description": "A route; `name` may be left out (it is the one in the URL).",
     "examples": [{"match": {"path": "/api/users/{id}"}, "upstream": "users", "timeout": "5s"}],
-    "required": ["match"],
+    "required": [key for key in ROUTE["required"] if key != "name"],
 }
 
-_UPSTREAM_PROPERTIES: dict[str, Any] = {
-    "targets": {
-        "type": "array",
-        "minItems": 1,
-        "items": {"type": "string", "pattern": r"^.+:[0-9]+$"},
-        "description": "host:port of each server; IPv6 in brackets.",
-    },
-    "scheme": _optional({"type": "string", "pattern": "^[Hh][Tt][Tt][Pp]$"}),
-    "connect_timeout": _optional(_DURATION),
-    "read_timeout": _optional(_DURATION),
-    "max_connections": _optional({"type": "integer", "minimum": 1}),
-    "max_keepalive_connections": _optional({"type": "integer", "minimum": 0}),
-    "keepalive_expiry": _optional(_DURATION),
-}
-
+_UPSTREAM = _config_schema(Upstream)
 UPSTREAM = {
-    "type": "object",
+    **_UPSTREAM,
     "description": "An upstream as in YAML `upstreams`, with its `name` (the YAML key).",
     "examples": [{"name": "payments", "targets": ["10.0.0.7:9000"], "connect_timeout": "2s"}],
-    "additionalProperties": False,
-    "required": ["name", "targets"],
-    "properties": {"name": _NAME, **_UPSTREAM_PROPERTIES},
+    "required": ["name", *_UPSTREAM["required"]],
+    "properties": {
+        "name": {**_NAME, "description": "The upstream's name."},
+        **_UPSTREAM["properties"],
+    },
 }
 
 UPSTREAM_REPLACE = {
     **UPSTREAM,
     "description": "An upstream; `name` may be left out (it is the one in the URL).",
     "examples": [{"targets": ["10.0.0.7:9000", "10.0.0.8:9000"], "read_timeout": "20s"}],
-    "required": ["targets"],
+    "required": _UPSTREAM["required"],
 }
 
 MERGE_PATCH = {
@@ -200,7 +122,7 @@ LOGIN = {
     },
 }
 
-_PASSWORD = {"type": "string", "minLength": 8, "maxLength": 72}
+_PASSWORD = {"type": "string", "minLength": MIN_PASSWORD, "maxLength": MAX_PASSWORD_BYTES}
 
 USER_CREATE = {
     "type": "object",
@@ -324,9 +246,7 @@ LOG_PAGE = {
 COMPONENTS: dict[str, dict[str, Any]] = {
     "Route": ROUTE,
     "RouteReplace": ROUTE_REPLACE,
-    "RouteMatch": _MATCH,
-    "Respond": _RESPOND,
-    "RouteLimits": _ROUTE_LIMITS,
+    **CONFIG_COMPONENTS,
     "Upstream": UPSTREAM,
     "UpstreamReplace": UPSTREAM_REPLACE,
     "MergePatch": MERGE_PATCH,

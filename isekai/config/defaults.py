@@ -29,7 +29,7 @@ READ_TIMEOUT = 30.0
 UPSTREAM_MAX_CONNECTIONS = 1024  # per target
 UPSTREAM_MAX_KEEPALIVE_CONNECTIONS = 128  # per target, idle ones kept
 KEEPALIVE_EXPIRY = 60.0
-POOL_TIMEOUT = 5.0
+POOL_TIMEOUT = 5.0  # waiting for a free connection slot, then 503
 
 # listeners: used when the file has no `listeners` key
 LISTENER_NAME = "public"
@@ -64,4 +64,3 @@ REQUEST_LOGS_QUEUE_SIZE = 10_000
 
 # store: routes, upstreams, users and request logs written through the admin API
 STORE_URL = "sqlite:///isekai.db"  # isekai.db in the working directory
-STORE_SCHEMES = ("sqlite", "postgresql", "postgres")  # what isekai.store.open_store takes

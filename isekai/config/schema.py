@@ -1,17 +1,24 @@
 """The typed, immutable form of a config file: one frozen dataclass per YAML object.
 
-Field names are the YAML keys. Durations are float seconds, sizes int bytes. Instances are
-built by ``isekai.config.loader`` (which validates everything); the classes themselves do not
-re-validate, so code that builds them by hand is trusted to pass sane values.
+Field names are the YAML keys. Durations are float seconds, sizes int bytes. Each field is
+declared with ``meta.setting`` (kind, bounds, one doc line): that metadata is the one
+description the YAML loader, the published JSON Schema (and so the admin API's validation)
+and the reference tables of docs/configuration.md are all made from. Rules that tie several
+fields together are the ``validate`` hooks (``rules.py``), run by the loader after a class's
+fields are read. Instances are built by ``isekai.config.loader`` (which validates
+everything); the classes themselves do not re-validate, so code that builds them by hand is
+trusted to pass sane values.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
+from typing import ClassVar
 
-from isekai.config import defaults
+from isekai.config import defaults, rules, units
+from isekai.config.meta import Setting, item, setting
 
 __all__ = [
     "Admin",
@@ -34,16 +41,55 @@ __all__ = [
 class Limits:
     """Protocol limits applied to every client connection (DESIGN.md section 11)."""
 
-    max_request_line: int = defaults.MAX_REQUEST_LINE
-    max_header_bytes: int = defaults.MAX_HEADER_BYTES
-    max_header_count: int = defaults.MAX_HEADER_COUNT
-    header_read_timeout: float = defaults.HEADER_READ_TIMEOUT
-    body_idle_timeout: float = defaults.BODY_IDLE_TIMEOUT
-    max_body_size: int = defaults.MAX_BODY_SIZE
-    keepalive_timeout: float = defaults.KEEPALIVE_TIMEOUT
-    max_requests_per_connection: int = defaults.MAX_REQUESTS_PER_CONNECTION
-    max_connections: int = defaults.MAX_CONNECTIONS
-    websocket_idle_timeout: float = defaults.WEBSOCKET_IDLE_TIMEOUT
+    max_request_line: int = setting(
+        "size",
+        "Longest request line; longer: 414.",
+        default=defaults.MAX_REQUEST_LINE,
+    )
+    max_header_bytes: int = setting(
+        "size", "Largest request header block; larger: 431.", default=defaults.MAX_HEADER_BYTES
+    )
+    max_header_count: int = setting(
+        "int",
+        "Most request header fields; more: 431.",
+        default=defaults.MAX_HEADER_COUNT,
+        minimum=1,
+    )
+    header_read_timeout: float = setting(
+        "duration",
+        "Time to receive the whole request head; then 408, connection closed.",
+        default=defaults.HEADER_READ_TIMEOUT,
+    )
+    body_idle_timeout: float = setting(
+        "duration",
+        "Longest pause between two pieces of a request body; then 408.",
+        default=defaults.BODY_IDLE_TIMEOUT,
+    )
+    max_body_size: int = setting(
+        "size", "Largest request body; larger: 413.", default=defaults.MAX_BODY_SIZE
+    )
+    keepalive_timeout: float = setting(
+        "duration",
+        "An idle client connection is closed after this long.",
+        default=defaults.KEEPALIVE_TIMEOUT,
+    )
+    max_requests_per_connection: int = setting(
+        "int",
+        "The connection is closed after the response to this many requests.",
+        default=defaults.MAX_REQUESTS_PER_CONNECTION,
+        minimum=1,
+    )
+    max_connections: int = setting(
+        "int",
+        "Client connections per worker; accepting pauses at the limit.",
+        default=defaults.MAX_CONNECTIONS,
+        minimum=1,
+    )
+    websocket_idle_timeout: float = setting(
+        "duration",
+        "An upgraded (WebSocket) tunnel idle both ways is closed.",
+        default=defaults.WEBSOCKET_IDLE_TIMEOUT,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +99,16 @@ class Listener:
     ``host`` has no brackets for IPv6 (``::1``); ``port`` 0 asks the OS for a free port.
     """
 
-    name: str
-    bind: str
-    host: str
-    port: int
+    name: str = setting("name", "Unique among listeners.", what="listener")
+    bind: str = setting(
+        "bind",
+        "`0.0.0.0:8080`, `127.0.0.1:8080`, `[::1]:8080` (IPv6 in brackets), `:8080` (= "
+        "`0.0.0.0:8080`); port `0` picks a free port.",
+    )
+    host: str = setting("string", "Parsed from bind.", yaml=False)
+    port: int = setting("int", "Parsed from bind.", yaml=False)
+
+    validate = staticmethod(rules.listener)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,15 +123,60 @@ class Target:
 class Upstream:
     """A named group of targets the gateway proxies to, with its connection settings."""
 
-    name: str
-    targets: tuple[Target, ...]
-    scheme: str = defaults.UPSTREAM_SCHEME
-    connect_timeout: float = defaults.CONNECT_TIMEOUT
-    read_timeout: float = defaults.READ_TIMEOUT
-    max_connections: int = defaults.UPSTREAM_MAX_CONNECTIONS
-    max_keepalive_connections: int = defaults.UPSTREAM_MAX_KEEPALIVE_CONNECTIONS
-    keepalive_expiry: float = defaults.KEEPALIVE_EXPIRY
-    pool_timeout: float = defaults.POOL_TIMEOUT
+    name: str = setting("name", "The upstream's name (its key in upstreams).", yaml=False)
+    targets: tuple[Target, ...] = setting(
+        "list",
+        "Servers of this upstream; host is a name, IPv4 or `[IPv6]`; port 1–65535; no duplicates.",
+        item=item("target"),
+        what="a list of 'host:port' strings",
+        empty="needs at least one target",
+        unique="duplicate target {text!r}",
+        default_doc="required, at least one",
+    )
+    scheme: str = setting(
+        "enum",
+        "Only `http` is supported so far.",
+        default=defaults.UPSTREAM_SCHEME,
+        choices=defaults.UPSTREAM_SCHEMES,
+        case="lower",
+        unsupported="scheme {value!r} is not supported yet (supported: {choices})",
+    )
+    connect_timeout: float = setting(
+        "duration",
+        "Time to open a connection to a target (then 502).",
+        default=defaults.CONNECT_TIMEOUT,
+    )
+    read_timeout: float = setting(
+        "duration",
+        "Time to wait for the response (then 504); a route's `timeout` overrides it.",
+        default=defaults.READ_TIMEOUT,
+    )
+    max_connections: int = setting(
+        "int",
+        "Open connections per target.",
+        default=defaults.UPSTREAM_MAX_CONNECTIONS,
+        minimum=1,
+    )
+    max_keepalive_connections: int = setting(
+        "int",
+        "Idle connections kept per target for reuse; `0` keeps none.",
+        default=defaults.UPSTREAM_MAX_KEEPALIVE_CONNECTIONS,
+        minimum=0,
+        default_doc="`128` (at most `max_connections`)",
+    )
+    keepalive_expiry: float = setting(
+        "duration",
+        "How long an idle connection is kept.",
+        default=defaults.KEEPALIVE_EXPIRY,
+    )
+    pool_timeout: float = setting(
+        "duration",
+        "How long a request waits for a free connection slot (all `max_connections` busy) before "
+        "a 503.",
+        default=defaults.POOL_TIMEOUT,
+    )
+
+    validate = staticmethod(rules.upstream)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,20 +185,69 @@ class RouteMatch:
 
     ``path`` is a pattern (``/users/{id}``, ``/static/*``); ``host`` is exact or ``*.suffix``,
     lower-case, ``None`` for any host; ``methods`` are upper-case, ``None`` for any method.
+    ``pattern`` is ``path`` parsed (what the router is given); made from ``path`` if not given.
     """
 
-    path: str
-    host: str | None = None
-    methods: tuple[str, ...] | None = None
+    path: str = setting("path_pattern", "See below.")
+    host: str | None = setting(
+        "host_pattern",
+        "`api.example.com` (exact), or `*.example.com` (any subdomain).",
+        default=None,
+        default_doc="any host",
+    )
+    methods: tuple[str, ...] | None = setting(
+        "list",
+        "E.g. `[GET, POST]`.",
+        default=None,
+        item=item("method", what="a method name"),
+        what="a list of methods like [GET, POST]",
+        empty="must not be empty; leave 'methods' out to match any method",
+        unique="method {value} is listed twice",
+        default_doc="any method",
+    )
+    pattern: units.PathPattern | None = setting(
+        "json", "Parsed from path.", default=None, yaml=False, compare=False, repr=False
+    )
+
+    validate = staticmethod(rules.route_match)
+
+    def __post_init__(self) -> None:
+        if self.pattern is None:
+            object.__setattr__(self, "pattern", units.parse_path_pattern(self.path))
 
 
 @dataclass(frozen=True, slots=True)
 class Respond:
     """A fixed response the gateway sends itself, without an upstream."""
 
-    status: int = defaults.RESPOND_STATUS
-    headers: tuple[tuple[str, str], ...] = ()
-    body: bytes = b""
+    status: int = setting(
+        "int",
+        "1xx statuses are interim and cannot be a fixed response.",
+        default=defaults.RESPOND_STATUS,
+        minimum=100,
+        maximum=599,
+        schema={"minimum": 200},
+    )
+    headers: tuple[tuple[str, str], ...] = setting(
+        "headers",
+        "Values are strings or numbers: visible ASCII, Latin-1, spaces and tabs (no CR, LF or "
+        "NUL).",
+        default=(),
+    )
+    body: bytes = setting(
+        "string", "Sent as UTF-8; adds `content-type: text/plain; charset=utf-8`.", default=b""
+    )
+
+    # YAML-only: another way to give the body
+    extra_keys: ClassVar[dict[str, Setting]] = {
+        "json": Setting(
+            "json",
+            "Serialised as compact JSON; adds `content-type: application/json`; not with `body`.",
+            nullable=True,
+            default_doc="—",
+        )
+    }
+    validate = staticmethod(rules.respond)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +258,24 @@ class RouteLimits:
     read timeout) are global only: they are enforced before any route is matched.
     """
 
-    max_body_size: int | None = None
-    body_idle_timeout: float | None = None
-    websocket_idle_timeout: float | None = None
+    max_body_size: int | None = setting(
+        "size",
+        "413 when a body (declared or streamed chunked) is larger.",
+        default=None,
+        default_doc="`limits.max_body_size`",
+    )
+    body_idle_timeout: float | None = setting(
+        "duration",
+        "408 when the client sends no body bytes for this long.",
+        default=None,
+        default_doc="`limits.body_idle_timeout`",
+    )
+    websocket_idle_timeout: float | None = setting(
+        "duration",
+        "A tunnel with no traffic either way for this long is closed.",
+        default=None,
+        default_doc="`limits.websocket_idle_timeout`",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,16 +288,55 @@ class Route:
     the ``routes`` list.
     """
 
-    name: str
-    match: RouteMatch
-    upstream: str | None = None
-    strip_prefix: str | None = None
-    rewrite: str | None = None
-    timeout: float | None = None
-    respond: Respond | None = None
-    websocket: bool = False
-    limits: RouteLimits = field(default_factory=RouteLimits)
-    index: int = 0
+    name: str = setting("name", "Unique among routes; used in logs and metrics.", what="route")
+    match: RouteMatch = setting(
+        "object", "What a request must look like to take this route.", cls=RouteMatch
+    )
+    upstream: str | None = setting(
+        "ref",
+        "Proxy matching requests to this upstream; it must exist in `upstreams`.",
+        default=None,
+        what="an upstream name",
+        default_doc="—",
+    )
+    strip_prefix: str | None = setting(
+        "strip_prefix",
+        "Remove this prefix from the path before proxying.",
+        default=None,
+    )
+    rewrite: str | None = setting(
+        "rewrite",
+        "Replace the path before proxying.",
+        default=None,
+    )
+    timeout: float | None = setting(
+        "duration",
+        "Time to wait for this route's responses.",
+        default=None,
+        default_doc="the upstream's `read_timeout`",
+    )
+    respond: Respond | None = setting(
+        "object",
+        "Answer with a fixed response, no upstream involved.",
+        default=None,
+        cls=Respond,
+        default_doc="—",
+    )
+    websocket: bool = setting(
+        "bool",
+        "Relay `Upgrade` requests (WebSocket); after `101` the connection becomes a tunnel.",
+        default=False,
+    )
+    limits: RouteLimits = setting(
+        "object",
+        "Per-route overrides.",
+        default_factory=RouteLimits,
+        cls=RouteLimits,
+        default_doc="the global [limits](#limits)",
+    )
+    index: int = setting("int", "The position in the routes list.", default=0, yaml=False)
+
+    validate = staticmethod(rules.route)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,38 +347,97 @@ class AdminAuth:
     do not survive a restart). ``enabled`` false is only accepted on a loopback ``admin.bind``.
     """
 
-    enabled: bool = defaults.ADMIN_AUTH_ENABLED
-    jwt_secret: str | None = field(default=None, repr=False)
-    jwt_expiry: float = defaults.JWT_EXPIRY
-    jwt_algorithm: str = defaults.JWT_ALGORITHM
+    enabled: bool = setting(
+        "bool",
+        "`false` opens every endpoint to anyone who can connect; only accepted when `admin.bind` "
+        "is a loopback address (`127.0.0.0/8`, `::1`, `localhost`).",
+        default=defaults.ADMIN_AUTH_ENABLED,
+    )
+    jwt_secret: str | None = setting(
+        "string",
+        "Signs the login tokens; at least 32 characters for HS256 (48 for HS384, 64 for HS512).",
+        default=None,
+        repr=False,
+        what="a secret string",
+        default_doc="a random secret per process",
+    )
+    jwt_expiry: float = setting(
+        "duration", "How long a login token is valid.", default=defaults.JWT_EXPIRY
+    )
+    jwt_algorithm: str = setting(
+        "enum",
+        "HMAC algorithm of the tokens (case is ignored).",
+        default=defaults.JWT_ALGORITHM,
+        choices=defaults.JWT_ALGORITHMS,
+        case="upper",
+        unsupported="algorithm {value!r} is not supported (supported: {choices})",
+    )
+
+    validate = staticmethod(rules.admin_auth)
 
 
 @dataclass(frozen=True, slots=True)
 class RequestLogs:
     """The per-request log kept in the store and served by ``GET /api/logs``."""
 
-    enabled: bool = defaults.REQUEST_LOGS_ENABLED
-    retention: float = defaults.REQUEST_LOGS_RETENTION
-    queue_size: int = defaults.REQUEST_LOGS_QUEUE_SIZE
+    enabled: bool = setting(
+        "bool",
+        "Record one row per request in the store.",
+        default=defaults.REQUEST_LOGS_ENABLED,
+    )
+    retention: float = setting(
+        "duration", "Rows older than this are deleted.", default=defaults.REQUEST_LOGS_RETENTION
+    )
+    queue_size: int = setting(
+        "int",
+        "Rows waiting to be written; when full, new rows are dropped and counted, requests are "
+        "never slowed.",
+        default=defaults.REQUEST_LOGS_QUEUE_SIZE,
+        minimum=1,
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class Admin:
     """The admin API listener. ``host``/``port`` are parsed from ``bind``, as for listeners."""
 
-    enabled: bool = defaults.ADMIN_ENABLED
-    bind: str = defaults.ADMIN_BIND
-    host: str = defaults.ADMIN_HOST
-    port: int = defaults.ADMIN_PORT
-    auth: AdminAuth = field(default_factory=AdminAuth)
-    request_logs: RequestLogs = field(default_factory=RequestLogs)
+    enabled: bool = setting(
+        "bool", "`false`: no admin listener at all.", default=defaults.ADMIN_ENABLED
+    )
+    bind: str = setting(
+        "bind", "As a listener's `bind`; port `0` picks a free port.", default=defaults.ADMIN_BIND
+    )
+    host: str = setting("string", "Parsed from bind.", default=defaults.ADMIN_HOST, yaml=False)
+    port: int = setting("int", "Parsed from bind.", default=defaults.ADMIN_PORT, yaml=False)
+    auth: AdminAuth = setting(
+        "object",
+        "How callers authenticate.",
+        default_factory=AdminAuth,
+        cls=AdminAuth,
+        default_doc="enabled",
+    )
+    request_logs: RequestLogs = setting(
+        "object",
+        "The per-request log served by `GET /api/logs`.",
+        default_factory=RequestLogs,
+        cls=RequestLogs,
+        default_doc="off",
+    )
+
+    validate = staticmethod(rules.admin)
 
 
 @dataclass(frozen=True, slots=True)
 class Store:
     """Where API-made routes and upstreams, users and request logs are kept."""
 
-    url: str = defaults.STORE_URL
+    url: str = setting(
+        "store_url",
+        "`sqlite:///isekai.db` is `isekai.db` in the directory the gateway is started from; the "
+        "forms are in the table below.",
+        default=defaults.STORE_URL,
+        what="a store URL",
+    )
 
 
 def _default_listeners() -> tuple[Listener, ...]:
@@ -204,14 +463,79 @@ class Config:
     it came from (``<string>`` when loaded from text).
     """
 
-    listeners: tuple[Listener, ...] = field(default_factory=_default_listeners)
-    upstreams: Mapping[str, Upstream] = field(default_factory=_no_upstreams)
-    routes: tuple[Route, ...] = ()
-    limits: Limits = field(default_factory=Limits)
-    workers: int = defaults.WORKERS
-    shutdown_timeout: float = defaults.SHUTDOWN_TIMEOUT
-    trusted_proxies: tuple[str, ...] = defaults.TRUSTED_PROXIES
-    pid_file: str | None = defaults.PID_FILE
-    admin: Admin = field(default_factory=Admin)
-    store: Store = field(default_factory=Store)
-    source: str = "<string>"
+    listeners: tuple[Listener, ...] = setting(
+        "list",
+        "Where clients connect.",
+        default_factory=_default_listeners,
+        item=item("object", cls=Listener),
+        unique_name="listener",
+        empty=f"needs at least one listener (leave 'listeners' out for the default "
+        f"{defaults.LISTENER_BIND})",
+        default_doc="one listener `public` on `0.0.0.0:8080`",
+    )
+    upstreams: Mapping[str, Upstream] = setting(
+        "map",
+        "Services to proxy to.",
+        default_factory=_no_upstreams,
+        item=item("object", cls=Upstream),
+        key_field="name",
+        default_doc="none",
+    )
+    routes: tuple[Route, ...] = setting(
+        "list",
+        "Which requests go where.",
+        default=(),
+        item=item("object", cls=Route),
+        unique_name="route",
+        index_field="index",
+        default_doc="none",
+    )
+    limits: Limits = setting(
+        "object",
+        "Protocol limits per client connection.",
+        default_factory=Limits,
+        cls=Limits,
+    )
+    workers: int = setting(
+        "workers",
+        "Worker processes; `auto` = number of CPUs.",
+        default=defaults.WORKERS,
+        minimum=1,
+    )
+    shutdown_timeout: float = setting(
+        "duration",
+        "On SIGTERM/SIGINT, how long in-flight requests may take to finish.",
+        default=defaults.SHUTDOWN_TIMEOUT,
+        minimum=0,
+    )
+    trusted_proxies: tuple[str, ...] = setting(
+        "list",
+        'Peers whose `X-Forwarded-For` is believed, e.g. `[10.0.0.0/8, "::1"]`.',
+        default=defaults.TRUSTED_PROXIES,
+        item=item("cidr", what="a CIDR"),
+        what="a list of CIDRs like 10.0.0.0/8",
+        default_doc="none",
+    )
+    pid_file: str | None = setting(
+        "string",
+        "The master writes its process id here; `isekai reload` reads it.",
+        default=defaults.PID_FILE,
+        what="a file path",
+    )
+    admin: Admin = setting(
+        "object",
+        "The admin REST API.",
+        default_factory=Admin,
+        cls=Admin,
+        default_doc="on `127.0.0.1:9080`, authenticated",
+    )
+    store: Store = setting(
+        "object",
+        "Where API-made routes and upstreams, users and request logs are kept.",
+        default_factory=Store,
+        cls=Store,
+        default_doc="`sqlite:///isekai.db`",
+    )
+    source: str = setting("string", "The file it came from.", default="<string>", yaml=False)
+
+    validate = staticmethod(rules.config)

@@ -8,6 +8,7 @@ meant for humans; the loader adds the file, line and path. Nothing here knows ab
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
@@ -15,9 +16,23 @@ from decimal import Decimal, InvalidOperation
 from typing import NamedTuple
 
 __all__ = [
+    "DURATION_PATTERN",
+    "HEADER_VALUE_PATTERN",
+    "HOST_PATTERN",
     "KNOWN_METHODS",
+    "MAX_PARAMS",
+    "NAME_PATTERN",
+    "PATH_PATTERN",
+    "RATE_PATTERN",
+    "SIZE_PATTERN",
+    "TOKEN_PATTERN",
     "PathPattern",
+    "check_header_name",
+    "check_header_value",
+    "check_path_prefix",
     "check_rewrite",
+    "check_rewrite_template",
+    "parse_name",
     "parse_address",
     "parse_cidr",
     "parse_duration",
@@ -54,6 +69,24 @@ _SIZE_UNITS = {
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+# The grammars as regular expressions (ECMA-262 compatible: the published JSON Schema uses
+# them as they are). The parsers below are the judges; these never accept less than they do.
+DURATION_PATTERN = r"^\s*(\d+(\.\d+)?|(\d+(\.\d+)?(ms|s|m|h|d))+)\s*$"
+SIZE_PATTERN = r"^\s*\d+(\.\d+)?\s*([Bb]|[KkMmGgTt][Ii]?[Bb])?\s*$"
+NONZERO_PATTERN = r"[1-9]"
+RATE_PATTERN = r"^\s*\d+(\.\d+)?\s*/\s*(ms|s|m|h|d|(\d+(\.\d+)?(ms|s|m|h|d))+|\d+(\.\d+)?)\s*$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+TOKEN_PATTERN = r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$"  # RFC 9110 token: methods, header names
+HEADER_VALUE_PATTERN = r"^[\t\u0020-\u007e\u0080-\u00ff]*$"  # VCHAR, obs-text, SP, HTAB
+_PCHAR = r"[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2}"  # RFC 3986 pchar
+PATH_PATTERN = r"^/(" + _PCHAR + r"|[/{}])*$"  # paths, patterns, prefixes and templates
+_HOST_LABEL = r"[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
+HOST_PATTERN = r"^(\*\.)?" + _HOST_LABEL + r"(\." + _HOST_LABEL + r")*$"  # RFC 1123
+_NAME = re.compile(NAME_PATTERN[1:-1])
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+_PATH_CHARS = re.compile(r"/(?:" + _PCHAR + r"|[/{}])*")
+_RFC1123_LABEL = re.compile(_HOST_LABEL)
 
 
 def _describe(value: object) -> str:
@@ -268,8 +301,12 @@ def parse_host_pattern(text: str) -> str:
             f"bad host {text!r}: a wildcard is only allowed as the whole first label, "
             "as in *.example.com"
         )
-    if not _is_host_name(name):
-        raise ValueError(f"bad host {text!r}: not a valid host name")
+    labels = name.split(".")
+    if len(name) > 253 or not all(_RFC1123_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(
+            f"bad host {text!r}: not a valid host name (RFC 1123: labels of letters, digits "
+            "and '-', not starting or ending with '-')"
+        )
     return host
 
 
@@ -285,15 +322,24 @@ def parse_method(text: str) -> str:
     )
 
 
+MAX_PARAMS = 32  # {param} segments in one pattern (the router keeps their places in a C array)
+
+
 class PathPattern(NamedTuple):
-    """A checked ``match.path`` pattern, as ``parse_path_pattern`` sees it."""
+    """A checked ``match.path`` pattern, as ``parse_path_pattern`` sees it.
+
+    The router is given this (``Router.add``), so the grammar lives only here.
+    """
 
     literal: str  # the text before the first '{' or '*'
     params: tuple[str, ...]  # {param} names in order
     wildcard: bool  # ends in '/*'
     shape: str  # the pattern with every {param} written '{}': equal shapes match equal paths
+    segments: tuple[str | None, ...] = ()  # static text; None for a {param}; '*' last: wildcard
+    text: str = ""  # the pattern as written
 
 
+@functools.lru_cache(maxsize=1024)  # a route's path is parsed by its kind, then by RouteMatch
 def parse_path_pattern(path: str) -> PathPattern:
     """Check a route path: starts with '/', ``{name}`` and ``*`` only as whole segments,
     ``*`` only last, identifier parameter names used once, no empty segments."""
@@ -334,8 +380,13 @@ def parse_path_pattern(path: str) -> PathPattern:
             )
         else:
             shape.append(segment)
+    if len(params) > MAX_PARAMS:
+        raise ValueError(f"more than {MAX_PARAMS} parameters in {path!r}")
     cut = min((i for i in (path.find("{"), path.find("*")) if i >= 0), default=len(path))
-    return PathPattern(path[:cut], tuple(params), shape[-1] == "*", "/" + "/".join(shape))
+    segs = tuple(None if part == "{}" else part for part in shape)
+    return PathPattern(
+        path[:cut], tuple(params), shape[-1] == "*", "/" + "/".join(shape), segs, path
+    )
 
 
 def parse_strip_prefix(value: str | bool, pattern: PathPattern) -> str | None:
@@ -348,8 +399,7 @@ def parse_strip_prefix(value: str | bool, pattern: PathPattern) -> str | None:
         if not prefix:
             raise ValueError("true strips nothing here: match.path has no literal prefix")
         return prefix
-    if not value.startswith("/"):
-        raise ValueError(f"strip_prefix {value!r} must start with '/'")
+    check_path_prefix(value)
     if not pattern.literal.startswith(value):
         raise ValueError(
             f"{value!r} is not a prefix of the literal part of match.path ({pattern.literal!r})"
@@ -357,15 +407,41 @@ def parse_strip_prefix(value: str | bool, pattern: PathPattern) -> str | None:
     return value
 
 
+def check_path_prefix(value: str) -> str:
+    """A ``strip_prefix`` string: starts with '/', RFC 3986 path characters only."""
+    if not value.startswith("/"):
+        raise ValueError(f"strip_prefix {value!r} must start with '/'")
+    if "{" in value or "}" in value or not _PATH_CHARS.fullmatch(value):
+        raise ValueError(
+            f"strip_prefix {value!r} has characters not allowed in a URL path "
+            "(no spaces, control characters, '?' or '#'; percent-encode others)"
+        )
+    return value
+
+
+def check_rewrite_template(template: str) -> str:
+    """The grammar of a rewrite template alone: a path with ``{name}``/``{*}`` references."""
+    if not template.startswith("/"):
+        raise ValueError(f"rewrite {template!r} must start with '/'")
+    if "?" in template or "#" in template:
+        raise ValueError("rewrite is a path: no '?' or '#' (the query string is passed on as is)")
+    rest = _TEMPLATE_REF.sub("", template)
+    if "{" in rest or "}" in rest:
+        raise ValueError(f"unbalanced braces in rewrite {template!r}")
+    if not _PATH_CHARS.fullmatch(template):
+        raise ValueError(
+            f"rewrite {template!r} has characters not allowed in a URL path "
+            "(no spaces or control characters; percent-encode others)"
+        )
+    return template
+
+
 def check_rewrite(template: str, pattern: PathPattern) -> str:
     """Check a rewrite path template against the route's path pattern; return it unchanged.
 
     ``{name}`` must be a parameter of the pattern, ``{*}`` needs a pattern ending in ``/*``.
     """
-    if not template.startswith("/"):
-        raise ValueError(f"rewrite {template!r} must start with '/'")
-    if "?" in template or "#" in template:
-        raise ValueError("rewrite is a path: no '?' or '#' (the query string is passed on as is)")
+    check_rewrite_template(template)
     for ref in _TEMPLATE_REF.findall(template):
         if ref == "*":
             if not pattern.wildcard:
@@ -373,7 +449,37 @@ def check_rewrite(template: str, pattern: PathPattern) -> str:
         elif ref not in pattern.params:
             known = ", ".join(pattern.params) or "none"
             raise ValueError(f"{{{ref}}} is not a parameter of match.path (parameters: {known})")
-    rest = _TEMPLATE_REF.sub("", template)
-    if "{" in rest or "}" in rest:
-        raise ValueError(f"unbalanced braces in rewrite {template!r}")
     return template
+
+
+# -- names and headers --------------------------------------------------------------------------
+
+
+def parse_name(text: str, what: str) -> str:
+    """A route/listener/upstream name: up to 128 letters, digits, '_', '-', '.'."""
+    if not _NAME.fullmatch(text):
+        raise ValueError(
+            f"bad {what} name {text!r}: use up to 128 letters, digits, '_', "
+            "'-' and '.', starting with a letter or digit"
+        )
+    return text
+
+
+def check_header_name(name: str) -> str:
+    """An RFC 9110 field name (a token)."""
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(f"bad header name {name!r}")
+    return name
+
+
+def check_header_value(text: str) -> str:
+    """An RFC 9110 field value: VCHAR, obs-text, SP and HTAB only (so Latin-1 encodable)."""
+    if any(c in text for c in "\r\n\0"):
+        raise ValueError("header values must not contain CR, LF or NUL")
+    if not _HEADER_VALUE.fullmatch(text):
+        bad = next(c for c in text if not _HEADER_VALUE.fullmatch(c))
+        raise ValueError(
+            f"header values may only hold visible ASCII, Latin-1, spaces and tabs; "
+            f"{bad!r} is not allowed (percent-encode or drop it)"
+        )
+    return text

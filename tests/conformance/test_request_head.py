@@ -8,12 +8,9 @@ unsupported major version) and the connection closed; nothing reaches the upstre
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.conformance.wire import (
-    SETTLE,
     assert_forwarded_once,
     assert_json_error,
     assert_rejected,
@@ -21,6 +18,7 @@ from tests.conformance.wire import (
     exchange,
     parse_forwarded,
     parse_responses,
+    settle,
     warm,
 )
 
@@ -115,8 +113,7 @@ def test_version_higher_minor_served_as_http11_or_rejected(gw, up):
     got = exchange(gw.port, b"GET /h HTTP/1.2\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
     responses, _ = parse_responses(got.data, eof=got.closed)
     assert responses, got
-    time.sleep(SETTLE)
-    seen = up.received_since(baseline)
+    seen = settle(gw.port, up, baseline)
     if responses[0].status == 200:
         assert len(seen) == 1
         parsed = parse_forwarded(next(iter(seen.values())))

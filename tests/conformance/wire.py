@@ -3,10 +3,15 @@
 Responses from the gateway are framed by a small parser of our own (status line, CRLF headers,
 Content-Length or chunked or close-delimited body), strict enough to notice a truncated message.
 What the upstream received is checked with h11, an HTTP/1.1 parser independent of llhttp.
+
+No test sleeps to let a late forward arrive: `settle` sends a barrier request on a new connection
+through the same upstream and waits until the upstream has recorded it and read everything its
+sockets hold, so whatever the gateway forwarded for the case under test is in the record by then.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import select
@@ -19,7 +24,7 @@ import h11
 from tests.support.raw_upstream import RawUpstream
 
 TIMEOUT = 5.0  # upper bound for any single wait on a socket
-SETTLE = 0.3  # after the client saw the end, time for a late forward to reach the upstream
+BARRIER = b"/__barrier/"  # target prefix of the requests `settle` sends
 
 TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 FIELD_VALUE = re.compile(rb"^[^\x00-\x08\x0a-\x1f\x7f]*$")  # no CTL but HTAB
@@ -348,6 +353,29 @@ def warm(port: int, up: RawUpstream) -> dict[int, int]:
     return up.snapshot()
 
 
+_barriers = itertools.count()
+
+
+def settle(port: int, up: RawUpstream, baseline: dict[int, int] | None = None) -> dict[int, bytes]:
+    """Barrier: one request on a new client connection, answered through `up`. Once it has
+    arrived and `up.sync()` returned, everything the gateway wrote upstream before it (for a case
+    the client already saw answered or closed) is recorded. Returns the bytes received since
+    `baseline` per connection, without the barrier request itself."""
+    target = BARRIER + b"%d" % next(_barriers)
+    with connect(port) as sock:
+        send(sock, b"GET " + target + b" HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+        responses, _ = read_responses(sock, 1)
+    assert responses and responses[0].complete and responses[0].status == 200, responses
+    arrived = up.wait_target(target, TIMEOUT)
+    assert arrived is not None, "the barrier request never reached the upstream as a request"
+    up.sync()
+    seen = up.received_since(baseline or {})
+    index = arrived.conn.index
+    assert seen[index].endswith(arrived.raw), "bytes after the barrier request on its connection"
+    seen[index] = seen[index][: -len(arrived.raw)]
+    return {i: data for i, data in seen.items() if data}
+
+
 def assert_rejected(
     port: int, up: RawUpstream, raw: bytes, status: int | tuple[int, ...] = 400
 ) -> Response:
@@ -359,8 +387,7 @@ def assert_rejected(
     assert_json_error(responses[0], status)
     assert len(responses) == 1 and not rest, got.data
     assert got.closed, "the gateway kept the connection open after rejecting the request"
-    time.sleep(SETTLE)
-    assert up.received_since(baseline) == {}, "the upstream received bytes of a rejected request"
+    assert settle(port, up, baseline) == {}, "the upstream received bytes of a rejected request"
     return responses[0]
 
 
@@ -377,15 +404,14 @@ def assert_rejected_mid_body(
     assert_json_error(responses[0], status)
     assert len(responses) == 1 and not rest, got.data
     assert got.closed, "the gateway kept the connection open after rejecting the request"
-    time.sleep(SETTLE)
-    assert_no_complete_request(up, baseline)
+    assert_no_complete_request(port, up, baseline)
     return responses[0]
 
 
-def assert_no_complete_request(up: RawUpstream, baseline: dict[int, int]) -> None:
-    """Nothing after `baseline` forms a complete request, and every upstream connection that
-    got such a partial request has been closed by the gateway."""
-    for index, data in up.received_since(baseline).items():
+def assert_no_complete_request(port: int, up: RawUpstream, baseline: dict[int, int]) -> None:
+    """After a barrier: nothing since `baseline` forms a complete request, and every upstream
+    connection that got part of one has been closed by the gateway."""
+    for index, data in settle(port, up, baseline).items():
         parsed = parse_forwarded(data)
         assert not parsed.requests, f"upstream received a complete request: {data!r}"
         conn = up.connections[index]
@@ -394,11 +420,10 @@ def assert_no_complete_request(up: RawUpstream, baseline: dict[int, int]) -> Non
 
 def assert_forwarded_once(port: int, up: RawUpstream, raw: bytes) -> Forwarded:
     """The gateway forwards `raw` as exactly one well-formed request and relays a 200."""
+    baseline = up.snapshot()
     got = exchange_one(port, raw)
     assert got.status == 200 and got.body == b"ok", got
-    assert up.wait_requests(1)
-    time.sleep(0.05)
-    data = up.received()
+    data = b"".join(settle(port, up, baseline).values())
     parsed = parse_forwarded(data)
     assert len(parsed.requests) == 1 and not parsed.incomplete, data
     check_framing(parsed.requests[0])

@@ -17,8 +17,10 @@ from tests.support.gateway import wait_for
 ROUNDS = 3  # races are probabilistic: a few rounds each
 
 
-def _store_url(kind: str, tmp_path) -> str:
-    return _postgres_url() if kind == "postgres" else f"sqlite:///{tmp_path / 'shared.db'}"
+def _store_url(kind: str, tmp_path, require_service) -> str:
+    if kind == "postgres":
+        return _postgres_url(require_service)
+    return f"sqlite:///{tmp_path / 'shared.db'}"
 
 
 def _at_once(*calls):
@@ -39,8 +41,8 @@ def _at_once(*calls):
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def two_gateways(request, tmp_path, upstream):
-    url = _store_url(request.param, tmp_path)
+def two_gateways(request, tmp_path, upstream, require_service):
+    url = _store_url(request.param, tmp_path, require_service)
     first = start(tmp_path, gateway_yaml(upstream.port, url), "a.yaml")
     second = None
     try:

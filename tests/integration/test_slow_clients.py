@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from tests.support import services
+
 IDLE_CLIENTS = 2000
 
 
@@ -17,7 +19,9 @@ def many_fds():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = min(hard, 8192)
     if wanted < IDLE_CLIENTS * 2 + 200:
-        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is too low for {IDLE_CLIENTS} clients")
+        services.unavailable(
+            f"RLIMIT_NOFILE hard limit {hard} is too low for {IDLE_CLIENTS} clients"
+        )
     resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     yield
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -1,15 +1,14 @@
 """PostgresStore against a real PostgreSQL: the shared store contract, plus clustering.
 
-The server is ``ISEKAI_TEST_POSTGRES_DSN`` (default ``postgresql://postgres@127.0.0.1:5432/test``).
-When it is unreachable (or asyncpg is missing) these tests skip, except with ``CI=true``, where
-they fail. Each test works in its own schema, dropped afterwards.
+The server comes from ``require_service("postgres")`` (``ISEKAI_TEST_POSTGRES_DSN``, default
+``postgresql://postgres@127.0.0.1:5432/test``): unreachable, these tests skip, or fail under
+``CI=true``. Each test works in its own schema, dropped afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 
@@ -18,43 +17,25 @@ import pytest
 from isekai.store import StoreError, open_store
 from isekai.store.migrations import POSTGRES_MIGRATIONS, apply_postgres
 from isekai.store.postgres import PostgresStore
-from isekai.store.urls import redact_url
-from tests.unit.store.store_contract import ROUTE, UPSTREAM, StoreContract, async_test
-
-DSN = os.environ.get("ISEKAI_TEST_POSTGRES_DSN") or "postgresql://postgres@127.0.0.1:5432/test"
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def _unavailable(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: PostgreSQL tests must run, not skip)", pytrace=False)
-    pytest.skip(reason)
-
-
-def _asyncpg():
-    try:
-        import asyncpg
-    except ImportError:
-        _unavailable("asyncpg is not installed (pip install 'isekai[postgres]')")
-    return asyncpg
+from tests.unit.store.store_contract import (
+    PROMPT,
+    ROUTE,
+    UPSTREAM,
+    WAIT,
+    StoreContract,
+    async_test,
+)
 
 
 @pytest.fixture(scope="module")
-def pg_dsn() -> str:
-    asyncpg = _asyncpg()
+def pg_dsn(require_service) -> str:
+    return require_service("postgres")
 
-    async def probe() -> None:
-        conn = await asyncpg.connect(DSN, timeout=5)
-        await conn.close()
 
-    try:
-        asyncio.run(probe())
-    except Exception as exc:  # anything: refused, auth, missing database, timeout
-        _unavailable(
-            f"PostgreSQL is not reachable at {redact_url(DSN)} ({type(exc).__name__}: {exc}); "
-            "set ISEKAI_TEST_POSTGRES_DSN"
-        )
-    return DSN
+def _asyncpg():
+    import asyncpg  # installed: require_service("postgres") connected with it
+
+    return asyncpg
 
 
 class PostgresBackend:
@@ -138,28 +119,28 @@ async def test_postgres_store_keeps_docs_as_jsonb_in_its_own_schema(backend):
 
 
 @async_test
-async def test_postgres_store_two_instances_see_each_other_within_a_second(backend):
+async def test_postgres_store_two_instances_see_each_other_promptly(backend):
     async with open_store(backend.url) as gateway_a, open_store(backend.url) as gateway_b:
         for writer, watcher in ((gateway_a, gateway_b), (gateway_b, gateway_a)):
             since = await watcher.revision()
-            waiter = asyncio.create_task(watcher.wait_for_change(since, timeout=10))
+            waiter = asyncio.create_task(watcher.wait_for_change(since, timeout=WAIT))
             await asyncio.sleep(0.1)
             started = time.monotonic()
             await writer.create_item("upstream", f"up{since}", UPSTREAM)
             assert await waiter == since + 1
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < PROMPT
 
 
 @async_test
 async def test_postgres_store_wakes_on_notify_not_by_polling(backend):
     async with open_store(backend.url) as watcher, open_store(backend.url) as writer:
         watcher.poll_interval = 60.0  # only a notification can wake the waiter in time
-        waiter = asyncio.create_task(watcher.wait_for_change(0, timeout=10))
+        waiter = asyncio.create_task(watcher.wait_for_change(0, timeout=WAIT))
         await asyncio.sleep(0.1)
         started = time.monotonic()
         await writer.create_item("route", "users", ROUTE)
         assert await waiter == 1
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < PROMPT
 
 
 @async_test
@@ -190,23 +171,23 @@ async def test_postgres_store_listener_reconnects_after_being_killed(backend):
         finally:
             await admin.close()
         # a change while the listener is down is still seen (polling, then the reconnect)
-        waiter = asyncio.create_task(watcher.wait_for_change(0, timeout=10))
+        waiter = asyncio.create_task(watcher.wait_for_change(0, timeout=WAIT))
         await asyncio.sleep(0.05)
         started = time.monotonic()
         await writer.create_item("route", "users", ROUTE)
         assert await waiter == 1
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < PROMPT
         deadline = time.monotonic() + 10
         while not (watcher._listening() and watcher._listener is not first):
             assert time.monotonic() < deadline, "listener did not reconnect"
             await asyncio.sleep(0.05)
         watcher.poll_interval = 60.0  # from here on, only NOTIFY wakes it
-        waiter = asyncio.create_task(watcher.wait_for_change(1, timeout=10))
+        waiter = asyncio.create_task(watcher.wait_for_change(1, timeout=WAIT))
         await asyncio.sleep(0.1)
         started = time.monotonic()
         await writer.delete_item("route", "users")
         assert await waiter == 2
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < PROMPT
 
 
 @async_test
@@ -231,8 +212,7 @@ async def test_postgres_store_survives_pool_connections_being_killed(backend):
 
 
 @async_test
-async def test_postgres_store_open_reports_an_unreachable_server():
-    _asyncpg()
+async def test_postgres_store_open_reports_an_unreachable_server(pg_dsn):
     store = open_store("postgresql://isekai:secret@127.0.0.1:1/none")
     store.connect_timeout = 2.0
     with pytest.raises(StoreError, match="cannot connect to PostgreSQL") as caught:

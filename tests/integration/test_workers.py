@@ -112,9 +112,9 @@ def test_workers_killed_worker_is_replaced_while_requests_continue(two_workers):
     time.sleep(0.3)
     killed_at = time.monotonic()
     os.kill(victim, signal.SIGKILL)
-    assert wait_for(lambda: not psutil.pid_exists(victim), timeout=1.0)  # exited and reaped
+    assert wait_for(lambda: not psutil.pid_exists(victim), timeout=5.0)  # exited and reaped
     gone_at = time.monotonic()
-    replaced = wait_for(lambda: len(set(gw.workers()) - set(before)) == 1, timeout=1.0)
+    replaced = wait_for(lambda: len(set(gw.workers()) - set(before)) == 1, timeout=5.0)
     took = time.monotonic() - killed_at
     time.sleep(1.5)
     stop.set()
@@ -122,7 +122,7 @@ def test_workers_killed_worker_is_replaced_while_requests_continue(two_workers):
         thread.join(10)
 
     assert replaced, gw.output()
-    assert took < 1.0
+    assert took < 5.0  # respawned at once (bounded generously for a loaded machine)
     after = gw.workers()
     assert survivor in after and victim not in after and len(after) == 2
     # A failure is allowed on a connection the killed worker had accepted, or on a new one
@@ -168,12 +168,13 @@ def test_workers_sigquit_stops_at_once(two_workers):
     gw = two_workers
     workers = gw.workers()
     conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
-    conn.request("GET", "/app/slow/5000")
+    conn.request("GET", "/app/slow/10000")
     time.sleep(0.1)
     started = time.monotonic()
     gw.send_signal(signal.SIGQUIT)
-    assert gw.wait(2) == 0
-    assert time.monotonic() - started < 2
+    # well before the 10 s request (and the 10 s drain deadline) could have finished
+    assert gw.wait(6) == 0
+    assert time.monotonic() - started < 6
     with pytest.raises((OSError, http.client.HTTPException)):
         conn.getresponse()
     assert not any(psutil.pid_exists(pid) for pid in workers)
@@ -285,14 +286,15 @@ def test_workers_drain_closes_idle_connections_at_once_and_busy_ones_after(start
     assert wait_for(lambda: any(r["target"] == "/slow/700" for r in upstream.requests))
     started = time.monotonic()
     gw.send_signal(signal.SIGTERM)
-    idle.sock.settimeout(1)
+    idle.sock.settimeout(5)
     assert idle.sock.recv(100) == b""  # closed by the drain, not at the deadline
-    unused.settimeout(1)
+    unused.settimeout(5)
     try:
         assert unused.recv(100) == b""
     except ConnectionResetError:
         pass
-    assert time.monotonic() - started < 0.5
+    # at once: far from the 10 s shutdown deadline (generous for a loaded machine)
+    assert time.monotonic() - started < 5
     answer = b""
     while not answer.endswith(b"slow"):
         piece = busy.recv(1000)
@@ -300,8 +302,8 @@ def test_workers_drain_closes_idle_connections_at_once_and_busy_ones_after(start
         answer += piece
     assert answer.startswith(b"HTTP/1.1 200")
     assert busy.recv(100) == b""  # and then closed
-    assert gw.wait(5) == 0
-    assert time.monotonic() - started < 3
+    assert gw.wait(8) == 0
+    assert time.monotonic() - started < 8  # once the busy one finished, not at the deadline
     idle.close()
     unused.close()
     busy.close()

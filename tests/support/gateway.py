@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -140,6 +141,18 @@ class Gateway:
 
     def output(self) -> str:
         return "".join(self.log)
+
+
+def start_from_yaml(directory: Path, yaml_text: str, name: str = "gateway.yaml") -> Gateway:
+    """Write YAML text (dedented) to ``directory/name`` and start a gateway on it."""
+    path = Path(directory) / name
+    text = textwrap.dedent(yaml_text)
+    if not re.search(r"^admin:", text, re.M):
+        # Most tests are about the data plane; the admin API has its own tests (and would
+        # otherwise want the fixed default port 127.0.0.1:9080 in every gateway).
+        text += "\nadmin: {enabled: false}\n"
+    path.write_text(text)
+    return Gateway(path)
 
 
 def _processes(pids: list[int]) -> list[psutil.Process]:

@@ -14,8 +14,12 @@ purpose: the upstream writes them verbatim.
 
 from __future__ import annotations
 
+import fcntl
 import re
+import select
 import socket
+import struct
+import termios
 import threading
 import time
 from collections import deque
@@ -66,6 +70,18 @@ class RawConnection:
     unframable: bool = False
     peer_closed: threading.Event = field(default_factory=threading.Event)
     closed_by_us: bool = False
+    io_lock: threading.Lock = field(default_factory=threading.Lock)  # a read and its recording
+
+    def unread(self) -> int:
+        """Bytes the kernel holds for this socket that nobody has read (and recorded) yet."""
+        with self.io_lock:
+            if self.peer_closed.is_set() or self.sock.fileno() < 0:
+                return 0
+            try:
+                raw = fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+            except OSError:
+                return 0
+            return struct.unpack("i", raw)[0]
 
     def wait_closed(self, timeout: float = 5.0) -> bool:
         """True once the gateway has closed (FIN or RST) this connection."""
@@ -160,15 +176,18 @@ class RawUpstream:
         self.replies: deque[ReplySpec] = deque()
         self.connections: list[RawConnection] = []
         self.requests: list[RawRequest] = []
+        self._initial_reply = default_reply
         self._lock = threading.Lock()
+        self._accept_lock = threading.Lock()  # an accept and its recording
         self._stop = threading.Event()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(64)
-        self._listener.settimeout(0.05)
+        self._listener.setblocking(False)
         self.port: int = self._listener.getsockname()[1]
         self._threads: list[threading.Thread] = []
+        self._all: list[RawConnection] = []  # including those forgotten by `reset`, to close
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -183,11 +202,48 @@ class RawUpstream:
         for thread in list(self._threads):
             thread.join(5)
         self._listener.close()
-        for conn in self.connections:
+        for conn in self._all:
             try:
                 conn.sock.close()
             except OSError:
                 pass
+
+    def reset(self, timeout: float = 5.0) -> None:
+        """Start afresh for the next test of a shared gateway, as if both were new: close every
+        connection from this side, wait until the gateway has closed its end too (so its pool
+        holds none of them), then forget what was recorded and queued."""
+        with self._accept_lock:
+            connections = list(self.connections)
+        for conn in connections:
+            if not conn.peer_closed.is_set():
+                try:
+                    conn.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    conn.peer_closed.set()
+        for conn in connections:
+            assert conn.peer_closed.wait(timeout), (
+                f"the gateway kept upstream connection {conn.index} open {timeout} s after the "
+                "upstream closed it"
+            )
+        with self._accept_lock, self._lock:
+            self.connections = []
+            self.requests = []
+            self.replies.clear()
+            self.default_reply = self._initial_reply
+
+    def sync(self, timeout: float = 5.0) -> None:
+        """Return once every byte that reached this upstream's sockets is recorded: no connection
+        waits to be accepted, and no accepted one holds unread bytes. After a barrier request has
+        arrived, what the gateway wrote before it is all in `connections` / `received()`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._accept_lock:
+                queued, _, _ = select.select([self._listener], [], [], 0)
+                connections = list(self.connections)
+            if not queued and not any(conn.unread() for conn in connections):
+                return
+            assert time.monotonic() < deadline, "the upstream did not catch up with its input"
+            time.sleep(0.002)
 
     # -- what tests look at --------------------------------------------------------------------
 
@@ -214,6 +270,17 @@ class RawUpstream:
     def wait_requests(self, n: int, timeout: float = 5.0) -> bool:
         return self._wait(lambda: len(self.requests) >= n, timeout)
 
+    def wait_target(self, target: bytes, timeout: float = 5.0) -> RawRequest | None:
+        """The first recorded request for `target`, once it has arrived (None after `timeout`)."""
+        found: list[RawRequest] = []
+
+        def arrived() -> bool:
+            with self._lock:
+                found[:] = [r for r in self.requests if r.target == target][:1]
+            return bool(found)
+
+        return found[0] if self._wait(arrived, timeout) else None
+
     def wait_connections(self, n: int, timeout: float = 5.0) -> bool:
         return self._wait(lambda: len(self.connections) >= n, timeout)
 
@@ -234,15 +301,21 @@ class RawUpstream:
     def _accept_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                sock, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
+                select.select([self._listener], [], [], 0.05)
+            except (OSError, ValueError):
                 return
-            sock.settimeout(0.05)
-            with self._lock:
-                conn = RawConnection(index=len(self.connections), sock=sock)
-                self.connections.append(conn)
+            with self._accept_lock:
+                try:
+                    sock, _ = self._listener.accept()
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    return
+                sock.settimeout(5.0)  # bounds a reply the gateway does not read
+                with self._lock:
+                    conn = RawConnection(index=len(self.connections), sock=sock)
+                    self.connections.append(conn)
+                    self._all.append(conn)
             thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -251,17 +324,23 @@ class RawUpstream:
         pending = b""
         while not self._stop.is_set():
             try:
-                data = conn.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
+                ready, _, _ = select.select([conn.sock], [], [], 0.05)
+            except (OSError, ValueError):
                 conn.peer_closed.set()
                 return
+            if not ready:
+                continue
+            with conn.io_lock:  # `sync` sees no unread bytes only once they are recorded
+                try:
+                    data = conn.sock.recv(65536)
+                except OSError:
+                    data = b""
+                if data:
+                    with self._lock:
+                        conn.received += data
             if not data:
                 conn.peer_closed.set()
                 return
-            with self._lock:
-                conn.received += data
             if conn.unframable or conn.closed_by_us:
                 continue
             pending += data

@@ -16,6 +16,7 @@ from isekai._core.protocol import CoreRoute, DownstreamProtocol, ServerState
 import isekai._core.counters as counters_mod
 from isekai._core.counters import LATENCY_BUCKETS, Counters
 from isekai._core.router import Router
+from isekai.config.units import parse_path_pattern
 from tests.support.memory import MemoryTransport
 
 
@@ -31,7 +32,7 @@ def direct(counters: Counters, name: str, status: int, body: bytes = b"", slot=N
 def serve(counters: Counters, routes: dict[str, CoreRoute], *requests: bytes) -> DownstreamProtocol:
     router = Router()
     for path, route in routes.items():
-        router.add(None, ("GET", "POST"), path, route)
+        router.add(None, ("GET", "POST"), parse_path_pattern(path), route)
     proto = DownstreamProtocol(ServerState(router, counters, None))
     proto.connection_made(MemoryTransport())
     for raw in requests:

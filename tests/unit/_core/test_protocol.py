@@ -14,6 +14,7 @@ from isekai._core.protocol import CoreRoute, DownstreamProtocol, ServerState
 
 from isekai._core.counters import Counters
 from isekai._core.router import Router
+from isekai.config.units import parse_path_pattern
 from isekai.observability.request_log_feed import to_row
 from isekai.store.base import LOG_KEYS, normalize_log_row
 from tests.support.memory import MemoryTransport
@@ -33,8 +34,8 @@ def direct(name: str, body: bytes, status: int = 200) -> CoreRoute:
 @pytest.fixture
 def state():
     router = Router()
-    router.add(None, None, "/hello", direct("hello", b"hi"))
-    router.add(None, ("POST",), "/submit", direct("submit", b"got it"))
+    router.add(None, None, parse_path_pattern("/hello"), direct("hello", b"hi"))
+    router.add(None, ("POST",), parse_path_pattern("/submit"), direct("submit", b"got it"))
     st = ServerState(router, COUNTERS, None)
     st.max_request_line = 100
     st.max_header_count = 10

@@ -138,6 +138,36 @@ INVALID_ROUTES = {
         "expected a list of methods",
     ),
     "not an object": (["x"], "route", "not of type 'object'"),
+    "header value outside Latin-1": (
+        {"name": "x", "match": {"path": "/x"}, "respond": {"headers": {"X-A": "a\u2603b"}}},
+        "route.respond.headers.X-A",
+        "header values may only hold visible ASCII, Latin-1, spaces and tabs; '☃'",
+    ),
+    "header value with CR": (
+        {"name": "x", "match": {"path": "/x"}, "respond": {"headers": {"X-A": "a\rb"}}},
+        "route.respond.headers.X-A",
+        "header values must not contain CR, LF or NUL",
+    ),
+    "bad header name": (
+        {"name": "x", "match": {"path": "/x"}, "respond": {"headers": {"X A": "b"}}},
+        "route.respond.headers.X A",
+        "bad header name 'X A'",
+    ),
+    "path with a space": (
+        {**ROUTE, "match": {"path": "/a b"}},
+        "route.match.path",
+        "characters not allowed in a URL path",
+    ),
+    "host not RFC 1123": (
+        {**ROUTE, "match": {"path": "/x", "host": "a_b.example.com"}},
+        "route.match.host",
+        "not a valid host name (RFC 1123",
+    ),
+    "rewrite with a control character": (
+        {**ROUTE, "match": {"path": "/x"}, "rewrite": "/a\tb"},
+        "route.rewrite",
+        "characters not allowed in a URL path",
+    ),
     "rewrite with an unknown parameter": (
         {**ROUTE, "match": {"path": "/u/{id}"}, "rewrite": "/v/{name}"},
         "route.rewrite",

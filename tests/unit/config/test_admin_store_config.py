@@ -111,14 +111,15 @@ MISTAKES = {
         "admin: {request_logs: {retention: forever}}",
         "admin.request_logs.retention: bad duration 'forever'",
     ),
+    # the messages of the one store URL grammar, isekai.store.urls (what `run` opens with)
     "store url without a scheme": (
         'store: {url: "isekai.db"}',
-        "store.url: bad store URL 'isekai.db': write it like sqlite:///isekai.db",
+        "store.url: unsupported store URL 'isekai.db': use sqlite:///path.db, sqlite:///:memory: "
+        "or postgresql://user@host:5432/database",
     ),
     "unsupported store": (
         'store: {url: "mysql://db/isekai"}',
-        "store.url: unsupported store URL mysql:// (supported: sqlite://, postgresql://, "
-        "postgres://)",
+        "store.url: unsupported store URL mysql://: use sqlite:///path.db",
     ),
     "unknown store key": ("store: {path: x.db}", "store.path: unknown key 'path'"),
     "enabled not a boolean": ("admin: {enabled: maybe}", "admin.enabled: expected true or false"),

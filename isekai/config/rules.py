@@ -1,0 +1,226 @@
+"""The rules that tie several fields of a config class together: its ``validate`` hook.
+
+The loader reads every field by its kind (``meta.Setting``), then calls the class's hook with
+the values read (a dict it may complete: ``host``/``port`` from ``bind``, a default that
+depends on another field) and a `Where` that turns a message into a located ``ConfigError``.
+Everything a single value must satisfy is its kind's business, not a rule's.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any
+
+from isekai.config import defaults, units
+from isekai.errors import ConfigError, RouteConflictError
+
+__all__ = ["Where", "is_loopback"]
+
+_UPSTREAM_ONLY = ("strip_prefix", "rewrite", "timeout", "websocket")
+
+
+class Where:
+    """Where one object's values were written: turns a rule's message into a located error.
+
+    Made by the loader for every object it builds (``builder`` is its reader: ``error(node,
+    path, message, cls)`` and ``wheres``, id of a built object -> its Where).
+    """
+
+    __slots__ = ("builder", "fields", "node", "path")
+
+    def __init__(self, builder: Any, path: str, node: Any, fields: dict[str, Any]) -> None:
+        self.builder = builder
+        self.path = path
+        self.node = node
+        self.fields = fields
+
+    def has(self, key: str) -> bool:
+        return key in self.fields
+
+    def keys(self) -> list[str]:
+        return list(self.fields)
+
+    def of(self, value: Any) -> Where:
+        return self.builder.wheres[id(value)]
+
+    def error(
+        self,
+        key: str | None,
+        message: str,
+        *,
+        on: str = "value",
+        path: str | None = None,
+        cls: type[ConfigError] = ConfigError,
+    ) -> ConfigError:
+        if key is None:
+            return self.builder.error(self.node, path or self.path, message, cls)
+        key_node, value_node = self.fields[key]
+        node = key_node if on == "key" else value_node
+        at = f"{self.path}.{key}" if self.path else key
+        return self.builder.error(node, path or at, message, cls)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (as parsed from a bind address) only accepts local connections."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def listener(values: dict[str, Any], where: Where) -> None:
+    values["host"], values["port"] = units.parse_address(values["bind"], bind=True)
+
+
+def upstream(values: dict[str, Any], where: Where) -> None:
+    most = values.get("max_connections", defaults.UPSTREAM_MAX_CONNECTIONS)
+    idle = values.setdefault(
+        "max_keepalive_connections", min(most, defaults.UPSTREAM_MAX_KEEPALIVE_CONNECTIONS)
+    )
+    if idle > most:
+        message = f"cannot be more than max_connections ({most})"
+        raise where.error("max_keepalive_connections", message)
+
+
+def route_match(values: dict[str, Any], where: Where) -> None:
+    values["pattern"] = units.parse_path_pattern(values["path"])  # checked by its kind
+
+
+def route(values: dict[str, Any], where: Where) -> None:
+    if where.has("upstream") and where.has("respond"):
+        message = "a route has 'upstream' or 'respond', not both"
+        raise where.error("respond", message, on="key", path=where.path)
+    if not where.has("upstream") and not where.has("respond"):
+        message = "needs 'upstream' (proxy to a service) or 'respond' (a fixed response)"
+        raise where.error(None, message)
+    pattern = values["match"].pattern
+    for key in where.keys():
+        if key in _UPSTREAM_ONLY and "respond" in values:
+            message = f"'{key}' only applies to routes with an 'upstream'"
+            raise where.error(key, message, on="key")
+        if key == "strip_prefix" and "rewrite" in values:
+            raise where.error(key, "use 'strip_prefix' or 'rewrite', not both", on="key")
+        try:
+            if key == "rewrite":
+                units.check_rewrite(values[key], pattern)
+            elif key == "strip_prefix":
+                values[key] = units.parse_strip_prefix(values[key], pattern)
+        except ValueError as exc:
+            raise where.error(key, str(exc)) from None
+
+
+def respond(values: dict[str, Any], where: Where) -> None:
+    status = values.get("status", defaults.RESPOND_STATUS)
+    if status < 200:
+        message = (
+            f"{status} is an interim (1xx) status; a fixed response needs a final "
+            "status from 200 to 599"
+        )
+        raise where.error("status", message)
+    headers = list(values.get("headers", ()))
+    if "body" in values and "json" in values:
+        raise where.error("json", "use 'body' or 'json', not both", on="key")
+    body = b""
+    if "json" in values or "body" in values:
+        key = "json" if "json" in values else "body"
+        if status in (204, 304):
+            raise where.error(key, f"a {status} response has no body", on="key")
+        if key == "json":
+            text = json.dumps(
+                values.pop("json"), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            )
+            content_type = defaults.JSON_CONTENT_TYPE
+        else:
+            text = values["body"]
+            content_type = defaults.TEXT_CONTENT_TYPE
+        body = text.encode()
+        if not any(name.lower() == "content-type" for name, _ in headers):
+            headers.append(("content-type", content_type))
+    values["headers"] = tuple(headers)
+    values["body"] = body
+
+
+def admin_auth(values: dict[str, Any], where: Where) -> None:
+    if "jwt_secret" not in values:
+        return
+    # at least as long as the hash: 32 characters for HS256, 48 for HS384, 64 for HS512
+    algorithm = values.get("jwt_algorithm", defaults.JWT_ALGORITHM)
+    shortest = max(defaults.JWT_SECRET_MIN_LENGTH, int(algorithm[2:]) // 8)
+    secret = values["jwt_secret"]
+    if len(secret.encode()) < shortest:
+        message = (
+            f"must be at least {shortest} characters long for {algorithm}, got "
+            f"{len(secret)} (leave it out for a random secret per process)"
+        )
+        raise where.error("jwt_secret", message)
+
+
+def admin(values: dict[str, Any], where: Where) -> None:
+    if "bind" in values:
+        values["host"], values["port"] = units.parse_address(values["bind"], bind=True)
+    auth = values.get("auth")
+    if auth is not None and not auth.enabled:
+        host = values.get("host", defaults.ADMIN_HOST)
+        if not is_loopback(host):
+            bind = values.get("bind", defaults.ADMIN_BIND)
+            message = (
+                f"auth can only be turned off when {where.path}.bind is a loopback address "
+                f"(127.0.0.1, [::1] or localhost), not {bind!r}"
+            )
+            raise where.of(auth).error("enabled", message)
+
+
+def config(values: dict[str, Any], where: Where) -> None:
+    binds: dict[tuple[str, int], str] = {}
+    for item in values.get("listeners", ()):
+        at = where.of(item)
+        if item.port and (item.host, item.port) in binds:
+            message = f"{item.bind!r} is already bound by {binds[item.host, item.port]}"
+            raise at.error("bind", message)
+        binds[item.host, item.port] = at.path
+    routes = values.get("routes", ())
+    by_shape: dict[tuple[str | None, str], list[Any]] = {}
+    for item in routes:
+        same_shape = by_shape.setdefault((item.match.host, item.match.pattern.shape), [])
+        for other in same_shape:
+            mine, theirs = item.match.methods, other.match.methods
+            if mine is None or theirs is None or set(mine) & set(theirs):
+                message = f"same host, path and methods as routes[{other.index}] ({other.name!r})"
+                raise where.of(item).error("match", message, cls=RouteConflictError)
+        same_shape.append(item)
+    upstreams = values.get("upstreams", {})
+    for item in routes:
+        if item.upstream is not None and item.upstream not in upstreams:
+            known = ", ".join(upstreams) if upstreams else "none defined"
+            message = f"no upstream named {item.upstream!r} (upstreams: {known})"
+            raise where.of(item).error("upstream", message)
+
+
+# -- the same rules, where JSON Schema can say them (jsonschema.class_schema adds these) ------
+
+_SET = {"not": {"type": "null"}}  # given, not null
+
+
+def _both(a: str, b: str) -> dict[str, Any]:
+    return {"not": {"required": [a, b], "properties": {a: _SET, b: _SET}}}
+
+
+JSON_RULES: dict[str, dict[str, Any]] = {
+    "Route": {
+        "oneOf": [
+            {"required": ["upstream"], "properties": {"upstream": {"type": "string"}}},
+            {"required": ["respond"], "properties": {"respond": {"type": "object"}}},
+        ],
+        "allOf": [
+            _both("strip_prefix", "rewrite"),
+            {
+                "if": {"required": ["respond"], "properties": {"respond": {"type": "object"}}},
+                "then": {"properties": {key: {"type": "null"} for key in _UPSTREAM_ONLY}},
+            },
+        ],
+    },
+    "Respond": {"allOf": [_both("body", "json")]},
+}
