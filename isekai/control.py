@@ -21,18 +21,19 @@ import json
 import logging
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import uvloop
 
 from isekai.admin.app import AdminServer
 from isekai.admin.auth import ensure_initial_admin
-from isekai.admin.context import AdminContext, StatusProviders
+from isekai.admin.context import AdminContext, ApplyConfig, StatusProviders
+from isekai.config.changes import Change
 from isekai.config.reload import read_config
 from isekai.config.schema import Config
 from isekai.errors import ConfigError
-from isekai.process.channel import open_channel, send_message
+from isekai.process.channel import encode_changes, open_channel, send_message
 from isekai.store import Store, StoreError, open_store
 
 log = logging.getLogger("isekai.control")
@@ -59,17 +60,15 @@ class ControlPlane:
         self.store = store
         self.ctx = ctx
         self.server: AdminServer | None = None
-        self.revision = -1
         self._watch: asyncio.Task | None = None
-        self._apply_lock = asyncio.Lock()
 
     @classmethod
     async def open(
         cls, config: Config, text: str, *, status: StatusProviders | None = None
     ) -> ControlPlane:
-        """Open the store, create the initial admin if asked to, and load the effective config
-        (``plane.ctx.current``). Raises ConfigError when stored items no longer fit the file,
-        and StoreError when the store cannot be opened."""
+        """Open the store, create the initial admin if asked to, and load the running config
+        (``plane.config``). Raises ConfigError when the file is wrong (stored items that do
+        not fit are left out), StoreError when the store cannot be opened."""
         store = open_store(config.store.url)
         await store.open()
         try:
@@ -82,8 +81,8 @@ class ControlPlane:
                 status=status or StatusProviders(),
             )
             plane = cls(store, ctx)
-            plane.revision = await store.revision()
-            await ctx.load()
+            async with store.exclusive():
+                await ctx.load()
         except BaseException:
             await store.close()
             raise
@@ -91,33 +90,28 @@ class ControlPlane:
 
     @property
     def config(self) -> Config:
-        """The effective config: the file plus stored routes and upstreams."""
+        """The running config: the file plus stored routes and upstreams that validate."""
         assert self.ctx.current is not None
         return self.ctx.current
 
-    async def start(self, apply: Callable[[Config, dict], Awaitable[None]]) -> None:
-        """Serve the admin API and follow store changes; ``apply(config, message)`` makes a
-        new effective config current (``message`` is its `change_message`)."""
+    @property
+    def revision(self) -> int:
+        """The store revision the running config reflects: every change up to it is applied,
+        whoever made it, and anything above it is another writer's, still to apply."""
+        assert self.ctx.live is not None
+        return self.ctx.live.revision
 
-        async def apply_current(config: Config) -> None:
-            # Called with the store's writer lock held (by an API handler, `_catch_up` or
-            # `reload`), so the documents and the revision read here are exactly those
-            # ``config`` was validated against: every revision up to ``self.revision`` is
-            # applied, and a peer's change always shows as a revision above it.
-            async with self._apply_lock:
-                routes, upstreams = await self.ctx.stored_documents()
-                revision = await self.store.revision()
-                message = change_message(self.ctx.config_text, config.source, routes, upstreams)
-                await apply(config, message)
-                self.revision = revision
-
-        self.ctx.apply = apply_current
+    async def start(self, apply: ApplyConfig) -> None:
+        """Serve the admin API and follow store changes. ``apply(config, changes)`` makes a
+        new running config current: ``changes`` (`isekai.config.changes.Change`) lead to it
+        from the previous one, None after a whole load (SIGHUP)."""
+        self.ctx.apply = apply
         self.server = AdminServer(self.ctx)
         await self.server.start()
         self._watch = asyncio.ensure_future(self._follow())
 
     async def message(self) -> dict:
-        """The `change_message` of the current effective config."""
+        """The `change_message` of the running config (a whole config, for a fresh start)."""
         routes, upstreams = await self.ctx.stored_documents()
         return change_message(self.ctx.config_text, self.config.source, routes, upstreams)
 
@@ -126,7 +120,7 @@ class ControlPlane:
         the old one."""
         async with self.ctx.lock, self.store.exclusive():
             merged = await self.ctx.reload(config, text)
-            await self.ctx.apply(merged)
+            await self.ctx.apply(merged, None)
 
     async def _follow(self) -> None:
         while True:
@@ -143,17 +137,9 @@ class ControlPlane:
     async def _catch_up(self) -> None:
         # apply what other writers stored; our own changes are applied by the API handler
         async with self.ctx.lock, self.store.exclusive():
-            current = await self.store.revision()
-            if current <= self.revision:
-                return  # applied meanwhile (our own change, or an earlier catch-up)
-            try:
-                config = await self.ctx.load()
-            except ConfigError as exc:
-                self.revision = current
-                log.error("stored routes do not fit the config file; not applied: %s", exc)
-                return
-            log.info("store changed (revision %d): applying", current)
-            await self.ctx.apply(config)
+            changes = await self.ctx.catch_up()
+        if changes:
+            log.info("store changed (revision %d): %d changes applied", self.revision, len(changes))
 
     async def close(self) -> None:
         if self._watch is not None:
@@ -165,7 +151,7 @@ class ControlPlane:
         await self.store.close()
 
 
-async def _not_yet(config: Config) -> None:
+async def _not_yet(config: Config, changes: list[Change] | None) -> None:
     raise RuntimeError("the control plane is not started")
 
 
@@ -218,9 +204,12 @@ async def _admin_main(config: Config, control: socket.socket) -> int:
     applied = [1]
     plane.ctx.status = _config_status(plane, applied)
 
-    async def apply(new: Config, message: dict) -> None:
+    async def apply(new: Config, changes: list[Change] | None) -> None:
         applied[0] += 1
-        send_message(writer, {"type": "apply", "config": message})
+        if changes is None:
+            send_message(writer, {"type": "apply", "config": await plane.message()})
+        else:
+            send_message(writer, {"type": "apply", "changes": encode_changes(changes)})
         await writer.drain()
 
     try:

@@ -33,6 +33,7 @@ import signal
 import socket
 import time
 
+from isekai.config.changes import apply_changes
 from isekai.config.reload import (
     config_from_message,
     keep_running,
@@ -42,7 +43,7 @@ from isekai.config.reload import (
 from isekai.config.schema import Config
 from isekai.control import run_admin_process
 from isekai.errors import ConfigError
-from isekai.process.channel import encode_message
+from isekai.process.channel import decode_changes, encode_message
 from isekai.process.sockets import bind_sockets, format_address, raise_fd_limit
 from isekai.worker import run_worker
 
@@ -372,19 +373,24 @@ class Master:
             return
         if kind not in ("ready", "apply"):
             return
-        try:
-            new = config_from_message(message["config"])
-        except ConfigError as exc:
-            log.error("config from the admin process rejected: %s", exc)
-            return
-        warn_restart_needed(new, self.config, self._warned)
-        self.config = keep_running(new, self.config)
+        if "changes" in message:  # validated by the admin process: applied as they are
+            self.config = apply_changes(self.config, decode_changes(message["changes"]))
+            payload = {"type": "config", "changes": message["changes"]}
+        else:
+            try:
+                new = config_from_message(message["config"])
+            except ConfigError as exc:
+                log.error("config from the admin process rejected: %s", exc)
+                return
+            warn_restart_needed(new, self.config, self._warned)
+            self.config = keep_running(new, self.config)
+            payload = dict(message["config"], type="config")
         if not self._workers_started:
-            self._spawn_workers()  # they start on the effective config (file + store)
+            self._spawn_workers()  # they start on the running config (file + store)
             return
         self.version += 1
         log.info("config from the admin API: sending version %d to the workers", self.version)
-        payload = dict(message["config"], type="config", version=self.version)
+        payload["version"] = self.version
         for worker in self.workers.values():
             self._send(worker, payload)
 

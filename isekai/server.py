@@ -15,6 +15,7 @@ import uvloop
 
 from isekai import master
 from isekai.admin.context import StatusProviders
+from isekai.config.changes import Change
 from isekai.config.reload import keep_running, read_config, warn_restart_needed
 from isekai.config.schema import Config
 from isekai.control import ControlPlane
@@ -100,8 +101,11 @@ async def _serve(config: Config) -> int:
     if plane is not None:
         plane.ctx.status = worker_status(worker)
 
-        async def apply(new: Config, message: dict) -> None:
-            snapshot = worker.swap(keep_running(new, worker.snapshot.config))
+        async def apply(new: Config, changes: list[Change] | None) -> None:
+            if changes is None:
+                snapshot = worker.swap(keep_running(new, worker.snapshot.config))
+            else:
+                snapshot = worker.apply_changes(changes)
             log.info("config applied (version %d)", snapshot.version)
 
         try:

@@ -25,12 +25,13 @@ import uvloop
 
 from isekai._core.counters import Counters
 from isekai._core.protocol import DownstreamProtocol, ServerState
+from isekai.config.changes import Change, apply_changes
 from isekai.config.reload import config_from_message, keep_running
 from isekai.config.schema import Config
 from isekai.errors import ConfigError
 from isekai.gateway import Snapshot, build_snapshot
 from isekai.observability.request_log_feed import RequestLogFeed
-from isekai.process.channel import open_channel, send_message
+from isekai.process.channel import decode_changes, open_channel, send_message
 from isekai.process.signals import Signals
 from isekai.process.sockets import BACKLOG, bind_sockets
 from isekai.store import StoreError, open_store
@@ -96,6 +97,10 @@ class Worker:
         self._apply_limits(config)
         self.state.router = snapshot.router
         return snapshot
+
+    def apply_changes(self, changes: list[Change], version: int | None = None) -> Snapshot:
+        """Apply validated changes to the current config (`isekai.config.changes`)."""
+        return self.swap(apply_changes(self.snapshot.config, changes), version)
 
     async def start(self, ports: Mapping[str, int] | None = None) -> None:
         """Bind and listen on every listener, then accept.
@@ -243,8 +248,11 @@ async def until_stopped(worker: Worker, signals: Signals) -> int:
 def _apply_config(worker: Worker, message: dict, writer: asyncio.StreamWriter) -> None:
     version = message.get("version")
     try:
-        new = config_from_message(message)
-        snapshot = worker.swap(keep_running(new, worker.snapshot.config), version)
+        if "changes" in message:  # validated once, by the admin process
+            snapshot = worker.apply_changes(decode_changes(message["changes"]), version)
+        else:
+            new = config_from_message(message)
+            snapshot = worker.swap(keep_running(new, worker.snapshot.config), version)
     except Exception as exc:
         if isinstance(exc, ConfigError):
             log.error("reload rejected: %s", exc)

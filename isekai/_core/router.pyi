@@ -27,6 +27,13 @@ class Router:
         ignoring param names, overlapping methods; the config loader reports these first with
         file and line), ConfigError on malformed host or methods, TypeError on a str pattern.
         """
+    def remove(
+        self, host: str | None, methods: tuple[str, ...] | None, pattern: ParsedPattern
+    ) -> Any:
+        """Remove the route added with these host, methods and pattern shape; return its value.
+
+        KeyError (and no change) when there is none. With `add`, changes one route in place.
+        """
     def match(
         self, host: bytes, method: bytes, path: bytes
     ) -> tuple[Any, dict[str, str] | None] | tuple[None, bytes] | None:

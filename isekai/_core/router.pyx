@@ -475,6 +475,61 @@ cdef class Router:
             leaf.table = table
         self._count += 1
 
+    def remove(self, host, methods, pattern):
+        """Remove the route added with the same ``host``, ``methods`` and ``pattern`` shape;
+        return its value. KeyError when there is none (nothing is changed then).
+
+        Together with `add` this changes one route in place: the loop runs no request between
+        the two calls, and a request that matched the old route keeps its value.
+        """
+        cdef RouteNode root = None, node
+        cdef RouteLeaf leaf = None
+        cdef RouteEntry entry
+        cdef HostGroup group
+        hkind, hkey = _parse_host(host)
+        mset = _parse_methods(methods)
+        segs, names, wildcard, text = _segments(pattern)
+        if hkind == 0:
+            root = self._any
+        elif hkind == 1:
+            root = self._exact.get(hkey)
+        else:
+            for group in self._wild:
+                if group.suffix == hkey:
+                    root = group.root
+                    break
+        node = None if root is None else _descend(root, segs, False)
+        if node is not None:
+            leaf = node.wild if wildcard else node.leaf
+        if leaf is None:
+            raise KeyError(f"no route {text!r} (host {host!r})")
+        if mset is None:
+            if leaf.any is None:
+                raise KeyError(f"no route {text!r} (host {host!r}, any method)")
+            entry = leaf.any
+            leaf.any = None
+        else:
+            found = [leaf.explicit.get(m) for m in mset]
+            if found[0] is None or any(e is not found[0] for e in found):
+                raise KeyError(f"no route {text!r} (host {host!r}) with exactly these methods")
+            entry = <RouteEntry>found[0]
+            if len([e for e in leaf.explicit.values() if e is entry]) != len(mset):
+                raise KeyError(f"no route {text!r} (host {host!r}) with exactly these methods")
+            for m in mset:
+                del leaf.explicit[m]
+            table = dict(leaf.explicit)
+            if _GET in table and _HEAD not in table:
+                table[_HEAD] = table[_GET]
+            leaf.table = table
+        if leaf.any is None and not leaf.explicit:
+            # an empty leaf would still count as a path match (405 instead of 404)
+            if wildcard:
+                node.wild = None
+            else:
+                node.leaf = None
+        self._count -= 1
+        return entry.value
+
     cpdef object match(self, bytes host, bytes method, bytes path):
         """-> (value, params|None), (None, allow_bytes) for 405, or None for 404."""
         cdef Walk w

@@ -32,7 +32,7 @@ async def _serve(path: str, host: str | None, port: int | None, rounds: int) -> 
     try:
         await ensure_initial_admin(store, rounds=rounds)
 
-        async def apply(new: Config) -> None:
+        async def apply(new: Config, changes: object) -> None:
             log.info("config applied: %d routes, %d upstreams", len(new.routes), len(new.upstreams))
 
         ctx = AdminContext(

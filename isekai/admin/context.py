@@ -3,14 +3,14 @@
 The gateway (the master, or the single process with ``workers: 1``) builds one context with
 the opened store, the config file as loaded and its text, the ``apply`` callback that makes a
 new config current everywhere, and the status providers. ``await ctx.load()`` gives the config
-to start with: the file plus every route and upstream stored through the API.
+to start with: the file plus every route and upstream stored through the API that validates
+(`isekai.admin.live_config`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -19,9 +19,10 @@ from typing import Any
 
 from aiohttp import web
 
-from isekai.config.loader import API_SOURCE, file_documents, validate_dynamic
+from isekai.admin.live_config import LiveConfig, SkippedItem
+from isekai.config.changes import Change
+from isekai.config.loader import file_documents
 from isekai.config.schema import Config
-from isekai.errors import ConfigError
 
 __all__ = [
     "CTX",
@@ -29,14 +30,12 @@ __all__ = [
     "USER",
     "AdminContext",
     "ApplyConfig",
-    "SkippedItem",
     "StatusProviders",
-    "effective_config",
 ]
 
 log = logging.getLogger("isekai.admin")
 
-ApplyConfig = Callable[[Config], Awaitable[None]]
+ApplyConfig = Callable[[Config, list[Change] | None], Awaitable[None]]
 Stats = Callable[[], Mapping[str, Any]]
 
 
@@ -59,25 +58,16 @@ class StatusProviders:
     websockets: Stats = _empty
 
 
-@dataclass(frozen=True, slots=True)
-class SkippedItem:
-    """A stored route or upstream left out of the effective config because it does not
-    validate against the file and the other items (``reason`` is the loader's message)."""
-
-    kind: str
-    name: str
-    reason: str
-
-
 @dataclass(eq=False)
 class AdminContext:
     """The gateway as the admin API sees it.
 
     ``config`` and ``config_text`` are the config file (YAML only) as loaded and as read;
-    ``current`` is the config last made current (the file plus stored items), set by `load`
-    and after every successful change. ``apply`` must make a config current in every worker
-    (it is awaited after the change is stored). ``started_at`` is the gateway's start, in
-    unix seconds. ``bcrypt_rounds`` is the cost of password hashes made through the API.
+    ``live`` is the running config (the file plus stored items, `LiveConfig`), made by `load`.
+    ``apply(config, changes)`` must make ``config`` current in every worker: ``changes`` are
+    the `Change` objects that lead there from the previous one, or None after a whole load
+    (it is awaited after the change is stored). ``started_at`` is the gateway's start, in unix
+    seconds. ``bcrypt_rounds`` is the cost of password hashes made through the API.
     """
 
     store: Any  # isekai.store.Store
@@ -87,8 +77,7 @@ class AdminContext:
     status: StatusProviders = field(default_factory=StatusProviders)
     started_at: float = field(default_factory=time.time)
     bcrypt_rounds: int = 12
-    current: Config | None = None
-    skipped: tuple[SkippedItem, ...] = ()
+    live: LiveConfig | None = None
     _random_secret: str = field(default_factory=lambda: secrets.token_urlsafe(48), repr=False)
     _lock: asyncio.Lock | None = field(default=None, repr=False)
     _file_docs: tuple[str, tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]] | None = field(
@@ -102,6 +91,15 @@ class AdminContext:
         if self._lock is None:
             self._lock = asyncio.Lock()
         return self._lock
+
+    @property
+    def current(self) -> Config | None:
+        """The running config: the file plus the stored items that validate."""
+        return None if self.live is None else self.live.config
+
+    @property
+    def skipped(self) -> tuple[SkippedItem, ...]:
+        return () if self.live is None else self.live.skipped
 
     @property
     def jwt_secret(self) -> str:
@@ -127,111 +125,52 @@ class AdminContext:
         return self._file_docs[1]
 
     async def load(self) -> Config:
-        """The file plus every stored route and upstream that validates; also sets ``current``
-        and ``skipped`` (the stored items left out, each logged once).
+        """Read the file and every stored item into `live`; return the running config.
 
-        Raises ``ConfigError`` when the file itself is wrong.
+        Stored items that do not validate are left out (``skipped``); raises ``ConfigError``
+        when the file itself is wrong.
         """
-        config, skipped = await effective_config(self.store, self.config_text, self.config.source)
-        self._set_skipped(skipped)
-        self.current = config
+        live = self.live or LiveConfig(self.store, self.config, self.config_text)
+        config = await live.load()
+        self.live = live
         return config
 
     async def reload(self, config: Config, text: str) -> Config:
-        """Take a new config file (after SIGHUP) and return the new effective config.
+        """Take a new config file (after SIGHUP) and return the new running config.
 
         Nothing changes when it raises ``ConfigError``; on success the caller makes the result
         current (this does not call ``apply``). Call it holding `lock` and the store's writer
         lock, in that order, as the API handlers do.
         """
-        merged, skipped = await effective_config(self.store, text, config.source)
-        self.config, self.config_text, self.current = config, text, merged
-        self._set_skipped(skipped)
+        live = self.live or LiveConfig(self.store, self.config, self.config_text)
+        merged = await live.load(config, text)
+        self.live = live
+        self.config, self.config_text = config, text
         return merged
 
-    def changed(self, kind: str, name: str) -> None:
-        """A stored item was written or deleted through the API: it is no longer skipped."""
-        self.skipped = tuple(i for i in self.skipped if (i.kind, i.name) != (kind, name))
-
-    def is_skipped(self, kind: str, name: str) -> bool:
-        return any((i.kind, i.name) == (kind, name) for i in self.skipped)
+    async def catch_up(self) -> list[Change]:
+        """Apply what other writers stored since the last look (`LiveConfig.sync`), in the
+        running config and through ``apply``. Hold `lock` and the store's writer lock."""
+        assert self.live is not None
+        changes = await self.live.sync()
+        if changes:
+            await self.apply(self.live.config, changes)
+        return changes
 
     async def stored_documents(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-        """The stored routes and upstreams in the effective config, as documents."""
+        """The stored routes and upstreams in the running config, as documents."""
+        skipped = {(i.kind, i.name) for i in self.skipped}
         routes = [
             item.doc
             for item in await self.store.list_items("route")
-            if not self.is_skipped("route", item.name)
+            if ("route", item.name) not in skipped
         ]
         upstreams = {
             item.name: item.doc
             for item in await self.store.list_items("upstream")
-            if not self.is_skipped("upstream", item.name)
+            if ("upstream", item.name) not in skipped
         }
         return routes, upstreams
-
-    def _set_skipped(self, skipped: tuple[SkippedItem, ...]) -> None:
-        for item in skipped:
-            if item not in self.skipped:
-                log.error(
-                    "stored %s %r left out: %s (fix or delete it through the API)",
-                    item.kind,
-                    item.name,
-                    item.reason,
-                )
-        self.skipped = skipped
-
-
-async def effective_config(
-    store: Any, text: str, source: str
-) -> tuple[Config, tuple[SkippedItem, ...]]:
-    """The config file ``text`` plus every route and upstream in ``store`` that validates.
-
-    A stored item the loader refuses is left out (and returned as skipped), then the rest is
-    validated again, so one bad item never stops the gateway; a mistake in the file raises
-    ``ConfigError``.
-    """
-    routes = {item.name: item.doc for item in await store.list_items("route")}
-    upstreams = {item.name: item.doc for item in await store.list_items("upstream")}
-    file_routes = len(file_documents(text, source)[0])
-    skipped: list[SkippedItem] = []
-    while True:
-        try:
-            config = validate_dynamic(
-                text, source, routes=list(routes.values()), upstreams=upstreams
-            )
-            return config, tuple(skipped)
-        except ConfigError as exc:
-            found = stored_item_at(exc, file_routes, list(routes), list(upstreams))
-            if found is None:
-                raise
-            kind, name = found
-            (routes if kind == "route" else upstreams).pop(name)
-            skipped.append(SkippedItem(kind, name, str(exc)))
-
-
-def stored_item_at(
-    exc: ConfigError, file_routes: int, routes: list[str], upstreams: list[str]
-) -> tuple[str, str] | None:
-    """``(kind, name)`` of the stored item a loader error points into, or None (the file).
-
-    ``routes`` and ``upstreams`` are the stored items' names in the order given to the loader,
-    after the file's ``file_routes`` routes.
-    """
-    if exc.file != API_SOURCE:
-        return None
-    found = ROUTE_PATH.fullmatch(exc.path)
-    if found is not None:
-        index = int(found.group(1)) - file_routes
-        return ("route", routes[index]) if 0 <= index < len(routes) else None
-    for name in sorted(upstreams, key=len, reverse=True):
-        head = f"upstreams.{name}"
-        if exc.path == head or exc.path.startswith((head + ".", head + "[")):
-            return "upstream", name
-    return None
-
-
-ROUTE_PATH = re.compile(r"routes\[(\d+)\](.*)", re.S)
 
 
 CTX = web.AppKey("isekai_admin_context", AdminContext)  # the context in app[CTX]

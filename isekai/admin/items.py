@@ -2,9 +2,10 @@
 
 Items come from two sources. ``file`` items are in the YAML file: listed, readable, never
 changed through the API (409). ``api`` items are stored (``isekai.store``) with a version that
-is their ETag. Every change is checked by building the whole resulting config with the config
-loader (``validate_dynamic``: the file, every stored item, and this change), then stored, then
-applied, all under ``ctx.lock`` so that changes happen one at a time.
+is their ETag. Every change is checked against the running config by the config loader's own
+reader and rules (`isekai.config.changes`: what validating the whole resulting config would
+say, without reading it all again), then stored, then applied, all under ``ctx.lock`` and the
+store's writer lock, so that changes happen one at a time across every gateway on the store.
 
 A mistake is answered 422 with ``error.path`` relative to the submitted document
 (``route.match.path``, ``upstream.targets[0]``) when it lies there, else the path in the whole
@@ -20,11 +21,11 @@ from typing import Any
 
 from aiohttp import web
 
-from isekai.admin.context import CTX, ROUTE_PATH, AdminContext
+from isekai.admin.context import CTX, AdminContext
 from isekai.admin.http import PATCH_TYPES, ApiError, iso_time, ok, read_json
+from isekai.admin.live_config import ROUTE_PATH
 from isekai.admin.schemas import first_error
-from isekai.config.loader import API_SOURCE, validate_dynamic
-from isekai.config.schema import Config
+from isekai.config.changes import Change
 from isekai.errors import ConfigError
 from isekai.store import AlreadyExists, NotFound, VersionMismatch
 
@@ -153,90 +154,41 @@ def _check_precondition(request: web.Request, item: Any) -> int | None:
 # -- validation --------------------------------------------------------------------------------
 
 
-class _Plan:
-    """The stored items with one change applied, in the order the loader sees them."""
-
-    def __init__(self, ctx: AdminContext, routes: list[Any], upstreams: list[Any]) -> None:
-        self.ctx = ctx
-        self.routes = {item.name: item.doc for item in routes}
-        self.upstreams = {item.name: item.doc for item in upstreams}
-        self.changed: tuple[Kind, str] | None = None
-
-    def put(self, kind: Kind, name: str, doc: dict[str, Any]) -> None:
-        items = self.routes if kind.doc_has_name else self.upstreams
-        items.pop(name, None)
-        items[name] = doc  # last: a conflict is reported on the document being written
-        self.changed = (kind, name)
-
-    def remove(self, kind: Kind, name: str) -> None:
-        (self.routes if kind.doc_has_name else self.upstreams).pop(name, None)
-
-    def validate(self) -> Config:
-        ctx = self.ctx
-        try:
-            return validate_dynamic(
-                ctx.config_text,
-                ctx.config.source,
-                routes=list(self.routes.values()),
-                upstreams=self.upstreams,
-            )
-        except ConfigError as exc:
-            raise self._explain(exc) from None
-
-    def _explain(self, exc: ConfigError) -> ApiError:
-        file_routes, file_upstreams = self.ctx.file_documents()
-        item: dict[str, Any] | None = None
-        rest = ""
-        found = ROUTE_PATH.fullmatch(exc.path)
-        if found is not None:
-            index, rest = int(found.group(1)), found.group(2)
-            if index < len(file_routes):
-                name = (
-                    file_routes[index].get("name") if isinstance(file_routes[index], dict) else None
-                )
-                item = {"kind": "route", "name": name, "source": "file"}
-            elif index - len(file_routes) < len(self.routes):
-                name = list(self.routes)[index - len(file_routes)]
-                item = {"kind": "route", "name": name, "source": "api"}
-        elif exc.path.startswith("upstreams."):
-            known = sorted({*file_upstreams, *self.upstreams}, key=len, reverse=True)
-            for name in known:
-                head = f"upstreams.{name}"
-                if exc.path == head or exc.path.startswith((head + ".", head + "[")):
-                    source = "api" if exc.file == API_SOURCE else "file"
-                    item = {"kind": "upstream", "name": name, "source": source}
-                    rest = exc.path[len(head) :]
-                    break
-        config_path = exc.path
-        path = config_path
-        if item is not None and item["source"] == "api" and self.changed is not None:
-            kind, name = self.changed
-            if item["kind"] == kind.name and item["name"] == name:
-                path = f"{kind.name}{rest}"
-        where = path or "config"
-        if exc.file is not None and exc.file != API_SOURCE:
-            where = f"{exc.file}:{exc.line}: {where}" if exc.line else f"{exc.file}: {where}"
-            if item is None:
-                item = {"kind": "file", "name": exc.file, "source": "file"}
-        elif item is not None and path == config_path:
-            where = f"{item['kind']} {item['name']!r} ({path})"
-        return ApiError(
-            422,
-            "invalid",
-            f"{where}: {exc.message}",
-            path=path,
-            config_path=config_path,
-            item=item,
-        )
+def _prepare(ctx: AdminContext, kind: Kind, name: str, doc: dict[str, Any] | None) -> Change:
+    # the loader's word first (the same messages as for YAML), against the running config
+    assert ctx.live is not None
+    try:
+        return ctx.live.prepare(kind.name, name, doc)
+    except ConfigError as exc:
+        raise _explain(ctx, exc, kind, name) from None
 
 
-async def _plan(ctx: AdminContext) -> _Plan:
-    # stored items left out of the effective config stay out (the one changed goes back in)
-    routes = [i for i in await ctx.store.list_items("route") if not ctx.is_skipped("route", i.name)]
-    upstreams = [
-        i for i in await ctx.store.list_items("upstream") if not ctx.is_skipped("upstream", i.name)
-    ]
-    return _Plan(ctx, routes, upstreams)
+def _explain(ctx: AdminContext, exc: ConfigError, kind: Kind, name: str) -> ApiError:
+    # error.path relative to the changed document when the mistake lies there, else the path
+    # in the whole config with error.item naming the item it lies in
+    assert ctx.live is not None
+    item: dict[str, Any] | None = None
+    path = config_path = exc.path
+    found = ROUTE_PATH.fullmatch(exc.path)
+    if found is not None and kind.doc_has_name:  # a route change: only its own document
+        item = {"kind": "route", "name": name, "source": "api"}
+        path = f"route{found.group(2)}"
+    elif found is not None:  # an upstream change refused for a route that uses it
+        names = list(ctx.live.index.routes)
+        other = names[int(found.group(1))]
+        source = "file" if other in ctx.live.index.file_routes else "api"
+        item = {"kind": "route", "name": other, "source": source}
+    elif exc.path == f"upstreams.{name}" or exc.path.startswith(
+        (f"upstreams.{name}.", f"upstreams.{name}[")
+    ):
+        item = {"kind": "upstream", "name": name, "source": "api"}
+        path = "upstream" + exc.path[len(f"upstreams.{name}") :]
+    where = path or "config"
+    if item is not None and path == config_path:
+        where = f"{item['kind']} {item['name']!r} ({path})"
+    return ApiError(
+        422, "invalid", f"{where}: {exc.message}", path=path, config_path=config_path, item=item
+    )
 
 
 def _check_schema(kind: Kind, schema: str, doc: Any) -> None:
@@ -246,10 +198,12 @@ def _check_schema(kind: Kind, schema: str, doc: Any) -> None:
         raise ApiError(422, "invalid", f"{path}: {message}", path=path, config_path=path)
 
 
-async def _apply(ctx: AdminContext, config: Config, kind: Kind, name: str, what: str) -> None:
-    ctx.changed(kind.name, name)  # stored as validated: no longer left out, if it was
+async def _commit(ctx: AdminContext, change: Change, version: int | None, what: str) -> None:
+    # the change is stored: make it the running config, then apply it everywhere
+    assert ctx.live is not None
+    config = await ctx.live.commit(change, version)
     try:
-        await ctx.apply(config)
+        await ctx.apply(config, [change])
     except Exception as exc:
         log.exception("%s was stored but applying it failed", what)
         raise ApiError(
@@ -258,7 +212,6 @@ async def _apply(ctx: AdminContext, config: Config, kind: Kind, name: str, what:
             f"{what} was stored but could not be applied: {exc}; it applies at the next "
             "successful change or restart",
         ) from exc
-    ctx.current = config
     log.info("admin API: %s", what)
 
 
@@ -301,12 +254,6 @@ def _document(kind: Kind, name: str | None, body: Any, *, schema: str) -> tuple[
     return name, {"name": name, **doc} if kind.doc_has_name else doc
 
 
-async def _validated(plan: _Plan, kind: Kind, schema: str, body: dict[str, Any]) -> Config:
-    config = plan.validate()  # the loader's word first: the same messages as for YAML
-    _check_schema(kind, schema, body)
-    return config
-
-
 # -- handlers ----------------------------------------------------------------------------------
 
 
@@ -341,16 +288,16 @@ async def create_item(request: web.Request, kind: Kind) -> web.Response:
             source="file",
         )
     async with ctx.lock, ctx.store.exclusive():
+        await ctx.catch_up()
         if await ctx.store.get_item(kind.name, name) is not None:
             raise ApiError(409, "already_exists", f"{kind.name} {name!r} already exists")
-        plan = await _plan(ctx)
-        plan.put(kind, name, doc)
-        config = await _validated(plan, kind, kind.create_schema, body)
+        change = _prepare(ctx, kind, name, doc)
+        _check_schema(kind, kind.create_schema, body)
         try:
             item = await ctx.store.create_item(kind.name, name, doc)
         except AlreadyExists:
             raise ApiError(409, "already_exists", f"{kind.name} {name!r} already exists") from None
-        await _apply(ctx, config, kind, name, f"{kind.name} {name!r} created")
+        await _commit(ctx, change, item.version, f"{kind.name} {name!r} created")
     location = f"/api/{kind.plural}/{name}"
     return _with_etag(item, 201, Location=location)
 
@@ -363,14 +310,14 @@ async def _replace(
     if name in _file_items(ctx, kind):
         raise _read_only(kind, name)
     async with ctx.lock, ctx.store.exclusive():
+        await ctx.catch_up()
         current = await ctx.store.get_item(kind.name, name)
         if current is None:
             raise ApiError(404, "not_found", f"no {kind.name} named {name!r}")
         version = _check_precondition(request, current)
         body, doc = build(current.doc)
-        plan = await _plan(ctx)
-        plan.put(kind, name, doc)
-        config = await _validated(plan, kind, schema, body)
+        change = _prepare(ctx, kind, name, doc)
+        _check_schema(kind, schema, body)
         try:
             item = await ctx.store.replace_item(
                 kind.name, name, doc, if_version=version or current.version
@@ -384,9 +331,7 @@ async def _replace(
                 f"{kind.name} {name!r} changed meanwhile (now version {exc.current_version})",
                 current_version=exc.current_version,
             ) from None
-        await _apply(
-            ctx, config, kind, name, f"{kind.name} {name!r} changed (version {item.version})"
-        )
+        await _commit(ctx, change, item.version, f"{kind.name} {name!r} changed (v{item.version})")
     return _with_etag(item)
 
 
@@ -430,13 +375,12 @@ async def delete_item(request: web.Request, kind: Kind) -> web.Response:
     if name in _file_items(ctx, kind):
         raise _read_only(kind, name)
     async with ctx.lock, ctx.store.exclusive():
+        await ctx.catch_up()
         current = await ctx.store.get_item(kind.name, name)
         if current is None:
             raise ApiError(404, "not_found", f"no {kind.name} named {name!r}")
         version = _check_precondition(request, current)
-        plan = await _plan(ctx)
-        plan.remove(kind, name)
-        config = plan.validate()
+        change = _prepare(ctx, kind, name, None)
         try:
             await ctx.store.delete_item(kind.name, name, if_version=version or current.version)
         except NotFound:
@@ -448,5 +392,5 @@ async def delete_item(request: web.Request, kind: Kind) -> web.Response:
                 f"{kind.name} {name!r} changed meanwhile (now version {exc.current_version})",
                 current_version=exc.current_version,
             ) from None
-        await _apply(ctx, config, kind, name, f"{kind.name} {name!r} deleted")
+        await _commit(ctx, change, None, f"{kind.name} {name!r} deleted")
     return ok(message=f"{kind.name} {name!r} deleted")

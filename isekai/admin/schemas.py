@@ -303,7 +303,40 @@ def first_error(name: str, document: Any, prefix: str) -> tuple[str, str] | None
             return f"{path}.{extra[0]}", f"unknown key {extra[0]!r}; allowed keys: " + ", ".join(
                 allowed
             )
-    return path, error.message
+    secret = bool(error.absolute_path) and error.absolute_path[-1] in SECRET_KEYS
+    return path, _message(error, secret)
+
+
+SECRET_KEYS = frozenset({"password", "jwt_secret"})  # never echoed in an answer
+_PREVIEW = 40  # characters of a refused value shown in a message
+
+
+def _message(error: ValidationError, secret: bool) -> str:
+    # jsonschema's own messages quote the whole value: a secret, or a megabyte, would come
+    # back in the answer. Say what was expected and show at most a short preview.
+    if secret:
+        shown = "the value"
+    else:
+        text = repr(error.instance)
+        shown = text if len(text) <= _PREVIEW else f"{text[:_PREVIEW]}... ({len(text)} chars)"
+    template = _TEMPLATES.get(str(error.validator), "{shown} is not valid ({validator})")
+    expected = error.validator_value
+    if error.validator == "enum":
+        expected = ", ".join(map(str, expected))
+    return template.format(shown=shown, expected=expected, validator=error.validator)
+
+
+_TEMPLATES = {
+    "maxLength": "{shown} is longer than {expected} characters",
+    "minLength": "{shown} is shorter than {expected} characters",
+    "pattern": "{shown} does not have the expected form",
+    "type": "{shown} is not of type {expected!r}",
+    "enum": "{shown} is not one of: {expected}",
+    "minimum": "{shown} is less than {expected}",
+    "maximum": "{shown} is more than {expected}",
+    "exclusiveMinimum": "{shown} must be more than {expected}",
+    "exclusiveMaximum": "{shown} must be less than {expected}",
+}
 
 
 DEFAULT_LOG_LIMIT = 50

@@ -41,7 +41,7 @@ from isekai.config.nodes import (
     parse,
 )
 from isekai.config.rules import Where, is_loopback
-from isekai.config.schema import Config, Target
+from isekai.config.schema import Config, Route, Target
 from isekai.errors import ConfigError
 from isekai.store.urls import parse_store_url
 
@@ -51,6 +51,7 @@ __all__ = [
     "is_loopback",
     "load_config",
     "load_config_text",
+    "read_document",
     "validate_dynamic",
 ]
 
@@ -154,6 +155,19 @@ def validate_dynamic(
         pairs[at] = (key_node, node)  # anything else: the builder reports the file's mistake
     root = MappingNode(root.tag, pairs, root.start_mark, root.end_mark)
     return _Builder(source, os.environ if env is None else env).config(root)
+
+
+def read_document(
+    cls: type, doc: Mapping[str, Any], path: str, *, extra: Mapping[str, Any] | None = None
+) -> Any:
+    """One JSON document (a route, an upstream) read into ``cls`` by the same reader and rules
+    as a file; errors have ``file`` `API_SOURCE` and paths under ``path``. ``extra`` gives
+    fields that are not in the document (a route's ``index``, an upstream's ``name``)."""
+    builder = _Builder(API_SOURCE, {})
+    node = document_node(doc)
+    if extra and "name" in extra and cls is not Route:  # a mapping key, as in `upstreams`
+        builder.name(node, path, _plan(cls).entity, extra["name"])
+    return builder.object(cls, node, path, extra=dict(extra or {}))
 
 
 def file_documents(

@@ -75,6 +75,24 @@ class LiteralScalar(ScalarNode):
     """A scalar from a JSON document: its text is never ``${VAR}``-substituted."""
 
 
+_QUOTED_PREVIEW = 100  # characters of a quoted value kept in a message
+_LONG_MESSAGE = 400  # shorter messages are left as they are
+_LONG_QUOTED = re.compile(
+    r"'(?:[^'\\\n]|\\.){N,}'|\"(?:[^\"\\\n]|\\.){N,}\"".replace("N", str(_QUOTED_PREVIEW))
+)
+
+
+def shorten_values(message: str) -> str:
+    """``message`` with every quoted value longer than a line cut to a preview: a mistake in
+    a megabyte value is reported in a line, and the value does not come back whole."""
+
+    def cut(match: re.Match[str]) -> str:
+        text = match.group(0)
+        return f"{text[:_QUOTED_PREVIEW]}...{text[0]} ({len(text) - 2} characters)"
+
+    return _LONG_QUOTED.sub(cut, message) if len(message) > _LONG_MESSAGE else message
+
+
 def document_node(value: Any) -> Node:
     # a JSON value as the node YAML would compose for it, every scalar explicitly tagged
     if isinstance(value, Mapping):
@@ -144,6 +162,7 @@ class Reader:
     def error(
         self, node: Node, path: str, message: str, cls: type[ConfigError] = ConfigError
     ) -> ConfigError:
+        message = shorten_values(message)
         if node.start_mark is API_MARK:
             return cls(message, path=path, file=API_SOURCE)
         return cls(message, path=path, file=self.source, line=node.start_mark.line + 1)

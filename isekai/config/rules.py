@@ -186,17 +186,32 @@ def config(values: dict[str, Any], where: Where) -> None:
     for item in routes:
         same_shape = by_shape.setdefault((item.match.host, item.match.pattern.shape), [])
         for other in same_shape:
-            mine, theirs = item.match.methods, other.match.methods
-            if mine is None or theirs is None or set(mine) & set(theirs):
-                message = f"same host, path and methods as routes[{other.index}] ({other.name!r})"
+            if routes_overlap(item, other):
+                message = route_conflict(other, other.index)
                 raise where.of(item).error("match", message, cls=RouteConflictError)
         same_shape.append(item)
     upstreams = values.get("upstreams", {})
     for item in routes:
         if item.upstream is not None and item.upstream not in upstreams:
-            known = ", ".join(upstreams) if upstreams else "none defined"
-            message = f"no upstream named {item.upstream!r} (upstreams: {known})"
-            raise where.of(item).error("upstream", message)
+            raise where.of(item).error("upstream", missing_upstream(item.upstream, upstreams))
+
+
+# -- cross-item rules, shared by the whole-config hook above and by config.changes --------------
+
+
+def routes_overlap(route: Any, other: Any) -> bool:
+    """Two routes of the same host and path shape tie unless their methods are disjoint."""
+    mine, theirs = route.match.methods, other.match.methods
+    return mine is None or theirs is None or bool(set(mine) & set(theirs))
+
+
+def route_conflict(other: Any, position: int) -> str:
+    return f"same host, path and methods as routes[{position}] ({other.name!r})"
+
+
+def missing_upstream(name: str, upstreams: Any) -> str:
+    known = ", ".join(upstreams) if upstreams else "none defined"
+    return f"no upstream named {name!r} (upstreams: {known})"
 
 
 # -- the same rules, where JSON Schema can say them (jsonschema.class_schema adds these) ------

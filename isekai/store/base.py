@@ -191,6 +191,11 @@ class Store(abc.ABC):
         """Every item of ``kind``, sorted by name."""
 
     @abc.abstractmethod
+    async def list_versions(self, kind: str) -> dict[str, int]:
+        """Every item of ``kind`` as name -> version, without the documents (cheap: what a
+        gateway compares to know which items changed)."""
+
+    @abc.abstractmethod
     async def get_item(self, kind: str, name: str) -> StoredItem | None:
         """The item, or ``None``."""
 

@@ -301,6 +301,12 @@ class PostgresStore(Store):
             )
         return [_item(row) for row in rows]
 
+    async def list_versions(self, kind: str) -> dict[str, int]:
+        check_kind(kind)
+        async with self._connection() as conn:
+            rows = await conn.fetch("SELECT name, version FROM items WHERE kind = $1", kind)
+        return {row[0]: row[1] for row in rows}
+
     async def get_item(self, kind: str, name: str) -> StoredItem | None:
         check_kind(kind)
         async with self._connection() as conn:

@@ -206,6 +206,17 @@ class SQLiteStore(Store):
 
         return await self._run(run)
 
+    async def list_versions(self, kind: str) -> dict[str, int]:
+        check_kind(kind)
+
+        def run() -> dict[str, int]:
+            rows = self._connection().execute(
+                "SELECT name, version FROM items WHERE kind = ?", (kind,)
+            )
+            return dict(rows.fetchall())
+
+        return await self._run(run)
+
     async def get_item(self, kind: str, name: str) -> StoredItem | None:
         check_kind(kind)
 

@@ -554,6 +554,66 @@ def test_router_matches_reference(routes, data):
         )
 
 
+def test_router_remove_returns_the_value_and_frees_the_path():
+    r = make(
+        (None, ("GET",), "/a/{id}", "get"),
+        (None, ("POST",), "/a/{id}", "post"),
+        (None, None, "/b/*", "b"),
+    )
+    assert r.remove(None, ("GET",), parse_path_pattern("/a/{other}")) == "get"
+    assert r.match(b"", b"GET", b"/a/1") == (None, b"POST")
+    assert r.match(b"", b"HEAD", b"/a/1") == (None, b"POST")  # the implied HEAD went too
+    assert r.remove(None, ("POST",), parse_path_pattern("/a/{id}")) == "post"
+    assert r.match(b"", b"POST", b"/a/1") is None  # 404, not an empty 405
+    assert r.remove(None, None, parse_path_pattern("/b/*")) == "b"
+    assert r.match(b"", b"GET", b"/b/x") is None
+    assert len(r) == 0
+    r.add(None, ("GET",), parse_path_pattern("/a/{id}"), "again")
+    assert r.match(b"", b"GET", b"/a/1") == ("again", {"id": "1"})
+
+
+@pytest.mark.parametrize(
+    "host, methods, pattern",
+    [
+        (None, ("GET",), "/missing"),
+        ("x.com", ("GET", "POST"), "/a"),  # added for x.com with GET only
+        ("x.com", ("POST",), "/a"),
+        ("x.com", None, "/a"),
+        ("*.x.com", ("GET",), "/a"),
+    ],
+)
+def test_router_remove_of_what_was_not_added_is_key_error(host, methods, pattern):
+    r = make(("x.com", ("GET",), "/a", "a"))
+    with pytest.raises(KeyError):
+        r.remove(host, methods, parse_path_pattern(pattern))
+    assert r.match(b"x.com", b"GET", b"/a") == ("a", None) and len(r) == 1
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(routes=routes_strategy, data=st.data())
+def test_router_remove_equals_never_added(routes, data):
+    # removing routes leaves a router that answers every request like one built without them
+    router, added = Router(), []
+    for i, (host, methods, pattern) in enumerate(routes):
+        try:
+            router.add(host, methods, parse_path_pattern(pattern), i)
+        except RouteConflictError:
+            continue
+        added.append((host, methods, pattern, i))
+    removed = data.draw(st.sets(st.sampled_from(range(len(added))))) if added else set()
+    for k in removed:
+        host, methods, pattern, i = added[k]
+        assert router.remove(host, methods, parse_path_pattern(pattern)) == i
+    kept = [route for k, route in enumerate(added) if k not in removed]
+    fresh = make(*kept)
+    assert len(router) == len(fresh)
+    for _ in range(10):
+        host = data.draw(st.sampled_from(REQ_HOSTS))
+        method = data.draw(st.sampled_from(REQ_METHODS))
+        path = data.draw(request_paths([(h, m, p) for h, m, p, _ in added]))
+        assert router.match(host, method, path) == fresh.match(host, method, path)
+
+
 @settings(max_examples=300, deadline=None)
 @given(host=st.binary(max_size=20), path=st.binary(max_size=30), method=st.binary(max_size=8))
 def test_router_arbitrary_bytes_never_crash(host, path, method):

@@ -145,7 +145,7 @@ async def admin(
         await store.open()
     applied: list[Config] = []
 
-    async def record(new: Config) -> None:
+    async def record(new: Config, changes: Any = None) -> None:
         applied.append(new)
         if apply is not None:
             result = apply(new)

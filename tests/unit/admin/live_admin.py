@@ -34,7 +34,7 @@ class LiveAdmin:
         await self._store.open()
         await self._store.create_user("admin", hash_password(PASSWORD, ROUNDS), "admin")
 
-        async def apply(new: Any) -> None:
+        async def apply(new: Any, changes: Any) -> None:
             self.applied += 1
 
         ctx = AdminContext(

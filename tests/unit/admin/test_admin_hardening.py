@@ -29,7 +29,7 @@ async def served(tmp_path) -> AsyncIterator[tuple[str, AdminContext]]:
     store = open_store(f"sqlite:///{tmp_path}/hardening.db")
     await store.open()
 
-    async def apply(new):
+    async def apply(new, changes):
         return None
 
     ctx = AdminContext(
@@ -155,3 +155,37 @@ def test_admin_hardening_auth_off_refused_on_a_public_host_however_started(tmp_p
     assert result.returncode == 1, result.stdout + result.stderr
     assert "loopback" in result.stderr
     assert "admin API on" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "path, body, secret",
+    [
+        ("/api/users", {"username": "eve", "password": "S" * 1_000_000, "role": "viewer"}, "S"),
+        ("/api/users", {"username": "eve", "password": "short", "role": "viewer"}, "short"),
+        ("/api/auth/login", {"username": "admin", "password": "P" * 5000}, "P"),
+    ],
+)
+def test_admin_hardening_refused_passwords_are_never_echoed(tmp_path, path, body, secret):
+    async def scenario():
+        async with served(tmp_path) as (base, ctx):
+            token = issue_token(ctx, "admin", "admin")[0]
+            status, _, raw = await call(base, "POST", path, body=body, token=token)
+            assert status == 422, raw[:300]
+            text = raw.decode()
+            assert len(text) < 2000
+            assert secret * 5 not in text and f"'{secret}'" not in text
+            assert "password" in json.loads(text)["error"]["path"]
+
+    run(scenario())
+
+
+def test_admin_hardening_long_values_are_shown_as_a_short_preview(tmp_path):
+    async def scenario():
+        async with served(tmp_path) as (base, ctx):
+            token = issue_token(ctx, "admin", "admin")[0]
+            body = {"name": "x", "match": {"path": "/x y" + "a" * 50_000}, "respond": {}}
+            status, _, raw = await call(base, "POST", "/api/routes", body=body, token=token)
+            assert status == 422
+            assert len(raw) < 2000
+
+    run(scenario())

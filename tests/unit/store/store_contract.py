@@ -544,3 +544,15 @@ class StoreContract:
             assert sum(r is None for r in results) == 1
             assert all(isinstance(r, AlreadyExists) for r in results if r is not None)
             assert await one.count_users() == 1
+
+    @async_test
+    async def test_list_versions_names_every_item_with_its_version(self, backend):
+        async with open_store(backend.url) as store:
+            assert await store.list_versions("route") == {}
+            await store.create_item("route", "users", ROUTE)
+            await store.create_item("upstream", "app", UPSTREAM)
+            await store.replace_item("route", "users", {**ROUTE, "upstream": "other"})
+            assert await store.list_versions("route") == {"users": 2}
+            assert await store.list_versions("upstream") == {"app": 1}
+            with pytest.raises(ValueError):
+                await store.list_versions("user")

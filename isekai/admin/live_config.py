@@ -1,0 +1,223 @@
+"""The running config as the control plane keeps it: `LiveConfig`.
+
+It is the YAML file plus the stored routes and upstreams that validate, held as a
+`ConfigIndex` (so one change is checked and applied without reading everything again), with
+the store revision it reflects and each stored item's version. Three ways it moves:
+
+- `load` (startup, SIGHUP): everything is read and validated as one config. A stored item the
+  loader refuses is left out (`SkippedItem`, logged once) and the rest validated again, so one
+  bad item never stops the gateway; a mistake in the file raises ``ConfigError``.
+- `prepare` + `commit`: one change through the admin API, checked against the index.
+- `sync`: what other writers stored since (other processes, other gateways on the database),
+  found by comparing item versions, each applied as a change.
+
+Call `sync`, `prepare`/`commit` and `load` holding the store's writer lock, so the revision and
+the items read agree (store.md, "One writer at a time").
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from isekai.config.changes import Change, ConfigIndex
+from isekai.config.loader import API_SOURCE, file_documents, validate_dynamic
+from isekai.config.schema import Config
+from isekai.errors import ConfigError
+
+__all__ = ["ROUTE_PATH", "LiveConfig", "SkippedItem", "stored_item_at"]
+
+log = logging.getLogger("isekai.admin")
+
+ROUTE_PATH = re.compile(r"routes\[(\d+)\](.*)", re.S)
+_SYNC_ORDER = (("upstream", True), ("route", False), ("route", True), ("upstream", False))
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedItem:
+    """A stored route or upstream left out of the running config because it does not
+    validate against the file and the other items (``reason`` is the loader's message)."""
+
+    kind: str
+    name: str
+    reason: str
+    version: int | None = None  # the stored version that was left out
+
+
+class LiveConfig:
+    """The running config, its index, the store revision it reflects, and what was left out."""
+
+    def __init__(self, store: Any, config: Config, text: str) -> None:
+        self.store = store
+        self.file_config = config  # the YAML file alone, as loaded
+        self.text = text
+        self.index = ConfigIndex(config, (route.name for route in config.routes))
+        self.revision = -1
+        self.versions: dict[tuple[str, str], int] = {}  # stored items in the index
+        self.skipped: tuple[SkippedItem, ...] = ()
+
+    @property
+    def config(self) -> Config:
+        return self.index.config
+
+    def is_skipped(self, kind: str, name: str) -> bool:
+        return any((i.kind, i.name) == (kind, name) for i in self.skipped)
+
+    # -- whole loads ------------------------------------------------------------------------
+
+    async def load(self, config: Config | None = None, text: str | None = None) -> Config:
+        """Read the file (``config``/``text``: a new one, after SIGHUP) and every stored item;
+        nothing changes when it raises ``ConfigError``."""
+        config = self.file_config if config is None else config
+        text = self.text if text is None else text
+        revision = await self.store.revision()  # first: items read after are at least as new
+        routes = await self.store.list_items("route")
+        upstreams = await self.store.list_items("upstream")
+        loaded, skipped = whole_config(
+            text,
+            config.source,
+            {item.name: item.doc for item in routes},
+            {item.name: item.doc for item in upstreams},
+        )
+        stored_versions = {(item.kind, item.name): item.version for item in (*routes, *upstreams)}
+        skipped = tuple(
+            SkippedItem(i.kind, i.name, i.reason, stored_versions[i.kind, i.name]) for i in skipped
+        )
+        left_out = {(item.kind, item.name) for item in skipped}
+        self.file_config, self.text = config, text
+        self.index = ConfigIndex(loaded, (route.name for route in config.routes))
+        self.revision = revision
+        self.versions = {
+            (item.kind, item.name): item.version
+            for item in (*routes, *upstreams)
+            if (item.kind, item.name) not in left_out
+        }
+        self._set_skipped(skipped)
+        return loaded
+
+    # -- one change -------------------------------------------------------------------------
+
+    def prepare(self, kind: str, name: str, doc: dict[str, Any] | None) -> Change:
+        """Check one change (``doc`` None: delete); ``ConfigError`` as a whole validation."""
+        return self.index.prepare(kind, name, doc)
+
+    async def commit(self, change: Change, version: int | None) -> Config:
+        """Apply a prepared change now stored at ``version`` (None: deleted)."""
+        config = self.index.commit([change])
+        key = (change.kind, change.name)
+        if version is None:
+            self.versions.pop(key, None)
+        else:
+            self.versions[key] = version
+        self.skipped = tuple(i for i in self.skipped if (i.kind, i.name) != key)
+        self.revision = await self.store.revision()
+        return config
+
+    # -- other writers' changes -------------------------------------------------------------
+
+    async def sync(self) -> list[Change]:
+        """Apply what was stored since `revision` by anyone; return the changes applied."""
+        revision = await self.store.revision()
+        if revision == self.revision:
+            return []
+        stored: dict[tuple[str, str], int] = {}
+        for kind in ("route", "upstream"):
+            for name, version in (await self.store.list_versions(kind)).items():
+                stored[kind, name] = version
+        applied: list[Change] = []
+        skipped = {(i.kind, i.name): i for i in self.skipped if (i.kind, i.name) in stored}
+        for kind, put in _SYNC_ORDER:
+            if not put:
+                for key in [k for k in self.versions if k[0] == kind and k not in stored]:
+                    applied.append(self._apply(self.index.prepare(*key, None)))
+                    del self.versions[key]
+                continue
+            for key, version in stored.items():
+                if key[0] != kind or self._known_version(key) == version:
+                    continue
+                item = await self.store.get_item(*key)
+                if item is None:  # deleted meanwhile: the next sync sees it
+                    continue
+                try:
+                    change = self.index.prepare(kind, key[1], item.doc)
+                except ConfigError as exc:
+                    skipped[key] = SkippedItem(kind, key[1], str(exc), item.version)
+                    if kind == "route" and key in self.versions:  # as a load would leave it out
+                        applied.append(self._apply(self.index.prepare(*key, None)))
+                        del self.versions[key]
+                    continue
+                applied.append(self._apply(change))
+                self.versions[key] = item.version
+                skipped.pop(key, None)
+        self.revision = revision
+        self._set_skipped(tuple(skipped.values()))
+        return applied
+
+    def _known_version(self, key: tuple[str, str]) -> int | None:
+        if key in self.versions:
+            return self.versions[key]
+        return next((i.version for i in self.skipped if (i.kind, i.name) == key), None)
+
+    def _apply(self, change: Change) -> Change:
+        self.index.commit([change])
+        return change
+
+    def _set_skipped(self, skipped: tuple[SkippedItem, ...]) -> None:
+        for item in skipped:
+            if item not in self.skipped:
+                log.error(
+                    "stored %s %r left out: %s (fix or delete it through the API)",
+                    item.kind,
+                    item.name,
+                    item.reason,
+                )
+        self.skipped = skipped
+
+
+def whole_config(
+    text: str, source: str, routes: dict[str, dict], upstreams: dict[str, dict]
+) -> tuple[Config, tuple[SkippedItem, ...]]:
+    """The config file ``text`` plus the stored ``routes`` and ``upstreams`` that validate.
+
+    A stored item the loader refuses is left out (and returned as skipped), then the rest is
+    validated again; a mistake in the file raises ``ConfigError``.
+    """
+    routes, upstreams = dict(routes), dict(upstreams)
+    file_routes = len(file_documents(text, source)[0])
+    skipped: list[SkippedItem] = []
+    while True:
+        try:
+            config = validate_dynamic(
+                text, source, routes=list(routes.values()), upstreams=upstreams
+            )
+            return config, tuple(skipped)
+        except ConfigError as exc:
+            found = stored_item_at(exc, file_routes, list(routes), list(upstreams))
+            if found is None:
+                raise
+            kind, name = found
+            (routes if kind == "route" else upstreams).pop(name)
+            skipped.append(SkippedItem(kind, name, str(exc)))
+
+
+def stored_item_at(
+    exc: ConfigError, file_routes: int, routes: list[str], upstreams: list[str]
+) -> tuple[str, str] | None:
+    """``(kind, name)`` of the stored item a loader error points into, or None (the file).
+
+    ``routes`` and ``upstreams`` are the stored items' names in the order given to the loader,
+    after the file's ``file_routes`` routes.
+    """
+    if exc.file != API_SOURCE:
+        return None
+    found = ROUTE_PATH.fullmatch(exc.path)
+    if found is not None:
+        index = int(found.group(1)) - file_routes
+        return ("route", routes[index]) if 0 <= index < len(routes) else None
+    for name in sorted(upstreams, key=len, reverse=True):
+        head = f"upstreams.{name}"
+        if exc.path == head or exc.path.startswith((head + ".", head + "[")):
+            return "upstream", name
+    return None
