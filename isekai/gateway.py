@@ -11,12 +11,12 @@ import re
 from dataclasses import dataclass
 
 from isekai._core.counters import Counters
-from isekai._core.http import reason_phrase_py
+from isekai._core.http import response_head
 from isekai._core.protocol import CoreRoute
 from isekai._core.router import Router
-from isekai.config.schema import Config, Respond, Route
+from isekai.config.schema import Config, Route
 from isekai.policy import compile_chain
-from isekai.upstream.cluster import ClusterRegistry
+from isekai.upstream.clusters import ClusterRegistry
 
 _TEMPLATE_PART = re.compile(r"\{(\*|[A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -27,8 +27,6 @@ class Snapshot:
 
     config: Config
     router: Router
-    routes: tuple[CoreRoute, ...]
-    clusters: dict
     version: int
 
 
@@ -44,16 +42,6 @@ def compile_rewrite(template: str) -> tuple[tuple[bytes, str | None], ...]:
     return tuple(parts)
 
 
-def direct_response_head(respond: Respond) -> bytes:
-    """Status line, configured headers and content-length of a direct response, each line
-    CRLF-terminated; `_core` adds x-request-id, connection and the body."""
-    lines = [b"HTTP/1.1 %d %s\r\n" % (respond.status, reason_phrase_py(respond.status))]
-    for name, value in respond.headers:
-        lines.append(f"{name}: {value}\r\n".encode("latin-1"))
-    lines.append(b"content-length: %d\r\n" % len(respond.body))
-    return b"".join(lines)
-
-
 def _core_route(route: Route, config: Config, clusters: dict, counters: Counters) -> CoreRoute:
     core = CoreRoute(route.name, counters.slot(route.name))
     limits = route.limits
@@ -67,7 +55,8 @@ def _core_route(route: Route, config: Config, clusters: dict, counters: Counters
     if route.respond is not None:
         core.direct = True
         core.respond_status = route.respond.status
-        core.respond_head = direct_response_head(route.respond)
+        # status line and configured fields, once; `_core` adds the framing per response
+        core.respond_head = response_head(route.respond.status, route.respond.headers)
         core.respond_body = route.respond.body
         return core
     upstream = config.upstreams[route.upstream]
@@ -86,9 +75,7 @@ def build_snapshot(
     """Compile ``config`` for the request path. Raises ConfigError on route conflicts."""
     clusters = registry.build(config.upstreams)
     router = Router()
-    routes = []
     for route in config.routes:
         core = _core_route(route, config, clusters, counters)
         router.add(route.match.host, route.match.methods, route.match.pattern, core)
-        routes.append(core)
-    return Snapshot(config, router, tuple(routes), clusters, version)
+    return Snapshot(config, router, version)

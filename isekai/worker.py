@@ -25,7 +25,6 @@ import uvloop
 
 from isekai._core.counters import Counters
 from isekai._core.protocol import DownstreamProtocol, ServerState
-from isekai._core.upstream import sweep_pools
 from isekai.config.changes import Change, apply_changes
 from isekai.config.reload import config_from_message, keep_running
 from isekai.config.schema import Config
@@ -36,7 +35,7 @@ from isekai.process.channel import decode_changes, open_channel, send_message
 from isekai.process.signals import Signals
 from isekai.process.sockets import BACKLOG, bind_sockets
 from isekai.store import StoreError, open_store
-from isekai.upstream.cluster import ClusterRegistry
+from isekai.upstream.clusters import ClusterRegistry
 
 __all__ = ["Worker", "run_worker", "until_stopped"]
 
@@ -182,7 +181,7 @@ class Worker:
     # -- timers ------------------------------------------------------------------------------
 
     def _tick_upstream(self) -> None:
-        sweep_pools()
+        self.registry.sweep()
         self._timers.append(self.loop.call_later(UPSTREAM_SWEEP_INTERVAL, self._tick_upstream))
         if len(self._timers) > 8:
             self._timers = self._timers[-2:]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+from isekai._core.http import response_head
 from isekai._core.protocol import CoreRoute, DownstreamProtocol, ServerState
 
 from isekai._core.counters import Counters
@@ -86,7 +87,7 @@ def make_state() -> ServerState:
         route = CoreRoute(path.decode(), counters.slot(path.decode()))
         route.direct = True
         route.respond_status = 200
-        route.respond_head = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n"
+        route.respond_head = response_head(200, [("content-type", "text/plain")])
         route.respond_body = b"hi"
         router.add(None, None, parse_path_pattern(path.decode()), route)
     state = ServerState(router, counters, None)

@@ -5,7 +5,7 @@ from libc.stdint cimport int64_t, uint64_t
 cdef enum:
     N_BUCKETS = 14           # finite latency bounds; one more slot holds +Inf
     N_STATUS = 6             # 0 = other, 1..5 = 1xx..5xx
-    N_UPSTREAM_ERRORS = 3    # 0 connect, 1 timeout, 2 protocol (reset/malformed)
+    N_UPSTREAM_ERRORS = 4    # the UpstreamFailure kinds: connect, timeout, protocol, unavailable
 
 
 cdef struct SlotStats:
@@ -14,6 +14,7 @@ cdef struct SlotStats:
     uint64_t bytes_in
     uint64_t bytes_out
     uint64_t upstream[N_UPSTREAM_ERRORS]
+    uint64_t internal_errors  # exceptions from our own code or a policy (answered 500 or aborted)
     uint64_t latency[N_BUCKETS + 1]   # per bucket, not cumulative
     double latency_sum
 
@@ -33,4 +34,5 @@ cdef class Counters:
     cdef void connection_opened(self) noexcept
     cdef void connection_closed(self) noexcept
     cdef void upstream_error(self, int slot, int kind) noexcept
+    cdef void internal_error(self, int slot) noexcept
     cdef int _grow(self) except -1

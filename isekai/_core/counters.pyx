@@ -5,7 +5,7 @@ Strategy
 --------
 Every label that metrics break down by (a route name, "" for unrouted requests) gets a *slot*: an
 index into one contiguous, growable array of ``SlotStats`` structs (request count, status classes,
-bytes in/out, upstream errors, a fixed-bucket latency histogram and its sum). The label -> slot
+bytes in/out, upstream errors, internal errors, a fixed-bucket latency histogram and its sum). The label -> slot
 mapping is made once, when a snapshot is built (``slot()``, Python), and the hot path carries only
 the integer, so recording a finished request is a handful of C additions: no dict lookup, no Python
 object, no lock (a worker is one thread). Slots are never freed or renumbered, so a slot stays valid
@@ -19,7 +19,8 @@ time, which is also the only place that builds Python objects.
 The ``cdef`` recorders are ``noexcept`` and never fail: an out-of-range slot is counted in slot 0
 (unrouted) rather than dropped, negative byte counts and negative or NaN latencies count as zero,
 an unknown status counts as "other" and an unknown upstream error kind as "protocol". The active
-connection gauge never goes below zero.
+connection gauge never goes below zero. The recorders are called by `protocol` only; tests reach
+them through requests, not through Python entry points of their own.
 """
 
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
@@ -111,11 +112,6 @@ cdef class Counters:
         s.latency[i] += 1
         s.latency_sum += latency_s
 
-    def record_py(self, int slot, int status, int64_t bytes_in, int64_t bytes_out,
-                  double latency_s):
-        """Python entry to ``record`` (tests, Python-side callers)."""
-        self.record(slot, status, bytes_in, bytes_out, latency_s)
-
     cdef void connection_opened(self) noexcept:
         self._active += 1
         self._total += 1
@@ -131,17 +127,10 @@ cdef class Counters:
             kind = 2
         self._stats[slot].upstream[kind] += 1
 
-    def connection_opened_py(self):
-        """Python entry to ``connection_opened``."""
-        self.connection_opened()
-
-    def connection_closed_py(self):
-        """Python entry to ``connection_closed``."""
-        self.connection_closed()
-
-    def upstream_error_py(self, int slot, int kind):
-        """Python entry to ``upstream_error``."""
-        self.upstream_error(slot, kind)
+    cdef void internal_error(self, int slot) noexcept:
+        if slot < 0 or slot >= self._size:
+            slot = 0
+        self._stats[slot].internal_errors += 1
 
     def snapshot(self):
         """All counters as plain data, histograms cumulative (Prometheus shape)."""
@@ -169,8 +158,9 @@ cdef class Counters:
                 "bytes_out": s.bytes_out,
                 "upstream_errors": {
                     "connect": s.upstream[0], "timeout": s.upstream[1],
-                    "protocol": s.upstream[2],
+                    "protocol": s.upstream[2], "unavailable": s.upstream[3],
                 },
+                "internal_errors": s.internal_errors,
                 "latency": {"buckets": buckets, "sum": s.latency_sum, "count": cum},
             }
         return {"connections": {"active": self._active, "total": self._total}, "slots": slots}

@@ -162,11 +162,6 @@ cdef double wall_clock() noexcept nogil:
     return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
-cdef bytes reason_phrase(int status):
-    r = REASONS.get(status)
-    return r if r is not None else b"Unknown"
-
-
 cdef bytes next_request_id():
     global _id_counter
     cdef char buf[48]
@@ -195,6 +190,32 @@ cdef set connection_tokens(bytes value):
     return tokens
 
 
+cpdef bytes response_head(int status, object headers=()):
+    """Status line and ``headers`` ((name, value) pairs, str or bytes) of a response the gateway
+    makes itself, each line CRLF-ended; `gateway_response` adds the framing fields. Direct
+    routes get theirs once per snapshot."""
+    cdef list out = [status_line(status)]
+    for name, value in headers:
+        out.append(name.encode("latin-1") if isinstance(name, str) else name)
+        out.append(b": ")
+        out.append(value.encode("latin-1") if isinstance(value, str) else value)
+        out.append(b"\r\n")
+    return join_bytes(out)
+
+
+cdef bytes gateway_response(bytes head, bytes body, bytes request_id, bint close, bint head_only):
+    """The one serialiser of responses the gateway makes (errors, direct routes, policy
+    answers): ``head`` from `response_head`, then content-length, x-request-id, connection and
+    the body (none for HEAD, which still says how long it would be)."""
+    return join_bytes([
+        head,
+        b"content-length: ", int_bytes(len(body)),
+        b"\r\nx-request-id: ", request_id,
+        b"\r\nconnection: close\r\n\r\n" if close else b"\r\n\r\n",
+        b"" if head_only else body,
+    ])
+
+
 cdef bytes error_response(int status, str message, bytes request_id, bint close,
                           bytes extra_headers=b"", bint head=False):
     """A complete JSON error response: {"success": false, "error": ..., "request_id": ...}."""
@@ -202,15 +223,9 @@ cdef bytes error_response(int status, str message, bytes request_id, bint close,
         {"success": False, "error": message, "request_id": request_id.decode("latin-1")},
         separators=(",", ":"),
     ).encode()
-    return b"".join((
-        b"HTTP/1.1 %d " % status, reason_phrase(status), b"\r\n",
-        b"content-type: application/json\r\n",
-        b"content-length: %d\r\n" % len(body),
-        b"x-request-id: ", request_id, b"\r\n",
-        extra_headers,
-        b"connection: close\r\n\r\n" if close else b"\r\n",
-        b"" if head else body,  # a response to HEAD says how long the body would be
-    ))
+    return gateway_response(
+        status_line(status) + b"content-type: application/json\r\n" + extra_headers,
+        body, request_id, close, head)
 
 
 cdef bint valid_host(bytes host):
@@ -256,40 +271,5 @@ cdef bint valid_host(bytes host):
     return True
 
 
-def _valid_host_py(host):
-    """Test hook for valid_host."""
-    return valid_host(host)
-
-
 cdef bytes chunk_frame(bytes data):
     return b"%x\r\n" % len(data) + data + b"\r\n"
-
-
-def _error_response_py(status, message, request_id, close=False):
-    """Test hook for error_response."""
-    return error_response(status, message, request_id, close)
-
-
-def _header_kind_py(name):
-    """Test hook for header_kind."""
-    return header_kind(name)
-
-
-def _int_bytes_py(value):
-    """Test hook for int_bytes."""
-    return int_bytes(value)
-
-
-def _join_bytes_py(parts):
-    """Test hook for join_bytes."""
-    return join_bytes(parts)
-
-
-def _next_request_id_py():
-    """Test hook for next_request_id."""
-    return next_request_id()
-
-
-def reason_phrase_py(int status):
-    """The reason phrase Isekai sends for ``status``."""
-    return reason_phrase(status)

@@ -94,6 +94,8 @@ cdef class ProxyRequest(Exchange):
     cdef double started_at
     cdef list out
 
+    cdef bint can_answer(self)
+
 
 cdef class DownstreamProtocol:
     cdef ServerState state
@@ -119,8 +121,13 @@ cdef class DownstreamProtocol:
     cdef public double idle_since
     cdef public int served
 
+    cdef int _lost(self) except -1
+    cdef int _received(self, data) except -1
+    cdef int _write_paused(self, bint paused) except -1
     cdef int start(self, ProxyRequest req) except -1
+    cdef int _start(self, ProxyRequest req) except -1
     cdef int send_direct(self, ProxyRequest req) except -1
+    cdef int _send_made(self, ProxyRequest req, int status, bytes head, bytes body) except -1
     cdef int send_error(self, ProxyRequest req, int status, str message, bytes extra=*) except -1
     cdef int proxy(self, ProxyRequest req) except -1
     cdef int write_upstream_head(self, ProxyRequest req) except -1
@@ -130,6 +137,9 @@ cdef class DownstreamProtocol:
     cdef int pause(self, int reason) except -1
     cdef int resume(self, int reason) except -1
     cdef int close(self) except -1
+    cdef int abort(self) except -1
+    cdef int _log_internal(self, ProxyRequest req, object exc, str policy=*) except -1
+    cdef int internal_error(self, ProxyRequest req, object exc, bint close, str policy=*) except -1
     cdef int _fail_parse(self, int status, str message) except -1
     cdef int _send_policy_response(self, ProxyRequest req, answer) except -1
     cdef void _count_request(self)

@@ -17,10 +17,21 @@ too much body buffered for a request not yet connected, too deep a pipeline): re
 the mask is empty. A full client write buffer pauses the upstream connection's reading.
 
 Errors never raise out of a callback: they become a JSON response (404, 405 with Allow, 413, 502,
-504, 400 for malformed requests) or, once a response has started, an aborted connection.
+503, 504, 400 for malformed requests) or, once a response has started, an aborted connection.
+Every upstream failure of a request passes through `ProxyRequest.upstream_failed`, the one place
+that decides what the client gets (and where a retry would go). An exception from our own code or
+a policy is never silent: `internal_error` logs it once with the request id and route, counts it
+(`internal_errors` of the route's counter slot) and answers 500, or aborts a started response.
+`start` catches for the request it starts, so a request started from inside another callback (the
+next pipelined one, dispatched when the previous upstream response completes) still gets its
+answer; each callback catches the rest.
+
+Every response the gateway writes itself (errors, direct routes, policy answers) is serialised by
+`http.gateway_response`.
 """
 
 import ipaddress
+import logging
 from collections import deque
 from urllib.parse import quote
 
@@ -32,14 +43,17 @@ from isekai._core.http cimport (
     CONNECTION_CLOSE, CONNECTION_KEEP_ALIVE, CONNECTION_UPGRADE, H_CONNECTION, H_CONTENT_LENGTH,
     H_EXPECT, H_HOST, H_OTHER, H_TRANSFER_ENCODING, H_UPGRADE, H_USER_AGENT, H_X_FORWARDED_FOR,
     H_X_REQUEST_ID, chunk_frame, connection_option, connection_tokens, error_response,
-    header_kind, int_bytes, join_bytes, monotonic, next_request_id, reason_phrase, status_line,
-    valid_host, wall_clock,
+    gateway_response, header_kind, int_bytes, join_bytes, monotonic, next_request_id,
+    response_head, status_line, valid_host, wall_clock,
 )
 from isekai._core.router cimport Router
 from isekai._core.tunnel cimport Tunnel
 from isekai._core.upstream cimport (
-    FAIL_CONNECT, FAIL_PROTOCOL, FAIL_TIMEOUT, Cluster, Exchange, Pool, UpstreamProtocol,
+    FAIL_UNAVAILABLE, Cluster, Exchange, Pool, UpstreamProtocol, failure_status,
 )
+from isekai.errors import RemoteProtocolError
+
+log = logging.getLogger("isekai.core")
 
 # Reasons to stop reading from the client (bits of DownstreamProtocol.read_pause).
 cdef enum:
@@ -99,7 +113,8 @@ cdef class ServerState:
         self.log_dropped = 0
 
     def take_request_log(self):
-        """The request-log records gathered since the last call (tuples, see REQUEST_LOG_FIELDS)."""
+        """The request-log records gathered since the last call (tuples in `LOG_COLUMNS` order,
+        isekai/store/base.py)."""
         records = self.log_buffer
         self.log_buffer = []
         return records
@@ -120,7 +135,10 @@ cdef class ServerState:
         if now < 0:
             now = monotonic()
         for proto in list(self.connections):
-            proto.check_timeouts(now)
+            try:
+                proto.check_timeouts(now)
+            except Exception as error:
+                proto.internal_error(proto.active, error, True)
         for tunnel in list(self.tunnels_open):
             tunnel.close_idle(now, tunnel.idle_timeout)
 
@@ -147,29 +165,40 @@ cdef class ProxyRequest(Exchange):
         return 0
 
     cdef int upstream_failed(self, int kind, str reason) except -1:
+        """The one place every upstream failure of this request passes (connect, timeout,
+        protocol, unavailable): the answer comes from `FAILURE_STATUS`. A retry would be
+        decided here, while `can_answer` holds. Called from pool and connection callbacks
+        and the sweep, so it catches for the request itself."""
         cdef DownstreamProtocol proto = self.proto
         self.conn = None
-        proto.resume(PAUSE_UPSTREAM)
         proto.state.counters.upstream_error(self.route.slot, kind)
-        if self.cancelled or self.response_done:
-            return 0
-        if self.response_started and not self.head_sent:
-            # The head is still in our buffer: the client has seen nothing, so it gets a 502.
+        try:
+            proto.resume(PAUSE_UPSTREAM)
+            if self.cancelled or self.response_done:
+                return 0
+            if not self.can_answer():
+                # Never pass a cut-short body off as complete.
+                self.response_done = True
+                proto._record(self)
+                proto.close()
+                proto.retire(self)
+                return 0
+            proto.send_error(self, failure_status(kind), reason)
+        except Exception as error:
+            proto.internal_error(self, error, False)
+        return 0
+
+    cdef bint can_answer(self):
+        """True if the client has seen nothing of a response yet, so another can be sent. A head
+        still held in our buffer (never written) is dropped."""
+        if self.response_started and not self.head_sent and not self.tunneling:
             self.out = None
             self.response_started = False
-            proto.served -= 1
-        if self.response_started:
-            # Never pass a cut-short body off as complete.
-            self.response_done = True
-            proto._record(self)
-            proto.close()
-            proto.retire(self)
-            return 0
-        if kind == FAIL_TIMEOUT:
-            proto.send_error(self, 504, reason)
-        else:
-            proto.send_error(self, 502, reason)
-        return 0
+            self.proto.served -= 1
+        return not self.response_started and not self.response_done
+
+    cdef int internal_error(self, object exc) except -1:
+        return self.proto.internal_error(self, exc, False)
 
     cdef int response_head(self, UpstreamProtocol conn) except -1:
         cdef DownstreamProtocol proto = self.proto
@@ -183,7 +212,7 @@ cdef class ProxyRequest(Exchange):
         out.insert(0, status_line(status))
         if status == 101:
             if not self.wants_upgrade or conn.upgrade is None:
-                raise ValueError("upstream switched protocols unasked")
+                raise RemoteProtocolError("upstream switched protocols unasked", 502)
             self.tunneling = True
         elif self.wants_upgrade:
             self.close_after = True  # the client may already be sending the other protocol
@@ -314,22 +343,32 @@ cdef class DownstreamProtocol:
 
     def connection_made(self, transport):
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer_ip = peer[0].encode() if peer else b"unknown"
-        self.forwarded = b"".join(
-            (self.peer_ip, b"\r\nx-forwarded-proto: ", self.state.scheme, b"\r\n"))
-        if peer and self.state.trusted_networks:
-            address = ipaddress.ip_address(peer[0])
-            self.trusted = any(address in net for net in self.state.trusted_networks)
-        self.last_read = self.idle_since = monotonic()
-        self.state.connections.add(self)
-        self.state.counters.connection_opened()
-        if (len(self.state.connections) >= self.state.max_connections
-                and not self.state.full and self.state.on_capacity is not None):
-            self.state.full = True
-            self.state.on_capacity(True)
+        try:
+            peer = transport.get_extra_info("peername")
+            self.peer_ip = peer[0].encode() if peer else b"unknown"
+            self.forwarded = b"".join(
+                (self.peer_ip, b"\r\nx-forwarded-proto: ", self.state.scheme, b"\r\n"))
+            if peer and self.state.trusted_networks:
+                address = ipaddress.ip_address(peer[0])
+                self.trusted = any(address in net for net in self.state.trusted_networks)
+            self.last_read = self.idle_since = monotonic()
+            self.state.connections.add(self)
+            self.state.counters.connection_opened()
+            if (len(self.state.connections) >= self.state.max_connections
+                    and not self.state.full and self.state.on_capacity is not None):
+                self.state.full = True
+                self.state.on_capacity(True)
+        except Exception as error:
+            self._log_internal(None, error)
+            self.abort()
 
     def connection_lost(self, exc):
+        try:
+            self._lost()
+        except Exception as error:
+            self._log_internal(self.active, error)
+
+    cdef int _lost(self) except -1:
         cdef ProxyRequest req
         self.transport = None
         self.closing = True
@@ -347,37 +386,48 @@ cdef class DownstreamProtocol:
         self.active = None
         self.parsing = None
         for req in reqs:
-            req.cancelled = True
+            req.cancel()
             if req.conn is not None:
                 req.conn.pool.release(req.conn, False)
                 req.conn = None
             if req.started and not req.response_done:
                 req.status = 499
                 self._record(req)
+        return 0
 
     def data_received(self, data):
+        try:
+            self._received(data)
+        except Exception as error:
+            self.internal_error(self.active, error, True)
+
+    cdef int _received(self, data) except -1:
         if self.tunnel is not None:
             self.tunnel.from_client(data)
-            return
+            return 0
         if self.closing:
-            return
+            return 0
         self.last_read = monotonic()
         if self.upgrade_pending:
             self._hold_for_tunnel(data)
-            return
+            return 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._after_upgrade_head(data[exc.args[0]:])
-        except httptools.HttpParserCallbackError:
-            if self.closing:
-                return
-            if self.reject_status:
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if not isinstance(cause, _Reject):
+                # Our own code raised inside the parser: the parser cannot go on.
+                self._log_internal(self.parsing if self.parsing is not None else self.active,
+                                   cause if cause is not None else exc)
+                if not self.closing:
+                    self.reject(500, "internal error while reading the request")
+            elif not self.closing:
                 self.reject(self.reject_status, self.reject_message)
-            else:
-                self.reject(500, "internal error while reading the request")
         except httptools.HttpParserError as exc:
             self.reject(400, f"malformed request: {exc}")
+        return 0
 
     def eof_received(self):
         if self.active is None:
@@ -387,18 +437,24 @@ cdef class DownstreamProtocol:
         return True
 
     def pause_writing(self):
-        self.write_paused = True
-        if self.tunnel is not None:
-            self.tunnel.client_write_paused(True)
-        elif self.active is not None and self.active.conn is not None:
-            self.active.conn.pause_reading()
+        self._write_paused(True)
 
     def resume_writing(self):
-        self.write_paused = False
-        if self.tunnel is not None:
-            self.tunnel.client_write_paused(False)
-        elif self.active is not None and self.active.conn is not None:
-            self.active.conn.resume_reading()
+        self._write_paused(False)
+
+    cdef int _write_paused(self, bint paused) except -1:
+        self.write_paused = paused
+        try:
+            if self.tunnel is not None:
+                self.tunnel.client_write_paused(paused)
+            elif self.active is not None and self.active.conn is not None:
+                if paused:
+                    self.active.conn.pause_reading()
+                else:
+                    self.active.conn.resume_reading()
+        except Exception as error:
+            self.internal_error(self.active, error, True)
+        return 0
 
     cdef int _after_upgrade_head(self, bytes rest) except -1:
         """httptools stopped after an Upgrade request's head; `rest` is what followed it."""
@@ -687,6 +743,14 @@ cdef class DownstreamProtocol:
         raise _Reject(message)
 
     cdef int start(self, ProxyRequest req) except -1:
+        """Route `req` and serve it; whatever raises is this request's internal error."""
+        try:
+            self._start(req)
+        except Exception as error:
+            self.internal_error(req, error, False)
+        return 0
+
+    cdef int _start(self, ProxyRequest req) except -1:
         cdef object found
         cdef CoreRoute route
         req.started = True
@@ -708,7 +772,10 @@ cdef class DownstreamProtocol:
             return self.send_error(req, 413, "request body too large")
         if route.chain:
             for policy in route.chain:
-                answer = policy.on_request(req)
+                try:
+                    answer = policy.on_request(req)
+                except Exception as error:
+                    return self.internal_error(req, error, False, type(policy).__name__)
                 if answer is not None:
                     return self._send_policy_response(req, answer)
         if route.direct:
@@ -716,7 +783,9 @@ cdef class DownstreamProtocol:
         return self.proxy(req)
 
     cdef int proxy(self, ProxyRequest req) except -1:
-        cdef Pool pool = req.route.cluster.pick()
+        cdef Pool pool = req.route.cluster.pick(req)
+        if pool is None:
+            return req.upstream_failed(FAIL_UNAVAILABLE, "no upstream target is available")
         if req.expect_continue and not req.message_complete and req.http11:
             self.transport.write(CONTINUE)
         pool.acquire(req)
@@ -766,36 +835,19 @@ cdef class DownstreamProtocol:
 
     cdef int send_direct(self, ProxyRequest req) except -1:
         cdef CoreRoute route = req.route
-        cdef bytes body = route.respond_body
-        req.status = route.respond_status
-        self._count_request()
-        if self._closing_after(req):
-            tail = b"\r\nconnection: close\r\n\r\n"
-        else:
-            tail = b"\r\n\r\n"
-        # respond_head ends with the content-length line (prebuilt by the snapshot).
-        self.transport.write(join_bytes([
-            route.respond_head, b"x-request-id: ", req.request_id, tail,
-            b"" if req.is_head else body]))
-        req.bytes_out = len(body)
-        return self.finish_response(req)
+        return self._send_made(req, route.respond_status, route.respond_head, route.respond_body)
 
     cdef int _send_policy_response(self, ProxyRequest req, answer) except -1:
-        cdef bytes body = answer.body
-        cdef list out = [b"HTTP/1.1 %d " % answer.status, reason_phrase(answer.status), b"\r\n"]
-        for name, value in answer.headers:
-            out.append(name.encode("latin-1") if isinstance(name, str) else name)
-            out.append(b": ")
-            out.append(value.encode("latin-1") if isinstance(value, str) else value)
-            out.append(b"\r\n")
-        req.status = answer.status
+        cdef int status = answer.status
+        return self._send_made(req, status, response_head(status, answer.headers), answer.body)
+
+    cdef int _send_made(self, ProxyRequest req, int status, bytes head, bytes body) except -1:
+        """A response the gateway made (direct route, policy answer): `head` is its status line
+        and fields, without framing."""
+        req.status = status
         self._count_request()
-        out.append(b"content-length: %d\r\nx-request-id: " % len(body))
-        out.append(req.request_id)
-        out.append(b"\r\nconnection: close\r\n\r\n" if self._closing_after(req) else b"\r\n\r\n")
-        if not req.is_head:
-            out.append(body)
-        self.transport.write(b"".join(out))
+        self.transport.write(gateway_response(head, body, req.request_id,
+                                              self._closing_after(req), req.is_head))
         req.bytes_out = len(body)
         return self.finish_response(req)
 
@@ -803,8 +855,10 @@ cdef class DownstreamProtocol:
         if self.transport is None:
             return 0
         req.status = status
-        if status >= 500 or status == 413 or status == 400:
-            req.close_after = req.close_after or not req.message_complete
+        if (status >= 500 or status == 413 or status == 400) and not req.message_complete:
+            # Unread body bytes would be taken for the next request; a request without a body
+            # is complete once its head is, and the connection can go on.
+            req.close_after = req.close_after or req.chunked or req.content_length > 0
         self._count_request()
         self.transport.write(error_response(status, message, req.request_id,
                                             self._closing_after(req), extra, req.is_head))
@@ -824,7 +878,7 @@ cdef class DownstreamProtocol:
         if req.conn is None and not req.tunneling:
             # Answered without an upstream exchange (direct, error, policy): a connection the
             # pool is still opening or waiting for must not carry this request afterwards.
-            req.cancelled = True
+            req.cancel()
         if req.pending is not None:
             req.pending = None
             req.pending_size = 0
@@ -948,14 +1002,51 @@ cdef class DownstreamProtocol:
                 self.transport.close()
         return 0
 
+    cdef int abort(self) except -1:
+        """Close without writing what is buffered: the response cannot be finished."""
+        self.closing = True
+        self.read_pause |= PAUSE_DONE
+        if self.transport is not None:
+            self.transport.abort()
+        return 0
 
-REQUEST_LOG_FIELDS = (
-    "ts", "route", "method", "path", "status", "upstream", "latency_ms", "bytes_in", "bytes_out",
-    "client_ip", "user_agent", "request_id",
-)
+    cdef int _log_internal(self, ProxyRequest req, object exc, str policy=None) except -1:
+        """Log `exc` once, with the request id, route (and policy), and count it on the route's
+        slot."""
+        cdef CoreRoute route = req.route if req is not None else None
+        self.state.counters.internal_error(route.slot if route is not None else 0)
+        log.error("internal error serving request %s (route %s%s): %r",
+                  req.request_id.decode("latin-1") if req is not None and req.request_id else "-",
+                  route.name if route is not None else "-",
+                  f", policy {policy}" if policy is not None else "", exc, exc_info=exc)
+        return 0
+
+    cdef int internal_error(self, ProxyRequest req, object exc, bint close,
+                            str policy=None) except -1:
+        """Our own code or a policy raised while serving `req`: log and count it, then answer
+        500 if the client has seen nothing of the response, else abort the connection. With
+        `close` the connection ends after the answer (its state is not to be trusted)."""
+        cdef UpstreamProtocol conn
+        self._log_internal(req, exc, policy)
+        try:
+            if req is None or self.transport is None or not req.can_answer():
+                self.abort()
+                return 0
+            conn = req.conn
+            if conn is not None:
+                req.conn = None
+                conn.pool.release(conn, False)
+            if close:
+                req.close_after = True
+            self.send_error(req, 500, "internal error")
+        except Exception:
+            self.abort()
+        return 0
 
 
 cdef tuple _log_record(DownstreamProtocol proto, ProxyRequest req, double latency):
+    # In the order of `LOG_COLUMNS` (isekai/store/base.py), the one list of request-log fields;
+    # `_core` imports nothing from the store, so a test checks the two agree field by field.
     cdef CoreRoute route = req.route
     return (
         wall_clock(),

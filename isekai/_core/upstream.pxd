@@ -1,10 +1,18 @@
 from isekai._core.tunnel cimport Tunnel
 
 
+cdef class Pool
+
+
+# Why an exchange got no (complete) upstream response; FAILURE_STATUS maps each to its answer.
 cdef enum UpstreamFailure:
-    FAIL_CONNECT = 0
-    FAIL_TIMEOUT = 1
-    FAIL_PROTOCOL = 2
+    FAIL_CONNECT = 0       # refused, reset or closed before a response began
+    FAIL_TIMEOUT = 1       # connect or read deadline passed
+    FAIL_PROTOCOL = 2      # malformed response, or closed in the middle of one
+    FAIL_UNAVAILABLE = 3   # no target to use: none healthy, breaker open, pool wait timed out
+    N_FAILURES = 4
+
+cdef int failure_status(int kind) noexcept
 
 
 cdef class Exchange:
@@ -12,9 +20,13 @@ cdef class Exchange:
     cdef public bint cancelled
     cdef bint is_head
     cdef double read_timeout
+    cdef Pool waiting          # the pool whose wait queue holds this exchange, if any
+    cdef double wait_deadline  # when a wait for a pool slot ends in FAIL_UNAVAILABLE
 
+    cdef int cancel(self) except -1
     cdef int upstream_ready(self, UpstreamProtocol conn) except -1
     cdef int upstream_failed(self, int kind, str reason) except -1
+    cdef int internal_error(self, object exc) except -1
     cdef int response_head(self, UpstreamProtocol conn) except -1
     cdef int response_body(self, bytes data) except -1
     cdef int response_complete(self, UpstreamProtocol conn) except -1
@@ -57,6 +69,8 @@ cdef class UpstreamProtocol:
     cdef int resume_reading(self) except -1
     cdef int close(self) except -1
     cdef int _fail(self, int kind, str reason) except -1
+    cdef int _crash(self, Exchange ex, object exc) except -1
+    cdef int _write_paused(self, bint paused) except -1
     cdef int _complete(self) except -1
 
 
@@ -69,6 +83,7 @@ cdef class Pool:
     cdef public double keepalive_expiry
     cdef public double connect_timeout
     cdef public double read_timeout
+    cdef public double pool_timeout
     cdef object loop
     cdef list idle
     cdef set open
@@ -79,14 +94,27 @@ cdef class Pool:
     cdef bint closed
 
     cdef int acquire(self, Exchange exchange) except -1
+    cdef int _park(self, Exchange exchange, double now) except -1
+    cdef Exchange _unpark(self)
+    cdef int leave(self, Exchange exchange) except -1
     cdef int release(self, UpstreamProtocol conn, bint reusable) except -1
     cdef int _connect(self, Exchange exchange) except -1
     cdef int _forget(self, UpstreamProtocol conn) except -1
     cdef int sweep(self, double now) except -1
 
 
+cdef class Balancer:
+    """Chooses a pool of a cluster for each exchange; `None` means no target is usable."""
+    cdef readonly list pools
+    cpdef Pool pick(self, Exchange exchange)
+
+
+cdef class RoundRobin(Balancer):
+    cdef Py_ssize_t next_index
+
+
 cdef class Cluster:
     cdef readonly str name
     cdef readonly list pools
-    cdef Py_ssize_t next_index
-    cdef Pool pick(self)
+    cdef readonly Balancer balancer
+    cdef Pool pick(self, Exchange exchange)

@@ -1,28 +1,42 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """Upstream side of the request path: connection pools and the response parser.
 
-Strategy. A `Cluster` is a round-robin over one `Pool` per target. A `Pool` keeps idle keep-alive
-connections on a LIFO stack (the most recently used socket is the warmest), counts every open or
-opening connection against `max_connections`, and parks `Exchange`s in a FIFO when the limit is
-reached. Opening a connection is the only place that touches a coroutine: `loop.create_connection`
-is wrapped in a future whose done-callback hands the ready connection to the exchange; nothing in
-this module awaits. Reused connections cost no allocation beyond the response parser's header list.
+Strategy. A `Cluster` holds one `Pool` per target and asks its `Balancer` which one an exchange
+uses (`RoundRobin` stays in C: no Python call per request); a balancer answering `None` (no usable
+target) fails the exchange with FAIL_UNAVAILABLE. A `Pool` keeps idle keep-alive connections on a
+LIFO stack (the most recently used socket is the warmest), counts every open or opening connection
+against `max_connections`, and parks `Exchange`s in a FIFO when the limit is reached; a parked
+exchange whose client leaves is taken off the queue at once. Opening a connection is the only
+place that touches a coroutine: `loop.create_connection` is wrapped in a future whose
+done-callback hands the ready connection to the exchange; nothing in this module awaits. Reused connections cost no allocation beyond the response parser's header list.
 
 Timeouts are not timers per request: each connection carries a deadline on the monotonic clock,
-and `sweep_pools(now)`, called by the worker a few times a second, fails connections whose connect
-or read deadline has passed and closes idle ones older than `keepalive_expiry`.
+and so does each parked exchange (`pool_timeout`). `sweep_pools(pools, now)`, called a few times a
+second for the pools the cluster registry owns, fails connections whose connect or read deadline
+has passed, fails parked exchanges that waited past `pool_timeout` (FAIL_UNAVAILABLE) and closes
+idle connections older than `keepalive_expiry`.
+
+Every way an exchange can end without a complete response is one `UpstreamFailure` kind, handed to
+`Exchange.upstream_failed`; `FAILURE_STATUS` below is the one table of what the client is answered.
+An exception from our own code while a connection is handled is not an upstream failure: the
+connection is closed and the exchange told through `internal_error` (the downstream side logs,
+counts and answers 500).
 
 `UpstreamProtocol` parses the response with httptools and forwards head, body chunks and completion
 to its current `Exchange` (the downstream request). Interim 1xx responses other than 101 are
 skipped. A response to HEAD ends at its head; since httptools cannot be told the request method,
 that connection gets a fresh parser before its next exchange. A body delimited by connection close
-ends normally in `connection_lost`; any other loss before completion is a failure.
+ends normally in `connection_lost`; any other loss before completion is a failure. A response
+that breaks the framing rules raises `RemoteProtocolError` from a parser callback (FAIL_PROTOCOL).
 """
 
 import asyncio
+import logging
 from collections import deque
 
 import httptools
+
+from isekai.errors import RemoteProtocolError
 
 from isekai._core.http cimport (
     H_CONNECTION, H_CONTENT_LENGTH, H_OTHER, H_TRANSFER_ENCODING, H_UPGRADE, H_X_REQUEST_ID,
@@ -30,15 +44,38 @@ from isekai._core.http cimport (
     monotonic,
 )
 
-cdef set _pools = set()
+log = logging.getLogger("isekai.core")
+
+# What the client is answered for each UpstreamFailure (DESIGN §4).
+cdef int FAILURE_STATUS[N_FAILURES]
+FAILURE_STATUS[<int>FAIL_CONNECT] = 502
+FAILURE_STATUS[<int>FAIL_TIMEOUT] = 504
+FAILURE_STATUS[<int>FAIL_PROTOCOL] = 502
+FAILURE_STATUS[<int>FAIL_UNAVAILABLE] = 503
+
+
+cdef int failure_status(int kind) noexcept:
+    if kind < 0 or kind >= N_FAILURES:
+        return 502
+    return FAILURE_STATUS[kind]
 
 
 cdef class Exchange:
+
+    cdef int cancel(self) except -1:
+        """The exchange is over for the client: no connection may be handed to it any more."""
+        self.cancelled = True
+        if self.waiting is not None:
+            self.waiting.leave(self)
+        return 0
 
     cdef int upstream_ready(self, UpstreamProtocol conn) except -1:
         raise NotImplementedError
 
     cdef int upstream_failed(self, int kind, str reason) except -1:
+        raise NotImplementedError
+
+    cdef int internal_error(self, object exc) except -1:
         raise NotImplementedError
 
     cdef int response_head(self, UpstreamProtocol conn) except -1:
@@ -75,65 +112,82 @@ cdef class UpstreamProtocol:
         cdef Exchange ex = self.exchange
         self.closed = True
         self.transport = None
-        self.pool._forget(self)
-        if self.tunnel is not None:
-            self.tunnel.close()
-        if ex is None:
-            return
-        if self.head_received and self.eof_body and exc is None:
+        try:
+            self.pool._forget(self)
+            if self.tunnel is not None:
+                self.tunnel.close()
+            if ex is None:
+                return
             self.exchange = None
-            self.keep_alive = False
-            ex.response_complete(self)
-        else:
-            self.exchange = None
-            ex.upstream_failed(FAIL_PROTOCOL, "upstream closed the connection")
+            if self.head_received and self.eof_body and exc is None:
+                self.keep_alive = False
+                ex.response_complete(self)
+            else:
+                ex.upstream_failed(FAIL_PROTOCOL, "upstream closed the connection")
+        except Exception as error:
+            self._crash(ex, error)
 
     def data_received(self, data):
-        if self.tunnel is not None:
-            self.tunnel.from_upstream(data)
-            return
         cdef Exchange ex = self.exchange
-        if ex is None:
-            # Nothing was asked: a server talking out of turn cannot be reused safely.
-            self.close()
-            return
-        self.bytes_received += len(data)
-        self.deadline = monotonic() + ex.read_timeout
         try:
-            self.parser.feed_data(data)
-            ex.flush()
-        except httptools.HttpParserUpgrade as exc:
-            # A 101: what follows the head already belongs to the tunnel.
-            offset = exc.args[0]
             if self.tunnel is not None:
-                if offset < len(data):
-                    self.tunnel.from_upstream(data[offset:])
-            else:
-                self._fail(FAIL_PROTOCOL, "upstream switched protocols unasked")
-        except httptools.HttpParserError as exc:
-            self._fail(FAIL_PROTOCOL, "malformed upstream response")
+                self.tunnel.from_upstream(data)
+                return
+            if ex is None:
+                # Nothing was asked: a server talking out of turn cannot be reused safely.
+                self.close()
+                return
+            self.bytes_received += len(data)
+            self.deadline = monotonic() + ex.read_timeout
+            try:
+                self.parser.feed_data(data)
+                ex.flush()
+            except httptools.HttpParserUpgrade as exc:
+                # A 101: what follows the head already belongs to the tunnel.
+                offset = exc.args[0]
+                if self.tunnel is not None:
+                    if offset < len(data):
+                        self.tunnel.from_upstream(data[offset:])
+                else:
+                    self._fail(FAIL_PROTOCOL, "upstream switched protocols unasked")
+            except httptools.HttpParserCallbackError as exc:
+                # A callback raised: the upstream broke a rule, or our own code failed.
+                cause = exc.__context__
+                if cause is None or isinstance(cause, RemoteProtocolError):
+                    self._fail(FAIL_PROTOCOL, "malformed upstream response")
+                else:
+                    self._crash(ex, cause)
+            except httptools.HttpParserError:
+                self._fail(FAIL_PROTOCOL, "malformed upstream response")
+        except Exception as error:
+            self._crash(ex, error)
 
     def eof_received(self):
         return False
 
     def pause_writing(self):
-        if self.tunnel is not None:
-            self.tunnel.upstream_write_paused(True)
-        elif self.exchange is not None:
-            self.exchange.upstream_write_paused(True)
+        self._write_paused(True)
 
     def resume_writing(self):
-        if self.tunnel is not None:
-            self.tunnel.upstream_write_paused(False)
-        elif self.exchange is not None:
-            self.exchange.upstream_write_paused(False)
+        self._write_paused(False)
+
+    cdef int _write_paused(self, bint paused) except -1:
+        cdef Exchange ex = self.exchange
+        try:
+            if self.tunnel is not None:
+                self.tunnel.upstream_write_paused(paused)
+            elif ex is not None:
+                ex.upstream_write_paused(paused)
+        except Exception as error:
+            self._crash(ex, error)
+        return 0
 
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_message_begin(self):
         if self.exchange is None:
             # A response nobody asked for (several in one read, or after completion).
-            raise ValueError("unsolicited upstream response")
+            raise RemoteProtocolError("unsolicited upstream response", 502)
         self.headers = []
         self.chunked = False
         self.has_length = False
@@ -186,10 +240,11 @@ cdef class UpstreamProtocol:
             # or a Content-Length beside it, is how responses get desynchronised.
             codings = self.encoding.lower().replace(b" ", b"").replace(b"\t", b"")
             if self.lengths or not (codings == b"chunked" or codings.endswith(b",chunked")):
-                raise ValueError("ambiguous upstream response framing")
+                raise RemoteProtocolError("ambiguous upstream response framing", 502)
             self.chunked = True
         elif self.lengths > 1:
-            raise ValueError("several Content-Length headers in the upstream response")
+            raise RemoteProtocolError(
+                "several Content-Length headers in the upstream response", 502)
         self.has_length = self.lengths == 1
         no_body = ex.is_head or status == 204 or status == 304
         self.eof_body = not no_body and not self.chunked and not self.has_length
@@ -271,13 +326,30 @@ cdef class UpstreamProtocol:
             ex.upstream_failed(kind, reason)
         return 0
 
+    cdef int _crash(self, Exchange ex, object exc) except -1:
+        """Our own code raised while `ex` was handled on this connection: whatever state the
+        connection is in cannot be trusted, so it is closed; `ex` answers 500 (or aborts)."""
+        cdef Exchange now = self.exchange
+        self.exchange = None
+        self.close()
+        if now is not None and now is not ex:
+            # The connection went to another exchange before the error: it fails normally.
+            now.upstream_failed(FAIL_PROTOCOL, "upstream connection closed after an error")
+        if ex is not None:
+            ex.internal_error(exc)
+        else:
+            log.error("internal error on an upstream connection to %s", self.pool.authority,
+                      exc_info=exc)
+        return 0
+
 
 cdef class Pool:
     """Keep-alive connections to one upstream target."""
 
     def __init__(self, str host, int port, *, int max_connections=1024,
                  int max_keepalive_connections=128, double keepalive_expiry=60.0,
-                 double connect_timeout=5.0, double read_timeout=30.0, loop=None):
+                 double connect_timeout=5.0, double read_timeout=30.0, double pool_timeout=5.0,
+                 loop=None):
         self.host = host
         self.port = port
         self.authority = (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
@@ -286,12 +358,12 @@ cdef class Pool:
         self.keepalive_expiry = keepalive_expiry
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.pool_timeout = pool_timeout
         self.loop = loop if loop is not None else asyncio.get_event_loop()
         self.idle = []
         self.open = set()
         self.connecting = set()
         self.waiters = deque()
-        _pools.add(self)
 
     @property
     def idle_count(self):
@@ -300,6 +372,11 @@ cdef class Pool:
     @property
     def busy_count(self):
         return len(self.open) - len(self.idle)
+
+    @property
+    def waiting_count(self):
+        """Exchanges parked until a connection is free."""
+        return len(self.waiters)
 
     cdef int acquire(self, Exchange exchange) except -1:
         cdef UpstreamProtocol conn
@@ -315,7 +392,32 @@ cdef class Pool:
         if self.total < self.max_connections:
             self._connect(exchange)
         else:
-            self.waiters.append(exchange)
+            self._park(exchange, now)
+        return 0
+
+    cdef int _park(self, Exchange exchange, double now) except -1:
+        exchange.waiting = self
+        exchange.wait_deadline = now + self.pool_timeout
+        self.waiters.append(exchange)
+        return 0
+
+    cdef Exchange _unpark(self):
+        """The longest-waiting exchange that still wants a connection, off the queue; or None."""
+        cdef Exchange waiter
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            waiter.waiting = None
+            if not waiter.cancelled:
+                return waiter
+        return None
+
+    cdef int leave(self, Exchange exchange) except -1:
+        """`exchange` no longer waits (its client left, or it was answered otherwise)."""
+        exchange.waiting = None
+        try:
+            self.waiters.remove(exchange)
+        except ValueError:
+            pass
         return 0
 
     cdef int _connect(self, Exchange exchange) except -1:
@@ -337,10 +439,8 @@ cdef class Pool:
         if not reusable or conn.closed or self.closed:
             conn.close()
             return 0
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if waiter.cancelled:
-                continue
+        waiter = self._unpark()
+        if waiter is not None:
             conn.attach(waiter)
             waiter.upstream_ready(conn)
             return 0
@@ -362,14 +462,26 @@ cdef class Pool:
             self.idle.remove(conn)
         except ValueError:
             pass
-        while self.waiters and self.total < self.max_connections and not self.closed:
-            waiter = self.waiters.popleft()
-            if not waiter.cancelled:
-                self._connect(waiter)
+        while self.total < self.max_connections and not self.closed:
+            waiter = self._unpark()
+            if waiter is None:
+                break
+            self._connect(waiter)
         return 0
 
     cdef int sweep(self, double now) except -1:
         cdef UpstreamProtocol conn
+        cdef Exchange waiter
+        while self.waiters:
+            # One pool_timeout for the whole queue: deadlines are in FIFO order.
+            waiter = self.waiters[0]
+            if now <= waiter.wait_deadline and not waiter.cancelled:
+                break
+            self.waiters.popleft()
+            waiter.waiting = None
+            if not waiter.cancelled:
+                waiter.upstream_failed(FAIL_UNAVAILABLE,
+                                       "no upstream connection came free within pool_timeout")
         for conn in list(self.connecting):
             if now > conn.deadline and not conn.closed:
                 conn.connect_future.cancel()
@@ -390,11 +502,11 @@ cdef class Pool:
         cdef UpstreamProtocol conn
         cdef Exchange waiter
         self.closed = True
-        _pools.discard(self)
-        while self.waiters:  # nothing will ever hand them a connection now
-            waiter = self.waiters.popleft()
-            if not waiter.cancelled:
-                waiter.upstream_failed(FAIL_CONNECT, "upstream pool closed by a reload")
+        while True:  # nothing will ever hand them a connection now
+            waiter = self._unpark()
+            if waiter is None:
+                break
+            waiter.upstream_failed(FAIL_CONNECT, "upstream pool closed by a reload")
         for conn in list(self.idle):
             conn.close()
         self.idle.clear()
@@ -402,6 +514,13 @@ cdef class Pool:
 
 cdef _connect_done(Pool pool, UpstreamProtocol conn, fut):
     cdef Exchange ex = conn.exchange
+    try:
+        _connected(pool, conn, fut, ex)
+    except Exception as error:
+        conn._crash(ex, error)
+
+
+cdef int _connected(Pool pool, UpstreamProtocol conn, fut, Exchange ex) except -1:
     cdef Exchange waiter
     pool.connecting.discard(conn)
     conn.exchange = None
@@ -418,31 +537,38 @@ cdef _connect_done(Pool pool, UpstreamProtocol conn, fut):
         pool.total -= 1
         if ex is not None and not ex.cancelled:
             ex.upstream_failed(kind, reason)
-        while pool.waiters and pool.total < pool.max_connections and not pool.closed:
-            waiter = pool.waiters.popleft()
-            if not waiter.cancelled:
+        if pool.total < pool.max_connections and not pool.closed:
+            waiter = pool._unpark()
+            if waiter is not None:
                 pool._connect(waiter)
-                break
-        return
+        return 0
     pool.open.add(conn)
     if ex is None or ex.cancelled:
         pool.release(conn, True)
-        return
+        return 0
     conn.attach(ex)
     ex.upstream_ready(conn)
+    return 0
 
 
-cdef class Cluster:
-    """Targets of one upstream, picked round-robin."""
+cdef class Balancer:
+    """Picks the pool (target) an exchange goes to. Subclasses implement `pick`; one written in
+    Python costs a Python call per request, one written here does not."""
 
-    def __init__(self, str name, list pools):
+    def __init__(self, list pools):
         if not pools:
-            raise ValueError(f"upstream {name!r} has no targets")
-        self.name = name
+            raise ValueError("a balancer needs at least one pool")
         self.pools = pools
-        self.next_index = 0
 
-    cdef Pool pick(self):
+    cpdef Pool pick(self, Exchange exchange):
+        """The pool for `exchange`, or None when no target can take it (answered 503)."""
+        raise NotImplementedError
+
+
+cdef class RoundRobin(Balancer):
+    """Each pool in turn."""
+
+    cpdef Pool pick(self, Exchange exchange):
         cdef Pool pool = self.pools[self.next_index]
         self.next_index += 1
         if self.next_index >= len(self.pools):
@@ -450,12 +576,27 @@ cdef class Cluster:
         return pool
 
 
-def sweep_pools(double now=-1.0):
-    """Fail timed-out upstream exchanges and expire idle connections; called by the worker."""
+cdef class Cluster:
+    """The targets of one upstream, and the balancer that picks among them."""
+
+    def __init__(self, str name, Balancer balancer):
+        if not balancer.pools:
+            raise ValueError(f"upstream {name!r} has no targets")
+        self.name = name
+        self.balancer = balancer
+        self.pools = balancer.pools
+
+    cdef Pool pick(self, Exchange exchange):
+        return self.balancer.pick(exchange)
+
+
+def sweep_pools(pools, double now=-1.0):
+    """Fail timed-out upstream exchanges and waits, expire idle connections, in `pools` (the
+    pools a cluster registry owns)."""
     cdef Pool pool
     if now < 0:
         now = monotonic()
-    for pool in list(_pools):
+    for pool in list(pools):
         pool.sweep(now)
 
 

@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import logging
 
-from isekai._core.protocol import REQUEST_LOG_FIELDS, ServerState
+from isekai._core.protocol import ServerState
 from isekai.config.schema import RequestLogs
 from isekai.store import RequestLogWriter, Store
+from isekai.store.base import LOG_KEYS
 
 log = logging.getLogger("isekai.request_log")
 
@@ -26,8 +27,9 @@ def _text(value: object) -> object:
 
 
 def to_row(record: tuple) -> dict:
-    """One `_core` record as a store row (bytes fields decoded)."""
-    return {field: _text(value) for field, value in zip(REQUEST_LOG_FIELDS, record, strict=True)}
+    """One `_core` record as a store row (bytes fields decoded). `_core` builds its records in
+    ``LOG_KEYS`` order, the one list of request-log fields."""
+    return {field: _text(value) for field, value in zip(LOG_KEYS, record, strict=True)}
 
 
 class RequestLogFeed:

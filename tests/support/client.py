@@ -50,3 +50,19 @@ def request(port: int, raw: bytes, *, method: str = "GET"):
 
 def json_body(body: bytes) -> dict:
     return json.loads(body.decode())
+
+
+def read_responses(sock: socket.socket, count: int) -> list[tuple[int, dict[str, str], bytes]]:
+    """Read ``count`` pipelined responses to GETs, in order: [(status, headers, body)]."""
+    responses = []
+    leftover = b""
+    for _ in range(count):
+        conn = h11.Connection(h11.CLIENT)
+        conn.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
+        conn.send(h11.EndOfMessage())
+        if leftover:
+            conn.receive_data(leftover)
+        status, headers, body, conn = read_response(sock, conn)
+        leftover = conn.trailing_data[0]
+        responses.append((status, headers, body))
+    return responses

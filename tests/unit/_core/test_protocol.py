@@ -9,41 +9,15 @@ from __future__ import annotations
 import json
 
 import pytest
+from isekai._core.http import response_head
 from isekai._core.protocol import CoreRoute, DownstreamProtocol, ServerState
 
 from isekai._core.counters import Counters
 from isekai._core.router import Router
 from isekai.config.units import parse_path_pattern
-
-
-class MemoryTransport:
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.closed = False
-        self.reading = True
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def writelines(self, parts) -> None:
-        for part in parts:
-            self.write(part)
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def get_extra_info(self, name: str):
-        return ("127.0.0.1", 40000) if name == "peername" else None
-
+from isekai.observability.request_log_feed import to_row
+from isekai.store.base import LOG_KEYS, normalize_log_row
+from tests.support.memory import MemoryTransport
 
 COUNTERS = Counters()
 
@@ -52,10 +26,7 @@ def direct(name: str, body: bytes, status: int = 200) -> CoreRoute:
     route = CoreRoute(name, COUNTERS.slot(name))
     route.direct = True
     route.respond_status = status
-    route.respond_head = b"HTTP/1.1 %d OK\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n" % (
-        status,
-        len(body),
-    )
+    route.respond_head = response_head(status, [("content-type", "text/plain")])
     route.respond_body = body
     return route
 
@@ -213,8 +184,8 @@ def test_protocol_request_id_from_client_is_echoed(state):
 
 
 def test_protocol_request_log_records_and_bounded_buffer(state):
-    from isekai._core.protocol import REQUEST_LOG_FIELDS
-
+    # `_core` builds records in the order of the store's LOG_COLUMNS (it cannot import them):
+    # every field is checked in its named place, so the two layouts cannot drift apart.
     state.log_requests = True
     state.log_capacity = 2
     state.take_request_log()
@@ -225,15 +196,19 @@ def test_protocol_request_log_records_and_bounded_buffer(state):
         b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n",
         b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n",
     )
-    records = [dict(zip(REQUEST_LOG_FIELDS, r, strict=True)) for r in state.take_request_log()]
+    records = [to_row(r) for r in state.take_request_log()]
     assert len(records) == 2
     assert state.log_dropped == dropped + 1
     first, second = records
+    assert list(first) == list(LOG_KEYS)
     assert first["route"] == "hello" and first["status"] == 200
-    assert first["method"] == b"GET" and first["path"] == b"/hello"
-    assert first["user_agent"] == b"curl/8" and first["request_id"] == b"r-9"
-    assert first["client_ip"] == b"127.0.0.1" and first["latency_ms"] >= 0
+    assert first["method"] == "GET" and first["path"] == "/hello"
+    assert first["upstream"] is None
+    assert first["user_agent"] == "curl/8" and first["request_id"] == "r-9"
+    assert first["client_ip"] == "127.0.0.1" and first["latency_ms"] >= 0
+    assert first["bytes_in"] == 0 and first["bytes_out"] == 2
     assert first["ts"] > 1.7e9
     assert second["route"] is None and second["status"] == 404
+    assert normalize_log_row(first)[LOG_KEYS.index("status")] == 200
     assert state.take_request_log() == []
     state.log_requests = False

@@ -1,8 +1,11 @@
-"""Clusters (one per configured upstream) built from config, with pools kept across snapshots.
+"""The cluster registry: clusters (one per configured upstream) built from config, and every
+upstream pool of the worker, kept across snapshots.
 
-A reload builds new `Cluster` objects, but a target whose connection settings did not change
-keeps its `Pool`, so warm keep-alive connections survive the swap. Pools no longer referenced
-by the newest snapshot are closed (their busy connections finish first).
+A reload builds new `Cluster` objects (each with a balancer from `balancer.make_balancer`), but a
+target whose connection settings did not change keeps its `Pool`, so warm keep-alive connections
+survive the swap. Pools no longer referenced by the newest snapshot are closed (their busy
+connections finish first). The registry owns the pools, so it is what `sweep()` walks for
+timeouts.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from isekai._core.upstream import Cluster, Pool
+from isekai._core.upstream import Cluster, Pool, sweep_pools
 from isekai.config.schema import Upstream
+from isekai.upstream.balancer import DEFAULT_BALANCER, make_balancer
 
 
 def _pool_key(upstream: Upstream, host: str, port: int) -> tuple:
@@ -23,6 +27,7 @@ def _pool_key(upstream: Upstream, host: str, port: int) -> tuple:
         upstream.keepalive_expiry,
         upstream.connect_timeout,
         upstream.read_timeout,
+        upstream.pool_timeout,
     )
 
 
@@ -52,11 +57,12 @@ class ClusterRegistry:
                         keepalive_expiry=upstream.keepalive_expiry,
                         connect_timeout=upstream.connect_timeout,
                         read_timeout=upstream.read_timeout,
+                        pool_timeout=upstream.pool_timeout,
                         loop=self._loop,
                     )
                 pools[key] = pool
                 members.append(pool)
-            clusters[name] = Cluster(name, members)
+            clusters[name] = Cluster(name, make_balancer(DEFAULT_BALANCER, members))
         for key, pool in self._pools.items():
             if key not in pools:
                 pool.close()
@@ -68,13 +74,14 @@ class ClusterRegistry:
         """Per upstream, its targets and their connections (for the admin API)."""
         return {
             name: {
-                "balancer": "round_robin",
+                "balancer": DEFAULT_BALANCER,
                 "targets": [
                     {
                         "target": f"{pool.host}:{pool.port}",
                         "open": pool.total,
                         "idle": pool.idle_count,
                         "busy": pool.busy_count,
+                        "waiting": pool.waiting_count,
                         "opened_total": pool.connections_opened,
                     }
                     for pool in cluster.pools
@@ -82,6 +89,11 @@ class ClusterRegistry:
             }
             for name, cluster in self.clusters.items()
         }
+
+    def sweep(self, now: float = -1.0) -> None:
+        """Apply connect, read and pool-wait timeouts and expire idle connections (``now`` on
+        the `_core` clock; by default the current time)."""
+        sweep_pools(self._pools.values(), now)
 
     def close(self) -> None:
         for pool in self._pools.values():
