@@ -14,6 +14,7 @@ from isekai._core.counters import Counters
 from isekai._core.http import response_head
 from isekai._core.protocol import CoreRoute
 from isekai._core.router import Router
+from isekai.config.changes import Change
 from isekai.config.schema import Config, Route
 from isekai.policy import compile_chain
 from isekai.upstream.clusters import ClusterRegistry
@@ -23,11 +24,16 @@ _TEMPLATE_PART = re.compile(r"\{(\*|[A-Za-z_][A-Za-z0-9_]*)\}")
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """One config, compiled. ``version`` increases with every snapshot a worker builds."""
+    """One config, compiled. ``version`` increases with every snapshot a worker builds.
+
+    ``cores`` holds each route's compiled form by name; `update_snapshot` changes it and the
+    router in place.
+    """
 
     config: Config
     router: Router
     version: int
+    cores: dict[str, CoreRoute]
 
 
 def compile_rewrite(template: str) -> tuple[tuple[bytes, str | None], ...]:
@@ -75,7 +81,50 @@ def build_snapshot(
     """Compile ``config`` for the request path. Raises ConfigError on route conflicts."""
     clusters = registry.build(config.upstreams)
     router = Router()
+    cores = {}
     for route in config.routes:
-        core = _core_route(route, config, clusters, counters)
+        core = cores[route.name] = _core_route(route, config, clusters, counters)
         router.add(route.match.host, route.match.methods, route.match.pattern, core)
-    return Snapshot(config, router, version)
+    return Snapshot(config, router, version, cores)
+
+
+def update_snapshot(
+    snapshot: Snapshot,
+    config: Config,
+    changes: list[Change],
+    registry: ClusterRegistry,
+    counters: Counters,
+    version: int,
+) -> Snapshot:
+    """Apply validated ``changes`` (leading from ``snapshot.config`` to ``config``) to the
+    snapshot's router and routes in place: work in proportion to the change, not the config.
+
+    The event loop runs no request while this runs, so a request sees the routes before or
+    after, never between; a request that matched an old route keeps it. On an unexpected
+    error the caller builds a whole snapshot instead (`build_snapshot`).
+    """
+    router, cores = snapshot.router, snapshot.cores
+    old_routes = {route.name: route for route in snapshot.config.routes if route.name in cores}
+    for change in changes:
+        if change.kind == "upstream":
+            cluster = registry.update(change.name, change.item)
+            if cluster is None:
+                continue  # unused: validated
+            for route in config.routes:  # point the routes that use it at the new cluster
+                if route.upstream == change.name:
+                    core = cores[route.name]
+                    core.cluster = cluster
+                    core.read_timeout = (
+                        route.timeout if route.timeout is not None else change.item.read_timeout
+                    )
+            continue
+        old = old_routes.pop(change.name, None)
+        if old is not None:
+            router.remove(old.match.host, old.match.methods, old.match.pattern)
+            del cores[change.name]
+        route = change.item
+        if route is not None:
+            core = cores[route.name] = _core_route(route, config, registry.clusters, counters)
+            router.add(route.match.host, route.match.methods, route.match.pattern, core)
+            old_routes[route.name] = route
+    return Snapshot(config, router, version, cores)

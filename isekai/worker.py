@@ -29,7 +29,7 @@ from isekai.config.changes import Change, apply_changes
 from isekai.config.reload import config_from_message, keep_running
 from isekai.config.schema import Config
 from isekai.errors import ConfigError
-from isekai.gateway import Snapshot, build_snapshot
+from isekai.gateway import Snapshot, build_snapshot, update_snapshot
 from isekai.observability.request_log_feed import RequestLogFeed
 from isekai.process.channel import decode_changes, open_channel, send_message
 from isekai.process.signals import Signals
@@ -99,8 +99,20 @@ class Worker:
         return snapshot
 
     def apply_changes(self, changes: list[Change], version: int | None = None) -> Snapshot:
-        """Apply validated changes to the current config (`isekai.config.changes`)."""
-        return self.swap(apply_changes(self.snapshot.config, changes), version)
+        """Apply validated changes (`isekai.config.changes`) to the current snapshot in place:
+        in proportion to the change, so the loop is not held up by a large config."""
+        if version is None:
+            version = self.snapshot.version + 1
+        config = apply_changes(self.snapshot.config, changes)
+        try:
+            snapshot = update_snapshot(
+                self.snapshot, config, changes, self.registry, self.counters, version
+            )
+        except Exception:  # never expected: the changes were validated
+            log.exception("applying %d changes in place failed: rebuilding", len(changes))
+            return self.swap(config, version)
+        self.snapshot = snapshot
+        return snapshot
 
     async def start(self, ports: Mapping[str, int] | None = None) -> None:
         """Bind and listen on every listener, then accept.

@@ -42,33 +42,52 @@ class ClusterRegistry:
     def build(self, upstreams: Mapping[str, Upstream]) -> dict[str, Cluster]:
         """Clusters for ``upstreams``; pools of unchanged targets are reused."""
         pools: dict[tuple, Pool] = {}
-        clusters: dict[str, Cluster] = {}
-        for name, upstream in upstreams.items():
-            members = []
-            for target in upstream.targets:
-                key = _pool_key(upstream, target.host, target.port)
-                pool = pools.get(key) or self._pools.get(key)
-                if pool is None:
-                    pool = Pool(
-                        target.host,
-                        target.port,
-                        max_connections=upstream.max_connections,
-                        max_keepalive_connections=upstream.max_keepalive_connections,
-                        keepalive_expiry=upstream.keepalive_expiry,
-                        connect_timeout=upstream.connect_timeout,
-                        read_timeout=upstream.read_timeout,
-                        pool_timeout=upstream.pool_timeout,
-                        loop=self._loop,
-                    )
-                pools[key] = pool
-                members.append(pool)
-            clusters[name] = Cluster(name, make_balancer(DEFAULT_BALANCER, members))
+        self.clusters = {
+            name: self._cluster(name, upstream, pools) for name, upstream in upstreams.items()
+        }
         for key, pool in self._pools.items():
             if key not in pools:
                 pool.close()
         self._pools = pools
-        self.clusters = clusters
-        return clusters
+        return self.clusters
+
+    def update(self, name: str, upstream: Upstream | None) -> Cluster | None:
+        """Build (or, with None, drop) the cluster of one upstream, the others untouched;
+        pools nothing uses any more are closed."""
+        if upstream is None:
+            self.clusters.pop(name, None)
+            cluster = None
+        else:
+            cluster = self.clusters[name] = self._cluster(name, upstream, self._pools)
+        used = {id(pool) for each in self.clusters.values() for pool in each.pools}
+        for key, pool in list(self._pools.items()):
+            if id(pool) not in used:
+                pool.close()
+                del self._pools[key]
+        return cluster
+
+    def _cluster(self, name: str, upstream: Upstream, pools: dict[tuple, Pool]) -> Cluster:
+        # a cluster whose targets take pools from ``pools`` (new ones are added to it), else
+        # from the current ones, else new
+        members = []
+        for target in upstream.targets:
+            key = _pool_key(upstream, target.host, target.port)
+            pool = pools.get(key) or self._pools.get(key)
+            if pool is None:
+                pool = Pool(
+                    target.host,
+                    target.port,
+                    max_connections=upstream.max_connections,
+                    max_keepalive_connections=upstream.max_keepalive_connections,
+                    keepalive_expiry=upstream.keepalive_expiry,
+                    connect_timeout=upstream.connect_timeout,
+                    read_timeout=upstream.read_timeout,
+                    pool_timeout=upstream.pool_timeout,
+                    loop=self._loop,
+                )
+            pools[key] = pool
+            members.append(pool)
+        return Cluster(name, make_balancer(DEFAULT_BALANCER, members))
 
     def status(self) -> dict:
         """Per upstream, its targets and their connections (for the admin API)."""
