@@ -168,6 +168,15 @@ INVALID_ROUTES = {
         "route.rewrite",
         "characters not allowed in a URL path",
     ),
+    "rewrite smuggling a second request": (
+        {
+            **ROUTE,
+            "match": {"path": "/x"},
+            "rewrite": "/a HTTP/1.1\r\nHost: internal\r\nX-Injected: yes\r\n\r\nGET /admin-only",
+        },
+        "route.rewrite",
+        "characters not allowed in a URL path",
+    ),
     "rewrite with an unknown parameter": (
         {**ROUTE, "match": {"path": "/u/{id}"}, "rewrite": "/v/{name}"},
         "route.rewrite",
