@@ -55,4 +55,5 @@ cdef class Router:
     cdef Py_ssize_t _count
 
     cpdef object match(self, bytes host, bytes method, bytes path)
+    cdef RouteNode _root(self, int hkind, bytes hkey)
     cdef object _allow(self, RouteNode exact, bytes hkey, Walk* w)

@@ -418,16 +418,7 @@ cdef class Router:
         segs, names, wildcard, text = _segments(pattern)
 
         # Find the would-be leaf without growing anything, and check for a tie.
-        root = None
-        if hkind == 0:
-            root = self._any
-        elif hkind == 1:
-            root = self._exact.get(hkey)
-        else:
-            for group in self._wild:
-                if group.suffix == hkey:
-                    root = group.root
-                    break
+        root = self._root(hkind, hkey)
         leaf = None
         if root is not None:
             node = _descend(root, segs, False)
@@ -475,6 +466,18 @@ cdef class Router:
             leaf.table = table
         self._count += 1
 
+    cdef RouteNode _root(self, int hkind, bytes hkey):
+        """The trie of a parsed host (`_parse_host`), or None when it has none yet."""
+        cdef HostGroup group
+        if hkind == 0:
+            return self._any
+        if hkind == 1:
+            return self._exact.get(hkey)
+        for group in self._wild:
+            if group.suffix == hkey:
+                return group.root
+        return None
+
     def remove(self, host, methods, pattern):
         """Remove the route added with the same ``host``, ``methods`` and ``pattern`` shape;
         return its value. KeyError when there is none (nothing is changed then).
@@ -489,15 +492,7 @@ cdef class Router:
         hkind, hkey = _parse_host(host)
         mset = _parse_methods(methods)
         segs, names, wildcard, text = _segments(pattern)
-        if hkind == 0:
-            root = self._any
-        elif hkind == 1:
-            root = self._exact.get(hkey)
-        else:
-            for group in self._wild:
-                if group.suffix == hkey:
-                    root = group.root
-                    break
+        root = self._root(hkind, hkey)
         node = None if root is None else _descend(root, segs, False)
         if node is not None:
             leaf = node.wild if wildcard else node.leaf
