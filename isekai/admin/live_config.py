@@ -131,7 +131,11 @@ class LiveConfig:
         for kind, put in _SYNC_ORDER:
             if not put:
                 for key in [k for k in self.versions if k[0] == kind and k not in stored]:
-                    applied.append(self._apply(self.index.prepare(*key, None)))
+                    try:
+                        applied.append(self._apply(self.index.prepare(*key, None)))
+                    except ConfigError as exc:  # an upstream a file route still uses
+                        log.error("stored %s %r was deleted but is kept: %s", *key, exc)
+                        continue
                     del self.versions[key]
                 continue
             for key, version in stored.items():
