@@ -117,12 +117,17 @@ LOGIN = {
     "additionalProperties": False,
     "required": ["username", "password"],
     "properties": {
-        "username": {"type": "string", "minLength": 1, "maxLength": 256},
-        "password": {"type": "string", "minLength": 1, "maxLength": 1024},
+        "username": {"type": "string", "pattern": USERNAME_PATTERN, "maxLength": 64},
+        "password": {"type": "string", "minLength": 1, "maxLength": 1024, "pattern": _NO_NUL},
     },
 }
 
-_PASSWORD = {"type": "string", "minLength": MIN_PASSWORD, "maxLength": MAX_PASSWORD_BYTES}
+_PASSWORD = {
+    "type": "string",
+    "minLength": MIN_PASSWORD,
+    "maxLength": MAX_PASSWORD_BYTES,
+    "pattern": _NO_NUL,
+}
 
 USER_CREATE = {
     "type": "object",
