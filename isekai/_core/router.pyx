@@ -488,7 +488,6 @@ cdef class Router:
         cdef RouteNode root = None, node
         cdef RouteLeaf leaf = None
         cdef RouteEntry entry
-        cdef HostGroup group
         hkind, hkey = _parse_host(host)
         mset = _parse_methods(methods)
         segs, names, wildcard, text = _segments(pattern)

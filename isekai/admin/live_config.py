@@ -62,9 +62,6 @@ class LiveConfig:
     def config(self) -> Config:
         return self.index.config
 
-    def is_skipped(self, kind: str, name: str) -> bool:
-        return any((i.kind, i.name) == (kind, name) for i in self.skipped)
-
     # -- whole loads ------------------------------------------------------------------------
 
     async def load(self, config: Config | None = None, text: str | None = None) -> Config:

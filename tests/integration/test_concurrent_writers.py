@@ -40,6 +40,16 @@ def _at_once(*calls):
     return results
 
 
+def _post_at_once(admins, routes):
+    # each admin API posts its route, released together; (status, body) of each
+    return _at_once(
+        *(
+            lambda a=a, r=r: a.call("POST", "/api/routes", r)
+            for a, r in zip(admins, routes, strict=True)
+        )
+    )
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def two_gateways(request, tmp_path, upstream, require_service):
     url = _store_url(request.param, tmp_path, require_service)
@@ -62,10 +72,7 @@ def test_concurrent_writers_same_match_one_wins_and_both_restart(two_gateways, t
             {"name": f"r{i}-{side}", "match": {"path": f"/same{i}"}, "respond": {"body": side}}
             for side in ("a", "b")
         ]
-        (status_a, body_a), (status_b, body_b) = _at_once(
-            lambda r=routes[0]: admins[0].call("POST", "/api/routes", r),
-            lambda r=routes[1]: admins[1].call("POST", "/api/routes", r),
-        )
+        (status_a, body_a), (status_b, body_b) = _post_at_once(admins, routes)
         assert sorted([status_a, status_b]) == [201, 422], (body_a, body_b)
         loser = body_b if status_a == 201 else body_a
         assert "same host, path and methods" in loser["message"]
@@ -74,7 +81,9 @@ def test_concurrent_writers_same_match_one_wins_and_both_restart(two_gateways, t
             path = f"/same{i}"
             assert wait_for(lambda gw=gw, p=path, w=winner: get(gw.port, p) == (200, w), timeout=5)
     # the store holds no conflict: a later change applies, and a fresh gateway starts on it
-    assert admins[0].call("DELETE", "/api/routes/nothing-here")[0] == 404
+    later = {"name": "later", "match": {"path": "/later"}, "respond": {"body": "later"}}
+    assert admins[1].call("POST", "/api/routes", later)[0] == 201
+    assert wait_for(lambda: get(first.port, "/later") == (200, b"later"), timeout=5)
     third = start(tmp_path, gateway_yaml(upstream.port, url), "c.yaml")
     try:
         for i in range(ROUNDS):
@@ -91,10 +100,7 @@ def test_concurrent_writers_each_gateway_serves_the_others_route(two_gateways):
             {"name": f"p{i}-{side}", "match": {"path": f"/{side}{i}"}, "respond": {"body": side}}
             for side in ("a", "b")
         ]
-        statuses = _at_once(
-            lambda r=routes[0]: admins[0].call("POST", "/api/routes", r)[0],
-            lambda r=routes[1]: admins[1].call("POST", "/api/routes", r)[0],
-        )
+        statuses = [status for status, _ in _post_at_once(admins, routes)]
         assert statuses == [201, 201]
         for gw in (first, second):
             for side in ("a", "b"):
