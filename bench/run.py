@@ -39,6 +39,31 @@ class Scenario:
     routes: int | None = None  # the proxies get a config with this many routes
     targets: tuple[str, ...] = ALL_TARGETS
     expect_len: int | None = None
+    policies: bool = False  # Isekai's route gets POLICIES (the others proxy as for small_get)
+
+
+# small_get_policies: the hot families on the one route, each doing its work per request
+# (a header set with a placeholder, the CORS response fields for an allowed Origin, an
+# ip_filter allow-list lookup).
+POLICIES_YAML = """\
+policies:
+  tag: {type: headers, request: {set: {X-Gateway: isekai, X-Client-IP: "${client_ip}"}},
+        response: {set: {X-Served-By: isekai}}}
+  web_cors: {type: cors, origins: ["https://app.example.com", "*.example.org"],
+             expose_headers: [X-Served-By]}
+  office: {type: ip_filter, allow: [127.0.0.0/8, 10.0.0.0/8, "::1"]}
+"""
+POLICY_CHAIN = "[office, web_cors, tag]"
+
+
+def with_policies(conf: str) -> str:
+    """An Isekai config from `harness.targets.isekai_conf` with POLICY_CHAIN on every route."""
+    lines = []
+    for line in conf.splitlines():
+        if line.startswith("  - {name:") and line.endswith("}"):
+            line = line[:-1] + f", policies: {POLICY_CHAIN}}}"
+        lines.append(line)
+    return POLICIES_YAML + "\n".join(lines) + "\n"
 
 
 def scenarios() -> dict[str, Scenario]:
@@ -54,6 +79,15 @@ def scenarios() -> dict[str, Scenario]:
     out = [
         Scenario(
             "small_get", "/small", "keep-alive GET, ~100 B body, 64 connections", expect_len=small
+        ),
+        Scenario(
+            "small_get_policies",
+            "/small",
+            "small_get with headers + cors + ip_filter on the route (Isekai; nginx plain)",
+            headers=("Origin: https://app.example.com",),
+            targets=("isekai", "nginx"),
+            expect_len=small,
+            policies=True,
         ),
         Scenario(
             "get_16k",
@@ -145,6 +179,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         + ", ".join(
             [
                 "small_get",
+                "small_get_policies",
                 "get_16k",
                 "get_1m",
                 "post_4k",
@@ -215,7 +250,9 @@ class Bench:
         )
         self.T.wait_ready(self.backend, "/small")
 
-    def start_target(self, t: Target, routes: int | None, scenario: str) -> None:
+    def start_target(
+        self, t: Target, routes: int | None, scenario: str, policies: bool = False
+    ) -> None:
         T, work = self.T, self.work
         if t.kind == "direct":
             t.proc = self.backend
@@ -226,6 +263,8 @@ class Bench:
         bport = self.backend.port
         if t.kind == "isekai":
             conf = T.isekai_conf(port, bport, t.workers, routes)
+            if policies:
+                conf = with_policies(conf)
             t.proc = T.start_isekai(work, tag, conf, port, t.workers, cores=plan.proxy)
         elif t.kind == "nginx":
             conf = T.nginx_proxy_conf(work, tag, port, bport, t.workers, routes)
@@ -322,7 +361,7 @@ class Bench:
         ts = [Target(k, w) for k, w in chosen if k in kinds]
         try:
             for t in ts:
-                self.start_target(t, routes, scens[0].name)
+                self.start_target(t, routes, scens[0].name, scens[0].policies)
             for t in ts:
                 self.wait_target(t, scens[0].path)
             for s in scens:
