@@ -1,8 +1,10 @@
 """The snapshot: everything a worker needs to serve requests under one config, built aside.
 
 `build_snapshot` compiles a validated `Config` into a router whose values are `_core` routes
-(prebuilt direct responses, resolved clusters, rewrite templates, policy chains). The worker then
-swaps one reference (`ServerState.router`); requests in flight keep the route they matched.
+(prebuilt direct responses, resolved clusters, rewrite templates, policy chains) and the policy
+chain of each listener. The worker then swaps one reference (`ServerState.router`) and sets the
+listeners' chains; requests in flight keep the route and chain they started with. Policy
+instances come from the worker's `PolicySet`, which keeps them across snapshots.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from isekai._core.counters import Counters
 from isekai._core.http import response_head
 from isekai._core.protocol import CoreRoute
 from isekai._core.router import Router
+from isekai.chains import PolicySet
 from isekai.config.changes import Change
+from isekai.config.policies import PolicySpec, plugin_family
 from isekai.config.schema import Config, Route
-from isekai.policy import compile_chain
+from isekai.errors import ConfigError
+from isekai.policies import BUILDERS
 from isekai.upstream.clusters import ClusterRegistry
 
 _TEMPLATE_PART = re.compile(r"\{(\*|[A-Za-z_][A-Za-z0-9_]*)\}")
@@ -26,14 +31,28 @@ _TEMPLATE_PART = re.compile(r"\{(\*|[A-Za-z_][A-Za-z0-9_]*)\}")
 class Snapshot:
     """One config, compiled. ``version`` increases with every snapshot a worker builds.
 
-    ``cores`` holds each route's compiled form by name; `update_snapshot` changes it and the
-    router in place.
+    ``cores`` holds each route's compiled form by name and ``listeners`` each listener's policy
+    chain; `update_snapshot` changes them and the router in place. ``policies`` is the set the
+    chains' instances belong to.
     """
 
     config: Config
     router: Router
     version: int
     cores: dict[str, CoreRoute]
+    listeners: dict[str, tuple]
+    policies: PolicySet
+
+
+def build_policy(spec: PolicySpec) -> object:
+    """A policy instance for ``spec``: a built-in family, or one registered or installed."""
+    build = BUILDERS.get(spec.type)
+    if build is None:
+        family = plugin_family(spec.type)
+        if family is None:  # validated configs name known types only
+            raise ConfigError(f"unknown policy type {spec.type!r}")
+        build = family.policy
+    return build(spec.options)
 
 
 def compile_rewrite(template: str) -> tuple[tuple[bytes, str | None], ...]:
@@ -48,7 +67,9 @@ def compile_rewrite(template: str) -> tuple[tuple[bytes, str | None], ...]:
     return tuple(parts)
 
 
-def _core_route(route: Route, config: Config, clusters: dict, counters: Counters) -> CoreRoute:
+def _core_route(
+    route: Route, config: Config, clusters: dict, counters: Counters, policies: PolicySet
+) -> CoreRoute:
     core = CoreRoute(route.name, counters.slot(route.name))
     limits = route.limits
     core.max_body_size = (
@@ -57,17 +78,20 @@ def _core_route(route: Route, config: Config, clusters: dict, counters: Counters
     core.body_idle_timeout = limits.body_idle_timeout or 0.0
     core.websocket_idle_timeout = limits.websocket_idle_timeout or 0.0
     core.websocket = route.websocket
-    core.chain = compile_chain(()).sync
+    if route.policies:
+        core.chain = policies.chain(route.policies, f"routes.{route.name}", config.policies)
     if route.respond is not None:
         core.direct = True
         core.respond_status = route.respond.status
         # status line and configured fields, once; `_core` adds the framing per response
         core.respond_head = response_head(route.respond.status, route.respond.headers)
         core.respond_body = route.respond.body
+        core.respond_headers = route.respond.headers
         return core
     upstream = config.upstreams[route.upstream]
     core.cluster = clusters[route.upstream]
     core.read_timeout = route.timeout if route.timeout is not None else upstream.read_timeout
+    core.preserve_host = route.preserve_host
     if route.strip_prefix:
         core.strip_prefix = route.strip_prefix.encode()
     if route.rewrite is not None:
@@ -76,16 +100,40 @@ def _core_route(route: Route, config: Config, clusters: dict, counters: Counters
 
 
 def build_snapshot(
-    config: Config, registry: ClusterRegistry, counters: Counters, version: int = 1
+    config: Config,
+    registry: ClusterRegistry,
+    counters: Counters,
+    version: int = 1,
+    policies: PolicySet | None = None,
 ) -> Snapshot:
-    """Compile ``config`` for the request path. Raises ConfigError on route conflicts."""
+    """Compile ``config`` for the request path. Raises ConfigError on route conflicts.
+
+    The chains hold instances of ``policies`` (a new set when None); the caller `release`s
+    the snapshot this one replaces, so instances it no longer uses are closed.
+    """
+    if policies is None:
+        policies = PolicySet(counters, build_policy)
     clusters = registry.build(config.upstreams)
     router = Router()
     cores = {}
     for route in config.routes:
-        core = cores[route.name] = _core_route(route, config, clusters, counters)
+        core = cores[route.name] = _core_route(route, config, clusters, counters, policies)
         router.add(route.match.host, route.match.methods, route.match.pattern, core)
-    return Snapshot(config, router, version, cores)
+    listeners = {
+        listener.name: policies.chain(
+            listener.policies, f"listeners.{listener.name}", config.policies
+        )
+        for listener in config.listeners
+    }
+    return Snapshot(config, router, version, cores, listeners, policies)
+
+
+def release(snapshot: Snapshot) -> None:
+    """``snapshot`` was replaced by a whole new one: its chains let go of their instances."""
+    for core in snapshot.cores.values():
+        snapshot.policies.release(core.chain)
+    for chain in snapshot.listeners.values():
+        snapshot.policies.release(chain)
 
 
 def update_snapshot(
@@ -103,9 +151,13 @@ def update_snapshot(
     after, never between; a request that matched an old route keeps it. On an unexpected
     error the caller builds a whole snapshot instead (`build_snapshot`).
     """
-    router, cores = snapshot.router, snapshot.cores
+    router, cores, policies = snapshot.router, snapshot.cores, snapshot.policies
+    listeners = dict(snapshot.listeners)
     old_routes = {route.name: route for route in snapshot.config.routes if route.name in cores}
     for change in changes:
+        if change.kind == "policy":
+            _rechain(change.name, config, cores, listeners, policies)
+            continue
         if change.kind == "upstream":
             cluster = registry.update(change.name, change.item)
             if cluster is None:
@@ -119,12 +171,36 @@ def update_snapshot(
                     )
             continue
         old = old_routes.pop(change.name, None)
+        dropped = ()
         if old is not None:
             router.remove(old.match.host, old.match.methods, old.match.pattern)
-            del cores[change.name]
+            dropped = cores.pop(change.name).chain
         route = change.item
         if route is not None:
-            core = cores[route.name] = _core_route(route, config, registry.clusters, counters)
+            core = _core_route(route, config, registry.clusters, counters, policies)
+            cores[route.name] = core
             router.add(route.match.host, route.match.methods, route.match.pattern, core)
             old_routes[route.name] = route
-    return Snapshot(config, router, version, cores)
+        policies.release(dropped)  # after the new chain took what it keeps
+    return Snapshot(config, router, version, cores, listeners, policies)
+
+
+def _uses(items: tuple, name: str) -> bool:
+    return any(item == name for item in items if isinstance(item, str))
+
+
+def _rechain(name: str, config: Config, cores: dict, listeners: dict, policies: PolicySet) -> None:
+    """Policy ``name`` changed (or went): rebuild the chains that name it."""
+    for route in config.routes:
+        if _uses(route.policies, name):
+            core = cores[route.name]
+            dropped = core.chain
+            core.chain = policies.chain(route.policies, f"routes.{route.name}", config.policies)
+            policies.release(dropped)
+    for listener in config.listeners:
+        if _uses(listener.policies, name):
+            dropped = listeners[listener.name]
+            listeners[listener.name] = policies.chain(
+                listener.policies, f"listeners.{listener.name}", config.policies
+            )
+            policies.release(dropped)

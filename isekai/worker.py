@@ -24,16 +24,18 @@ from collections.abc import Mapping
 import uvloop
 
 from isekai._core.counters import Counters
-from isekai._core.protocol import DownstreamProtocol, ServerState
+from isekai._core.protocol import CoreListener, DownstreamProtocol, ServerState
+from isekai.chains import PolicySet
 from isekai.config.changes import Change, apply_changes
 from isekai.config.reload import config_from_message, keep_running
 from isekai.config.schema import Config
 from isekai.errors import ConfigError
-from isekai.gateway import Snapshot, build_snapshot, update_snapshot
+from isekai.gateway import Snapshot, build_policy, build_snapshot, release, update_snapshot
 from isekai.observability.request_log_feed import RequestLogFeed
 from isekai.process.channel import decode_changes, open_channel, send_message
 from isekai.process.signals import Signals
 from isekai.process.sockets import BACKLOG, bind_sockets
+from isekai.proxy import SlowPath
 from isekai.store import StoreError, open_store
 from isekai.upstream.clusters import ClusterRegistry
 
@@ -56,15 +58,24 @@ class Worker:
         self.loop = loop
         self.counters = Counters()
         self.registry = ClusterRegistry(loop)
-        self.snapshot: Snapshot = build_snapshot(config, self.registry, self.counters, version)
+        self.policies = PolicySet(self.counters, build_policy)
+        self.snapshot: Snapshot = build_snapshot(
+            config, self.registry, self.counters, version, self.policies
+        )
         self.state = ServerState(self.snapshot.router, self.counters, loop)
         self.state.on_capacity = self._on_capacity
+        self.slow_path = self.state.run_async = SlowPath(loop)
+        # one per listener for the life of the worker; each snapshot sets their chains
+        self.listeners = {
+            listener.name: CoreListener(listener.name) for listener in config.listeners
+        }
+        self._set_listener_chains(self.snapshot)
         self._apply_limits(config)
         self.servers: list[asyncio.base_events.Server] = []
         self.addresses: list[tuple[str, str, int]] = []
         self.stopping = False
         self.capacity_pauses = 0  # times accepting stopped because max_connections was reached
-        self._listening: list[socket.socket] = []
+        self._listening: list[tuple[str, socket.socket]] = []
         self._timers: list[asyncio.TimerHandle] = []
         self._full = False
         self._reconciling: asyncio.Task | None = None
@@ -92,11 +103,17 @@ class Worker:
         """
         if version is None:
             version = self.snapshot.version + 1
-        snapshot = build_snapshot(config, self.registry, self.counters, version)
-        self.snapshot = snapshot
+        snapshot = build_snapshot(config, self.registry, self.counters, version, self.policies)
+        old, self.snapshot = self.snapshot, snapshot
         self._apply_limits(config)
         self.state.router = snapshot.router
+        self._set_listener_chains(snapshot)
+        release(old)
         return snapshot
+
+    def _set_listener_chains(self, snapshot: Snapshot) -> None:
+        for name, listener in self.listeners.items():
+            listener.chain = snapshot.listeners.get(name, ())
 
     def apply_changes(self, changes: list[Change], version: int | None = None) -> Snapshot:
         """Apply validated changes (`isekai.config.changes`) to the current snapshot in place:
@@ -112,6 +129,7 @@ class Worker:
             log.exception("applying %d changes in place failed: rebuilding", len(changes))
             return self.swap(config, version)
         self.snapshot = snapshot
+        self._set_listener_chains(snapshot)
         return snapshot
 
     async def start(self, ports: Mapping[str, int] | None = None) -> None:
@@ -124,7 +142,7 @@ class Worker:
         for listener in self.snapshot.config.listeners:
             port = listener.port if ports is None else ports.get(listener.name, listener.port)
             for sock in bind_sockets(listener.host, port):
-                self._listening.append(sock)
+                self._listening.append((listener.name, sock))
                 sock.listen(BACKLOG)
                 host, bound = sock.getsockname()[:2]
                 self.addresses.append((listener.name, host, bound))
@@ -158,7 +176,7 @@ class Worker:
         # state while a server is being created is caught by the loop condition
         try:
             while not (self._full or self.stopping) and not self.servers:
-                servers = [await self._server(sock) for sock in self._listening]
+                servers = [await self._server(name, sock) for name, sock in self._listening]
                 if self._full or self.stopping:
                     for server in servers:
                         server.close()
@@ -167,12 +185,11 @@ class Worker:
         finally:
             self._reconciling = None
 
-    async def _server(self, sock: socket.socket) -> asyncio.base_events.Server:
+    async def _server(self, name: str, sock: socket.socket) -> asyncio.base_events.Server:
         dup = socket.socket(fileno=os.dup(sock.fileno()))
+        factory = functools.partial(DownstreamProtocol, self.state, self.listeners[name])
         try:
-            return await self.loop.create_server(
-                functools.partial(DownstreamProtocol, self.state), sock=dup, backlog=BACKLOG
-            )
+            return await self.loop.create_server(factory, sock=dup, backlog=BACKLOG)
         except BaseException:
             dup.close()
             raise
@@ -186,7 +203,7 @@ class Worker:
         """Close the listening sockets for good; connections already accepted carry on."""
         self.stopping = True
         self._close_servers()
-        for sock in self._listening:
+        for _, sock in self._listening:
             sock.close()
         self._listening = []
 
@@ -233,6 +250,7 @@ class Worker:
         for proto in list(self.state.connections):
             proto.shutdown()
         self.registry.close()
+        self.policies.close()
 
 
 async def until_stopped(worker: Worker, signals: Signals) -> int:

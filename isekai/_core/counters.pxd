@@ -19,6 +19,12 @@ cdef struct SlotStats:
     double latency_sum
 
 
+cdef struct PolicyStats:
+    uint64_t answers          # requests a policy answered itself (deny, preflight, abort...)
+    uint64_t errors           # exceptions from the policy (answered 500, or logged)
+    uint64_t timeouts         # async request phases past their deadline (answered 503)
+
+
 cdef class Counters:
     cdef SlotStats* _stats   # _capacity structs, the first _size in use
     cdef Py_ssize_t _size
@@ -27,6 +33,11 @@ cdef class Counters:
     cdef list _names         # slot index -> label
     cdef int64_t _active
     cdef uint64_t _total
+    cdef PolicyStats* _policies
+    cdef Py_ssize_t _policy_size
+    cdef Py_ssize_t _policy_capacity
+    cdef dict _policy_slots
+    cdef list _policy_names
 
     cpdef int slot(self, str name) except -1
     cdef void record(self, int slot, int status, int64_t bytes_in, int64_t bytes_out,
@@ -36,3 +47,7 @@ cdef class Counters:
     cdef void upstream_error(self, int slot, int kind) noexcept
     cdef void internal_error(self, int slot) noexcept
     cdef int _grow(self) except -1
+    cpdef int policy_slot(self, str name) except -1
+    cdef void policy_answer(self, int slot) noexcept
+    cdef void policy_error(self, int slot) noexcept
+    cdef void policy_timeout(self, int slot) noexcept

@@ -8,8 +8,11 @@ class Counters:
     def __init__(self) -> None: ...
     def slot(self, name: str) -> int:
         """Stable slot index for a label; "" (unrouted) is slot 0."""
+    def policy_slot(self, name: str) -> int:
+        """Stable counter slot of a policy name; "" is slot 0."""
     def snapshot(self) -> dict[str, Any]:
         """{"connections": {"active", "total"}, "slots": {label: {"requests", "status",
         "bytes_in", "bytes_out", "upstream_errors", "internal_errors",
-        "latency": {"buckets", "sum", "count"}}}}"""
+        "latency": {"buckets", "sum", "count"}}}, "policies": {name: {"answers", "errors",
+        "timeouts"}}}"""
     def __len__(self) -> int: ...

@@ -51,14 +51,26 @@ cdef class Counters:
         self._names = []
         self._active = 0
         self._total = 0
+        self._policies = <PolicyStats*>PyMem_Malloc(_INITIAL_CAPACITY * sizeof(PolicyStats))
+        if self._policies == NULL:
+            raise MemoryError()
+        memset(self._policies, 0, _INITIAL_CAPACITY * sizeof(PolicyStats))
+        self._policy_capacity = _INITIAL_CAPACITY
+        self._policy_size = 0
+        self._policy_slots = {}
+        self._policy_names = []
 
     def __init__(self):
         if self._size == 0:
             self.slot("")
+        if self._policy_size == 0:
+            self.policy_slot("")
 
     def __dealloc__(self):
         PyMem_Free(self._stats)
         self._stats = NULL
+        PyMem_Free(self._policies)
+        self._policies = NULL
 
     cdef int _grow(self) except -1:
         cdef Py_ssize_t cap = self._capacity * 2
@@ -88,6 +100,41 @@ cdef class Counters:
         self._names.append(name)
         self._size += 1
         return index
+
+    cpdef int policy_slot(self, str name) except -1:
+        """The counter slot of policy ``name``, allocated on first use; "" is slot 0."""
+        cdef object found = self._policy_slots.get(name)
+        cdef PolicyStats* grown
+        cdef Py_ssize_t cap
+        if found is not None:
+            return <int>found
+        if self._policy_size >= 0x7FFFFFFF:
+            raise OverflowError("too many policy counter slots")
+        if self._policy_size == self._policy_capacity:
+            cap = self._policy_capacity * 2
+            grown = <PolicyStats*>PyMem_Realloc(self._policies, cap * sizeof(PolicyStats))
+            if grown == NULL:
+                raise MemoryError()
+            memset(grown + self._policy_capacity, 0,
+                   (cap - self._policy_capacity) * sizeof(PolicyStats))
+            self._policies = grown
+            self._policy_capacity = cap
+        self._policy_slots[name] = self._policy_size
+        self._policy_names.append(name)
+        self._policy_size += 1
+        return <int>(self._policy_size - 1)
+
+    cdef void policy_answer(self, int slot) noexcept:
+        if 0 <= slot < self._policy_size:
+            self._policies[slot].answers += 1
+
+    cdef void policy_error(self, int slot) noexcept:
+        if 0 <= slot < self._policy_size:
+            self._policies[slot].errors += 1
+
+    cdef void policy_timeout(self, int slot) noexcept:
+        if 0 <= slot < self._policy_size:
+            self._policies[slot].timeouts += 1
 
     cdef void record(self, int slot, int status, int64_t bytes_in, int64_t bytes_out,
                      double latency_s) noexcept:
@@ -163,7 +210,15 @@ cdef class Counters:
                 "internal_errors": s.internal_errors,
                 "latency": {"buckets": buckets, "sum": s.latency_sum, "count": cum},
             }
-        return {"connections": {"active": self._active, "total": self._total}, "slots": slots}
+        policies = {}
+        for k in range(1, self._policy_size):
+            policies[self._policy_names[k]] = {
+                "answers": self._policies[k].answers,
+                "errors": self._policies[k].errors,
+                "timeouts": self._policies[k].timeouts,
+            }
+        return {"connections": {"active": self._active, "total": self._total}, "slots": slots,
+                "policies": policies}
 
     def __len__(self):
         return self._size

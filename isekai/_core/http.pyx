@@ -216,13 +216,18 @@ cdef bytes gateway_response(bytes head, bytes body, bytes request_id, bint close
     ])
 
 
-cdef bytes error_response(int status, str message, bytes request_id, bint close,
-                          bytes extra_headers=b"", bint head=False):
-    """A complete JSON error response: {"success": false, "error": ..., "request_id": ...}."""
-    body = json.dumps(
+cdef bytes error_body(str message, bytes request_id):
+    """The JSON body of every error the gateway answers."""
+    return json.dumps(
         {"success": False, "error": message, "request_id": request_id.decode("latin-1")},
         separators=(",", ":"),
     ).encode()
+
+
+cdef bytes error_response(int status, str message, bytes request_id, bint close,
+                          bytes extra_headers=b"", bint head=False):
+    """A complete JSON error response: {"success": false, "error": ..., "request_id": ...}."""
+    body = error_body(message, request_id)
     return gateway_response(
         status_line(status) + b"content-type: application/json\r\n" + extra_headers,
         body, request_id, close, head)

@@ -1,4 +1,5 @@
 from isekai._core.counters cimport Counters
+from isekai._core.policy cimport CorePolicy, ResponseHead
 from isekai._core.router cimport Router
 from isekai._core.tunnel cimport Tunnel
 from isekai._core.upstream cimport Cluster, Exchange, UpstreamProtocol
@@ -13,6 +14,8 @@ cdef class CoreRoute:
     cdef public int respond_status
     cdef public bytes respond_head
     cdef public bytes respond_body
+    cdef public tuple respond_headers   # (name, value) pairs of respond_head, for response policies
+    cdef public bint preserve_host      # send the client's Host upstream
     cdef public bytes strip_prefix
     cdef public tuple rewrite
     cdef public double read_timeout
@@ -21,6 +24,12 @@ cdef class CoreRoute:
     cdef public bint websocket
     cdef public double body_idle_timeout
     cdef public double websocket_idle_timeout
+
+
+cdef class CoreListener:
+    """One listener of one snapshot: its policies run before every route's own."""
+    cdef public str name
+    cdef public tuple chain
 
 
 cdef class ServerState:
@@ -46,6 +55,7 @@ cdef class ServerState:
     cdef public list log_buffer
     cdef public int log_capacity
     cdef public long long log_dropped
+    cdef public object run_async     # the slow path: run_async(req, policy, index)
     cdef bint full
 
 
@@ -93,12 +103,31 @@ cdef class ProxyRequest(Exchange):
     cdef long long bytes_out
     cdef double started_at
     cdef list out
+    # policies (isekai/_core/policy.pyx): the chain this request runs (listener's, then route's),
+    # how far its request phase got, and whether policy `ran` answered it
+    cdef tuple chain
+    cdef Py_ssize_t ran
+    cdef bint answered
+    cdef bint preflight            # an OPTIONS preflight routed by its requested method
+    cdef bytes allow               # the path's methods, for a preflight no policy answers
+    cdef bint no_response_phase    # a response policy failed: the 500 goes out without them
+    cdef object _ctx
+    cdef public object task        # the slow-path Task while an async policy runs
+    cdef bytes client_ip_cache
 
     cdef bint can_answer(self)
+    # header access for policies: `lname` is a lower-case field name
+    cdef bytes get_header(self, bytes lname)
+    cdef int put_header(self, bytes name, bytes value) except -1
+    cdef int append_header(self, bytes name, bytes value) except -1
+    cdef int drop_header(self, bytes lname) except -1
+    cdef int move_header(self, bytes lname, bytes new_name) except -1
+    cdef bytes client_address(self)
 
 
 cdef class DownstreamProtocol:
     cdef ServerState state
+    cdef CoreListener listener
     cdef object transport
     cdef object parser
     cdef ProxyRequest parsing
@@ -146,6 +175,13 @@ cdef class DownstreamProtocol:
     cdef bint _closing_after(self, ProxyRequest req)
     cdef void _record(self, ProxyRequest req)
     cdef int start_tunnel(self, ProxyRequest req, UpstreamProtocol conn) except -1
+    cdef int run_policies(self, ProxyRequest req, Py_ssize_t i) except -1
+    cdef int _proceed(self, ProxyRequest req) except -1
+    cdef int _policy_failed(self, ProxyRequest req, CorePolicy policy, object exc) except -1
+    cdef bint _responds(self, ProxyRequest req)
+    cdef int response_phase(self, ProxyRequest req, ResponseHead head) except -1
+    cdef int _send_parts(self, ProxyRequest req, int status, list parts, bytes body) except -1
+    cdef int complete_phase(self, ProxyRequest req) except -1
     cdef int check_timeouts(self, double now) except -1
     cdef int _after_upgrade_head(self, bytes rest) except -1
     cdef int _hold_for_tunnel(self, bytes data) except -1

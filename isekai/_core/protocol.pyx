@@ -42,9 +42,13 @@ from isekai._core.counters cimport Counters
 from isekai._core.http cimport (
     CONNECTION_CLOSE, CONNECTION_KEEP_ALIVE, CONNECTION_UPGRADE, H_CONNECTION, H_CONTENT_LENGTH,
     H_EXPECT, H_HOST, H_OTHER, H_TRANSFER_ENCODING, H_UPGRADE, H_USER_AGENT, H_X_FORWARDED_FOR,
-    H_X_REQUEST_ID, chunk_frame, connection_option, connection_tokens, error_response,
-    gateway_response, header_kind, int_bytes, join_bytes, monotonic, next_request_id,
-    response_head, status_line, valid_host, wall_clock,
+    H_X_FORWARDED_HOST, H_X_FORWARDED_PROTO, H_X_REQUEST_ID, chunk_frame, connection_option,
+    connection_tokens, error_body, error_response, gateway_response, header_kind, int_bytes,
+    join_bytes, monotonic, next_request_id, response_head, status_line, valid_host, wall_clock,
+)
+from isekai._core.policy cimport (
+    CorePolicy, ResponseHead, check_field, header_parts, parts_append, parts_drop, parts_get,
+    parts_move,
 )
 from isekai._core.router cimport Router
 from isekai._core.tunnel cimport Tunnel
@@ -75,6 +79,27 @@ cdef class _Reject(Exception):
     pass
 
 
+class PolicyError(Exception):
+    """A policy raised in a phase that runs inside another callback (the response phase):
+    carries the policy to the one place that logs and counts it."""
+
+    def __init__(self, policy, error):
+        super().__init__(f"{policy.name}: {error!r}")
+        self.policy = policy
+        self.error = error
+
+
+cdef class CoreListener:
+
+    def __init__(self, str name, tuple chain=()):
+        self.name = name
+        self.chain = chain
+
+
+cdef tuple NO_POLICIES = ()
+cdef bytes PREFLIGHT_METHOD = b"access-control-request-method"
+
+
 cdef class CoreRoute:
 
     def __init__(self, str name, int slot=0):
@@ -83,6 +108,7 @@ cdef class CoreRoute:
         self.read_timeout = 30.0
         self.max_body_size = 10 * 1024 * 1024
         self.chain = ()
+        self.respond_headers = ()
         self.body_idle_timeout = 0.0       # 0: the global limit
         self.websocket_idle_timeout = 0.0  # 0: the global limit
 
@@ -111,6 +137,7 @@ cdef class ServerState:
         self.log_buffer = []
         self.log_capacity = 10000
         self.log_dropped = 0
+        self.run_async = None
 
     def take_request_log(self):
         """The request-log records gathered since the last call (tuples in `LOG_COLUMNS` order,
@@ -207,8 +234,17 @@ cdef class ProxyRequest(Exchange):
         # The upstream protocol already sorted the fields into ready-to-join parts; take them.
         cdef list out = conn.headers
         conn.headers = None
+        cdef ResponseHead head
         if conn.conn_tokens:
             out = _drop_listed(out, conn.conn_tokens)
+        if self.chain is not None and status != 101 and proto._responds(self):
+            # response policies edit status and fields; the body is the upstream's, as framed
+            head = ResponseHead.__new__(ResponseHead)
+            head.status = status
+            head.parts = out
+            proto.response_phase(self, head)
+            out = head.parts
+            status = head.status
         out.insert(0, status_line(status))
         if status == 101:
             if not self.wants_upgrade or conn.upgrade is None:
@@ -316,7 +352,165 @@ cdef class ProxyRequest(Exchange):
 
     @property
     def client_ip(self):
-        return self.proto.peer_ip
+        """The client's address (str): the peer, or with `trusted_proxies` the address the
+        trusted proxies in front of us forwarded (X-Forwarded-For, read from the right)."""
+        return self.client_address().decode("latin-1")
+
+    @property
+    def ctx(self):
+        """A dict for policies to pass facts along (consumer, claims, tags); made on first use."""
+        if self._ctx is None:
+            self._ctx = {}
+        return self._ctx
+
+    def header(self, name):
+        """The first value of request field `name` (any case) as str, or None."""
+        value = self.get_header(_as_bytes(name).lower())
+        return value.decode("latin-1") if value is not None else None
+
+    def set_header(self, name, value):
+        """Replace every `name` field sent upstream by one with `value`."""
+        self.put_header(_as_bytes(name), _as_bytes(value))
+
+    def add_header(self, name, value):
+        self.append_header(_as_bytes(name), _as_bytes(value))
+
+    def remove_header(self, name):
+        self.drop_header(_as_bytes(name).lower())
+
+    # -- the same for Cython policies (isekai/_core/policy.pyx) -----------------------------------
+
+    cdef bytes get_header(self, bytes lname):
+        cdef int kind = header_kind(lname)
+        if kind == H_OTHER or kind == H_USER_AGENT:
+            return parts_get(self.headers, lname)
+        if kind == H_HOST:
+            return self.host
+        if kind == H_X_FORWARDED_FOR:
+            return self.xff
+        if kind == H_X_REQUEST_ID:
+            return self.request_id
+        if kind == H_CONTENT_LENGTH:
+            return int_bytes(self.content_length) if self.has_length else None
+        if kind == H_TRANSFER_ENCODING:
+            return b"chunked" if self.chunked else None
+        if kind == H_UPGRADE:
+            return self.upgrade
+        return None
+
+    cdef int put_header(self, bytes name, bytes value) except -1:
+        cdef bytes lname = name.lower()
+        _editable(lname)
+        check_field(name, value)
+        self.headers = parts_drop(self.headers, lname)
+        return parts_append(self.headers, name, value)
+
+    cdef int append_header(self, bytes name, bytes value) except -1:
+        _editable(name.lower())
+        return parts_append(self.headers, name, value)
+
+    cdef int drop_header(self, bytes lname) except -1:
+        _editable(lname)
+        self.headers = parts_drop(self.headers, lname)
+        return 0
+
+    cdef int move_header(self, bytes lname, bytes new_name) except -1:
+        _editable(lname)
+        _editable(new_name.lower())
+        return parts_move(self.headers, lname, new_name)
+
+    cdef bytes client_address(self):
+        cdef DownstreamProtocol proto = self.proto
+        cdef bytes found
+        if self.client_ip_cache is not None:
+            return self.client_ip_cache
+        found = proto.peer_ip
+        if proto.trusted and self.xff is not None:
+            found = _forwarded_client(proto.state, self.xff, found)
+        self.client_ip_cache = found
+        return found
+
+    def resume(self, Py_ssize_t index, answer):
+        """The slow path's callback: the async policy at `index` returned `answer`."""
+        cdef DownstreamProtocol proto = self.proto
+        self.task = None
+        if self.cancelled or self.response_done or proto.transport is None:
+            return
+        try:
+            if answer is not None:
+                self.ran = index
+                try:
+                    _check_answer(answer)
+                except Exception as error:
+                    return proto._policy_failed(self, <CorePolicy>self.chain[index], error)
+                self.answered = True
+                proto.state.counters.policy_answer((<CorePolicy>self.chain[index]).slot)
+                proto._send_policy_response(self, answer)
+            else:
+                proto.run_policies(self, index + 1)
+        except Exception as error:
+            proto.internal_error(self, error, False)
+
+    def fail(self, Py_ssize_t index, exc):
+        """The slow path's callback: the async policy at `index` raised `exc`."""
+        cdef DownstreamProtocol proto = self.proto
+        self.task = None
+        if self.cancelled or self.response_done or proto.transport is None:
+            return
+        self.ran = index
+        proto._policy_failed(self, <CorePolicy>self.chain[index], exc)
+
+    def time_out(self, Py_ssize_t index):
+        """The slow path's callback: the async policy at `index` passed its deadline."""
+        cdef DownstreamProtocol proto = self.proto
+        cdef CorePolicy policy = <CorePolicy>self.chain[index]
+        self.task = None
+        proto.state.counters.policy_timeout(policy.slot)
+        if self.cancelled or self.response_done or proto.transport is None:
+            return
+        self.ran = index
+        try:
+            proto.send_error(self, 503, f"policy {policy.name} did not finish in time")
+        except Exception as error:
+            proto.internal_error(self, error, False)
+
+
+cdef int _check_answer(object answer) except -1:
+    """A policy's answer is a final response with a bytes body."""
+    cdef int status = answer.status
+    if not 200 <= status <= 599:
+        raise ValueError(f"a policy answers with a final status (200-599), not {status}")
+    if not isinstance(answer.body, bytes):
+        raise TypeError(f"a policy answer's body must be bytes, not {type(answer.body).__name__}")
+    return 0
+
+
+cdef inline bytes _as_bytes(object value):
+    return value if isinstance(value, bytes) else (<str>value).encode("latin-1")
+
+
+cdef int _editable(bytes lname) except -1:
+    """Framing, routing and forwarding fields are the gateway's to write."""
+    cdef int kind = header_kind(lname)
+    if kind != H_OTHER and kind != H_USER_AGENT:
+        raise ValueError(f"the {lname.decode('latin-1')} header is managed by the gateway")
+    return 0
+
+
+cdef bytes _forwarded_client(ServerState state, bytes xff, bytes peer):
+    """The rightmost X-Forwarded-For address not in `trusted_proxies` (the peer is): the
+    client as the trusted proxies saw it. A malformed entry ends the walk."""
+    cdef bytes found = peer
+    for entry in reversed(xff.split(b",")):
+        entry = entry.strip()
+        try:
+            address = ipaddress.ip_address(entry.decode("latin-1"))
+        except ValueError:
+            break
+        found = entry
+        if not any(address in net for net in state.trusted_networks):
+            break
+    return found
 
 
 cdef list _drop_listed(list parts, set tokens):
@@ -333,8 +527,9 @@ cdef list _drop_listed(list parts, set tokens):
 
 cdef class DownstreamProtocol:
 
-    def __init__(self, ServerState state):
+    def __init__(self, ServerState state, CoreListener listener=None):
         self.state = state
+        self.listener = listener
         self.parser = httptools.HttpRequestParser(self)
         self.queue = deque()
         self.idle_since = monotonic()
@@ -387,6 +582,9 @@ cdef class DownstreamProtocol:
         self.parsing = None
         for req in reqs:
             req.cancel()
+            if req.task is not None:  # the client left while an async policy ran
+                req.task.cancel()
+                req.task = None
             if req.conn is not None:
                 req.conn.pool.release(req.conn, False)
                 req.conn = None
@@ -758,9 +956,25 @@ cdef class DownstreamProtocol:
         if found is None:
             return self.send_error(req, 404, "no route matches this request")
         route = found[0]
+        cdef tuple lchain = self.listener.chain if self.listener is not None else NO_POLICIES
+        cdef object preflight
         if route is None:
-            return self.send_error(req, 405, "method not allowed on this route",
-                                   b"allow: " + found[1] + b"\r\n")
+            # A CORS preflight asks about another method: route it by that one, so a policy
+            # can answer it even on a route without OPTIONS; unanswered, it is still a 405.
+            if req.method == b"OPTIONS":
+                preflight = parts_get(req.headers, PREFLIGHT_METHOD)
+                if preflight is not None and preflight.strip() != b"OPTIONS":
+                    preflight = self.state.router.match(req.host or b"", preflight.strip(),
+                                                        req.path)
+                    if (preflight is not None and preflight[0] is not None
+                            and (lchain or (<CoreRoute>preflight[0]).chain)):
+                        req.preflight = True
+                        req.allow = found[1]
+                        found = preflight
+                        route = found[0]
+            if route is None:
+                return self.send_error(req, 405, "method not allowed on this route",
+                                       b"allow: " + found[1] + b"\r\n")
         req.route = route
         req.params = found[1]
         req.read_timeout = route.read_timeout
@@ -770,17 +984,97 @@ cdef class DownstreamProtocol:
         if req.has_length and req.content_length > route.max_body_size:
             req.close_after = True
             return self.send_error(req, 413, "request body too large")
-        if route.chain:
-            for policy in route.chain:
+        if route.chain or lchain:
+            if not lchain:
+                req.chain = route.chain
+            elif not route.chain:
+                req.chain = lchain
+            else:
+                req.chain = lchain + route.chain
+            return self.run_policies(req, 0)
+        return self._proceed(req)
+
+    cdef int run_policies(self, ProxyRequest req, Py_ssize_t i) except -1:
+        """The request phase from policy `i` on: inline until an async policy hands the
+        request to the slow path (which calls `ProxyRequest.resume`), an answer, or the end."""
+        cdef tuple chain = req.chain
+        cdef Py_ssize_t n = len(chain)
+        cdef CorePolicy policy
+        while i < n:
+            policy = <CorePolicy>chain[i]
+            if policy.requests:
+                req.ran = i
+                if policy.is_async:
+                    if self.state.run_async is None:
+                        raise RuntimeError("no slow path for async policies in this worker")
+                    self.state.run_async(req, policy, i)
+                    return 0
                 try:
-                    answer = policy.on_request(req)
+                    answer = policy.request(req)
+                    if answer is not None:
+                        _check_answer(answer)
                 except Exception as error:
-                    return self.internal_error(req, error, False, type(policy).__name__)
+                    return self._policy_failed(req, policy, error)
                 if answer is not None:
+                    req.answered = True
+                    self.state.counters.policy_answer(policy.slot)
                     return self._send_policy_response(req, answer)
-        if route.direct:
+            i += 1
+        req.ran = n
+        return self._proceed(req)
+
+    cdef int _proceed(self, ProxyRequest req) except -1:
+        if req.preflight:
+            return self.send_error(req, 405, "method not allowed on this route",
+                                   b"allow: " + req.allow + b"\r\n")
+        if req.route.direct:
             return self.send_direct(req)
         return self.proxy(req)
+
+    cdef int _policy_failed(self, ProxyRequest req, CorePolicy policy, object exc) except -1:
+        return self.internal_error(req, PolicyError(policy, exc), False)
+
+    cdef bint _responds(self, ProxyRequest req):
+        """Whether a response policy applies: one of those whose request phase passed."""
+        cdef tuple chain = req.chain
+        cdef Py_ssize_t i
+        if chain is None or req.no_response_phase:
+            return False
+        for i in range(req.ran):
+            if (<CorePolicy>chain[i]).responses:
+                return True
+        return False
+
+    cdef int response_phase(self, ProxyRequest req, ResponseHead head) except -1:
+        """Response policies, last to first, over the policies the request passed."""
+        cdef tuple chain = req.chain
+        cdef CorePolicy policy
+        cdef Py_ssize_t i = req.ran
+        while i > 0:
+            i -= 1
+            policy = <CorePolicy>chain[i]
+            if policy.responses:
+                try:
+                    policy.response(req, head)
+                except Exception as error:
+                    req.no_response_phase = True
+                    raise PolicyError(policy, error)
+        return 0
+
+    cdef int complete_phase(self, ProxyRequest req) except -1:
+        """`complete` of every policy the request reached (the answering one included)."""
+        cdef tuple chain = req.chain
+        cdef CorePolicy policy
+        cdef Py_ssize_t i
+        cdef Py_ssize_t n = req.ran + 1 if req.answered else req.ran
+        for i in range(min(n, len(chain))):
+            policy = <CorePolicy>chain[i]
+            if policy.completes:
+                try:
+                    policy.complete(req)
+                except Exception as error:
+                    self._log_internal(req, PolicyError(policy, error))
+        return 0
 
     cdef int proxy(self, ProxyRequest req) except -1:
         cdef Pool pool = req.route.cluster.pick(req)
@@ -802,7 +1096,8 @@ cdef class DownstreamProtocol:
         if route.rewrite is not None:
             path = _rewrite(route.rewrite, req.params)
         cdef list out = [req.method, b" ", path, req.query, b" HTTP/1.1\r\nhost: ",
-                         req.conn.pool.authority, b"\r\n"]
+                         req.host if route.preserve_host and req.host else req.conn.pool.authority,
+                         b"\r\n"]
         out += req.headers
         if req.wants_upgrade:
             out.append(b"connection: upgrade\r\nupgrade: ")
@@ -835,11 +1130,27 @@ cdef class DownstreamProtocol:
 
     cdef int send_direct(self, ProxyRequest req) except -1:
         cdef CoreRoute route = req.route
+        if self._responds(req):
+            return self._send_parts(req, route.respond_status,
+                                    header_parts(route.respond_headers), route.respond_body)
         return self._send_made(req, route.respond_status, route.respond_head, route.respond_body)
 
     cdef int _send_policy_response(self, ProxyRequest req, answer) except -1:
         cdef int status = answer.status
-        return self._send_made(req, status, response_head(status, answer.headers), answer.body)
+        cdef bytes body = answer.body
+        if self._responds(req):
+            return self._send_parts(req, status, header_parts(answer.headers), body)
+        return self._send_made(req, status, response_head(status, answer.headers), body)
+
+    cdef int _send_parts(self, ProxyRequest req, int status, list parts, bytes body) except -1:
+        """A response the gateway made, through the response policies first."""
+        cdef ResponseHead head = ResponseHead.__new__(ResponseHead)
+        head.status = status
+        head.parts = parts
+        self.response_phase(req, head)
+        parts = head.parts
+        parts.insert(0, status_line(head.status))
+        return self._send_made(req, head.status, join_bytes(parts), body)
 
     cdef int _send_made(self, ProxyRequest req, int status, bytes head, bytes body) except -1:
         """A response the gateway made (direct route, policy answer): `head` is its status line
@@ -859,6 +1170,17 @@ cdef class DownstreamProtocol:
             # Unread body bytes would be taken for the next request; a request without a body
             # is complete once its head is, and the connection can go on.
             req.close_after = req.close_after or req.chunked or req.content_length > 0
+        if self._responds(req):
+            parts = [b"content-type", b": ", b"application/json", b"\r\n"]
+            if extra:
+                for line in extra.split(b"\r\n"):
+                    if line:
+                        name, _, value = line.partition(b": ")
+                        parts += [name, b": ", value, b"\r\n"]
+            try:
+                return self._send_parts(req, status, parts, error_body(message, req.request_id))
+            except PolicyError as error:
+                return self.internal_error(req, error, False)
         self._count_request()
         self.transport.write(error_response(status, message, req.request_id,
                                             self._closing_after(req), extra, req.is_head))
@@ -874,6 +1196,9 @@ cdef class DownstreamProtocol:
 
     cdef int finish_response(self, ProxyRequest req) except -1:
         req.response_done = True
+        if req.task is not None:  # answered (timeout, 413, ...) while an async policy ran
+            req.task.cancel()
+            req.task = None
         self._record(req)
         if req.conn is None and not req.tunneling:
             # Answered without an upstream exchange (direct, error, policy): a connection the
@@ -898,6 +1223,8 @@ cdef class DownstreamProtocol:
         cdef ServerState state = self.state
         state.counters.record(req.route.slot if req.route is not None else 0, req.status,
                               req.bytes_in, req.bytes_out, latency)
+        if req.chain is not None:
+            self.complete_phase(req)
         if state.log_requests:
             # A bounded buffer the worker drains to the batched writer; full means dropped.
             if len(state.log_buffer) < state.log_capacity:
@@ -1012,8 +1339,12 @@ cdef class DownstreamProtocol:
 
     cdef int _log_internal(self, ProxyRequest req, object exc, str policy=None) except -1:
         """Log `exc` once, with the request id, route (and policy), and count it on the route's
-        slot."""
+        slot (and the policy's)."""
         cdef CoreRoute route = req.route if req is not None else None
+        if isinstance(exc, PolicyError):
+            policy = exc.policy.name
+            self.state.counters.policy_error((<CorePolicy>exc.policy).slot)
+            exc = exc.error
         self.state.counters.internal_error(route.slot if route is not None else 0)
         log.error("internal error serving request %s (route %s%s): %r",
                   req.request_id.decode("latin-1") if req is not None and req.request_id else "-",

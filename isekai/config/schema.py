@@ -107,6 +107,7 @@ class Listener:
     )
     host: str = setting("string", "Parsed from bind.", yaml=False)
     port: int = setting("int", "Parsed from bind.", yaml=False)
+    policies: tuple = setting("json", "STUB", default=(), yaml=False)
 
     validate = staticmethod(rules.listener)
 
@@ -335,6 +336,8 @@ class Route:
         default_doc="the global [limits](#limits)",
     )
     index: int = setting("int", "The position in the routes list.", default=0, yaml=False)
+    policies: tuple = setting("json", "STUB", default=(), yaml=False)
+    preserve_host: bool = setting("bool", "STUB", default=False, yaml=False)
 
     validate = staticmethod(rules.route)
 
@@ -537,5 +540,6 @@ class Config:
         default_doc="`sqlite:///isekai.db`",
     )
     source: str = setting("string", "The file it came from.", default="<string>", yaml=False)
+    policies: Mapping = setting("json", "STUB", default_factory=_no_upstreams, yaml=False)
 
     validate = staticmethod(rules.config)

@@ -11,7 +11,7 @@ import logging
 
 import pytest
 
-from isekai.policy import compile_chain
+from isekai.chains import as_core
 from tests.support.client import connect, json_body, read_responses
 from tests.support.worker import ThreadedWorker, app_config, get
 
@@ -42,7 +42,7 @@ def worker(upstream):
 
         def attach(path: bytes, policy) -> None:
             route = tw.worker.state.router.match(b"", b"GET", path)[0]
-            route.chain = compile_chain([policy]).sync
+            route.chain = (as_core(policy),)
 
         tw.call(attach, b"/boom", Explodes())
         tw.call(attach, b"/locked", Answers())

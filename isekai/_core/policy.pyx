@@ -1,0 +1,258 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""The policy contract on the request path (DESIGN.md §6).
+
+Strategy. A route's policies arrive as a tuple of `CorePolicy` objects, listener policies first,
+compiled once per snapshot by `isekai.policy.PolicySet`. Each has up to three phases, and flags
+saying which it has, so `protocol` calls only what exists: `request` (None to continue, or an
+answer to send instead of proxying), `response` (edits a `ResponseHead` before the head is
+written, in reverse order) and `complete` (after the last byte; never fails the request). Hot
+families are `cdef class` subclasses whose phases are C calls; anything written in Python goes
+through the one adapter, `PythonPolicy`. An `async def` request phase marks the policy
+`is_async`: `protocol` then hands the request to the slow path the worker installed (one Task),
+which calls back when the coroutine is done.
+
+`ResponseHead` edits the flat list of head parts the upstream side already builds
+([name, b": ", value, b"\r\n", ...]), so a route without response policies pays nothing and one
+with them pays for the edits only. Field names are compared case-insensitively without
+allocating (`same_name`).
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+
+import inspect
+
+
+cdef bint same_name(bytes name, bytes lower) noexcept:
+    """Whether field name `name` (any case) is `lower` (already lower-case)."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(name)
+    cdef const char* a
+    cdef const char* b
+    cdef Py_ssize_t i
+    cdef char c
+    if n != PyBytes_GET_SIZE(lower):
+        return False
+    a = PyBytes_AS_STRING(name)
+    b = PyBytes_AS_STRING(lower)
+    for i in range(n):
+        c = a[i]
+        if b'A' <= c <= b'Z':
+            c = c + 32
+        if c != b[i]:
+            return False
+    return True
+
+
+cdef inline bytes _latin1(object value):
+    return value if isinstance(value, bytes) else (<str>value).encode("latin-1")
+
+
+cdef list header_parts(object pairs):
+    """(name, value) pairs, str or bytes, as flat head parts."""
+    cdef list parts = []
+    for name, value in pairs:
+        parts.append(_latin1(name))
+        parts.append(b": ")
+        parts.append(_latin1(value))
+        parts.append(b"\r\n")
+    return parts
+
+
+cdef int check_field(bytes name, bytes value) except -1:
+    """A field a policy writes must not be able to end the field or the head early."""
+    if (not name or b"\r" in name or b"\n" in name or b":" in name or b" " in name
+            or b"\t" in name or b"\0" in name):
+        raise ValueError(f"invalid header name {name!r}")
+    if b"\r" in value or b"\n" in value or b"\0" in value:
+        raise ValueError(f"invalid value for header {name.decode('latin-1')!r}")
+    return 0
+
+
+cdef bytes parts_get(list parts, bytes lname):
+    """The first value of field `lname` in flat head parts, or None."""
+    cdef Py_ssize_t i
+    for i in range(0, len(parts) - 3, 4):
+        if same_name(<bytes>parts[i], lname):
+            return <bytes>parts[i + 2]
+    return None
+
+
+cdef list parts_drop(list parts, bytes lname):
+    """`parts` without the `lname` fields (the same list when there is none)."""
+    cdef list kept
+    cdef Py_ssize_t i, j
+    for i in range(0, len(parts) - 3, 4):
+        if same_name(<bytes>parts[i], lname):
+            break
+    else:
+        return parts
+    kept = parts[:i]
+    for j in range(i, len(parts) - 3, 4):
+        if not same_name(<bytes>parts[j], lname):
+            kept.extend(parts[j:j + 4])
+    return kept
+
+
+cdef int parts_append(list parts, bytes name, bytes value) except -1:
+    check_field(name, value)
+    parts.append(name)
+    parts.append(b": ")
+    parts.append(value)
+    parts.append(b"\r\n")
+    return 0
+
+
+cdef int parts_move(list parts, bytes lname, bytes new_name) except -1:
+    cdef Py_ssize_t i
+    check_field(new_name, b"")
+    for i in range(0, len(parts) - 3, 4):
+        if same_name(<bytes>parts[i], lname):
+            parts[i] = new_name
+    return 0
+
+
+cdef class Answer:
+    """A response a policy sends instead of letting the request continue."""
+
+    def __init__(self, int status, tuple headers=(), bytes body=b""):
+        if not 200 <= status <= 599:
+            raise ValueError(f"a policy answers with a final status (200-599), not {status}")
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def __repr__(self):
+        return f"Answer({self.status}, {self.headers!r}, {self.body!r})"
+
+
+cdef class ResponseHead:
+    """Status and header fields of a response before its head is written (response phase).
+
+    From Python: `status` (settable), `header(name)`, `set_header(name, value)`,
+    `add_header(name, value)`, `remove_header(name)`, `headers()`.
+    """
+
+    def __init__(self, int status, list parts=None):
+        self.status = status
+        self.parts = parts if parts is not None else []
+
+    cdef bytes get(self, bytes lname):
+        return parts_get(self.parts, lname)
+
+    cdef int put(self, bytes name, bytes value) except -1:
+        check_field(name, value)
+        self.parts = parts_drop(self.parts, name.lower())
+        return parts_append(self.parts, name, value)
+
+    cdef int append(self, bytes name, bytes value) except -1:
+        return parts_append(self.parts, name, value)
+
+    cdef int drop(self, bytes lname) except -1:
+        self.parts = parts_drop(self.parts, lname)
+        return 0
+
+    cdef int move(self, bytes lname, bytes new_name) except -1:
+        return parts_move(self.parts, lname, new_name)
+
+    # -- Python API ----------------------------------------------------------------------------
+
+    def header(self, name):
+        """The first value of field `name` (any case) as str, or None."""
+        value = self.get(_latin1(name).lower())
+        return value.decode("latin-1") if value is not None else None
+
+    def set_header(self, name, value):
+        """Replace every `name` field by one with `value`."""
+        self.put(_latin1(name), _latin1(value))
+
+    def add_header(self, name, value):
+        self.append(_latin1(name), _latin1(value))
+
+    def remove_header(self, name):
+        self.drop(_latin1(name).lower())
+
+    def headers(self):
+        """[(name, value), ...] as str, in order."""
+        cdef list parts = self.parts
+        return [(parts[i].decode("latin-1"), parts[i + 2].decode("latin-1"))
+                for i in range(0, len(parts) - 3, 4)]
+
+    def __setattr__(self, name, value):
+        if name == "status":
+            if not 200 <= value <= 599:
+                raise ValueError(f"a response policy sets a final status (200-599), not {value}")
+            self.status = value
+        else:
+            raise AttributeError(name)
+
+
+cdef class CorePolicy:
+    """Base of every policy on the request path; a subclass overrides the phases it has."""
+
+    def __init__(self):
+        self.name = type(self).__name__
+        self.type_name = ""
+        self.deadline = 10.0
+
+    cdef object request(self, object req):
+        return None
+
+    cdef int response(self, object req, ResponseHead head) except -1:
+        return 0
+
+    cdef int complete(self, object req) except -1:
+        return 0
+
+    def close(self):
+        """Called once when the instance is dropped (no snapshot uses it any more)."""
+
+    # Python entry points (tests, the slow path)
+    def run_request(self, req):
+        return self.request(req)
+
+    def run_response(self, req, ResponseHead head):
+        self.response(req, head)
+
+    def run_complete(self, req):
+        self.complete(req)
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+cdef class PythonPolicy(CorePolicy):
+    """Adapts an object with `on_request`, `on_response` and/or `on_complete` (and `close`)."""
+
+    def __init__(self, target):
+        CorePolicy.__init__(self)
+        self.target = target
+        self._on_request = getattr(target, "on_request", None)
+        self._on_response = getattr(target, "on_response", None)
+        self._on_complete = getattr(target, "on_complete", None)
+        for phase in ("on_response", "on_complete"):
+            if inspect.iscoroutinefunction(getattr(target, phase, None)):
+                raise TypeError(f"{type(target).__name__}.{phase} must not be async")
+        self.requests = self._on_request is not None
+        self.responses = self._on_response is not None
+        self.completes = self._on_complete is not None
+        self.is_async = self.requests and inspect.iscoroutinefunction(self._on_request)
+        self.name = type(target).__name__
+
+    cdef object request(self, object req):
+        return self._on_request(req)
+
+    cdef int response(self, object req, ResponseHead head) except -1:
+        self._on_response(req, head)
+        return 0
+
+    cdef int complete(self, object req) except -1:
+        self._on_complete(req)
+        return 0
+
+    def start_async(self, req):
+        """The coroutine of the async request phase (the slow path awaits it)."""
+        return self._on_request(req)
+
+    def close(self):
+        close = getattr(self.target, "close", None)
+        if close is not None:
+            close()
