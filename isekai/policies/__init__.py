@@ -1,1 +1,26 @@
-BUILDERS: dict = {}
+"""The built-in policy families: type name -> builder (config instance -> policy instance).
+
+`isekai.policy.PolicySet` calls ``BUILDERS[type](config)`` once per (type, config), names the
+instance and keeps it across snapshots. The hot families (headers, cors, ip_filter) build
+`isekai._core.policy.CorePolicy` subclasses (isekai/_core/families.pyx); fault builds a Python
+object that the `PythonPolicy` adapter wraps. docs/policies.md describes them for users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from isekai.policies import cors, fault, headers, ip_filter
+
+BUILDERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
+    {
+        "headers": headers.build,
+        "cors": cors.build,
+        "ip_filter": ip_filter.build,
+        "fault": fault.build,
+    }
+)
+
+__all__ = ["BUILDERS"]
