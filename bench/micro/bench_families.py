@@ -5,7 +5,8 @@ The browser-like GET of bench_parse.py (11 fields, with an allowed `Origin`) is 
 DownstreamProtocol over an in-memory transport and answered by a direct route, first with no
 policy, then with each family alone, then with the three (the small_get_policies chain of
 bench/run.py); the request and response phases both run. ip_filter is measured with 10 and
-with 10,000 networks in its allow list. Best of REPEATS runs of LOOPS requests.
+with 10,000 networks in its allow list. The cases are interleaved, ROUNDS times over (each a
+run of LOOPS requests), and each keeps its best run: a shared machine's bursts hit all alike.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import ipaddress
 import random
 from types import SimpleNamespace
 
+import bench_parse
 from bench_parse import BROWSER, make_state, per_request_ns
 
 from isekai.chains import as_core
 from isekai.policies import BUILDERS
 
 PATH = b"/api/v1/users/42"
+ROUNDS = 9
+LOOPS = 20_000
 
 
 def edits(**kw):
@@ -56,26 +60,35 @@ def policies() -> dict:
     )
     small = BUILDERS["ip_filter"](SimpleNamespace(allow=networks(10), deny=()))
     big = BUILDERS["ip_filter"](SimpleNamespace(allow=networks(10_000), deny=()))
-    return {"headers": headers, "cors": cors, "ip10": small, "ip10k": big}
+    floor = BUILDERS["headers"](
+        SimpleNamespace(request=edits(), response=edits(remove=("x-absent",)))
+    )
+    return {"headers": headers, "cors": cors, "ip10": small, "ip10k": big, "floor": floor}
 
 
 def results() -> list[tuple[str, float]]:
     made = {name: as_core(p) for name, p in policies().items()}
     cases = [
         ("no policy", ()),
+        ("response phase floor (remove an absent field)", (made["floor"],)),
         ("headers (2 request sets, 1 response set)", (made["headers"],)),
         ("cors (allowed Origin: response fields + Vary)", (made["cors"],)),
         ("ip_filter, 10 networks", (made["ip10"],)),
         ("ip_filter, 10,000 networks", (made["ip10k"],)),
         ("ip_filter (10k) + cors + headers", (made["ip10k"], made["cors"], made["headers"])),
     ]
-    rows = []
-    for label, chain in cases:
+    states = []
+    for _, chain in cases:
         state = make_state()
-        route = state.router.match(b"api.example.com", b"GET", PATH)[0]
-        route.chain = chain
-        rows.append((label, per_request_ns(BROWSER, state)))
-    return rows
+        state.router.match(b"api.example.com", b"GET", PATH)[0].chain = chain
+        states.append(state)
+    bench_parse.LOOPS, bench_parse.REPEATS = LOOPS, 1
+    per_request_ns(BROWSER, states[0])  # warm-up: the first run pays for cold caches
+    best = [float("inf")] * len(cases)
+    for _ in range(ROUNDS):
+        for i, state in enumerate(states):
+            best[i] = min(best[i], per_request_ns(BROWSER, state))
+    return [(label, ns) for (label, _), ns in zip(cases, best, strict=True)]
 
 
 def main() -> None:
@@ -83,7 +96,7 @@ def main() -> None:
     base = rows[0][1]
     print("browser-like GET through DownstreamProtocol, direct route, ns/request")
     for label, ns in rows:
-        extra = f"  (+{ns - base:,.0f})" if ns is not rows[0][1] else ""
+        extra = f"  ({ns - base:+,.0f})" if label != rows[0][0] else ""
         print(f"  {label:<48} {ns:8,.0f}{extra}")
 
 
