@@ -65,7 +65,6 @@ cdef class CorsPolicy(CorePolicy):
 
     cdef bint origin_ok(self, bytes origin)
     cdef object preflight(self, ProxyRequest req, bytes origin, bytes method)
-    cdef int add_vary(self, ResponseHead head) except -1
 
 
 cdef class IpFilterPolicy(CorePolicy):

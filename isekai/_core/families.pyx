@@ -378,36 +378,46 @@ cdef class CorsPolicy(CorePolicy):
         return Answer(204, tuple(fields), b"")
 
     cdef int response(self, object req, ResponseHead head) except -1:
-        cdef ProxyRequest r = <ProxyRequest>req
-        cdef bytes origin = r.get_header(b"origin")
-        if self.echo:
-            self.add_vary(head)
-        if origin is None or not self.origin_ok(origin):
+        cdef bytes origin = (<ProxyRequest>req).get_header(b"origin")
+        cdef bint allowed = origin is not None and self.origin_ok(origin)
+        cdef list parts
+        cdef Py_ssize_t i, vary = -1
+        cdef bint varies = not self.echo, upstream_cors = False
+        cdef bytes name, value
+        if not allowed and not self.echo:
             return 0
-        head.put(b"access-control-allow-origin", origin if self.echo else b"*")
-        if self.credentials:
-            head.put(b"access-control-allow-credentials", b"true")
-        if self.expose is not None:
-            head.put(b"access-control-expose-headers", self.expose)
-        return 0
-
-    cdef int add_vary(self, ResponseHead head) except -1:
-        """`Vary: Origin`, merged into the first Vary field when there is one."""
-        cdef list parts = head.parts
-        cdef Py_ssize_t i, first = -1
-        cdef bytes value
+        # One pass over the fields: the first Vary (and whether Origin is in one), and CORS
+        # fields the upstream set itself (then replaced: put, not append).
+        parts = head.parts
         for i in range(0, len(parts) - 3, 4):
-            if same_name(<bytes>parts[i], b"vary"):
+            name = <bytes>parts[i]
+            if same_name(name, b"vary"):
                 value = <bytes>parts[i + 2]
-                if value.strip() == b"*" or _has_token(value, b"origin"):
-                    return 0
-                if first < 0:
-                    first = i
-        if first < 0:
-            head.append(b"vary", b"Origin")
-        else:
-            value = <bytes>parts[first + 2]
-            parts[first + 2] = value + b", Origin" if value.strip() else b"Origin"
+                if not varies and (value.strip() == b"*" or _has_token(value, b"origin")):
+                    varies = True
+                elif vary < 0:
+                    vary = i
+            elif (same_name(name, b"access-control-allow-origin")
+                    or same_name(name, b"access-control-allow-credentials")
+                    or same_name(name, b"access-control-expose-headers")):
+                upstream_cors = True
+        if not varies:
+            if vary < 0:
+                head.append(b"vary", b"Origin")
+            else:
+                value = <bytes>parts[vary + 2]
+                parts[vary + 2] = value + b", Origin" if value.strip() else b"Origin"
+        if not allowed:
+            return 0
+        if upstream_cors:
+            head.drop(b"access-control-allow-origin")
+            head.drop(b"access-control-allow-credentials")
+            head.drop(b"access-control-expose-headers")
+        head.append(b"access-control-allow-origin", origin if self.echo else b"*")
+        if self.credentials:
+            head.append(b"access-control-allow-credentials", b"true")
+        if self.expose is not None:
+            head.append(b"access-control-expose-headers", self.expose)
         return 0
 
 
