@@ -435,3 +435,42 @@ def test_policy_families_fault_delay_measured(setup):
     started = time.monotonic()
     status, _, _, _ = call(setup, "GET", "/users/1")
     assert status == 200 and time.monotonic() - started < 0.3
+
+
+# -- state across reloads ------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not config_has_families(), reason="the config does not read policies yet")
+def test_policy_families_fault_counters_survive_reloads(upstream):
+    from isekai.config.loader import load_config_text
+    from tests.support.worker import ThreadedWorker, app_config
+
+    def text(extra_route: str = "", percent: int = 100) -> str:
+        return (
+            app_config(upstream.port, routes=extra_route)
+            + "\npolicies:\n"
+            + f"  chaos: {{type: fault, abort: {{status: 418, percent: {percent}}},"
+            + " when_header: X-Chaos}\n"
+            + '  tag: {type: headers, request: {set: {X-Tag: "1"}}}\n'
+        ).replace("strip_prefix: /app}", "strip_prefix: /app, policies: [chaos, tag]}")
+
+    def fault(tw):
+        return tw.call(lambda: tw.worker.policies.instances()["chaos"].target)
+
+    with ThreadedWorker(text()) as tw:
+        assert call((tw, upstream), "GET", "/app/x", {"X-Chaos": "1"})[0] == 418
+        assert call((tw, upstream), "GET", "/app/x")[0] == 200
+        first = fault(tw)
+        assert (first.requests_seen, first.aborted) == (2, 1)
+        # a reload that leaves the policy's config alone keeps the instance and its counts
+        extra = '  - {name: other, match: {path: "/other"}, respond: {body: x}}'
+        tw.call(tw.worker.swap, load_config_text(text(extra)))
+        assert call((tw, upstream), "GET", "/app/x", {"X-Chaos": "1"})[0] == 418
+        assert fault(tw) is first
+        assert (first.requests_seen, first.aborted) == (3, 2)
+        # a changed config makes a new instance, counting from zero
+        tw.call(tw.worker.swap, load_config_text(text(extra, percent=0)))
+        assert call((tw, upstream), "GET", "/app/x", {"X-Chaos": "1"})[0] == 200
+        second = fault(tw)
+        assert second is not first
+        assert (second.requests_seen, second.aborted) == (1, 0)
