@@ -19,6 +19,7 @@ from typing import ClassVar
 
 from isekai.config import defaults, rules, units
 from isekai.config.meta import Setting, item, setting
+from isekai.config.policies import PolicySpec
 
 __all__ = [
     "Admin",
@@ -107,6 +108,15 @@ class Listener:
     )
     host: str = setting("string", "Parsed from bind.", yaml=False)
     port: int = setting("int", "Parsed from bind.", yaml=False)
+    policies: tuple[str | PolicySpec, ...] = setting(
+        "list",
+        "Policies applied to every request on this listener, before the route's; names of "
+        "`policies` or inline policies.",
+        default=(),
+        item=item("policy", cls=PolicySpec),
+        what="a list of policy names or policies",
+        default_doc="none",
+    )
 
     validate = staticmethod(rules.listener)
 
@@ -327,6 +337,20 @@ class Route:
         "Relay `Upgrade` requests (WebSocket); after `101` the connection becomes a tunnel.",
         default=False,
     )
+    policies: tuple[str | PolicySpec, ...] = setting(
+        "list",
+        "Policies applied to this route's requests, in order (after the listener's); names of "
+        "`policies` or inline policies.",
+        default=(),
+        item=item("policy", cls=PolicySpec),
+        what="a list of policy names or policies",
+        default_doc="none",
+    )
+    preserve_host: bool = setting(
+        "bool",
+        "Send the client's Host upstream instead of the target's authority.",
+        default=False,
+    )
     limits: RouteLimits = setting(
         "object",
         "Per-route overrides.",
@@ -455,12 +479,17 @@ def _no_upstreams() -> Mapping[str, Upstream]:
     return MappingProxyType({})
 
 
+def _no_policies() -> Mapping[str, PolicySpec]:
+    return MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """A whole, validated gateway configuration.
 
-    ``upstreams`` is a read-only mapping from name to ``Upstream``; ``source`` names the file
-    it came from (``<string>`` when loaded from text).
+    ``upstreams`` is a read-only mapping from name to ``Upstream``, ``policies`` from name to
+    ``PolicySpec`` (routes and listeners hold such names, or inline specs); ``source`` names
+    the file it came from (``<string>`` when loaded from text).
     """
 
     listeners: tuple[Listener, ...] = setting(
@@ -478,6 +507,14 @@ class Config:
         "Services to proxy to.",
         default_factory=_no_upstreams,
         item=item("object", cls=Upstream),
+        key_field="name",
+        default_doc="none",
+    )
+    policies: Mapping[str, PolicySpec] = setting(
+        "map",
+        "Named policies, for routes and listeners to use by name.",
+        default_factory=_no_policies,
+        item=item("object", cls=PolicySpec),
         key_field="name",
         default_doc="none",
     )
