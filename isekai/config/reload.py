@@ -70,12 +70,14 @@ def warn_restart_needed(new: Config, running: Config, warned: dict[str, object])
 
 def config_from_message(message: dict) -> Config:
     """The effective config carried by a control-plane change message (file text + stored
-    documents), or by a plain reload message (file text only)."""
-    if "routes" not in message:
+    documents: ``routes``, ``upstreams``, ``policies``), or by a plain reload message (file
+    text only)."""
+    if "routes" not in message and "policies" not in message:
         return load_config_text(message["text"], message["source"])
     return validate_dynamic(
         message["text"],
         message["source"],
         routes=message.get("routes") or (),
         upstreams=message.get("upstreams") or None,
+        policies=message.get("policies") or None,
     )
