@@ -276,6 +276,7 @@ STATUS = {
         "config_version": {"type": "integer"},
         "routes": {"type": "integer"},
         "upstreams": {"type": "integer"},
+        "policies": {"type": "integer", "description": "Named policies."},
     },
 }
 

@@ -331,6 +331,7 @@ class FaultAbort:
         default=defaults.FAULT_PERCENT,
         minimum=0,
         maximum=100,
+        default_doc="`100`",
     )
 
 
@@ -345,6 +346,7 @@ class FaultDelay:
         default=defaults.FAULT_PERCENT,
         minimum=0,
         maximum=100,
+        default_doc="`100`",
     )
 
 

@@ -66,6 +66,7 @@ def test_policies_crud_with_etags(tmp_path):
             assert reply.body == {"success": True, "message": "policy 'web_cors' deleted"}
             assert list(api.applied[-1].policies) == ["tag"]
             assert (await api.delete("/api/policies/web_cors")).status == 404
+            assert (await api.get("/api/status")).data["policies"] == 1
 
     run(scenario())
 
