@@ -60,7 +60,10 @@ def kind_schema(setting: Setting, ref: Ref, *, env: bool = False) -> dict[str, A
     kind = setting.kind
     schema: dict[str, Any]
     if kind == "duration":
-        schema = _positive({"type": "number"}, units.DURATION_PATTERN, setting.minimum)
+        number: dict[str, Any] = {"type": "number"}
+        if setting.maximum is not None:
+            number["maximum"] = setting.maximum
+        schema = _positive(number, units.DURATION_PATTERN, setting.minimum)
     elif kind == "size":
         schema = _positive({"type": "integer"}, units.SIZE_PATTERN, setting.minimum)
     elif kind == "rate":

@@ -257,7 +257,7 @@ class _Builder(Reader):
         super().__init__(source, env)
         self.wheres: dict[int, Where] = {}
         self.kinds: dict[str, Callable[[Setting, Node, str], Any]] = {
-            "duration": lambda s, n, p: self.duration(n, p, allow_zero=s.minimum == 0),
+            "duration": self.duration_value,
             "size": lambda s, n, p: self.size(n, p),
             "int": self.int_value,
             "number": lambda s, n, p: self.number(n, p, s.minimum, s.maximum),
@@ -342,6 +342,18 @@ class _Builder(Reader):
         text = self.string(node, path, setting.what or "a string")
         self.check(node, path, parse, text)
         return text
+
+    def duration_value(self, setting: Setting, node: Node, path: str) -> float:
+        seconds = self.duration(node, path, allow_zero=setting.minimum == 0)
+        if setting.maximum is not None and seconds > setting.maximum:
+            most = next(
+                f"{setting.maximum // size:g}{unit}"
+                for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+                if setting.maximum % size == 0 or unit == "s"
+            )
+            message = f"must be at most {most}, got {node.value}"
+            raise self.error(node, path, message)
+        return seconds
 
     def int_value(self, setting: Setting, node: Node, path: str) -> int:
         lowest = -(2**63) if setting.minimum is None else int(setting.minimum)

@@ -277,19 +277,23 @@ class Reader:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error(node, path, f"expected {what}, got {self.describe(node)}")
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise self.error(node, path, f"expected a finite number, got {node.value}")
         low = -math.inf if minimum is None else minimum
         high = math.inf if maximum is None else maximum
         if not low <= value <= high:
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
             if minimum is not None and maximum is not None:
-                message = f"must be from {_plain(minimum)} to {_plain(maximum)}, got {value:g}"
+                message = f"must be from {_plain(minimum)} to {_plain(maximum)}, got {shown}"
             elif minimum is not None:
-                message = f"must be at least {_plain(minimum)}, got {value:g}"
+                message = f"must be at least {_plain(minimum)}, got {shown}"
             else:
-                message = f"must be at most {_plain(maximum)}, got {value:g}"
+                message = f"must be at most {_plain(maximum)}, got {shown}"
             raise self.error(node, path, message)
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # pragma: no cover - only with no maximum
+            raise self.error(node, path, f"{value} is too large") from None
 
     def boolean(self, node: Node, path: str) -> bool:
         value, substituted = self.scalar(node, path, "true or false")

@@ -271,9 +271,10 @@ class CorsConfig:
     )
     max_age: float | None = setting(
         "duration",
-        "How long a browser may cache a preflight answer.",
+        "How long a browser may cache a preflight answer (at most a year).",
         default=None,
         minimum=0,
+        maximum=defaults.CORS_MAX_AGE_LIMIT,
         default_doc="not sent",
     )
 

@@ -348,6 +348,10 @@ REFUSED = {
         "{type: cors, origins: ['*'], max_age: -1s}",
         "policies.p.max_age: bad duration",
     ),
+    "cors max_age too long": (
+        "{type: cors, origins: ['*'], max_age: 400d}",
+        "policies.p.max_age: must be at most 365d, got 400d",
+    ),
     "cors credentials not bool": (
         "{type: cors, origins: ['*'], credentials: yes please}",
         "policies.p.credentials: expected true or false",
@@ -379,6 +383,10 @@ REFUSED = {
     "fault percent text": (
         "{type: fault, delay: {duration: 1s, percent: half}}",
         "policies.p.delay.percent: expected a number, got a string ('half')",
+    ),
+    "fault percent huge": (
+        "{type: fault, delay: {duration: 1s, percent: 1" + "0" * 400 + "}}",
+        "policies.p.delay.percent: must be from 0 to 100, got 1000",
     ),
     "fault percent nan": (
         "{type: fault, delay: {duration: 1s, percent: .nan}}",
