@@ -668,3 +668,60 @@ def test_policies_entry_point_families_load_once_and_bad_ones_are_skipped(
     assert len(errors) == 2, errors
     assert any("'clash'" in e and "builtin family" in e for e in errors)
     assert any("'broken'" in e and "isekai_echo_plugin_missing" in e for e in errors)
+
+
+# -- reloads --------------------------------------------------------------------------------------
+
+
+def test_policies_of_listeners_follow_a_reload_while_their_sockets_stay(caplog):
+    from isekai.config.reload import keep_running, warn_restart_needed
+
+    running = load(
+        """
+        policies: {a: {type: cors, origins: ['*']}}
+        listeners: [{name: public, bind: ":8080", policies: [a]}, {name: old, bind: ":8081"}]
+        """
+    )
+    new = load(
+        """
+        policies: {b: {type: fault, abort: {status: 503}}}
+        listeners: [{name: public, bind: ":9090", policies: [b]}]
+        workers: 2
+        """
+    )
+    kept = keep_running(new, running)
+    assert [(lst.name, lst.port, lst.policies) for lst in kept.listeners] == [
+        ("public", 8080, ("b",)),
+        ("old", 8081, ()),
+    ]
+    assert kept.workers == running.workers and list(kept.policies) == ["b"]
+    warned: dict = {}
+    with caplog.at_level(logging.WARNING, logger="isekai.reload"):
+        warn_restart_needed(new, running, warned)
+    assert "listeners, workers changed" in caplog.text
+    caplog.clear()
+    same_sockets = load(
+        """
+        policies: {b: {type: fault, abort: {status: 503}}}
+        listeners: [{name: public, bind: ":8080", policies: [b]}, {name: old, bind: ":8081"}]
+        """
+    )
+    with caplog.at_level(logging.WARNING, logger="isekai.reload"):
+        warn_restart_needed(same_sockets, running, {})
+    assert caplog.text == ""  # a policy change alone needs no restart
+
+
+def test_policies_whole_config_messages_carry_stored_policies():
+    from isekai.config.reload import config_from_message
+
+    message = {
+        "type": "config",
+        "text": "policies: {a: {type: cors, origins: ['*']}}\n",
+        "source": "gw.yaml",
+        "routes": [{"name": "r", "match": {"path": "/"}, "respond": {}, "policies": ["a", "b"]}],
+        "upstreams": {},
+        "policies": {"b": {"type": "fault", "abort": {"status": 500}}},
+    }
+    config = config_from_message(message)
+    assert list(config.policies) == ["a", "b"] and config.routes[0].policies == ("a", "b")
+    assert list(config_from_message({**message, "routes": []}).policies) == ["a", "b"]
