@@ -141,6 +141,7 @@ def test_changes_match_whole_config_validation(ops):
         if doc is None:
             del table[name]
         elif kind == "route":
+            table.pop(name, None)  # a changed route goes last, in the index as in the candidate
             table[name] = {**doc, "name": name}
         else:
             table[name] = doc
