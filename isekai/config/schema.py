@@ -576,3 +576,17 @@ class Config:
     source: str = setting("string", "The file it came from.", default="<string>", yaml=False)
 
     validate = staticmethod(rules.config)
+
+    def resolve_policies(self, items: tuple[str | PolicySpec, ...]) -> tuple[PolicySpec, ...]:
+        """A route's or listener's ``policies`` as specs: names looked up in `policies`
+        (a validated config names only existing ones), inline specs as they are."""
+        named = self.policies
+        return tuple(named[entry] if isinstance(entry, str) else entry for entry in items)
+
+    def route_policies(
+        self, route: Route, listener: Listener | None = None
+    ) -> tuple[PolicySpec, ...]:
+        """Every policy a request on ``listener`` taking ``route`` goes through, in order:
+        the listener's, then the route's."""
+        before = () if listener is None else listener.policies
+        return self.resolve_policies((*before, *route.policies))

@@ -725,3 +725,17 @@ def test_policies_whole_config_messages_carry_stored_policies():
     config = config_from_message(message)
     assert list(config.policies) == ["a", "b"] and config.routes[0].policies == ("a", "b")
     assert list(config_from_message({**message, "routes": []}).policies) == ["a", "b"]
+
+
+def test_policies_resolved_for_a_route_on_a_listener():
+    config = load(EXAMPLE)
+    api, internal = config.routes
+    listener = config.listeners[0]
+    assert config.resolve_policies(api.policies) == (
+        config.policies["web_cors"],
+        config.policies["chaos"],
+    )
+    chain = config.route_policies(internal, listener)
+    assert [spec.name for spec in chain] == ["tag", "office", None]
+    assert chain[2].type == "fault"
+    assert config.route_policies(internal) == chain[1:]
