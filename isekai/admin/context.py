@@ -21,7 +21,7 @@ from aiohttp import web
 
 from isekai.admin.live_config import LiveConfig, SkippedItem
 from isekai.config.changes import Change
-from isekai.config.loader import file_documents
+from isekai.config.loader import file_documents, file_policies
 from isekai.config.schema import Config
 
 __all__ = [
@@ -83,6 +83,7 @@ class AdminContext:
     _file_docs: tuple[str, tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]] | None = field(
         default=None, repr=False
     )
+    _file_policies: tuple[str, dict[str, dict[str, Any]]] | None = field(default=None, repr=False)
     _warned_secret: bool = field(default=False, repr=False)
 
     @property
@@ -123,6 +124,13 @@ class AdminContext:
                 file_documents(self.config_text, self.config.source),
             )
         return self._file_docs[1]
+
+    def file_policies(self) -> dict[str, dict[str, Any]]:
+        """The file's named policies as documents (values as written)."""
+        if self._file_policies is None or self._file_policies[0] != self.config_text:
+            found = file_policies(self.config_text, self.config.source)
+            self._file_policies = (self.config_text, found)
+        return self._file_policies[1]
 
     async def load(self) -> Config:
         """Read the file and every stored item into `live`; return the running config.
@@ -171,6 +179,16 @@ class AdminContext:
             if ("upstream", item.name) not in skipped
         }
         return routes, upstreams
+
+    async def stored_policies(self) -> dict[str, dict[str, Any]]:
+        """The stored policies in the running config, as documents (name -> policy mapping):
+        what a whole-config message carries besides `stored_documents`."""
+        skipped = {(i.kind, i.name) for i in self.skipped}
+        return {
+            item.name: item.doc
+            for item in await self.store.list_items("policy")
+            if ("policy", item.name) not in skipped
+        }
 
 
 CTX = web.AppKey("isekai_admin_context", AdminContext)  # the context in app[CTX]

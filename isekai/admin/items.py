@@ -1,4 +1,5 @@
-"""Routes and upstreams as API resources: what ``routes.py`` and ``upstreams.py`` share.
+"""Routes, upstreams and policies as API resources: what ``routes.py``, ``upstreams.py`` and
+``policies.py`` share.
 
 Items come from two sources. ``file`` items are in the YAML file: listed, readable, never
 changed through the API (409). ``api`` items are stored (``isekai.store``) with a version that
@@ -8,8 +9,9 @@ say, without reading it all again), then stored, then applied, all under ``ctx.l
 store's writer lock, so that changes happen one at a time across every gateway on the store.
 
 A mistake is answered 422 with ``error.path`` relative to the submitted document
-(``route.match.path``, ``upstream.targets[0]``) when it lies there, else the path in the whole
-config (``routes[4].upstream``) and ``error.item`` naming the item it lies in.
+(``route.match.path``, ``upstream.targets[0]``, ``policy.origins[1]``) when it lies there, else
+the path in the whole config (``routes[4].upstream``) and ``error.item`` naming the item it
+lies in.
 """
 
 from __future__ import annotations
@@ -29,30 +31,42 @@ from isekai.config.changes import Change
 from isekai.errors import ConfigError
 from isekai.store import AlreadyExists, NotFound, VersionMismatch
 
-__all__ = ["IF_MATCH_PATTERN", "ROUTE", "UPSTREAM", "Kind", "merge_patch", "parse_if_match"]
+__all__ = [
+    "IF_MATCH_PATTERN",
+    "POLICY",
+    "ROUTE",
+    "UPSTREAM",
+    "Kind",
+    "merge_patch",
+    "parse_if_match",
+]
 
 log = logging.getLogger("isekai.admin")
 
 
 @dataclass(frozen=True, slots=True)
 class Kind:
-    """``route`` or ``upstream``: how the API names, shows and checks items of one kind."""
+    """``route``, ``upstream`` or ``policy``: how the API names, shows and checks items of
+    one kind."""
 
-    name: str  # store kind and error prefix: route, upstream
-    plural: str  # URL segment and config key: routes, upstreams
+    name: str  # store kind and error prefix: route, upstream, policy
+    plural: str  # URL segment and config key: routes, upstreams, policies
     create_schema: str
     replace_schema: str
-    doc_has_name: bool  # a route doc holds its name; an upstream's name is the YAML key
+    doc_has_name: bool  # a route doc holds its name; an upstream's or policy's is the YAML key
 
 
 ROUTE = Kind("route", "routes", "Route", "RouteReplace", True)
 UPSTREAM = Kind("upstream", "upstreams", "Upstream", "UpstreamReplace", False)
+POLICY = Kind("policy", "policies", "Policy", "PolicyReplace", False)
 
 
 # -- views -------------------------------------------------------------------------------------
 
 
 def _file_items(ctx: AdminContext, kind: Kind) -> dict[str, dict[str, Any]]:
+    if kind is POLICY:
+        return ctx.file_policies()
     routes, upstreams = ctx.file_documents()
     if kind.doc_has_name:
         return {str(doc.get("name")): doc for doc in routes if isinstance(doc, dict)}
@@ -92,6 +106,7 @@ def _with_etag(item: Any, status: int = 200, **headers: str) -> web.Response:
 # -- If-Match and merge patch ------------------------------------------------------------------
 
 
+_LISTENER_PATH = re.compile(r"listeners\[(\d+)\].*", re.S)
 _ENTITY_TAG = r'(?:W/)?"[\x21\x23-\x7e]*"'
 IF_MATCH_PATTERN = rf"^\s*(\*|{_ENTITY_TAG}(\s*,\s*{_ENTITY_TAG})*)\s*$"
 _IF_MATCH = re.compile(IF_MATCH_PATTERN)
@@ -173,16 +188,21 @@ def _explain(ctx: AdminContext, exc: ConfigError, kind: Kind, name: str) -> ApiE
     if found is not None and kind.doc_has_name:  # a route change: only its own document
         item = {"kind": "route", "name": name, "source": "api"}
         path = f"route{found.group(2)}"
-    elif found is not None:  # an upstream change refused for a route that uses it
+    elif found is not None:  # an upstream or policy change refused for a route that uses it
         names = list(ctx.live.index.routes)
         other = names[int(found.group(1))]
         source = "file" if other in ctx.live.index.file_routes else "api"
         item = {"kind": "route", "name": other, "source": source}
-    elif exc.path == f"upstreams.{name}" or exc.path.startswith(
-        (f"upstreams.{name}.", f"upstreams.{name}[")
+    elif (listener := _LISTENER_PATH.fullmatch(exc.path)) is not None:
+        listeners = ctx.live.config.listeners
+        position = int(listener.group(1))
+        if position < len(listeners):
+            item = {"kind": "listener", "name": listeners[position].name, "source": "file"}
+    elif exc.path == f"{kind.plural}.{name}" or exc.path.startswith(
+        (f"{kind.plural}.{name}.", f"{kind.plural}.{name}[")
     ):
-        item = {"kind": "upstream", "name": name, "source": "api"}
-        path = "upstream" + exc.path[len(f"upstreams.{name}") :]
+        item = {"kind": kind.name, "name": name, "source": "api"}
+        path = kind.name + exc.path[len(f"{kind.plural}.{name}") :]
     where = path or "config"
     if item is not None and path == config_path:
         where = f"{item['kind']} {item['name']!r} ({path})"

@@ -1,6 +1,6 @@
 """The running config as the control plane keeps it: `LiveConfig`.
 
-It is the YAML file plus the stored routes and upstreams that validate, held as a
+It is the YAML file plus the stored routes, upstreams and policies that validate, held as a
 `ConfigIndex` (so one change is checked and applied without reading everything again), with
 the store revision it reflects and each stored item's version. Three ways it moves:
 
@@ -32,12 +32,21 @@ __all__ = ["ROUTE_PATH", "LiveConfig", "SkippedItem", "stored_item_at"]
 log = logging.getLogger("isekai.admin")
 
 ROUTE_PATH = re.compile(r"routes\[(\d+)\](.*)", re.S)
-_SYNC_ORDER = (("upstream", True), ("route", False), ("route", True), ("upstream", False))
+# puts of what routes use first, then the routes, then deletes of what they used
+_SYNC_ORDER = (
+    ("upstream", True),
+    ("policy", True),
+    ("route", False),
+    ("route", True),
+    ("policy", False),
+    ("upstream", False),
+)
+_KINDS = ("route", "upstream", "policy")
 
 
 @dataclass(frozen=True, slots=True)
 class SkippedItem:
-    """A stored route or upstream left out of the running config because it does not
+    """A stored route, upstream or policy left out of the running config because it does not
     validate against the file and the other items (``reason`` is the loader's message)."""
 
     kind: str
@@ -72,13 +81,16 @@ class LiveConfig:
         revision = await self.store.revision()  # first: items read after are at least as new
         routes = await self.store.list_items("route")
         upstreams = await self.store.list_items("upstream")
+        policies = await self.store.list_items("policy")
         loaded, skipped = whole_config(
             text,
             config.source,
             {item.name: item.doc for item in routes},
             {item.name: item.doc for item in upstreams},
+            {item.name: item.doc for item in policies},
         )
-        stored_versions = {(item.kind, item.name): item.version for item in (*routes, *upstreams)}
+        stored = (*routes, *upstreams, *policies)
+        stored_versions = {(item.kind, item.name): item.version for item in stored}
         skipped = tuple(
             SkippedItem(i.kind, i.name, i.reason, stored_versions[i.kind, i.name]) for i in skipped
         )
@@ -88,7 +100,7 @@ class LiveConfig:
         self.revision = revision
         self.versions = {
             (item.kind, item.name): item.version
-            for item in (*routes, *upstreams)
+            for item in stored
             if (item.kind, item.name) not in left_out
         }
         self._set_skipped(skipped)
@@ -120,7 +132,7 @@ class LiveConfig:
         if revision == self.revision:
             return []
         stored: dict[tuple[str, str], int] = {}
-        for kind in ("route", "upstream"):
+        for kind in _KINDS:
             for name, version in (await self.store.list_versions(kind)).items():
                 stored[kind, name] = version
         applied: list[Change] = []
@@ -130,7 +142,7 @@ class LiveConfig:
                 for key in [k for k in self.versions if k[0] == kind and k not in stored]:
                     try:
                         applied.append(self._apply(self.index.prepare(*key, None)))
-                    except ConfigError as exc:  # an upstream a file route still uses
+                    except ConfigError as exc:  # an upstream or policy a file item still uses
                         log.error("stored %s %r was deleted but is kept: %s", *key, exc)
                         continue
                     del self.versions[key]
@@ -178,38 +190,57 @@ class LiveConfig:
 
 
 def whole_config(
-    text: str, source: str, routes: dict[str, dict], upstreams: dict[str, dict]
+    text: str,
+    source: str,
+    routes: dict[str, dict],
+    upstreams: dict[str, dict],
+    policies: dict[str, dict] | None = None,
 ) -> tuple[Config, tuple[SkippedItem, ...]]:
-    """The config file ``text`` plus the stored ``routes`` and ``upstreams`` that validate.
+    """The config file ``text`` plus the stored ``routes``, ``upstreams`` and ``policies``
+    that validate.
 
     A stored item the loader refuses is left out (and returned as skipped), then the rest is
     validated again; a mistake in the file raises ``ConfigError``.
     """
-    routes, upstreams = dict(routes), dict(upstreams)
+    items = {"route": dict(routes), "upstream": dict(upstreams), "policy": dict(policies or {})}
     file_routes = len(file_documents(text, source)[0])
     skipped: list[SkippedItem] = []
     while True:
         try:
             config = validate_dynamic(
-                text, source, routes=list(routes.values()), upstreams=upstreams
+                text,
+                source,
+                routes=list(items["route"].values()),
+                upstreams=items["upstream"],
+                policies=items["policy"],
             )
             return config, tuple(skipped)
         except ConfigError as exc:
-            found = stored_item_at(exc, file_routes, list(routes), list(upstreams))
+            found = stored_item_at(
+                exc,
+                file_routes,
+                list(items["route"]),
+                list(items["upstream"]),
+                list(items["policy"]),
+            )
             if found is None:
                 raise
             kind, name = found
-            (routes if kind == "route" else upstreams).pop(name)
+            items[kind].pop(name)
             skipped.append(SkippedItem(kind, name, str(exc)))
 
 
 def stored_item_at(
-    exc: ConfigError, file_routes: int, routes: list[str], upstreams: list[str]
+    exc: ConfigError,
+    file_routes: int,
+    routes: list[str],
+    upstreams: list[str],
+    policies: list[str] = (),  # type: ignore[assignment]
 ) -> tuple[str, str] | None:
     """``(kind, name)`` of the stored item a loader error points into, or None (the file).
 
-    ``routes`` and ``upstreams`` are the stored items' names in the order given to the loader,
-    after the file's ``file_routes`` routes.
+    ``routes``, ``upstreams`` and ``policies`` are the stored items' names in the order given
+    to the loader, after the file's ``file_routes`` routes.
     """
     if exc.file != API_SOURCE:
         return None
@@ -217,8 +248,12 @@ def stored_item_at(
     if found is not None:
         index = int(found.group(1)) - file_routes
         return ("route", routes[index]) if 0 <= index < len(routes) else None
-    for name in sorted(upstreams, key=len, reverse=True):
-        head = f"upstreams.{name}"
-        if exc.path == head or exc.path.startswith((head + ".", head + "[")):
-            return "upstream", name
+    for kind, plural, names in (
+        ("upstream", "upstreams", upstreams),
+        ("policy", "policies", policies),
+    ):
+        for name in sorted(names, key=len, reverse=True):
+            head = f"{plural}.{name}"
+            if exc.path == head or exc.path.startswith((head + ".", head + "[")):
+                return kind, name
     return None

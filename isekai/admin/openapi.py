@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from isekai.admin import auth, logs, routes, status, upstreams
+from isekai.admin import auth, logs, policies, routes, schemas, status, upstreams
 from isekai.admin.auth import Permission
 from isekai.admin.http import MERGE_PATCH_TYPE, dumps
 from isekai.admin.items import IF_MATCH_PATTERN
@@ -109,6 +109,7 @@ _LOG_PARAMETERS = (
 
 _ROUTE_DATA = _ref("RouteResource")
 _UPSTREAM_DATA = _ref("UpstreamResource")
+_POLICY_DATA = _ref("PolicyResource")
 _READ = (401, 403)
 _WRITE = (400, 401, 403, 409, 413, 415, 422)
 
@@ -124,18 +125,22 @@ def _item_links(kind: str) -> dict[str, Any]:
     }
 
 
-def _item_operations(kind: str, module: Any, data: dict[str, Any]) -> list[Operation]:
+def _item_operations(
+    kind: str, module: Any, data: dict[str, Any], plural: str | None = None
+) -> list[Operation]:
     title = kind.capitalize()
-    base = f"/api/{kind}s"
-    tag = f"{kind}s"
+    plural = plural or f"{kind}s"
+    titles = plural.capitalize()
+    base = f"/api/{plural}"
+    tag = plural
     return [
         Operation(
             "GET",
             base,
             module.list_all,
             Permission.READ,
-            f"list{title}s",
-            f"List {kind}s, from the file and from the API",
+            f"list{titles}",
+            f"List {plural}, from the file and from the API",
             tag,
             data={"type": "array", "items": data},
             errors=_READ,
@@ -273,6 +278,7 @@ OPERATIONS: list[Operation] = [
     ),
     *_item_operations("route", routes, _ROUTE_DATA),
     *_item_operations("upstream", upstreams, _UPSTREAM_DATA),
+    *_item_operations("policy", policies, _POLICY_DATA, "policies"),
     Operation(
         "POST",
         "/api/users",
@@ -440,9 +446,14 @@ def _operation(op: Operation) -> dict[str, Any]:
     return result
 
 
-@functools.cache
 def document(version: str = "0.1.0") -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the admin API (cached; treat it as read-only)."""
+    """The OpenAPI 3.1 document of the admin API (cached; treat it as read-only). The policy
+    schemas cover the families known when it is made (the builtin ones and the plugins)."""
+    return _document(version, schemas.refresh())
+
+
+@functools.cache
+def _document(version: str, families: int) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)
@@ -457,8 +468,8 @@ def document(version: str = "0.1.0") -> dict[str, Any]:
         "info": {
             "title": "Isekai admin API",
             "version": version,
-            "description": "Routes, upstreams, users, status and request logs of an Isekai "
-            "gateway. Every body is the envelope {success, message?, data?, error?}. "
+            "description": "Routes, upstreams, policies, users, status and request logs of an "
+            "Isekai gateway. Every body is the envelope {success, message?, data?, error?}. "
             "See docs/admin-api.md.",
             "license": {"name": "MIT", "identifier": "MIT"},
         },
@@ -466,7 +477,8 @@ def document(version: str = "0.1.0") -> dict[str, Any]:
         "servers": [{"url": "/"}],
         "security": [{"bearerAuth": []}],
         "tags": [
-            {"name": name} for name in ("auth", "routes", "upstreams", "users", "status", "logs")
+            {"name": name}
+            for name in ("auth", "routes", "upstreams", "policies", "users", "status", "logs")
         ],
         "paths": paths,
         "components": {
@@ -566,8 +578,12 @@ async def openapi_30_json(request: web.Request) -> web.Response:
     return _json(_document_30(_version()))
 
 
-@functools.cache
 def _document_30(version: str) -> dict[str, Any]:
+    return _document_30_for(version, schemas.refresh())
+
+
+@functools.cache
+def _document_30_for(version: str, families: int) -> dict[str, Any]:
     return to_openapi_30(document(version))
 
 

@@ -1,6 +1,6 @@
 """``/api/routes``: list, read, create, replace, merge-patch and delete routes.
 
-The behaviour shared with the other kind of item is in ``items.py``.
+The behaviour shared with the other kinds of item is in ``items.py``.
 """
 
 from __future__ import annotations

@@ -20,11 +20,12 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 from isekai.admin.roles import MAX_PASSWORD_BYTES, MIN_PASSWORD, ROLES
-from isekai.config import units
-from isekai.config.jsonschema import class_schema
+from isekai.config import policies, units
+from isekai.config.jsonschema import class_schema, classes
+from isekai.config.policies import PolicySpec
 from isekai.config.schema import Respond, Route, RouteLimits, RouteMatch, Upstream
 
-__all__ = ["COMPONENTS", "first_error", "validator"]
+__all__ = ["COMPONENTS", "first_error", "refresh", "validator"]
 
 NAME_PATTERN = units.NAME_PATTERN
 USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}$"
@@ -106,6 +107,39 @@ UPSTREAM_REPLACE = {
     "required": _UPSTREAM["required"],
 }
 
+# -- policies: a union over the families (made again when a family is registered, `refresh`) --
+
+
+def _named(branch: dict[str, Any], required: bool) -> dict[str, Any]:
+    # a family's object with the policy's `name` (the YAML key) added
+    return {
+        **branch,
+        "properties": {
+            "name": {**_NAME, "description": "The policy's name."},
+            **branch["properties"],
+        },
+        "required": ["name", *branch["required"]] if required else branch["required"],
+    }
+
+
+def _policy_components() -> dict[str, dict[str, Any]]:
+    found = {name: _config_schema(cls) for name, cls in classes(PolicySpec).items()}
+    families = [found[cls.__name__] for _, cls in policies.family_classes()]
+    example = {"name": "web_cors", "type": "cors", "origins": ["https://app.example.com"]}
+    found["Policy"] = {
+        "description": "A policy as in YAML `policies`, with its `name` (the YAML key); "
+        "`type` names the family, whose keys follow.",
+        "oneOf": [_named(branch, True) for branch in families],
+        "examples": [example],
+    }
+    found["PolicyReplace"] = {
+        "description": "A policy; `name` may be left out (it is the one in the URL).",
+        "oneOf": [_named(branch, False) for branch in families],
+        "examples": [{"type": "fault", "abort": {"status": 503, "percent": 5}}],
+    }
+    return found
+
+
 MERGE_PATCH = {
     "type": "object",
     "examples": [{"timeout": "30s", "websocket": None}],
@@ -171,6 +205,15 @@ ROUTE_RESOURCE = {
     "properties": {**RESOURCE_META, "spec": {"type": "object", "description": "The route."}},
 }
 
+POLICY_RESOURCE = {
+    "type": "object",
+    "required": ["name", "source", "version", "spec"],
+    "properties": {
+        **RESOURCE_META,
+        "spec": {"type": "object", "description": "The policy, without its name."},
+    },
+}
+
 UPSTREAM_RESOURCE = {
     "type": "object",
     "required": ["name", "source", "version", "spec"],
@@ -233,6 +276,7 @@ STATUS = {
         "config_version": {"type": "integer"},
         "routes": {"type": "integer"},
         "upstreams": {"type": "integer"},
+        "policies": {"type": "integer", "description": "Named policies."},
     },
 }
 
@@ -254,12 +298,14 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     **CONFIG_COMPONENTS,
     "Upstream": UPSTREAM,
     "UpstreamReplace": UPSTREAM_REPLACE,
+    **_policy_components(),
     "MergePatch": MERGE_PATCH,
     "Login": LOGIN,
     "UserCreate": USER_CREATE,
     "UserUpdate": USER_UPDATE,
     "RouteResource": ROUTE_RESOURCE,
     "UpstreamResource": UPSTREAM_RESOURCE,
+    "PolicyResource": POLICY_RESOURCE,
     "User": USER,
     "Token": TOKEN,
     "Error": ERROR,
@@ -267,11 +313,31 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     "LogPage": LOG_PAGE,
 }
 
+_POLICY_NAMES = set(_policy_components())
 _VALIDATORS: dict[str, Draft202012Validator] = {}
+_FAMILIES = [policies.families_version()]  # the family set COMPONENTS was made for
+
+
+def refresh() -> int:
+    """Make the policy schemas in `COMPONENTS` again if a family was registered since;
+    return the families' version they are made for."""
+    version = policies.families_version()
+    if version != _FAMILIES[0]:
+        stale = [name for name in COMPONENTS if name in _POLICY_NAMES]
+        for name in stale:
+            del COMPONENTS[name]
+        made = _policy_components()
+        _POLICY_NAMES.clear()
+        _POLICY_NAMES.update(made)
+        COMPONENTS.update(made)
+        _VALIDATORS.clear()
+        _FAMILIES[0] = version
+    return version
 
 
 def validator(name: str) -> Draft202012Validator:
     """A validator for ``COMPONENTS[name]`` that resolves ``#/components/schemas/...``."""
+    refresh()
     found = _VALIDATORS.get(name)
     if found is None:
         schema = {**COMPONENTS[name], "components": {"schemas": COMPONENTS}}

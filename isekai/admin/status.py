@@ -48,6 +48,7 @@ async def status(request: web.Request) -> web.Response:
             "config_version": int(providers.config_version()),
             "routes": len(current.routes),
             "upstreams": len(current.upstreams),
+            "policies": len(current.policies),
             "skipped_items": len(ctx.skipped),
             "skipped": [
                 {"kind": item.kind, "name": item.name, "reason": item.reason}

@@ -1,19 +1,20 @@
-"""One change to the routes and upstreams of a validated config, checked and applied without
-reading the rest again.
+"""One change to the routes, upstreams and policies of a validated config, checked and applied
+without reading the rest again.
 
-The admin API changes one route or upstream at a time. Validating the whole config for each
-change costs time in proportion to its size (seconds at 10,000 routes); instead a
-`ConfigIndex` keeps what the cross-item rules need (routes by name, by host + path shape, and
-the routes using each upstream), `ConfigIndex.prepare` reads the changed document with the
-loader's own reader and checks it against the index, and `ConfigIndex.commit` applies it. The
-result is the config that `validate_dynamic` would build from the same documents: the same
-rules (`rules.route_conflict`, `rules.missing_upstream`), the same messages and config paths
-(the changed item is placed last, as a full validation of the candidate places it), which the
-tests check against the full path on random sequences of changes.
+The admin API changes one route, upstream or policy at a time. Validating the whole config for
+each change costs time in proportion to its size (seconds at 10,000 routes); instead a
+`ConfigIndex` keeps what the cross-item rules need (routes by name, by host + path shape, the
+routes using each upstream, the listeners and routes using each named policy),
+`ConfigIndex.prepare` reads the changed document with the loader's own reader and checks it
+against the index, and `ConfigIndex.commit` applies it. The result is the config that
+`validate_dynamic` would build from the same documents: the same rules
+(`rules.route_conflict`, `rules.missing_upstream`, `rules.missing_policy`), the same messages
+and config paths (the changed item is placed last, as a full validation of the candidate
+places it), which the tests check against the full path on random sequences of changes.
 
-A `Change` carries the built item (``Route``/``Upstream``, or None for a delete): it is what
-travels to the master and the workers, which apply it with `apply_changes` without validating
-again.
+A `Change` carries the built item (``Route``/``Upstream``/``PolicySpec``, or None for a
+delete): it is what travels to the master and the workers, which apply it with
+`apply_changes` without validating again.
 """
 
 from __future__ import annotations
@@ -27,42 +28,47 @@ from typing import Any
 from isekai.config import rules
 from isekai.config.loader import read_document
 from isekai.config.nodes import API_SOURCE
+from isekai.config.policies import PolicySpec
 from isekai.config.schema import Config, Route, Upstream
 from isekai.errors import ConfigError, RouteConflictError
 
 __all__ = ["Change", "ConfigIndex", "apply_changes"]
 
-KINDS = ("route", "upstream")
+KINDS = ("route", "upstream", "policy")
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """``item`` is the new route or upstream, or None when it is deleted."""
+    """``item`` is the new route, upstream or policy (``PolicySpec``, its ``name`` set), or
+    None when it is deleted."""
 
     kind: str
     name: str
-    item: Route | Upstream | None
+    item: Route | Upstream | PolicySpec | None
 
 
 def apply_changes(config: Config, changes: Iterable[Change]) -> Config:
     """``config`` with ``changes`` applied in order (already validated: nothing is checked).
 
     A new or changed route goes last (where a whole validation of the candidate puts the
-    changed document); an upstream keeps its place.
+    changed document); an upstream or a policy keeps its place.
     """
     routes = {route.name: route for route in config.routes}
-    upstreams = dict(config.upstreams)
+    named = {"upstream": dict(config.upstreams), "policy": dict(config.policies)}
     for change in changes:
         if change.kind == "route":
             routes.pop(change.name, None)  # a changed route goes last, as in `commit`
             if change.item is not None:
                 routes[change.name] = change.item
         elif change.item is None:
-            upstreams.pop(change.name, None)
+            named[change.kind].pop(change.name, None)
         else:
-            upstreams[change.name] = change.item  # an upstream keeps its place
+            named[change.kind][change.name] = change.item  # keeps its place
     return dataclasses.replace(
-        config, routes=tuple(routes.values()), upstreams=MappingProxyType(upstreams)
+        config,
+        routes=tuple(routes.values()),
+        upstreams=MappingProxyType(named["upstream"]),
+        policies=MappingProxyType(named["policy"]),
     )
 
 
@@ -76,6 +82,11 @@ class ConfigIndex:
         self.routes: dict[str, Route] = {route.name: route for route in config.routes}
         self.by_shape: dict[tuple[str | None, str], list[Route]] = {}
         self.users: dict[str, dict[str, None]] = {}  # upstream -> route names, in order
+        self.policy_users: dict[str, dict[str, None]] = {}  # policy -> route names, in order
+        self.listener_policies: dict[str, tuple[int, int]] = {}  # policy -> first (listener, i)
+        for position, listener in enumerate(config.listeners):
+            for i, name in rules.policy_refs(listener.policies):
+                self.listener_policies.setdefault(name, (position, i))
         for route in config.routes:
             self._link(route)
 
@@ -88,9 +99,11 @@ class ConfigIndex:
         config (``file`` `API_SOURCE`, a path into the whole config); nothing is changed.
         """
         if kind not in KINDS:
-            raise ValueError(f"kind must be 'route' or 'upstream', got {kind!r}")
+            raise ValueError(f"kind must be 'route', 'upstream' or 'policy', got {kind!r}")
         if kind == "route":
             return self._prepare_route(name, doc)
+        if kind == "policy":
+            return self._prepare_policy(name, doc)
         return self._prepare_upstream(name, doc)
 
     def _prepare_route(self, name: str, doc: Mapping[str, Any] | None) -> Change:
@@ -117,7 +130,39 @@ class ConfigIndex:
                 path=f"routes[{index}].upstream",
                 file=API_SOURCE,
             )
+        policies = self.config.policies
+        for i, policy in rules.policy_refs(route.policies):
+            if policy not in policies:
+                raise ConfigError(
+                    rules.missing_policy(policy, policies),
+                    path=f"routes[{index}].policies[{i}]",
+                    file=API_SOURCE,
+                )
         return Change("route", name, route)
+
+    def _prepare_policy(self, name: str, doc: Mapping[str, Any] | None) -> Change:
+        if doc is not None:
+            spec = read_document(PolicySpec, doc, f"policies.{name}", extra={"name": name})
+            return Change("policy", name, spec)
+        remaining = {k: v for k, v in self.config.policies.items() if k != name}
+        # the full validation reports the first listener, else the first route, using it
+        if name in self.listener_policies:
+            position, i = self.listener_policies[name]
+            raise ConfigError(
+                rules.missing_policy(name, remaining),
+                path=f"listeners[{position}].policies[{i}]",
+                file=None,
+            )
+        users = self.policy_users.get(name)
+        if users:
+            first = next(iter(users))
+            i = next(j for j, ref in rules.policy_refs(self.routes[first].policies) if ref == name)
+            raise ConfigError(
+                rules.missing_policy(name, remaining),
+                path=f"routes[{self.position(first)}].policies[{i}]",
+                file=None if first in self.file_routes else API_SOURCE,
+            )
+        return Change("policy", name, None)
 
     def _prepare_upstream(self, name: str, doc: Mapping[str, Any] | None) -> Change:
         if doc is not None:
@@ -156,17 +201,18 @@ class ConfigIndex:
             if change.item is not None:
                 self.routes[change.name] = change.item
                 self._link(change.item)
-        upstreams = dict(self.config.upstreams)
+        named = {"upstream": dict(self.config.upstreams), "policy": dict(self.config.policies)}
         for change in changes:
-            if change.kind == "upstream":
+            if change.kind in named:
                 if change.item is None:
-                    upstreams.pop(change.name, None)
+                    named[change.kind].pop(change.name, None)
                 else:
-                    upstreams[change.name] = change.item
+                    named[change.kind][change.name] = change.item
         self.config = dataclasses.replace(
             self.config,
             routes=tuple(self.routes.values()),
-            upstreams=MappingProxyType(upstreams),
+            upstreams=MappingProxyType(named["upstream"]),
+            policies=MappingProxyType(named["policy"]),
         )
         return self.config
 
@@ -174,6 +220,8 @@ class ConfigIndex:
         self.by_shape.setdefault((route.match.host, route.match.pattern.shape), []).append(route)
         if route.upstream is not None:
             self.users.setdefault(route.upstream, {})[route.name] = None
+        for _, policy in rules.policy_refs(route.policies):
+            self.policy_users.setdefault(policy, {})[route.name] = None
 
     def _unlink(self, route: Route) -> None:
         key = (route.match.host, route.match.pattern.shape)
@@ -186,3 +234,9 @@ class ConfigIndex:
             users.pop(route.name, None)
             if not users:
                 del self.users[route.upstream]
+        for _, policy in rules.policy_refs(route.policies):
+            users = self.policy_users.get(policy)
+            if users is not None:
+                users.pop(route.name, None)
+                if not users:
+                    del self.policy_users[policy]

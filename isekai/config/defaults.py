@@ -31,6 +31,12 @@ UPSTREAM_MAX_KEEPALIVE_CONNECTIONS = 128  # per target, idle ones kept
 KEEPALIVE_EXPIRY = 60.0
 POOL_TIMEOUT = 5.0  # waiting for a free connection slot, then 503
 
+# policies:
+POLICY_DEADLINE = 10.0  # an async request phase taking longer is answered 503
+CORS_METHODS = ("GET", "HEAD", "POST")
+CORS_MAX_AGE_LIMIT = 365 * 86400.0
+FAULT_PERCENT = 100.0
+
 # listeners: used when the file has no `listeners` key
 LISTENER_NAME = "public"
 LISTENER_BIND = "0.0.0.0:8080"

@@ -18,8 +18,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from isekai.config import rules, units
+from isekai.config import policies, rules, units
 from isekai.config.meta import Setting, settings_of
+from isekai.config.policies import PolicySpec
 from isekai.config.schema import Config
 from isekai.store.urls import SCHEMES
 
@@ -36,6 +37,7 @@ _NAME = {"type": "string", "pattern": units.NAME_PATTERN, "maxLength": 128}
 _PATH = {"type": "string", "pattern": units.PATH_PATTERN}
 _ADDRESS = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]{h}):[0-9]{{1,5}}$"  # as units.parse_address
 _CIDR = r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$"
+_ORIGIN = r"^(\*|([A-Za-z][A-Za-z0-9+.\-]*://)?[^\s/?#]+)$"  # units.parse_origin judges
 
 Ref = Callable[[type], str]
 
@@ -58,7 +60,10 @@ def kind_schema(setting: Setting, ref: Ref, *, env: bool = False) -> dict[str, A
     kind = setting.kind
     schema: dict[str, Any]
     if kind == "duration":
-        schema = _positive({"type": "number"}, units.DURATION_PATTERN, setting.minimum)
+        number: dict[str, Any] = {"type": "number"}
+        if setting.maximum is not None:
+            number["maximum"] = setting.maximum
+        schema = _positive(number, units.DURATION_PATTERN, setting.minimum)
     elif kind == "size":
         schema = _positive({"type": "integer"}, units.SIZE_PATTERN, setting.minimum)
     elif kind == "rate":
@@ -72,6 +77,12 @@ def kind_schema(setting: Setting, ref: Ref, *, env: bool = False) -> dict[str, A
             schema["maximum"] = int(setting.maximum)
     elif kind == "workers":
         schema = {"anyOf": [{"type": "integer", "minimum": 1}, {"const": "auto"}]}
+    elif kind == "number":
+        schema = {"type": "number"}
+        if setting.minimum is not None:
+            schema["minimum"] = setting.minimum
+        if setting.maximum is not None:
+            schema["maximum"] = setting.maximum
     elif kind == "bool":
         schema = {"type": "boolean"}
     elif kind == "string":
@@ -106,6 +117,24 @@ def kind_schema(setting: Setting, ref: Ref, *, env: bool = False) -> dict[str, A
             "additionalProperties": {"anyOf": [value, {"type": "number"}, _NULL]},
         }
         env = False  # the values are leaves of their own
+    elif kind == "header_name":
+        schema = {"type": "string", "pattern": units.TOKEN_PATTERN}
+    elif kind == "header_template":
+        value = {"type": "string", "pattern": units.HEADER_VALUE_PATTERN}
+        schema = {"anyOf": [value, {"type": "number"}]}
+        env = False  # ${...} is part of the template's grammar
+    elif kind == "header_map":
+        assert setting.item is not None
+        return {
+            "type": "object",
+            "propertyNames": {"pattern": units.TOKEN_PATTERN},
+            "additionalProperties": {"anyOf": [kind_schema(setting.item, ref, env=env), _NULL]},
+        }
+    elif kind == "origin":
+        schema = {"type": "string", "pattern": _ORIGIN}
+    elif kind == "policy":
+        options = [dict(_NAME), {"$ref": ref(PolicySpec)}]
+        return {"anyOf": [*options, _ENV]} if env else {"anyOf": options}
     elif kind == "json":
         return {}
     elif kind == "object":
@@ -135,11 +164,32 @@ def kind_schema(setting: Setting, ref: Ref, *, env: bool = False) -> dict[str, A
     return schema
 
 
+def _policy_union(ref: Ref) -> dict[str, Any]:
+    # a policy: one of the families' objects, told apart by their `type`
+    return {
+        "description": "A policy: `type` names its family, whose keys follow.",
+        "oneOf": [{"$ref": ref(cls)} for _, cls in policies.family_classes()],
+    }
+
+
 def class_schema(cls: type, ref: Ref, *, env: bool = False) -> dict[str, Any]:
-    """The object schema of config class ``cls``: every YAML key, documented."""
+    """The object schema of config class ``cls``: every YAML key, documented.
+
+    ``PolicySpec`` is the union of the policy families; a family's config class has the keys
+    of every policy (``type``, ``deadline``) before its own."""
+    if cls is PolicySpec:
+        return _policy_union(ref)
+    family = policies.family_type(cls)
+    pairs = settings_of(cls)
+    if family is not None:
+        pairs = (*settings_of(PolicySpec), *pairs)
     properties: dict[str, Any] = {}
     required: list[str] = []
-    for key, setting in settings_of(cls):
+    for key, setting in pairs:
+        if family is not None and key == "type":
+            properties[key] = {"const": family, "description": setting.doc}
+            required.append(key)
+            continue
         value = {**kind_schema(setting, ref, env=env), "description": setting.doc}
         if setting.required:
             required.append(key)
@@ -167,6 +217,9 @@ def classes(root: type = Config) -> dict[str, type]:
         if cls.__name__ in found:
             return
         found[cls.__name__] = cls
+        if cls is PolicySpec:
+            for _, family in policies.family_classes():
+                visit(family)
         for _, setting in settings_of(cls):
             element = setting.item or setting
             if element.cls is not None:

@@ -25,8 +25,8 @@ from typing import Any, NamedTuple
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from isekai.config import units
-from isekai.config.meta import Setting, settings_of
+from isekai.config import defaults, policies, units
+from isekai.config.meta import Setting, keys_of, settings_of
 from isekai.config.nodes import (
     API_MARK,
     API_SOURCE,
@@ -40,6 +40,7 @@ from isekai.config.nodes import (
     join,
     parse,
 )
+from isekai.config.policies import PolicySpec
 from isekai.config.rules import Where, is_loopback
 from isekai.config.schema import Config, Route, Target
 from isekai.errors import ConfigError
@@ -48,6 +49,7 @@ from isekai.store.urls import parse_store_url
 __all__ = [
     "API_SOURCE",
     "file_documents",
+    "file_policies",
     "is_loopback",
     "load_config",
     "load_config_text",
@@ -56,9 +58,11 @@ __all__ = [
 ]
 
 _ROOT_WHAT = "a mapping of settings (listeners, upstreams, routes, ...)"
-_NOT_YET = frozenset({"policies", "observability"})  # top-level keys of later releases
+_NOT_YET = frozenset({"observability"})  # top-level keys of later releases
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
 _parse_bind = functools.partial(units.parse_address, bind=True)
+_ENVELOPE = keys_of(PolicySpec)  # type, deadline: the keys of every policy
+_POLICY_WHAT = "a policy: a mapping with 'type' and the family's keys"
 
 
 @contextlib.contextmanager
@@ -113,31 +117,36 @@ def validate_dynamic(
     *,
     routes: Sequence[Mapping[str, Any]] = (),
     upstreams: Mapping[str, Mapping[str, Any]] | None = None,
+    policies: Mapping[str, Mapping[str, Any]] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Config:
-    """Validate the config file ``text`` plus routes and upstreams given as JSON documents.
+    """Validate the config file ``text`` plus routes, upstreams and policies given as JSON
+    documents.
 
     Each of ``routes`` is a route mapping as in YAML (with its ``name``); ``upstreams`` maps a
-    name to an upstream mapping (without the name). They are appended, in order, after the
-    file's own routes and upstreams, and the whole is validated exactly as one file would be:
+    name to an upstream mapping (without the name), ``policies`` a name to a policy mapping
+    (without the name). They are appended, in order, after the file's own routes, upstreams
+    and policies, and the whole is validated exactly as one file would be:
     the result's ``routes`` are the file's followed by these. Raises ``ConfigError`` as
     `load_config_text` does; a mistake inside one of the documents has ``file`` `API_SOURCE`,
     no line, and a ``path`` into the whole config (``routes[5].upstream``,
     ``upstreams.users.targets[0]``).
     """
     root = parse(text, source)
-    if not isinstance(root, MappingNode) or (not routes and not upstreams):
+    if not isinstance(root, MappingNode) or (not routes and not upstreams and not policies):
         return _Builder(source, os.environ if env is None else env).config(root)
     reader = Reader(source, os.environ if env is None else env)
     pairs = list(reader.pairs(root, "").values())  # merge keys resolved, as the builder would
     added: list[tuple[str, Node, list[Any]]] = [
         ("upstreams", MappingNode(MAP_TAG, [], API_MARK, API_MARK), []),
+        ("policies", MappingNode(MAP_TAG, [], API_MARK, API_MARK), []),
         ("routes", SequenceNode(SEQ_TAG, [], API_MARK, API_MARK), []),
     ]
-    for name, doc in (upstreams or {}).items():
-        key = LiteralScalar(STR_TAG, name, API_MARK, API_MARK)
-        added[0][2].append((key, document_node(doc)))
-    added[1][2].extend(document_node(doc) for doc in routes)
+    for at, docs in ((0, upstreams), (1, policies)):
+        for name, doc in (docs or {}).items():
+            key = LiteralScalar(STR_TAG, name, API_MARK, API_MARK)
+            added[at][2].append((key, document_node(doc)))
+    added[2][2].extend(document_node(doc) for doc in routes)
     for key, empty, extra in added:
         if not extra:
             continue
@@ -160,9 +169,10 @@ def validate_dynamic(
 def read_document(
     cls: type, doc: Mapping[str, Any], path: str, *, extra: Mapping[str, Any] | None = None
 ) -> Any:
-    """One JSON document (a route, an upstream) read into ``cls`` by the same reader and rules
-    as a file; errors have ``file`` `API_SOURCE` and paths under ``path``. ``extra`` gives
-    fields that are not in the document (a route's ``index``, an upstream's ``name``)."""
+    """One JSON document (a route, an upstream, a policy: ``PolicySpec``) read into ``cls`` by
+    the same reader and rules as a file; errors have ``file`` `API_SOURCE` and paths under
+    ``path``. ``extra`` gives fields that are not in the document (a route's ``index``, an
+    upstream's or policy's ``name``)."""
     builder = _Builder(API_SOURCE, {})
     node = document_node(doc)
     if extra and "name" in extra and cls is not Route:  # a mapping key, as in `upstreams`
@@ -195,6 +205,22 @@ def file_documents(
     return routes, upstreams
 
 
+def file_policies(text: str, source: str = "<string>") -> dict[str, dict[str, Any]]:
+    """The named policies of config file ``text`` as JSON-compatible documents (values as
+    written, as `file_documents` gives routes and upstreams)."""
+    root = parse(text, source)
+    reader = Reader(source, {}, literal=True)
+    found: dict[str, dict[str, Any]] = {}
+    if not isinstance(root, MappingNode):
+        return found
+    fields = reader.pairs(root, "")
+    budget = [JSON_NODE_BUDGET * 100]
+    if "policies" in fields and isinstance(fields["policies"][1], MappingNode):
+        for name, (_, node) in reader.pairs(fields["policies"][1], "policies").items():
+            found[name] = reader.plain(node, join("policies", name), budget)
+    return found
+
+
 class _Plan(NamedTuple):
     """How to read one config class: its settings by key, and what the mapping allows."""
 
@@ -218,7 +244,7 @@ def _plan(cls: type) -> _Plan:
             tuple(key for key, _ in pairs),
             tuple(key for key, s in pairs if s.required),
             tuple(key for key, s in pairs if s.nullable),
-            cls.__name__.lower(),
+            getattr(cls, "entity", cls.__name__.lower()),
             getattr(cls, "validate", None),
         )
     return plan
@@ -231,9 +257,10 @@ class _Builder(Reader):
         super().__init__(source, env)
         self.wheres: dict[int, Where] = {}
         self.kinds: dict[str, Callable[[Setting, Node, str], Any]] = {
-            "duration": lambda s, n, p: self.duration(n, p, allow_zero=s.minimum == 0),
+            "duration": self.duration_value,
             "size": lambda s, n, p: self.size(n, p),
             "int": self.int_value,
+            "number": lambda s, n, p: self.number(n, p, s.minimum, s.maximum),
             "workers": self.workers,
             "bool": lambda s, n, p: self.boolean(n, p),
             "string": lambda s, n, p: self.string(n, p, s.what or "a string"),
@@ -251,6 +278,11 @@ class _Builder(Reader):
             "store_url": lambda s, n, p: self.checked(parse_store_url, s, n, p),
             "enum": self.enum,
             "headers": lambda s, n, p: self.headers(n, p),
+            "header_name": lambda s, n, p: self.checked(units.check_header_name, s, n, p),
+            "header_template": self.header_template,
+            "header_map": self.header_map,
+            "origin": lambda s, n, p: self.parsed(units.parse_origin, s, n, p),
+            "policy": self.policy_item,
             "json": lambda s, n, p: self.plain(n, p, [JSON_NODE_BUDGET]),
             "object": lambda s, n, p: self.object(s.cls, n, p),
             "list": self.list_value,
@@ -270,12 +302,16 @@ class _Builder(Reader):
         what: str = "a mapping",
         not_yet: frozenset[str] = frozenset(),
         extra: dict[str, Any] | None = None,
+        envelope: tuple[str, ...] = (),
     ) -> Any:
+        # envelope: keys allowed in the mapping, read by the caller (a policy's type, deadline)
+        if cls is PolicySpec:
+            return self.policy(node, path, (extra or {}).get("name"))
         plan = _PLANS.get(cls) or _plan(cls)
         fields = self.mapping(
             node,
             path,
-            plan.allowed,
+            (*envelope, *plan.allowed) if envelope else plan.allowed,
             required=plan.required,
             nullable=plan.nullable,
             what=what,
@@ -284,6 +320,8 @@ class _Builder(Reader):
         values = {} if extra is None else extra
         settings, kinds = plan.settings, self.kinds
         for key, (_, value_node) in fields.items():
+            if envelope and key in envelope:
+                continue
             setting = settings[key]
             values[key] = kinds[setting.kind](setting, value_node, f"{path}.{key}" if path else key)
         where = Where(self, path, node, fields)
@@ -304,6 +342,18 @@ class _Builder(Reader):
         text = self.string(node, path, setting.what or "a string")
         self.check(node, path, parse, text)
         return text
+
+    def duration_value(self, setting: Setting, node: Node, path: str) -> float:
+        seconds = self.duration(node, path, allow_zero=setting.minimum == 0)
+        if setting.maximum is not None and seconds > setting.maximum:
+            most = next(
+                f"{setting.maximum // size:g}{unit}"
+                for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+                if setting.maximum % size == 0 or unit == "s"
+            )
+            message = f"must be at most {most}, got {node.value}"
+            raise self.error(node, path, message)
+        return seconds
 
     def int_value(self, setting: Setting, node: Node, path: str) -> int:
         lowest = -(2**63) if setting.minimum is None else int(setting.minimum)
@@ -359,6 +409,76 @@ class _Builder(Reader):
                 (name, self.check(value_node, at, units.check_header_value, text).strip())
             )
         return tuple(headers)
+
+    def header_template(self, setting: Setting, node: Node, path: str) -> str:
+        # a header value whose ${client_ip}-style placeholders are kept for the policy
+        value, substituted = self.scalar(node, path, "a header value", placeholders=True)
+        if substituted is not None:
+            text = substituted
+        elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            text = node.value
+        else:
+            raise self.error(node, path, f"expected a header value, got {self.describe(node)}")
+        return self.check(node, path, units.check_header_template, text).strip()
+
+    def header_map(self, setting: Setting, node: Node, path: str) -> tuple[tuple[str, Any], ...]:
+        # header name -> value (by the item's kind), as pairs; names unique in any case
+        if not isinstance(node, MappingNode):
+            what = "a mapping of header names to values"
+            raise self.error(node, path, f"expected {what}, got {self.describe(node)}")
+        element = setting.item
+        assert element is not None
+        read = self.kinds[element.kind]
+        pairs: list[tuple[str, Any]] = []
+        seen: set[str] = set()
+        for name, (key_node, value_node) in self.pairs(node, path).items():
+            at = join(path, name)
+            self.check(key_node, at, units.check_header_name, name)
+            if name.lower() in seen:
+                raise self.error(key_node, at, f"header {name!r} is given twice")
+            seen.add(name.lower())
+            if isinstance(value_node, ScalarNode) and value_node.tag == "tag:yaml.org,2002:null":
+                continue  # null: as if absent
+            pairs.append((name, read(element, value_node, at)))
+        return tuple(pairs)
+
+    def policy_item(self, setting: Setting, node: Node, path: str) -> str | PolicySpec:
+        # in a route's or listener's list: a policy's name, or a policy written inline
+        if isinstance(node, MappingNode):
+            return self.policy(node, path)
+        what = "a policy name or a policy mapping"
+        value, substituted = self.scalar(node, path, what)
+        if substituted is None and not isinstance(value, str):
+            raise self.error(node, path, f"expected {what}, got {self.describe(node)}")
+        return self.name(node, path, "policy")
+
+    def policy(self, node: Node, path: str, name: str | None = None) -> PolicySpec:
+        """A policy mapping: ``type`` picks the family, whose config class is read by
+        `object` like any other; ``deadline`` and ``type`` are every policy's keys."""
+        if not isinstance(node, MappingNode):
+            raise self.error(node, path, f"expected {_POLICY_WHAT}, got {self.describe(node)}")
+        fields = self.pairs(node, path)
+        type_path = join(path, "type")
+        if "type" not in fields:
+            known = ", ".join(policies.known_types())
+            raise self.error(node, type_path, f"missing required key 'type' (known types: {known})")
+        type_key, type_node = fields["type"]
+        if self.is_null(type_node, type_path):
+            raise self.error(type_key, type_path, "'type' needs a value")
+        kind = self.string(type_node, type_path, "a policy type")
+        cls = policies.config_class(kind)
+        if cls is None:
+            raise self.error(type_node, type_path, policies.unknown_type(kind))
+        options = self.object(cls, node, path, envelope=_ENVELOPE)
+        deadline = defaults.POLICY_DEADLINE
+        if "deadline" in fields:
+            deadline_path = join(path, "deadline")
+            deadline_node = fields["deadline"][1]
+            if not self.is_null(deadline_node, deadline_path):
+                deadline = self.duration(deadline_node, deadline_path)
+        spec = PolicySpec(kind, options, name, deadline)
+        self.wheres[id(spec)] = self.wheres[id(options)]
+        return spec
 
     def list_value(self, setting: Setting, node: Node, path: str) -> tuple[Any, ...]:
         items = self.sequence(node, path, setting.what or "a list")

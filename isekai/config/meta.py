@@ -5,8 +5,11 @@ Each field of a config class is declared with `setting` (a ``dataclasses.field``
 one doc line. ``loader.py`` reads YAML by it, ``jsonschema.py`` publishes it as JSON Schema
 (which the admin API validates with), and ``reference.py`` renders the docs tables from it.
 
-Kinds: ``duration`` ``size`` ``int`` ``bool`` ``string`` ``name`` ``ref`` (a name of another
-item) ``cidr`` ``host_pattern`` ``path_pattern`` ``rewrite`` ``strip_prefix`` ``headers``
+Kinds: ``duration`` ``size`` ``int`` ``number`` (int or float) ``bool`` ``string`` ``name``
+``ref`` (a name of another item) ``cidr`` ``host_pattern`` ``path_pattern`` ``rewrite``
+``strip_prefix`` ``headers`` ``header_name`` ``header_template`` (a header value whose
+``${client_ip}``-style placeholders are left for the policy) ``header_map`` (header name ->
+``item``, kept as pairs) ``origin`` (CORS) ``policy`` (a policy name or an inline policy)
 ``enum`` ``bind`` ``target`` ``method`` ``store_url`` ``workers`` ``json`` (any value)
 ``object`` (a nested class, ``cls``), ``list`` (of ``item``) and ``map`` (name -> ``item``).
 """
@@ -25,6 +28,7 @@ KINDS = frozenset(
         "duration",
         "size",
         "int",
+        "number",
         "bool",
         "string",
         "name",
@@ -36,6 +40,11 @@ KINDS = frozenset(
         "rewrite",
         "strip_prefix",
         "headers",
+        "header_name",
+        "header_template",
+        "header_map",
+        "origin",
+        "policy",
         "enum",
         "bind",
         "target",

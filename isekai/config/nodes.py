@@ -147,6 +147,10 @@ def parse(text: str, source: str) -> Node:
     return root
 
 
+def _plain(number: float | None) -> str:
+    return f"{number:g}"
+
+
 def join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -169,14 +173,24 @@ class Reader:
 
     # -- scalars ----------------------------------------------------------------------------
 
-    def _substitute(self, node: ScalarNode, path: str) -> str:
+    def _substitute(self, node: ScalarNode, path: str, placeholders: bool = False) -> str:
+        # placeholders: a header-value template, whose ${client_ip}-style placeholders stay
         def replace(match: re.Match[str]) -> str:
             if match.group(0) == "$${":
                 return "${"
             inner = match.group(1)
             if match.group(2) is None:
                 raise self.error(node, path, f"unclosed '${{{inner}': write ${{NAME}}")
+            if placeholders and units.HEADER_PLACEHOLDER.fullmatch(inner):
+                return match.group(0)
             name, has_default, default = inner.partition(":-")
+            if placeholders and not _ENV_NAME.fullmatch(name):
+                raise self.error(
+                    node,
+                    path,
+                    f"bad reference '${{{inner}}}': placeholders are {units.PLACEHOLDERS}; "
+                    "environment variables are ${NAME} or ${NAME:-default}",
+                )
             if not _ENV_NAME.fullmatch(name):
                 raise self.error(
                     node,
@@ -198,14 +212,16 @@ class Reader:
 
         return _ENV_REF.sub(replace, node.value)
 
-    def scalar(self, node: Node, path: str, what: str) -> tuple[Any, str | None]:
+    def scalar(
+        self, node: Node, path: str, what: str, *, placeholders: bool = False
+    ) -> tuple[Any, str | None]:
         # the scalar's Python value, and its text after substitution if it had ${...}
         if not isinstance(node, ScalarNode):
             raise self.error(node, path, f"expected {what}, got {self.describe(node)}")
         tag, text, substituted = node.tag, node.value, None
         if "${" in text and not self.literal and not isinstance(node, LiteralScalar):
             implicit = tag == _RESOLVER.resolve(ScalarNode, text, (True, False))
-            text = substituted = self._substitute(node, path)
+            text = substituted = self._substitute(node, path, placeholders)
             if node.style is None and implicit:
                 tag = _RESOLVER.resolve(ScalarNode, text, (True, False))
             node = ScalarNode(tag, text, node.start_mark, node.end_mark, node.style)
@@ -248,6 +264,36 @@ class Reader:
             return value
         hint = "; quote it to make it a string" if value is not None else ""
         raise self.error(node, path, f"expected {what}, got {self.describe(node)}{hint}")
+
+    def number(
+        self, node: Node, path: str, minimum: float | None = None, maximum: float | None = None
+    ) -> float:
+        what = "a number"
+        value, substituted = self.scalar(node, path, what)
+        if substituted is not None:
+            try:
+                value = float(substituted)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(node, path, f"expected {what}, got {self.describe(node)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.error(node, path, f"expected a finite number, got {node.value}")
+        low = -math.inf if minimum is None else minimum
+        high = math.inf if maximum is None else maximum
+        if not low <= value <= high:
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            if minimum is not None and maximum is not None:
+                message = f"must be from {_plain(minimum)} to {_plain(maximum)}, got {shown}"
+            elif minimum is not None:
+                message = f"must be at least {_plain(minimum)}, got {shown}"
+            else:
+                message = f"must be at most {_plain(maximum)}, got {shown}"
+            raise self.error(node, path, message)
+        try:
+            return float(value)
+        except OverflowError:  # pragma: no cover - only with no maximum
+            raise self.error(node, path, f"{value} is too large") from None
 
     def boolean(self, node: Node, path: str) -> bool:
         value, substituted = self.scalar(node, path, "true or false")

@@ -37,6 +37,14 @@ SECTIONS = {
     "AdminAuth": ("auth", "admin-auth"),
     "RequestLogs": ("request logs", "request-logs"),
     "Store": ("store", "store"),
+    "PolicySpec": ("policies", "policies"),
+    "HeadersConfig": ("headers policy", "headers-policy"),
+    "HeaderEdits": ("header edits", "header-edits"),
+    "CorsConfig": ("cors policy", "cors-policy"),
+    "IpFilterConfig": ("ip_filter policy", "ip_filter-policy"),
+    "FaultConfig": ("fault policy", "fault-policy"),
+    "FaultAbort": ("fault abort", "fault-abort"),
+    "FaultDelay": ("fault delay", "fault-delay"),
 }
 _BLOCK = re.compile(r"(<!-- generated:reference:(\w+) -->\n)(.*?)(<!-- /generated -->)", re.S)
 _PLAIN_TYPES = {
@@ -56,11 +64,14 @@ _PLAIN_TYPES = {
     "store_url": "URL",
     "workers": "positive integer or `auto`",
     "json": "any YAML value",
+    "header_name": "header name",
+    "header_template": "header value template",
+    "origin": "origin",
 }
 
 
 def _link(cls: type) -> str:
-    title, anchor = SECTIONS[cls.__name__]
+    title, anchor = SECTIONS.get(cls.__name__, (cls.__name__, cls.__name__.lower()))
     return f"[{title}](#{anchor})"
 
 
@@ -69,8 +80,14 @@ def type_of(setting: Setting) -> str:
     kind = setting.kind
     if kind == "object" and setting.cls is not None:
         return _link(setting.cls)
+    if kind == "policy":
+        return "policy name, or an inline [policy](#policies)"
+    if kind == "header_map" and setting.item is not None:
+        return f"mapping header name → {type_of(setting.item)}"
     if kind in ("list", "map") and setting.item is not None:
         element = setting.item
+        if element.kind == "policy":
+            return "list of policy names or inline [policies](#policies)"
         inner = _link(element.cls) if element.cls is not None else type_of(element)
         return f"list of {inner}" if kind == "list" else f"mapping name → {inner}"
     if kind == "int":
@@ -83,6 +100,10 @@ def type_of(setting: Setting) -> str:
     if kind == "enum":
         choices = [f"`{choice}`" for choice in setting.choices]
         return choices[0] if len(choices) == 1 else ", ".join(choices[:-1]) + " or " + choices[-1]
+    if kind == "number":
+        if setting.minimum is not None and setting.maximum is not None:
+            return f"number {setting.minimum:g}–{setting.maximum:g}"
+        return "number"
     if kind == "duration" and setting.minimum == 0:
         return "duration (zero allowed)"
     if kind in ("string", "ref"):
@@ -141,7 +162,8 @@ def render() -> str:
     """Every table, each under a heading naming its section."""
     parts = []
     for name, cls in classes().items():
-        parts.append(f"## {SECTIONS[name][0]}\n\n{render_table(cls)}")
+        title = SECTIONS.get(name, (name, ""))[0]
+        parts.append(f"## {title}\n\n{render_table(cls)}")
     return "\n".join(parts)
 
 

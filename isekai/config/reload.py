@@ -12,7 +12,7 @@ import dataclasses
 import logging
 
 from isekai.config.loader import load_config, load_config_text, validate_dynamic
-from isekai.config.schema import Config
+from isekai.config.schema import Config, Listener
 from isekai.errors import ConfigError
 
 __all__ = [
@@ -44,8 +44,24 @@ def read_config(path: str) -> tuple[Config, str]:
 
 
 def keep_running(new: Config, running: Config) -> Config:
-    """``new`` with the keys a reload cannot change kept at their running values."""
-    return dataclasses.replace(new, **{key: getattr(running, key) for key in RESTART_KEYS})
+    """``new`` with the keys a reload cannot change kept at their running values.
+
+    A listener's socket is kept, but its ``policies`` follow the new file (they name the new
+    file's policies): the running listener of the same name takes the new one's list, and a
+    listener the new file no longer has keeps none.
+    """
+    kept = {key: getattr(running, key) for key in RESTART_KEYS}
+    fresh = {listener.name: listener.policies for listener in new.listeners}
+    kept["listeners"] = tuple(
+        dataclasses.replace(listener, policies=fresh.get(listener.name, ()))
+        for listener in running.listeners
+    )
+    return dataclasses.replace(new, **kept)
+
+
+def _sockets(listeners: tuple[Listener, ...]) -> tuple[Listener, ...]:
+    # what of the listeners needs a restart to change: all but their policies
+    return tuple(dataclasses.replace(listener, policies=()) for listener in listeners)
 
 
 def warn_restart_needed(new: Config, running: Config, warned: dict[str, object]) -> None:
@@ -56,8 +72,10 @@ def warn_restart_needed(new: Config, running: Config, warned: dict[str, object])
     """
     changed = []
     for key in RESTART_KEYS:
-        value = getattr(new, key)
-        if value != getattr(running, key) and warned.get(key) != value:
+        value, current = getattr(new, key), getattr(running, key)
+        if key == "listeners":  # their policies apply at reload
+            value, current = _sockets(value), _sockets(current)
+        if value != current and warned.get(key) != value:
             changed.append(key)
         warned[key] = value
     if changed:
@@ -70,12 +88,14 @@ def warn_restart_needed(new: Config, running: Config, warned: dict[str, object])
 
 def config_from_message(message: dict) -> Config:
     """The effective config carried by a control-plane change message (file text + stored
-    documents), or by a plain reload message (file text only)."""
-    if "routes" not in message:
+    documents: ``routes``, ``upstreams``, ``policies``), or by a plain reload message (file
+    text only)."""
+    if "routes" not in message and "policies" not in message:
         return load_config_text(message["text"], message["source"])
     return validate_dynamic(
         message["text"],
         message["source"],
         routes=message.get("routes") or (),
         upstreams=message.get("upstreams") or None,
+        policies=message.get("policies") or None,
     )

@@ -12,12 +12,14 @@ import ipaddress
 import json
 from typing import Any
 
+from yaml.nodes import SequenceNode
+
 from isekai.config import defaults, units
 from isekai.errors import ConfigError, RouteConflictError
 
 __all__ = ["Where", "is_loopback"]
 
-_UPSTREAM_ONLY = ("strip_prefix", "rewrite", "timeout", "websocket")
+_UPSTREAM_ONLY = ("strip_prefix", "rewrite", "timeout", "websocket", "preserve_host")
 
 
 class Where:
@@ -60,6 +62,15 @@ class Where:
         at = f"{self.path}.{key}" if self.path else key
         return self.builder.error(node, path or at, message, cls)
 
+    def item_error(self, key: str, index: int, message: str) -> ConfigError:
+        """An error at element ``index`` of the list under ``key`` (its own line)."""
+        _, value_node = self.fields[key]
+        node = value_node
+        if isinstance(value_node, SequenceNode) and index < len(value_node.value):
+            node = value_node.value[index]
+        at = f"{self.path}.{key}[{index}]" if self.path else f"{key}[{index}]"
+        return self.builder.error(node, at, message)
+
 
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (as parsed from a bind address) only accepts local connections."""
@@ -73,6 +84,17 @@ def is_loopback(host: str) -> bool:
 
 def listener(values: dict[str, Any], where: Where) -> None:
     values["host"], values["port"] = units.parse_address(values["bind"], bind=True)
+    _unique_policies(values, where)
+
+
+def _unique_policies(values: dict[str, Any], where: Where) -> None:
+    # the same named policy twice in one list is a mistake (inline ones are not compared)
+    seen: dict[str, int] = {}
+    for i, name in policy_refs(values.get("policies", ())):
+        if name in seen:
+            message = f"policy {name!r} is listed twice (also policies[{seen[name]}])"
+            raise where.item_error("policies", i, message)
+        seen[name] = i
 
 
 def upstream(values: dict[str, Any], where: Where) -> None:
@@ -96,6 +118,7 @@ def route(values: dict[str, Any], where: Where) -> None:
     if not where.has("upstream") and not where.has("respond"):
         message = "needs 'upstream' (proxy to a service) or 'respond' (a fixed response)"
         raise where.error(None, message)
+    _unique_policies(values, where)
     pattern = values["match"].pattern
     for key in where.keys():
         if key in _UPSTREAM_ONLY and "respond" in values:
@@ -181,6 +204,11 @@ def config(values: dict[str, Any], where: Where) -> None:
             message = f"{item.bind!r} is already bound by {binds[item.host, item.port]}"
             raise at.error("bind", message)
         binds[item.host, item.port] = at.path
+    policies = values.get("policies", {})
+    for item in values.get("listeners", ()):
+        for i, name in policy_refs(item.policies):
+            if name not in policies:
+                raise where.of(item).item_error("policies", i, missing_policy(name, policies))
     routes = values.get("routes", ())
     by_shape: dict[tuple[str | None, str], list[Any]] = {}
     for item in routes:
@@ -194,6 +222,9 @@ def config(values: dict[str, Any], where: Where) -> None:
     for item in routes:
         if item.upstream is not None and item.upstream not in upstreams:
             raise where.of(item).error("upstream", missing_upstream(item.upstream, upstreams))
+        for i, name in policy_refs(item.policies):
+            if name not in policies:
+                raise where.of(item).item_error("policies", i, missing_policy(name, policies))
 
 
 # -- cross-item rules, shared by the whole-config hook above and by config.changes --------------
@@ -214,6 +245,16 @@ def missing_upstream(name: str, upstreams: Any) -> str:
     return f"no upstream named {name!r} (upstreams: {known})"
 
 
+def missing_policy(name: str, policies: Any) -> str:
+    known = ", ".join(policies) if policies else "none defined"
+    return f"no policy named {name!r} (policies: {known})"
+
+
+def policy_refs(items: Any) -> list[tuple[int, str]]:
+    """``(position, name)`` of the named policies in a route's or listener's list."""
+    return [(i, entry) for i, entry in enumerate(items) if isinstance(entry, str)]
+
+
 # -- the same rules, where JSON Schema can say them (jsonschema.class_schema adds these) ------
 
 _SET = {"not": {"type": "null"}}  # given, not null
@@ -221,6 +262,12 @@ _SET = {"not": {"type": "null"}}  # given, not null
 
 def _both(a: str, b: str) -> dict[str, Any]:
     return {"not": {"required": [a, b], "properties": {a: _SET, b: _SET}}}
+
+
+def _given(key: str, kind: str) -> dict[str, Any]:
+    # `key` is there, not null and not empty
+    least = {"minItems": 1} if kind == "array" else {"minProperties": 1}
+    return {"required": [key], "properties": {key: {"type": kind, **least}}}
 
 
 JSON_RULES: dict[str, dict[str, Any]] = {
@@ -238,4 +285,7 @@ JSON_RULES: dict[str, dict[str, Any]] = {
         ],
     },
     "Respond": {"allOf": [_both("body", "json")]},
+    "HeadersConfig": {"anyOf": [_given("request", "object"), _given("response", "object")]},
+    "IpFilterConfig": {"anyOf": [_given("allow", "array"), _given("deny", "array")]},
+    "FaultConfig": {"anyOf": [_given("abort", "object"), _given("delay", "object")]},
 }

@@ -19,6 +19,7 @@ from typing import ClassVar
 
 from isekai.config import defaults, rules, units
 from isekai.config.meta import Setting, item, setting
+from isekai.config.policies import PolicySpec
 
 __all__ = [
     "Admin",
@@ -107,7 +108,15 @@ class Listener:
     )
     host: str = setting("string", "Parsed from bind.", yaml=False)
     port: int = setting("int", "Parsed from bind.", yaml=False)
-    policies: tuple = setting("json", "STUB", default=(), yaml=False)
+    policies: tuple[str | PolicySpec, ...] = setting(
+        "list",
+        "Policies applied to every request on this listener, before the route's; names of "
+        "`policies` or inline policies.",
+        default=(),
+        item=item("policy", cls=PolicySpec),
+        what="a list of policy names or policies",
+        default_doc="none",
+    )
 
     validate = staticmethod(rules.listener)
 
@@ -328,6 +337,20 @@ class Route:
         "Relay `Upgrade` requests (WebSocket); after `101` the connection becomes a tunnel.",
         default=False,
     )
+    policies: tuple[str | PolicySpec, ...] = setting(
+        "list",
+        "Policies applied to this route's requests, in order (after the listener's); names of "
+        "`policies` or inline policies.",
+        default=(),
+        item=item("policy", cls=PolicySpec),
+        what="a list of policy names or policies",
+        default_doc="none",
+    )
+    preserve_host: bool = setting(
+        "bool",
+        "Send the client's Host upstream instead of the target's authority.",
+        default=False,
+    )
     limits: RouteLimits = setting(
         "object",
         "Per-route overrides.",
@@ -336,8 +359,6 @@ class Route:
         default_doc="the global [limits](#limits)",
     )
     index: int = setting("int", "The position in the routes list.", default=0, yaml=False)
-    policies: tuple = setting("json", "STUB", default=(), yaml=False)
-    preserve_host: bool = setting("bool", "STUB", default=False, yaml=False)
 
     validate = staticmethod(rules.route)
 
@@ -458,12 +479,17 @@ def _no_upstreams() -> Mapping[str, Upstream]:
     return MappingProxyType({})
 
 
+def _no_policies() -> Mapping[str, PolicySpec]:
+    return MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """A whole, validated gateway configuration.
 
-    ``upstreams`` is a read-only mapping from name to ``Upstream``; ``source`` names the file
-    it came from (``<string>`` when loaded from text).
+    ``upstreams`` is a read-only mapping from name to ``Upstream``, ``policies`` from name to
+    ``PolicySpec`` (routes and listeners hold such names, or inline specs); ``source`` names
+    the file it came from (``<string>`` when loaded from text).
     """
 
     listeners: tuple[Listener, ...] = setting(
@@ -481,6 +507,14 @@ class Config:
         "Services to proxy to.",
         default_factory=_no_upstreams,
         item=item("object", cls=Upstream),
+        key_field="name",
+        default_doc="none",
+    )
+    policies: Mapping[str, PolicySpec] = setting(
+        "map",
+        "Named policies, for routes and listeners to use by name.",
+        default_factory=_no_policies,
+        item=item("object", cls=PolicySpec),
         key_field="name",
         default_doc="none",
     )
@@ -540,6 +574,19 @@ class Config:
         default_doc="`sqlite:///isekai.db`",
     )
     source: str = setting("string", "The file it came from.", default="<string>", yaml=False)
-    policies: Mapping = setting("json", "STUB", default_factory=_no_upstreams, yaml=False)
 
     validate = staticmethod(rules.config)
+
+    def resolve_policies(self, items: tuple[str | PolicySpec, ...]) -> tuple[PolicySpec, ...]:
+        """A route's or listener's ``policies`` as specs: names looked up in `policies`
+        (a validated config names only existing ones), inline specs as they are."""
+        named = self.policies
+        return tuple(named[entry] if isinstance(entry, str) else entry for entry in items)
+
+    def route_policies(
+        self, route: Route, listener: Listener | None = None
+    ) -> tuple[PolicySpec, ...]:
+        """Every policy a request on ``listener`` taking ``route`` goes through, in order:
+        the listener's, then the route's."""
+        before = () if listener is None else listener.policies
+        return self.resolve_policies((*before, *route.policies))

@@ -27,8 +27,12 @@ __all__ = [
     "SIZE_PATTERN",
     "TOKEN_PATTERN",
     "PathPattern",
+    "HEADER_PLACEHOLDER",
+    "PLACEHOLDERS",
     "check_header_name",
+    "check_header_template",
     "check_header_value",
+    "parse_origin",
     "check_path_prefix",
     "check_rewrite",
     "check_rewrite_template",
@@ -483,3 +487,64 @@ def check_header_value(text: str) -> str:
             f"{bad!r} is not allowed (percent-encode or drop it)"
         )
     return text
+
+
+# -- header-value templates (the headers policy) -------------------------------------------------
+
+HEADER_PLACEHOLDER = re.compile(r"client_ip|request_id|route|param\.[A-Za-z_][A-Za-z0-9_]*")
+"""What may stand between ``${`` and ``}`` in a header-value template (``${param.id}``)."""
+PLACEHOLDERS = "${client_ip}, ${request_id}, ${route}, ${param.NAME}"
+_TEMPLATE_REF_ANY = re.compile(r"\$\{([^}]*)\}")
+
+
+def check_header_template(text: str) -> str:
+    """A header-value template: a header value (see `check_header_value`) in which
+    ``${client_ip}``, ``${request_id}``, ``${route}`` and ``${param.NAME}`` are filled in per
+    request. Any other ``${x.y}`` (a dotted name) is a mistake; other ``${...}`` are literal."""
+    check_header_value(text)
+    for inner in _TEMPLATE_REF_ANY.findall(text):
+        if "." in inner and not HEADER_PLACEHOLDER.fullmatch(inner):
+            raise ValueError(f"unknown placeholder '${{{inner}}}' (placeholders: {PLACEHOLDERS})")
+    return text
+
+
+# -- CORS origins ---------------------------------------------------------------------------------
+
+_ORIGIN = re.compile(
+    r"(?:([a-z][a-z0-9+.\-]*)://)?(\*\.)?(\[[0-9a-f:.]+\]|[^/:?#\[\]]+)(?::([^/]*))?"
+)
+
+
+def parse_origin(text: str) -> str:
+    """A CORS origin: ``*``, ``scheme://host[:port]`` or a subdomain pattern
+    (``*.example.org``, ``https://*.example.org``); returned lower-cased."""
+    if text == "*":
+        return text
+    origin = text.lower()
+    example = "like https://app.example.com, https://*.example.org or *"
+    if not origin or any(c.isspace() or ord(c) < 0x21 or ord(c) > 0x7E for c in origin):
+        raise ValueError(f"bad origin {text!r}: no spaces or control characters ({example})")
+    found = _ORIGIN.fullmatch(origin)
+    if found is None:
+        rest = origin.split("://", 1)[-1]
+        if "/" in rest or "?" in rest or "#" in rest:
+            raise ValueError(f"bad origin {text!r}: an origin has no path, query or fragment")
+        raise ValueError(f"bad origin {text!r}: write it {example}")
+    scheme, wildcard, host, port = found.groups()
+    if scheme is None and wildcard is None:
+        raise ValueError(f"bad origin {text!r}: missing the scheme ({example})")
+    if host.startswith("["):
+        if wildcard:
+            raise ValueError(f"bad origin {text!r}: '*.' cannot precede an IPv6 address")
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"bad origin {text!r}: {host!r} is not an IPv6 address") from None
+    elif "*" in host or not _is_host_name(host):
+        raise ValueError(
+            f"bad origin {text!r}: {host!r} is not a host name (a wildcard is only allowed as "
+            "'*.' before the domain)"
+        )
+    if port is not None and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"bad origin {text!r}: the port must be a number from 1 to 65535")
+    return origin

@@ -1,6 +1,7 @@
 """The control-plane store contract: what every backend offers, and the values it trades in.
 
-A store keeps what the admin API changes at run time (routes, upstreams), the admin accounts
+A store keeps what the admin API changes at run time (routes, upstreams, policies), the admin
+accounts
 and the request logs. Items are versioned documents: each create, replace or delete bumps the
 item's ``version`` (optimistic concurrency through ``if_version``) and a store-wide ``revision``
 counter that gateways watch with ``wait_for_change`` to know when to rebuild their snapshot.
@@ -36,7 +37,7 @@ __all__ = [
     "VersionMismatch",
 ]
 
-KINDS = ("route", "upstream")
+KINDS = ("route", "upstream", "policy")
 
 # request-log columns in table order, with the Python type each value is coerced to
 LOG_COLUMNS: tuple[tuple[str, type], ...] = (
@@ -101,11 +102,11 @@ class InvalidStoreURL(ConfigError, ValueError):
 
 @dataclass(frozen=True, slots=True)
 class StoredItem:
-    """One stored route or upstream.
+    """One stored route, upstream or policy.
 
-    ``doc`` is the YAML mapping of the item: a route's includes its ``name``; an upstream's
-    does not (in YAML the name is the mapping key). ``version`` starts at 1 and grows by one
-    per change; ``created_at``/``updated_at`` are unix seconds.
+    ``doc`` is the YAML mapping of the item: a route's includes its ``name``; an upstream's or
+    a policy's does not (in YAML the name is the mapping key). ``version`` starts at 1 and
+    grows by one per change; ``created_at``/``updated_at`` are unix seconds.
     """
 
     kind: str
@@ -271,7 +272,7 @@ class Store(abc.ABC):
 
 def check_kind(kind: str) -> None:
     if kind not in KINDS:
-        raise ValueError(f"kind must be 'route' or 'upstream', got {kind!r}")
+        raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
 
 
 def check_user(username: str, password_hash: str, role: str) -> None:

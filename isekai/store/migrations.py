@@ -79,6 +79,24 @@ SQLITE_MIGRATIONS: list[Migration] = [
         CREATE INDEX request_logs_status_ts ON request_logs (status, ts);
         """,
     ),
+    (
+        3,  # policies: a third kind of item (SQLite cannot change a CHECK: copy the table)
+        """
+        CREATE TABLE items_v3 (
+            kind TEXT NOT NULL CHECK (kind IN ('route', 'upstream', 'policy')),
+            name TEXT NOT NULL,
+            doc TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (kind, name)
+        );
+        INSERT INTO items_v3 (kind, name, doc, version, created_at, updated_at)
+            SELECT kind, name, doc, version, created_at, updated_at FROM items;
+        DROP TABLE items;
+        ALTER TABLE items_v3 RENAME TO items;
+        """,
+    ),
 ]
 
 POSTGRES_MIGRATIONS: list[Migration] = [
@@ -128,6 +146,14 @@ POSTGRES_MIGRATIONS: list[Migration] = [
         CREATE INDEX request_logs_ts ON request_logs (ts);
         CREATE INDEX request_logs_route_ts ON request_logs (route, ts);
         CREATE INDEX request_logs_status_ts ON request_logs (status, ts);
+        """,
+    ),
+    (
+        3,  # policies: a third kind of item
+        """
+        ALTER TABLE items DROP CONSTRAINT IF EXISTS items_kind_check;
+        ALTER TABLE items ADD CONSTRAINT items_kind_check
+            CHECK (kind IN ('route', 'upstream', 'policy'));
         """,
     ),
 ]

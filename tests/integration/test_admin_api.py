@@ -23,6 +23,8 @@ import pytest
 CONFIG = """
 upstreams:
   users: {targets: ["127.0.0.1:9001"]}
+policies:
+  tag: {type: headers, response: {set: {X-Served-By: isekai}}}
 routes:
   - name: ping
     match: {path: /ping}
@@ -138,6 +140,29 @@ def test_admin_api_end_to_end(config_path):
         assert server.json("DELETE", "/api/routes/ping", None, token)[0] == 409
         assert server.json("DELETE", "/api/upstreams/orders", None, token)[0] == 422
 
+        # policies: the same resource model, referred to by routes
+        cors = {"name": "web_cors", "type": "cors", "origins": ["https://app.example.com"]}
+        status, headers, body = server.json("POST", "/api/policies", cors, token)
+        assert status == 201 and headers["ETag"] == '"1"', body
+        bad = {"name": "bad", "type": "cors", "origins": ["*"], "credentials": True}
+        status, _, body = server.json("POST", "/api/policies", bad, token)
+        assert status == 422 and body["error"]["path"] == "policy.origins"
+        status, headers, body = server.json(
+            "PATCH", "/api/policies/web_cors", {"max_age": "10m"}, token, {"If-Match": '"1"'}
+        )
+        assert status == 200 and headers["ETag"] == '"2"'
+        cors_route = {"name": "cors", "match": {"path": "/cors"}, "upstream": "users"}
+        cors_route["policies"] = ["tag", "web_cors"]
+        assert server.json("POST", "/api/routes", cors_route, token)[0] == 201
+        status, _, body = server.json("DELETE", "/api/policies/web_cors", None, token)
+        assert status == 422 and body["error"]["item"]["name"] == "cors"
+        assert server.json("DELETE", "/api/policies/tag", None, token)[0] == 409
+        listed = server.json("GET", "/api/policies", None, token)[2]["data"]
+        assert {item["name"]: item["source"] for item in listed} == {
+            "tag": "file",
+            "web_cors": "api",
+        }
+
         status, _, body = server.json(
             "POST",
             "/api/users",
@@ -149,8 +174,10 @@ def test_admin_api_end_to_end(config_path):
             "POST", "/api/auth/login", {"username": "reader", "password": "reader password"}
         )
         viewer = body["data"]["token"]
-        assert server.json("GET", "/api/status", None, viewer)[2]["data"]["routes"] == 2
+        assert server.json("GET", "/api/status", None, viewer)[2]["data"]["routes"] == 3
         assert server.json("DELETE", "/api/routes/orders", None, viewer)[0] == 403
+        assert server.json("GET", "/api/policies/web_cors", None, viewer)[0] == 200
+        assert server.json("DELETE", "/api/policies/web_cors", None, viewer)[0] == 403
 
         status, headers, raw = server.call("GET", "/docs")
         assert status == 200 and b"/docs/static/swagger-ui-bundle.js" in raw
@@ -165,7 +192,10 @@ def test_admin_api_end_to_end(config_path):
         status, _, body = server.json("GET", "/api/routes/orders", None, token)
         assert status == 200, body
         assert body["data"]["version"] == 2 and body["data"]["spec"]["timeout"] == "5s"
-        assert server.json("GET", "/api/status", None, token)[2]["data"]["routes"] == 2
+        assert server.json("GET", "/api/status", None, token)[2]["data"]["routes"] == 3
+        status, _, body = server.json("GET", "/api/policies/web_cors", None, token)
+        assert status == 200 and body["data"]["spec"]["max_age"] == "10m"
+        assert body["data"]["version"] == 2
     finally:
         assert server.stop() == 0
     assert "no users" not in "".join(server.log)

@@ -93,6 +93,28 @@ def test_schemas_first_error_points_at_the_field(schema, document_, path):
 
 
 EVERY_KEY = """
+policies:
+  tag:
+    type: headers
+    deadline: 2s
+    request:
+      {add: {X-A: 1}, set: {X-B: "${client_ip} ${param.id}"}, remove: [X-C], rename: {X-D: X-E}}
+    response: {set: {X-Served-By: isekai}, remove: [Server], add: null}
+  web_cors:
+    type: cors
+    origins: ["https://App.example.com:8443", "*.example.org", "https://*.example.net", "*"]
+    methods: [get, PURGE]
+    headers: [Authorization]
+    expose_headers: [X-Total]
+    credentials: false
+    max_age: 0
+  office: {type: ip_filter, allow: [10.0.0.1, "2001:db8::/32"], deny: null}
+  chaos:
+    type: fault
+    abort: {status: 200, percent: 0.5}
+    delay: {duration: 1.5, percent: 100}
+    when_header: X-Chaos
+listeners: [{name: public, bind: ":0", policies: [tag, {type: ip_filter, deny: ["::1"]}]}]
 upstreams:
   users:
     targets: ["10.0.0.5:9000", "[::1]:9000", "users.internal:80"]
@@ -110,6 +132,8 @@ routes:
     rewrite: "/users/{id}"
     timeout: 250ms
     websocket: true
+    preserve_host: true
+    policies: [web_cors, {type: fault, abort: {status: 503}}, chaos]
     limits: {max_body_size: 1MiB, body_idle_timeout: 10, websocket_idle_timeout: 5m}
   - name: static
     match: {path: /assets/*}
@@ -136,7 +160,7 @@ routes:
 
 
 def test_schemas_accept_what_the_yaml_loader_accepts():
-    from isekai.config.loader import file_documents, load_config_text
+    from isekai.config.loader import file_documents, file_policies, load_config_text
 
     load_config_text(EVERY_KEY)
     routes, upstreams = file_documents(EVERY_KEY)
@@ -144,6 +168,40 @@ def test_schemas_accept_what_the_yaml_loader_accepts():
         assert first_error("Route", route, "route") is None, route
     for name, upstream in upstreams.items():
         assert first_error("Upstream", {"name": name, **upstream}, "upstream") is None, name
+    for name, policy in file_policies(EVERY_KEY).items():
+        assert first_error("Policy", {"name": name, **policy}, "policy") is None, name
+        assert first_error("PolicyReplace", policy, "policy") is None, name
+
+
+def test_schemas_policies_are_a_union_on_type_and_follow_registered_families():
+    from dataclasses import dataclass
+
+    from isekai.config import policies
+    from isekai.config.meta import setting
+
+    assert first_error("Policy", {"name": "p", "type": "nope"}, "policy") is not None
+    assert first_error("Policy", {"type": "cors", "origins": ["*"]}, "policy") is not None
+    assert first_error("PolicyReplace", {"type": "cors", "origins": ["*"]}, "policy") is None
+    assert first_error("PolicyReplace", {"type": "cors", "origin": ["*"]}, "policy") is not None
+
+    @dataclass(frozen=True, slots=True)
+    class TraceConfig:
+        """Trace some requests."""
+
+        sample: float = setting("number", "Share traced.", minimum=0, maximum=1)
+
+    family = type("Trace", (), {"type": "trace", "config": TraceConfig, "policy": print})()
+    policies.register_family(family)
+    try:
+        doc = document()
+        assert "TraceConfig" in doc["components"]["schemas"]
+        validate(doc, cls=OpenAPIV31SpecValidator)
+        assert first_error("PolicyReplace", {"type": "trace", "sample": 0.5}, "policy") is None
+        assert first_error("PolicyReplace", {"type": "trace", "sample": 2}, "policy") is not None
+    finally:
+        policies.unregister_family("trace")
+    assert "TraceConfig" not in document()["components"]["schemas"]
+    assert first_error("PolicyReplace", {"type": "trace", "sample": 0.5}, "policy") is not None
 
 
 SCHEMATHESIS_CONFIG = """

@@ -448,11 +448,11 @@ MISTAKES = {
     "unknown top-level key": (
         """
         routes: []
-        policies: {}
+        observability: {}
         """,
-        "gw.yaml:2: policies: unknown key 'policies' (not supported yet); allowed keys: "
-        "listeners, upstreams, routes, limits, workers, shutdown_timeout, trusted_proxies, "
-        "pid_file, admin, store",
+        "gw.yaml:2: observability: unknown key 'observability' (not supported yet); allowed "
+        "keys: listeners, upstreams, policies, routes, limits, workers, shutdown_timeout, "
+        "trusted_proxies, pid_file, admin, store",
     ),
     "unknown nested key": (
         """

@@ -96,6 +96,7 @@ class StoreContract:
             assert item is not None and item.doc == {"name": "legacy", "match": {"path": "/old"}}
             await store.insert_request_logs([log_row(1000.0)])  # a table v2 added
             assert (await store.query_request_logs(RequestLogQuery()))[1] == 1
+            await store.create_item("policy", "p", {"type": "fault"})  # a kind v3 added
         assert await backend.applied_versions() == backend.all_versions
 
     @async_test
@@ -157,6 +158,22 @@ class StoreContract:
             await store.create_item("upstream", "app", UPSTREAM)
             assert (await store.get_item("upstream", "app")).doc == UPSTREAM
             assert (await store.get_item("route", "app")).doc["name"] == "app"
+
+    @async_test
+    async def test_policies_are_a_kind_of_their_own(self, backend):
+        policy = {"type": "cors", "origins": ["https://a.example"], "max_age": "10m"}
+        async with open_store(backend.url) as store:
+            await store.create_item("upstream", "app", UPSTREAM)
+            created = await store.create_item("policy", "app", policy)
+            assert created.version == 1 and created.kind == "policy"
+            assert (await store.get_item("policy", "app")).doc == policy
+            assert [item.name for item in await store.list_items("policy")] == ["app"]
+            changed = await store.replace_item("policy", "app", {**policy, "credentials": True})
+            assert changed.version == 2
+            assert await store.list_versions("policy") == {"app": 2}
+            await store.delete_item("policy", "app", if_version=2)
+            assert await store.get_item("policy", "app") is None
+            assert (await store.get_item("upstream", "app")).doc == UPSTREAM
 
     @async_test
     async def test_create_item_round_trips_nested_json(self, backend):

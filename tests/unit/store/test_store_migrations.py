@@ -60,6 +60,20 @@ def test_apply_sqlite_upgrades_from_v1(conn):
     assert conn.execute("SELECT revision FROM store_state").fetchall() == [(5,)]
 
 
+def test_apply_sqlite_v3_allows_policies_and_keeps_items(conn):
+    apply_sqlite(conn, target=2)
+    conn.execute("INSERT INTO items VALUES ('upstream', 'u', '{}', 3, 1.0, 2.0)")
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("INSERT INTO items VALUES ('policy', 'p', '{}', 1, 1.0, 1.0)")
+    assert apply_sqlite(conn) == [version for version, _ in SQLITE_MIGRATIONS[2:]]
+    assert conn.execute("SELECT * FROM items").fetchall() == [("upstream", "u", "{}", 3, 1.0, 2.0)]
+    conn.execute("INSERT INTO items VALUES ('policy', 'p', '{}', 1, 1.0, 1.0)")
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("INSERT INTO items VALUES ('consumer', 'c', '{}', 1, 1.0, 1.0)")
+    with pytest.raises(sqlite3.IntegrityError):  # the primary key survived the copy
+        conn.execute("INSERT INTO items VALUES ('policy', 'p', '{}', 1, 1.0, 1.0)")
+
+
 def test_apply_sqlite_rolls_back_a_failing_migration(conn):
     broken = [
         *SQLITE_MIGRATIONS,
