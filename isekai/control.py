@@ -42,7 +42,9 @@ log = logging.getLogger("isekai.control")
 WATCH_TIMEOUT = 1.0  # seconds: the longest a store change waits to be noticed (SQLite polling)
 
 
-def change_message(text: str, source: str, routes: list[dict], upstreams: dict) -> dict:
+def change_message(
+    text: str, source: str, routes: list[dict], upstreams: dict, policies: dict
+) -> dict:
     """What a worker needs to rebuild the effective config (JSON-compatible)."""
     return {
         "type": "config",
@@ -50,6 +52,7 @@ def change_message(text: str, source: str, routes: list[dict], upstreams: dict) 
         "source": source,
         "routes": routes,
         "upstreams": upstreams,
+        "policies": policies,
     }
 
 
@@ -113,7 +116,8 @@ class ControlPlane:
     async def message(self) -> dict:
         """The `change_message` of the running config (a whole config, for a fresh start)."""
         routes, upstreams = await self.ctx.stored_documents()
-        return change_message(self.ctx.config_text, self.config.source, routes, upstreams)
+        policies = await self.ctx.stored_policies()
+        return change_message(self.ctx.config_text, self.config.source, routes, upstreams, policies)
 
     async def reload(self, config: Config, text: str) -> None:
         """A new config file (SIGHUP): merge it with the store and apply; ConfigError keeps

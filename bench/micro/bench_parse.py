@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import time
 
+from isekai._core.counters import Counters
 from isekai._core.http import response_head
 from isekai._core.protocol import CoreRoute, DownstreamProtocol, ServerState
-
-from isekai._core.counters import Counters
 from isekai._core.router import Router
 from isekai.config.units import parse_path_pattern
 

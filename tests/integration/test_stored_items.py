@@ -4,6 +4,9 @@ its name and reason, shown in /api/status, and can be fixed or deleted through t
 from __future__ import annotations
 
 import asyncio
+import http.client
+import os
+import signal
 
 import pytest
 
@@ -53,5 +56,52 @@ def test_stored_items_a_bad_one_is_left_out_and_the_rest_serves(tmp_path, upstre
         assert status == 200, body
         assert wait_for(lambda: get(gw.port, "/bad")[0] == 200, timeout=5)
         assert admin.call("GET", "/api/status")[1]["data"]["skipped_items"] == 0
+    finally:
+        gw.stop()
+
+
+async def _seed_policy(url: str) -> None:
+    async with open_store(url) as store:
+        await store.create_item(
+            "policy", "stamp", {"type": "headers", "response": {"set": {"X-Stamp": "stored"}}}
+        )
+        await store.create_item(
+            "route",
+            "stamped",
+            {
+                "name": "stamped",
+                "match": {"path": "/stamped"},
+                "respond": {"body": "s"},
+                "policies": ["stamp"],
+            },
+        )
+
+
+def _stamp(port: int) -> tuple[int, str | None]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/stamped")
+        response = conn.getresponse()
+        response.read()
+        return response.status, response.getheader("x-stamp")
+    finally:
+        conn.close()
+
+
+def test_stored_items_a_replaced_worker_gets_the_stored_policies(tmp_path, upstream):
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    asyncio.run(_seed_policy(url))
+    gw = start(tmp_path, gateway_yaml(upstream.port, url, 2))
+    try:
+        assert wait_for(lambda: _stamp(gw.port) == (200, "stored"), timeout=5)
+        before = gw.workers()
+        os.kill(before[0], signal.SIGKILL)
+        assert wait_for(
+            lambda: len(gw.workers()) == 2 and before[0] not in gw.workers(), timeout=15
+        )
+        # new connections reach both workers (SO_REUSEPORT): every answer has the policy
+        answers = {_stamp(gw.port) for _ in range(40)}
+        assert answers == {(200, "stored")}
+        assert not gw.wait_for_log(r"left out", timeout=0.5)
     finally:
         gw.stop()

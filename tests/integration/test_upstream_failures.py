@@ -9,8 +9,8 @@ import threading
 import time
 
 import pytest
-from isekai._core.upstream import Balancer, Cluster
 
+from isekai._core.upstream import Balancer, Cluster
 from tests.support.client import connect, json_body, read_responses
 from tests.support.worker import ThreadedWorker, app_config, get
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 
 import pytest
-from isekai._core.http import response_head
-from isekai._core.protocol import CoreRoute, DownstreamProtocol, ServerState
 
 import isekai._core.counters as counters_mod
 from isekai._core.counters import LATENCY_BUCKETS, Counters
+from isekai._core.http import response_head
+from isekai._core.protocol import CoreRoute, DownstreamProtocol, ServerState
 from isekai._core.router import Router
 from isekai.config.units import parse_path_pattern
 from tests.support.memory import MemoryTransport

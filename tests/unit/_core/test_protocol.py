@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from isekai._core.http import response_head
-from isekai._core.protocol import CoreRoute, DownstreamProtocol, ServerState
 
 from isekai._core.counters import Counters
+from isekai._core.http import response_head
+from isekai._core.protocol import CoreRoute, DownstreamProtocol, ServerState
 from isekai._core.router import Router
 from isekai.config.units import parse_path_pattern
 from isekai.observability.request_log_feed import to_row
