@@ -8,7 +8,6 @@ import ipaddress
 import json
 import random
 import time
-from types import SimpleNamespace
 
 import pytest
 
@@ -118,106 +117,13 @@ def yaml_config(port: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _namespace(kind: str, options: dict) -> SimpleNamespace:
-    """The family's config as the config classes give it (for the in-process worker)."""
-
-    def pairs(mapping):
-        return tuple(mapping.items())
-
-    if kind == "headers":
-
-        def edits(d):
-            return SimpleNamespace(
-                add=pairs(d.get("add", {})),
-                set=pairs(d.get("set", {})),
-                remove=tuple(d.get("remove", ())),
-                rename=pairs(d.get("rename", {})),
-            )
-
-        return SimpleNamespace(
-            request=edits(options.get("request", {})), response=edits(options.get("response", {}))
-        )
-    if kind == "cors":
-        return SimpleNamespace(
-            origins=tuple(options["origins"]),
-            methods=tuple(options.get("methods", ("GET", "HEAD", "POST"))),
-            headers=tuple(options.get("headers", ())),
-            expose_headers=tuple(options.get("expose_headers", ())),
-            credentials=options.get("credentials", False),
-            max_age=options.get("max_age"),
-        )
-    if kind == "ip_filter":
-        return SimpleNamespace(
-            allow=tuple(options.get("allow", ())), deny=tuple(options.get("deny", ()))
-        )
-    abort, delay = options.get("abort"), options.get("delay")
-    return SimpleNamespace(
-        abort=SimpleNamespace(**abort) if abort else None,
-        delay=SimpleNamespace(**delay) if delay else None,
-        when_header=options.get("when_header"),
-    )
-
-
-def config_has_families() -> bool:
-    from isekai.config import policies
-
-    return hasattr(policies, "CorsConfig")
-
-
-class InProcess:
-    """Until the config side reads `policies:`: a Worker in this process with the families'
-    instances (from `BUILDERS`) put on its routes' chains."""
-
-    def __init__(self, upstream_port: int) -> None:
-        from isekai.chains import as_core
-        from isekai.policies import BUILDERS
-        from tests.support.worker import ThreadedWorker, app_config
-
-        routes = "\n".join(
-            "  - "
-            + json.dumps(
-                {
-                    "name": name,
-                    "match": {"path": path, **({"methods": methods} if methods else {})},
-                    "upstream": "app",
-                }
-            )
-            for name, path, methods, _ in ROUTES
-        )
-        self.tw = ThreadedWorker(app_config(upstream_port, routes=routes))
-        self.tw.__enter__()
-        self.port = self.tw.port
-        self.instances = {}
-        for name, (kind, options) in POLICIES.items():
-            policy = as_core(BUILDERS[kind](_namespace(kind, options)))
-            policy.name = name
-            policy.type_name = kind
-            policy.slot = self.tw.worker.counters.policy_slot(name)
-            self.instances[name] = policy
-
-        def put():
-            router = self.tw.worker.state.router
-            for _, path, methods, policies in ROUTES:
-                probe = path.replace("{id}", "1").replace("*", "x").encode()
-                found = router.match(b"", (methods or ["GET"])[0].encode(), probe)
-                found[0].chain = tuple(self.instances[p] for p in policies)
-
-        self.tw.call(put)
-
-    def stop(self) -> None:
-        self.tw.__exit__(None, None, None)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from tests.support.gateway import start_from_yaml
     from tests.support.upstream import Upstream
 
     with Upstream() as up:
-        if config_has_families():
-            gw = start_from_yaml(tmp_path_factory.mktemp("families"), yaml_config(up.port))
-        else:
-            gw = InProcess(up.port)
+        gw = start_from_yaml(tmp_path_factory.mktemp("families"), yaml_config(up.port))
         try:
             yield gw, up
         finally:
@@ -440,7 +346,6 @@ def test_policy_families_fault_delay_measured(setup):
 # -- state across reloads ------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not config_has_families(), reason="the config does not read policies yet")
 def test_policy_families_fault_counters_survive_reloads(upstream):
     from isekai.config.loader import load_config_text
     from tests.support.worker import ThreadedWorker, app_config
