@@ -1,4 +1,5 @@
 from isekai._core.counters cimport Counters
+from isekai._core.iptrie cimport IpSet
 from isekai._core.policy cimport CorePolicy, ResponseHead
 from isekai._core.router cimport Router
 from isekai._core.tunnel cimport Tunnel
@@ -49,7 +50,7 @@ cdef class ServerState:
     cdef public double websocket_idle_timeout
     cdef public int max_connections
     cdef public object on_capacity
-    cdef public tuple trusted_networks
+    cdef public IpSet trusted_proxies    # peers whose X-Forwarded-For is believed
     cdef public set tunnels_open
     cdef public bint log_requests
     cdef public list log_buffer

@@ -50,6 +50,7 @@ from isekai._core.policy cimport (
     CorePolicy, ResponseHead, check_field, header_parts, parts_append, parts_drop, parts_get,
     parts_move,
 )
+from isekai._core.iptrie cimport IpSet
 from isekai._core.router cimport Router
 from isekai._core.tunnel cimport Tunnel
 from isekai._core.upstream cimport (
@@ -131,7 +132,7 @@ cdef class ServerState:
         self.websocket_idle_timeout = 300.0
         self.max_connections = 10000
         self.on_capacity = None
-        self.trusted_networks = ()
+        self.trusted_proxies = IpSet()
         self.tunnels_open = set()
         self.log_requests = False
         self.log_buffer = []
@@ -148,7 +149,7 @@ cdef class ServerState:
 
     def set_trusted_proxies(self, cidrs):
         """Peers in these CIDRs may supply X-Forwarded-For; others have theirs replaced."""
-        self.trusted_networks = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+        self.trusted_proxies = IpSet(cidrs)
 
     @property
     def tunnel_count(self):
@@ -501,15 +502,18 @@ cdef bytes _forwarded_client(ServerState state, bytes xff, bytes peer):
     """The rightmost X-Forwarded-For address not in `trusted_proxies` (the peer is): the
     client as the trusted proxies saw it. A malformed entry ends the walk."""
     cdef bytes found = peer
+    cdef IpSet trusted = state.trusted_proxies
     for entry in reversed(xff.split(b",")):
         entry = entry.strip()
+        if trusted.has_bytes(entry):
+            found = entry
+            continue
         try:
-            address = ipaddress.ip_address(entry.decode("latin-1"))
+            ipaddress.ip_address(entry.decode("latin-1"))
         except ValueError:
             break
         found = entry
-        if not any(address in net for net in state.trusted_networks):
-            break
+        break
     return found
 
 
@@ -543,9 +547,8 @@ cdef class DownstreamProtocol:
             self.peer_ip = peer[0].encode() if peer else b"unknown"
             self.forwarded = b"".join(
                 (self.peer_ip, b"\r\nx-forwarded-proto: ", self.state.scheme, b"\r\n"))
-            if peer and self.state.trusted_networks:
-                address = ipaddress.ip_address(peer[0])
-                self.trusted = any(address in net for net in self.state.trusted_networks)
+            if peer:
+                self.trusted = self.state.trusted_proxies.has_bytes(self.peer_ip)
             self.last_read = self.idle_since = monotonic()
             self.state.connections.add(self)
             self.state.counters.connection_opened()

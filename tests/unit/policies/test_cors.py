@@ -6,10 +6,10 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from isekai._core.policy import ResponseHead
-from isekai._core.protocol import ProxyRequest
 
 from isekai._core.families import CorsPolicy
+from isekai._core.policy import ResponseHead
+from isekai._core.protocol import ProxyRequest
 from isekai.policies import BUILDERS
 from isekai.policies.cors import compile_origins
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from isekai._core.policy import ResponseHead
-from isekai._core.protocol import ProxyRequest
 
 from isekai._core.families import HeaderEdits, HeadersPolicy, Template, percent_visible
+from isekai._core.policy import ResponseHead
+from isekai._core.protocol import ProxyRequest
 from isekai.policies import BUILDERS
 from isekai.policies.headers import compile_edits, compile_template
 
