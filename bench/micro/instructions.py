@@ -192,7 +192,8 @@ def run(targets, n1: int, n2: int, output: Path | None, quiet: bool = False) -> 
     (base / f"instructions-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(
         json.dumps(doc, indent=2) + "\n"
     )
-    shutil.rmtree(work, ignore_errors=True)  # dumps are tens of MB; logs only matter on failure
+    if not os.environ.get("ISEKAI_BENCH_KEEP"):
+        shutil.rmtree(work, ignore_errors=True)  # dumps are tens of MB; logs only matter on failure
     return rows
 
 

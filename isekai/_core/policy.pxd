@@ -53,6 +53,8 @@ cdef list header_parts(object pairs)
 # flat head parts [name, b": ", value, b"\r\n", ...]: what requests and responses both edit
 cdef int check_field(bytes name, bytes value) except -1
 cdef bytes parts_get(list parts, bytes lname)
-cdef list parts_drop(list parts, bytes lname)
+cdef bint same_field(bytes a, bytes b) noexcept
+cdef list parts_drop(list parts, bytes name)
 cdef int parts_append(list parts, bytes name, bytes value) except -1
+cdef int parts_add(list parts, bytes name, bytes value) except -1
 cdef int parts_move(list parts, bytes lname, bytes new_name) except -1

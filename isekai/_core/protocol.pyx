@@ -47,8 +47,8 @@ from isekai._core.http cimport (
     join_bytes, monotonic, next_request_id, response_head, status_line, valid_host, wall_clock,
 )
 from isekai._core.policy cimport (
-    CorePolicy, ResponseHead, check_field, header_parts, parts_append, parts_drop, parts_get,
-    parts_move,
+    CorePolicy, ResponseHead, check_field, header_parts, parts_add, parts_append, parts_drop,
+    parts_get, parts_move,
 )
 from isekai._core.iptrie cimport IpSet
 from isekai._core.router cimport Router
@@ -400,14 +400,13 @@ cdef class ProxyRequest(Exchange):
         return None
 
     cdef int put_header(self, bytes name, bytes value) except -1:
-        cdef bytes lname = name.lower()
-        _editable(lname)
+        _editable(name)
         check_field(name, value)
-        self.headers = parts_drop(self.headers, lname)
-        return parts_append(self.headers, name, value)
+        self.headers = parts_drop(self.headers, name)
+        return parts_add(self.headers, name, value)
 
     cdef int append_header(self, bytes name, bytes value) except -1:
-        _editable(name.lower())
+        _editable(name)
         return parts_append(self.headers, name, value)
 
     cdef int drop_header(self, bytes lname) except -1:
@@ -417,7 +416,7 @@ cdef class ProxyRequest(Exchange):
 
     cdef int move_header(self, bytes lname, bytes new_name) except -1:
         _editable(lname)
-        _editable(new_name.lower())
+        _editable(new_name)
         return parts_move(self.headers, lname, new_name)
 
     cdef bytes client_address(self):
@@ -490,11 +489,12 @@ cdef inline bytes _as_bytes(object value):
     return value if isinstance(value, bytes) else (<str>value).encode("latin-1")
 
 
-cdef int _editable(bytes lname) except -1:
-    """Framing, routing and forwarding fields are the gateway's to write."""
-    cdef int kind = header_kind(lname)
+cdef int _editable(bytes name) except -1:
+    """Framing, routing and forwarding fields are the gateway's to write (any case)."""
+    cdef int kind = header_kind(name)
     if kind != H_OTHER and kind != H_USER_AGENT:
-        raise ValueError(f"the {lname.decode('latin-1')} header is managed by the gateway")
+        raise ValueError(
+            f"the {name.decode('latin-1').lower()} header is managed by the gateway")
     return 0
 
 
