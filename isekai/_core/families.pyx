@@ -31,7 +31,7 @@ from cpython.unicode cimport PyUnicode_AsUTF8String
 
 from isekai._core.http cimport join_bytes
 from isekai._core.iptrie cimport IpSet
-from isekai._core.policy cimport Answer, CorePolicy, ResponseHead, same_name
+from isekai._core.policy cimport Answer, CorePolicy, ResponseHead, check_field, same_name
 from isekai._core.protocol cimport CoreRoute, ProxyRequest
 
 cdef bytes OPTIONS = b"OPTIONS"
@@ -176,6 +176,11 @@ cdef class HeaderEdits:
         self.set_ = tuple((_b(name), _template(t)) for name, t in set)
         self.add = tuple((_b(name), _template(t)) for name, t in add)
         self.empty = not (self.remove or self.rename or self.set_ or self.add)
+        # checked once here, so each request writes them without checking again
+        for name, _ in (*self.set_, *self.add):
+            check_field(name, b"")
+        for _, name in self.rename:
+            check_field(name, b"")
 
     cdef int apply_request(self, ProxyRequest req) except -1:
         cdef object item
@@ -187,10 +192,10 @@ cdef class HeaderEdits:
             req.move_header(<bytes>pair[0], <bytes>pair[1])
         for item in self.set_:
             pair = <tuple>item
-            req.put_header(<bytes>pair[0], (<Template>pair[1]).render(req))
+            req.put_valid_header(<bytes>pair[0], (<Template>pair[1]).render(req))
         for item in self.add:
             pair = <tuple>item
-            req.append_header(<bytes>pair[0], (<Template>pair[1]).render(req))
+            req.append_valid_header(<bytes>pair[0], (<Template>pair[1]).render(req))
         return 0
 
     cdef int apply_response(self, ProxyRequest req, ResponseHead head) except -1:
@@ -203,10 +208,10 @@ cdef class HeaderEdits:
             head.move(<bytes>pair[0], <bytes>pair[1])
         for item in self.set_:
             pair = <tuple>item
-            head.put(<bytes>pair[0], (<Template>pair[1]).render(req))
+            head.put_valid(<bytes>pair[0], (<Template>pair[1]).render(req))
         for item in self.add:
             pair = <tuple>item
-            head.append(<bytes>pair[0], (<Template>pair[1]).render(req))
+            head.append_valid(<bytes>pair[0], (<Template>pair[1]).render(req))
         return 0
 
 
@@ -283,6 +288,8 @@ cdef class CorsPolicy(CorePolicy):
         self.allow_methods = None if self.any_method else b", ".join(methods)
         self.allow_headers = None if self.any_header else b", ".join(headers)
         self.expose = b", ".join(_b(h) for h in expose_headers) or None
+        if self.expose is not None:
+            check_field(b"access-control-expose-headers", self.expose)
         vary = ((b"vary", b"Origin"),) if self.echo else ()
         fields = []
         if self.allow_methods is not None:
@@ -403,7 +410,7 @@ cdef class CorsPolicy(CorePolicy):
                 upstream_cors = True
         if not varies:
             if vary < 0:
-                head.append(b"vary", b"Origin")
+                head.append_valid(b"vary", b"Origin")
             else:
                 value = <bytes>parts[vary + 2]
                 parts[vary + 2] = value + b", Origin" if value.strip() else b"Origin"
@@ -413,11 +420,12 @@ cdef class CorsPolicy(CorePolicy):
             head.drop(b"access-control-allow-origin")
             head.drop(b"access-control-allow-credentials")
             head.drop(b"access-control-expose-headers")
-        head.append(b"access-control-allow-origin", origin if self.echo else b"*")
+        # the origin is a parsed request field, the rest was checked when the policy was built
+        head.append_valid(b"access-control-allow-origin", origin if self.echo else b"*")
         if self.credentials:
-            head.append(b"access-control-allow-credentials", b"true")
+            head.append_valid(b"access-control-allow-credentials", b"true")
         if self.expose is not None:
-            head.append(b"access-control-expose-headers", self.expose)
+            head.append_valid(b"access-control-expose-headers", self.expose)
         return 0
 
 

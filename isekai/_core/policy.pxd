@@ -20,6 +20,10 @@ cdef class ResponseHead:
     cdef int append(self, bytes name, bytes value) except -1    # add one more field
     cdef int drop(self, bytes lname) except -1                  # remove every `lname` field
     cdef int move(self, bytes lname, bytes new_name) except -1  # rename, values kept
+    # the same without checking the field: for names and values a policy validated when it was
+    # built (config) or that come from the parsed request (no CR, LF or NUL can be in them)
+    cdef int put_valid(self, bytes name, bytes value) except -1
+    cdef int append_valid(self, bytes name, bytes value) except -1
 
 
 cdef class CorePolicy:

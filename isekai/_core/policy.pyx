@@ -176,7 +176,8 @@ cdef class ResponseHead:
     """Status and header fields of a response before its head is written (response phase).
 
     From Python: `status` (settable), `header(name)`, `set_header(name, value)`,
-    `add_header(name, value)`, `remove_header(name)`, `headers()`.
+    `add_header(name, value)`, `remove_header(name)`, `headers()`. One object per worker is
+    reused for every response: it is valid during the phase only.
     """
 
     def __init__(self, int status, list parts=None):
@@ -193,6 +194,13 @@ cdef class ResponseHead:
 
     cdef int append(self, bytes name, bytes value) except -1:
         return parts_append(self.parts, name, value)
+
+    cdef int put_valid(self, bytes name, bytes value) except -1:
+        self.parts = parts_drop(self.parts, name)
+        return parts_add(self.parts, name, value)
+
+    cdef int append_valid(self, bytes name, bytes value) except -1:
+        return parts_add(self.parts, name, value)
 
     cdef int drop(self, bytes lname) except -1:
         self.parts = parts_drop(self.parts, lname)

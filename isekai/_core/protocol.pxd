@@ -57,6 +57,7 @@ cdef class ServerState:
     cdef public int log_capacity
     cdef public long long log_dropped
     cdef public object run_async     # the slow path: run_async(req, policy, index)
+    cdef ResponseHead head           # reused by every response phase (one at a time)
     cdef bint full
 
 
@@ -123,6 +124,10 @@ cdef class ProxyRequest(Exchange):
     cdef int append_header(self, bytes name, bytes value) except -1
     cdef int drop_header(self, bytes lname) except -1
     cdef int move_header(self, bytes lname, bytes new_name) except -1
+    # without the field check (the managed-field rule still holds): for names and values
+    # validated when the policy was built
+    cdef int put_valid_header(self, bytes name, bytes value) except -1
+    cdef int append_valid_header(self, bytes name, bytes value) except -1
     cdef bytes client_address(self)
 
 

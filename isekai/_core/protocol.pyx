@@ -139,6 +139,7 @@ cdef class ServerState:
         self.log_capacity = 10000
         self.log_dropped = 0
         self.run_async = None
+        self.head = ResponseHead.__new__(ResponseHead)
 
     def take_request_log(self):
         """The request-log records gathered since the last call (tuples in `LOG_COLUMNS` order,
@@ -240,11 +241,14 @@ cdef class ProxyRequest(Exchange):
             out = _drop_listed(out, conn.conn_tokens)
         if self.chain is not None and status != 101 and proto._responds(self):
             # response policies edit status and fields; the body is the upstream's, as framed
-            head = ResponseHead.__new__(ResponseHead)
+            head = proto.state.head
             head.status = status
             head.parts = out
-            proto.response_phase(self, head)
-            out = head.parts
+            try:
+                proto.response_phase(self, head)
+            finally:
+                out = head.parts
+                head.parts = None
             status = head.status
         out.insert(0, status_line(status))
         if status == 101:
@@ -408,6 +412,15 @@ cdef class ProxyRequest(Exchange):
     cdef int append_header(self, bytes name, bytes value) except -1:
         _editable(name)
         return parts_append(self.headers, name, value)
+
+    cdef int put_valid_header(self, bytes name, bytes value) except -1:
+        _editable(name)
+        self.headers = parts_drop(self.headers, name)
+        return parts_add(self.headers, name, value)
+
+    cdef int append_valid_header(self, bytes name, bytes value) except -1:
+        _editable(name)
+        return parts_add(self.headers, name, value)
 
     cdef int drop_header(self, bytes lname) except -1:
         _editable(lname)
@@ -1147,11 +1160,14 @@ cdef class DownstreamProtocol:
 
     cdef int _send_parts(self, ProxyRequest req, int status, list parts, bytes body) except -1:
         """A response the gateway made, through the response policies first."""
-        cdef ResponseHead head = ResponseHead.__new__(ResponseHead)
+        cdef ResponseHead head = self.state.head
         head.status = status
         head.parts = parts
-        self.response_phase(req, head)
-        parts = head.parts
+        try:
+            self.response_phase(req, head)
+        finally:
+            parts = head.parts
+            head.parts = None
         parts.insert(0, status_line(head.status))
         return self._send_made(req, head.status, join_bytes(parts), body)
 
