@@ -153,6 +153,12 @@ class LiveConfig:
                 item = await self.store.get_item(*key)
                 if item is None:  # deleted meanwhile: the next sync sees it
                     continue
+                if self._in_file(kind, key[1]):
+                    # another gateway's file may lack it, ours has it: ours is read-only and
+                    # wins, as a whole load would leave the stored one out
+                    reason = f"the config file defines {kind} {key[1]!r}, which is read-only"
+                    skipped[key] = SkippedItem(kind, key[1], reason, item.version)
+                    continue
                 try:
                     change = self.index.prepare(kind, key[1], item.doc)
                 except ConfigError as exc:
@@ -167,6 +173,12 @@ class LiveConfig:
         self.revision = revision
         self._set_skipped(tuple(skipped.values()))
         return applied
+
+    def _in_file(self, kind: str, name: str) -> bool:
+        if kind == "route":
+            return name in self.index.file_routes
+        config = self.file_config
+        return name in (config.upstreams if kind == "upstream" else config.policies)
 
     def _known_version(self, key: tuple[str, str]) -> int | None:
         if key in self.versions:

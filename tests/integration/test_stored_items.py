@@ -105,3 +105,42 @@ def test_stored_items_a_replaced_worker_gets_the_stored_policies(tmp_path, upstr
         assert not gw.wait_for_log(r"left out", timeout=0.5)
     finally:
         gw.stop()
+
+
+def test_stored_items_never_override_the_files_items_of_another_gateway(tmp_path, upstream):
+    # Gateway A's file defines policy `office`, upstream `app` and route `file-route`; B's file
+    # does not. What B stores under those names must not replace A's read-only items.
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    base = gateway_yaml(upstream.port, url)
+    guarded = base.replace(
+        "routes:\n",
+        "policies:\n  office: {type: ip_filter, deny: [127.0.0.0/8]}\nroutes:\n"
+        "  - {name: secret, match: {path: /secret}, respond: {body: s}, policies: [office]}\n",
+    )
+    first = start(tmp_path, guarded, "a.yaml")
+    second = start(
+        tmp_path,
+        base.replace(
+            "  - {name: file-route, match: {path: /file}, respond: {body: from-file}}\n", ""
+        ).replace("upstreams:\n  app:", "upstreams:\n  other:"),
+        "b.yaml",
+    )
+    try:
+        admin = Admin(second)
+        assert get(first.port, "/secret")[0] == 403
+        policy = {"name": "office", "type": "headers", "request": {"set": {"X-A": "1"}}}
+        assert admin.call("POST", "/api/policies", policy)[0] == 201
+        route = {"name": "file-route", "match": {"path": "/file"}, "respond": {"body": "b"}}
+        assert admin.call("POST", "/api/routes", route)[0] == 201
+        app = {"targets": ["127.0.0.1:1"]}
+        assert admin.call("POST", "/api/upstreams", {"name": "app", **app})[0] == 201
+        assert first.wait_for_log(r"stored policy 'office' left out: the config file defines")
+        assert first.wait_for_log(r"stored route 'file-route' left out")
+        assert first.wait_for_log(r"stored upstream 'app' left out")
+        assert get(first.port, "/secret")[0] == 403
+        assert get(first.port, "/file") == (200, b"from-file")
+        status, body = Admin(first).call("GET", "/api/status")
+        assert body["data"]["skipped_items"] == 3
+    finally:
+        first.stop()
+        second.stop()
