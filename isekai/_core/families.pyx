@@ -31,7 +31,9 @@ from cpython.unicode cimport PyUnicode_AsUTF8String
 
 from isekai._core.http cimport join_bytes
 from isekai._core.iptrie cimport IpSet
-from isekai._core.policy cimport Answer, CorePolicy, ResponseHead, check_field, same_name
+from isekai._core.policy cimport (
+    Answer, CorePolicy, ResponseHead, check_field, check_response_field, same_name,
+)
 from isekai._core.protocol cimport CoreRoute, ProxyRequest
 
 cdef bytes OPTIONS = b"OPTIONS"
@@ -229,6 +231,11 @@ cdef class HeadersPolicy(CorePolicy):
         self.response_edits = response
         self.requests = not request.empty
         self.responses = not response.empty
+        # response edits are written unchecked per request: none may touch a managed field
+        for name in (*response.remove, *[old for old, _ in response.rename],
+                     *[new for _, new in response.rename], *[n for n, _ in response.set_],
+                     *[n for n, _ in response.add]):
+            check_response_field(name, b"")
 
     cdef object request(self, object req):
         self.request_edits.apply_request(<ProxyRequest>req)

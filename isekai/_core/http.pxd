@@ -33,7 +33,9 @@ cdef bytes int_bytes(long long value)
 cdef bytes next_request_id()
 cdef set connection_tokens(bytes value)
 cpdef bytes response_head(int status, object headers=*)
-cdef bytes gateway_response(bytes head, bytes body, bytes request_id, bint close, bint head_only)
+cdef bytes gateway_response(bytes head, bytes body, bytes request_id, bint close, bint head_only,
+                            bint bodyless=*)
+cdef bint status_has_no_body(int status) noexcept
 cdef bytes error_body(str message, bytes request_id)
 cdef bytes error_response(int status, str message, bytes request_id, bint close, bytes extra_headers=*, bint head=*)
 cdef bytes chunk_frame(bytes data)

@@ -203,10 +203,23 @@ cpdef bytes response_head(int status, object headers=()):
     return join_bytes(out)
 
 
-cdef bytes gateway_response(bytes head, bytes body, bytes request_id, bint close, bint head_only):
+cdef bint status_has_no_body(int status) noexcept:
+    """204, 205 and 304 never carry content (RFC 9110 §15.3.5, §15.3.6, §15.4.5)."""
+    return status == 204 or status == 205 or status == 304
+
+
+cdef bytes gateway_response(bytes head, bytes body, bytes request_id, bint close, bint head_only,
+                            bint bodyless=False):
     """The one serialiser of responses the gateway makes (errors, direct routes, policy
     answers): ``head`` from `response_head`, then content-length, x-request-id, connection and
-    the body (none for HEAD, which still says how long it would be)."""
+    the body (none for HEAD, which still says how long it would be). A `bodyless` status
+    (`status_has_no_body`) gets neither a body nor a length."""
+    if bodyless:
+        return join_bytes([
+            head,
+            b"x-request-id: ", request_id,
+            b"\r\nconnection: close\r\n\r\n" if close else b"\r\n\r\n",
+        ])
     return join_bytes([
         head,
         b"content-length: ", int_bytes(len(body)),

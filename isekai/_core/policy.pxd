@@ -56,6 +56,9 @@ cdef bint same_name(bytes name, bytes lower) noexcept
 cdef list header_parts(object pairs)
 # flat head parts [name, b": ", value, b"\r\n", ...]: what requests and responses both edit
 cdef int check_field(bytes name, bytes value) except -1
+cdef bint response_managed(bytes name) noexcept
+cdef int check_response_field(bytes name, bytes value) except -1
+cdef int check_answer_headers(object pairs) except -1
 cdef bytes parts_get(list parts, bytes lname)
 cdef bint same_field(bytes a, bytes b) noexcept
 cdef list parts_drop(list parts, bytes name)

@@ -20,6 +20,11 @@ allocating (`same_name`).
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
+from isekai._core.http cimport (
+    H_CONNECTION, H_CONTENT_LENGTH, H_KEEP_ALIVE, H_PROXY_CONNECTION, H_TE, H_TRAILER,
+    H_TRANSFER_ENCODING, H_UPGRADE, H_X_REQUEST_ID, header_kind, status_has_no_body,
+)
+
 import inspect
 
 
@@ -88,6 +93,13 @@ cdef list header_parts(object pairs):
     return parts
 
 
+cdef int check_answer_headers(object pairs) except -1:
+    """The fields of a policy's answer: well formed, and none the gateway writes itself."""
+    for name, value in pairs:
+        check_response_field(_latin1(name), _latin1(value))
+    return 0
+
+
 cdef int check_field(bytes name, bytes value) except -1:
     """A field a policy writes must not be able to end the field or the head early: a name of
     token characters, a value without CR, LF or NUL. One pass over each, no allocation."""
@@ -106,6 +118,24 @@ cdef int check_field(bytes name, bytes value) except -1:
         c = p[i]
         if c == 13 or c == 10 or c == 0:
             raise ValueError(f"invalid value for header {name.decode('latin-1')!r}")
+    return 0
+
+
+cdef bint response_managed(bytes name) noexcept:
+    """Fields of a response the gateway writes itself: framing, connection handling and the
+    request id. No policy sets, removes or renames them."""
+    cdef int kind = header_kind(name)
+    return (kind == H_CONTENT_LENGTH or kind == H_TRANSFER_ENCODING or kind == H_CONNECTION
+            or kind == H_KEEP_ALIVE or kind == H_PROXY_CONNECTION or kind == H_TE
+            or kind == H_TRAILER or kind == H_UPGRADE or kind == H_X_REQUEST_ID)
+
+
+cdef int check_response_field(bytes name, bytes value) except -1:
+    """`check_field`, and not a field the gateway manages."""
+    check_field(name, value)
+    if response_managed(name):
+        raise ValueError(
+            f"the {name.decode('latin-1').lower()} header is managed by the gateway")
     return 0
 
 
@@ -163,6 +193,7 @@ cdef class Answer:
     def __init__(self, int status, tuple headers=(), bytes body=b""):
         if not 200 <= status <= 599:
             raise ValueError(f"a policy answers with a final status (200-599), not {status}")
+        check_answer_headers(headers)
         self.status = status
         self.headers = headers
         self.body = body
@@ -188,12 +219,13 @@ cdef class ResponseHead:
         return parts_get(self.parts, lname)
 
     cdef int put(self, bytes name, bytes value) except -1:
-        check_field(name, value)
+        check_response_field(name, value)
         self.parts = parts_drop(self.parts, name)
         return parts_add(self.parts, name, value)
 
     cdef int append(self, bytes name, bytes value) except -1:
-        return parts_append(self.parts, name, value)
+        check_response_field(name, value)
+        return parts_add(self.parts, name, value)
 
     cdef int put_valid(self, bytes name, bytes value) except -1:
         self.parts = parts_drop(self.parts, name)
@@ -203,10 +235,15 @@ cdef class ResponseHead:
         return parts_add(self.parts, name, value)
 
     cdef int drop(self, bytes lname) except -1:
+        if response_managed(lname):
+            check_response_field(lname, b"")
         self.parts = parts_drop(self.parts, lname)
         return 0
 
     cdef int move(self, bytes lname, bytes new_name) except -1:
+        if response_managed(lname):
+            check_response_field(lname, b"")
+        check_response_field(new_name, b"")
         return parts_move(self.parts, lname, new_name)
 
     # -- Python API ----------------------------------------------------------------------------
@@ -233,12 +270,15 @@ cdef class ResponseHead:
                 for i in range(0, len(parts) - 3, 4)]
 
     def __setattr__(self, name, value):
-        if name == "status":
-            if not 200 <= value <= 599:
-                raise ValueError(f"a response policy sets a final status (200-599), not {value}")
-            self.status = value
-        else:
+        if name != "status":
             raise AttributeError(name)
+        if not 200 <= value <= 599:
+            raise ValueError(f"a response policy sets a final status (200-599), not {value}")
+        if value != self.status and (status_has_no_body(value)
+                                     or status_has_no_body(self.status)):
+            # the body (or its absence) is framed for the status the response had
+            raise ValueError(f"a response policy cannot change status {self.status} to {value}")
+        self.status = value
 
 
 cdef class CorePolicy:

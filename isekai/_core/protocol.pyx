@@ -44,11 +44,12 @@ from isekai._core.http cimport (
     H_EXPECT, H_HOST, H_OTHER, H_TRANSFER_ENCODING, H_UPGRADE, H_USER_AGENT, H_X_FORWARDED_FOR,
     H_X_FORWARDED_HOST, H_X_FORWARDED_PROTO, H_X_REQUEST_ID, chunk_frame, connection_option,
     connection_tokens, error_body, error_response, gateway_response, header_kind, int_bytes,
-    join_bytes, monotonic, next_request_id, response_head, status_line, valid_host, wall_clock,
+    join_bytes, monotonic, next_request_id, response_head, status_has_no_body, status_line,
+    valid_host, wall_clock,
 )
 from isekai._core.policy cimport (
-    CorePolicy, ResponseHead, check_field, header_parts, parts_add, parts_append, parts_drop,
-    parts_get, parts_move,
+    Answer, CorePolicy, ResponseHead, check_answer_headers, check_field, header_parts, parts_add,
+    parts_append, parts_drop, parts_get, parts_move,
 )
 from isekai._core.iptrie cimport IpSet
 from isekai._core.router cimport Router
@@ -489,12 +490,15 @@ cdef class ProxyRequest(Exchange):
 
 
 cdef int _check_answer(object answer) except -1:
-    """A policy's answer is a final response with a bytes body."""
+    """A policy's answer is a final response with a bytes body and well-formed fields the
+    gateway does not manage (an `Answer` checked its own when it was made)."""
     cdef int status = answer.status
     if not 200 <= status <= 599:
         raise ValueError(f"a policy answers with a final status (200-599), not {status}")
     if not isinstance(answer.body, bytes):
         raise TypeError(f"a policy answer's body must be bytes, not {type(answer.body).__name__}")
+    if not isinstance(answer, Answer):
+        check_answer_headers(answer.headers)
     return 0
 
 
@@ -1176,9 +1180,10 @@ cdef class DownstreamProtocol:
         and fields, without framing."""
         req.status = status
         self._count_request()
+        cdef bint bodyless = status_has_no_body(status)
         self.transport.write(gateway_response(head, body, req.request_id,
-                                              self._closing_after(req), req.is_head))
-        req.bytes_out = len(body)
+                                              self._closing_after(req), req.is_head, bodyless))
+        req.bytes_out = 0 if bodyless else len(body)
         return self.finish_response(req)
 
     cdef int send_error(self, ProxyRequest req, int status, str message, bytes extra=b"") except -1:

@@ -106,7 +106,17 @@ REQUEST_MANAGED_HEADERS = frozenset(
     }
 )
 RESPONSE_MANAGED_HEADERS = frozenset(
-    {"content-length", "transfer-encoding", "connection", "keep-alive", "trailer", "upgrade"}
+    {
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "x-request-id",
+    }
 )
 _TEMPLATE_DOC = (
     "Values may hold `${client_ip}`, `${request_id}`, `${route}` and `${param.NAME}` (a path "

@@ -444,3 +444,86 @@ def test_pipeline_half_close_during_async_policy_still_answers(worker):
     status, _, body, _ = read_response(sock)
     sock.close()
     assert status == 200 and json_body(body)["target"] == "/e/x"
+
+
+class EditsResponse:
+    def __init__(self, edit):
+        self.edit = edit
+
+    def on_response(self, req, head):
+        self.edit(head)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda head: setattr(head, "status", 304),
+        lambda head: setattr(head, "status", 204),
+        lambda head: head.set_header("Content-Length", "3"),
+        lambda head: head.set_header("Transfer-Encoding", "chunked"),
+        lambda head: head.remove_header("content-length"),
+        lambda head: head.set_header("Connection", "close"),
+        lambda head: head.add_header("X-Request-Id", "fixed"),
+    ],
+)
+def test_pipeline_response_policy_cannot_break_framing(worker, edit):
+    attach(worker, b"/app/x", EditsResponse(edit))
+    with connect(worker.port) as sock:
+        sock.sendall(
+            b"GET /app/bytes/10 HTTP/1.1\r\nHost: t\r\n\r\nGET /g/1 HTTP/1.1\r\nHost: t\r\n\r\n"
+        )
+        (status, _, body), (second, _, echoed) = read_responses(sock, 2)
+    assert status == 500 and json_body(body)["error"] == "internal error"
+    assert second == 200 and json_body(echoed)["target"] == "/g/1"
+    assert policy_counts(worker, "p0")["errors"] == 1
+
+
+def test_pipeline_response_policy_changes_status_between_bodied_ones(worker):
+    def edit(head):
+        head.status = 203
+
+    attach(worker, b"/app/x", EditsResponse(edit))
+    status, _, body = get(worker.port, "/app/bytes/10")
+    assert (status, body) == (203, b"0123456789")
+    # a bodyless upstream status stays what it is
+    status, _, _ = get(worker.port, "/app/status/204")
+    assert status == 500
+
+
+@pytest.mark.parametrize("status", [204, 205, 304])
+def test_pipeline_bodyless_answer_is_sent_without_body(worker, status):
+    attach(worker, b"/e/x", Deny(status))
+    with connect(worker.port) as sock:
+        sock.sendall(b"GET /e/x HTTP/1.1\r\nHost: t\r\n\r\nGET /g/1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        sock.settimeout(5)
+        data = b""
+        while data.count(b"HTTP/1.1 ") < 2 or not data.endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    first, _, rest = data.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 %d " % status)
+    assert b"content-length" not in first.lower()
+    assert rest.startswith(b"HTTP/1.1 200 ")  # no body between the two responses
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        (("x-a", "a\r\nx-injected: 1"),),
+        (("content-length", "0"),),
+        (("transfer-encoding", "chunked"),),
+        (("x bad", "v"),),
+        (("x-request-id", "mine"),),
+    ],
+)
+def test_pipeline_answer_fields_are_checked(worker, headers):
+    class Answers:
+        def on_request(self, req):
+            return Response(200, headers, b"hello")
+
+    attach(worker, b"/e/x", Answers())
+    status, got, body = get(worker.port, "/e/x")
+    assert status == 500 and "x-injected" not in got
+    assert policy_counts(worker, "p0")["errors"] == 1
