@@ -192,8 +192,9 @@ def _uses(items: tuple, name: str) -> bool:
 def _rechain(name: str, config: Config, cores: dict, listeners: dict, policies: PolicySet) -> None:
     """Policy ``name`` changed (or went): rebuild the chains that name it."""
     for route in config.routes:
-        if _uses(route.policies, name):
-            core = cores[route.name]
+        core = cores.get(route.name)
+        if core is not None and _uses(route.policies, name):
+            # (a route not built yet is built by its own change, with the new policy)
             dropped = core.chain
             core.chain = policies.chain(route.policies, f"routes.{route.name}", config.policies)
             policies.release(dropped)

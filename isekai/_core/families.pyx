@@ -375,7 +375,7 @@ cdef class CorsPolicy(CorePolicy):
             return self.refuse_origin
         if not self.any_method and method not in self.methods:
             return self.refuse_method
-        requested = req.get_header(b"access-control-request-headers")
+        requested = req.get_header_joined(b"access-control-request-headers")
         if requested is not None and not self.any_header:
             for token in requested.split(b","):
                 token = token.strip().lower()

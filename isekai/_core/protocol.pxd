@@ -112,6 +112,7 @@ cdef class ProxyRequest(Exchange):
     cdef bint answered
     cdef bint preflight            # an OPTIONS preflight routed by its requested method
     cdef bytes allow               # the path's methods, for a preflight no policy answers
+    cdef int no_route              # 404/405 held while the listener's policies run
     cdef bint no_response_phase    # a response policy failed: the 500 goes out without them
     cdef object _ctx
     cdef public object task        # the slow-path Task while an async policy runs
@@ -120,6 +121,7 @@ cdef class ProxyRequest(Exchange):
     cdef bint can_answer(self)
     # header access for policies: `lname` is a lower-case field name
     cdef bytes get_header(self, bytes lname)
+    cdef bytes get_header_joined(self, bytes lname)
     cdef int put_header(self, bytes name, bytes value) except -1
     cdef int append_header(self, bytes name, bytes value) except -1
     cdef int drop_header(self, bytes lname) except -1

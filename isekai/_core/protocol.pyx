@@ -49,7 +49,7 @@ from isekai._core.http cimport (
 )
 from isekai._core.policy cimport (
     Answer, CorePolicy, ResponseHead, check_answer_headers, check_field, header_parts, parts_add,
-    parts_append, parts_drop, parts_get, parts_move,
+    parts_append, parts_drop, parts_get, parts_move, same_name,
 )
 from isekai._core.iptrie cimport IpSet
 from isekai._core.router cimport Router
@@ -386,6 +386,22 @@ cdef class ProxyRequest(Exchange):
 
     # -- the same for Cython policies (isekai/_core/policy.pyx) -----------------------------------
 
+    cdef bytes get_header_joined(self, bytes lname):
+        """Every `lname` field's value, joined with ", " (a list-valued field sent as several
+        lines is one list), or None."""
+        cdef list parts = self.headers
+        cdef list values = None
+        cdef Py_ssize_t i
+        for i in range(0, len(parts) - 3, 4):
+            if same_name(<bytes>parts[i], lname):
+                if values is None:
+                    values = [parts[i + 2]]
+                else:
+                    values.append(parts[i + 2])
+        if values is None:
+            return None
+        return <bytes>values[0] if len(values) == 1 else b", ".join(values)
+
     cdef bytes get_header(self, bytes lname):
         cdef int kind = header_kind(lname)
         if kind == H_OTHER or kind == H_USER_AGENT:
@@ -483,6 +499,7 @@ cdef class ProxyRequest(Exchange):
         if self.cancelled or self.response_done or proto.transport is None:
             return
         self.ran = index
+        self.answered = True
         try:
             proto.send_error(self, 503, f"policy {policy.name} did not finish in time")
         except Exception as error:
@@ -525,6 +542,8 @@ cdef bytes _forwarded_client(ServerState state, bytes xff, bytes peer):
         if trusted.has_bytes(entry):
             found = entry
             continue
+        if b"%" in entry:  # an IPv6 zone is no client address
+            break
         try:
             ipaddress.ip_address(entry.decode("latin-1"))
         except ValueError:
@@ -973,11 +992,15 @@ cdef class DownstreamProtocol:
         cdef CoreRoute route
         req.started = True
         found = self.state.router.match(req.host or b"", req.method, req.path)
-        if found is None:
-            return self.send_error(req, 404, "no route matches this request")
-        route = found[0]
         cdef tuple lchain = self.listener.chain if self.listener is not None else NO_POLICIES
         cdef object preflight
+        if found is None:
+            if lchain:  # the listener's policies see every request on it, routed or not
+                req.no_route = 404
+                req.chain = lchain
+                return self.run_policies(req, 0)
+            return self.send_error(req, 404, "no route matches this request")
+        route = found[0]
         if route is None:
             # A CORS preflight asks about another method: route it by that one, so a policy
             # can answer it even on a route without OPTIONS; unanswered, it is still a 405.
@@ -993,6 +1016,11 @@ cdef class DownstreamProtocol:
                         found = preflight
                         route = found[0]
             if route is None:
+                if lchain:
+                    req.no_route = 405
+                    req.allow = found[1]
+                    req.chain = lchain
+                    return self.run_policies(req, 0)
                 return self.send_error(req, 405, "method not allowed on this route",
                                        b"allow: " + found[1] + b"\r\n")
         req.route = route
@@ -1044,7 +1072,9 @@ cdef class DownstreamProtocol:
         return self._proceed(req)
 
     cdef int _proceed(self, ProxyRequest req) except -1:
-        if req.preflight:
+        if req.no_route == 404:
+            return self.send_error(req, 404, "no route matches this request")
+        if req.preflight or req.no_route == 405:
             return self.send_error(req, 405, "method not allowed on this route",
                                    b"allow: " + req.allow + b"\r\n")
         if req.route.direct:
@@ -1052,6 +1082,7 @@ cdef class DownstreamProtocol:
         return self.proxy(req)
 
     cdef int _policy_failed(self, ProxyRequest req, CorePolicy policy, object exc) except -1:
+        req.answered = True  # it was reached: its on_complete still runs
         return self.internal_error(req, PolicyError(policy, exc), False)
 
     cdef bint _responds(self, ProxyRequest req):
@@ -1430,11 +1461,11 @@ cdef object _origin_form(ProxyRequest req, bytes url):
     else:
         return None
     slash = url.find(b"/", start)
-    if slash < 0:
-        req.host = url[start:]
-        return b"/"
-    req.host = url[start:slash]
-    return url[slash:]
+    authority = url[start:] if slash < 0 else url[start:slash]
+    if not valid_host(authority):  # it replaces Host: the same grammar (no userinfo, lists...)
+        return None
+    req.host = authority
+    return b"/" if slash < 0 else url[slash:]
 
 
 cdef bytes _rewrite(tuple template, dict params):

@@ -170,3 +170,35 @@ def test_policy_config_registered_family_raising_and_deadline(upstream, teapot):
         assert counts["routes.broken.policies[0]"]["errors"] == 1
         assert counts["routes.late.policies[0]"]["timeouts"] == 1
         assert counts["routes.tea.policies[0]"]["answers"] == 1
+
+
+def test_policy_config_listener_policies_cover_unrouted_requests(upstream):
+    text = (
+        config_text(upstream.port)
+        .replace("policies: [tag]}]", "policies: [tag, no_local]}]")
+        .replace(
+            "policies:\n", "policies:\n  no_local: {type: ip_filter, deny: [127.0.0.0/8]}\n", 1
+        )
+    )
+    with ThreadedWorker(text) as tw:
+        for path, method in ((b"/nowhere", b"GET"), (b"/api/x", b"GET"), (b"/plain/x", b"GET")):
+            raw = b"%s %s HTTP/1.1\r\nHost: h\r\n\r\n" % (method, path)
+            status, headers, body = request(tw.port, raw)
+            assert status == 403 and json_body(body)["policy"] == "ip_filter"
+    with ThreadedWorker(config_text(upstream.port)) as tw:
+        status, headers, _ = get(tw.port, b"/nowhere")
+        assert status == 404 and headers["x-served-by"] == "isekai"  # the listener's response phase
+
+
+def test_policy_config_absolute_form_authority_is_checked_like_host(upstream):
+    with ThreadedWorker(config_text(upstream.port)) as tw:
+        before = len(upstream.requests)
+        status, _, _ = request(
+            tw.port,
+            b"GET http://u:p@evil.example,other?/api/echo HTTP/1.1\r\nHost: good.example\r\n\r\n",
+        )
+        assert status == 400 and len(upstream.requests) == before
+        status, _, _ = request(
+            tw.port, b"GET http://front.example/api/echo HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        assert status == 200 and sent_headers(upstream)["host"] == "front.example"

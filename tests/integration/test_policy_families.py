@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from tests.support.client import request
+
 ORIGIN = "https://app.example.com"
 
 
@@ -379,3 +381,18 @@ def test_policy_families_fault_counters_survive_reloads(upstream):
         second = fault(tw)
         assert second is not first
         assert (second.requests_seen, second.aborted) == (1, 0)
+
+
+def test_policy_families_cors_preflight_headers_over_several_lines(setup):
+    # a list-valued field sent as two lines is one list: every name in it is checked
+    gw, up = setup
+    before = len(up.requests)
+    raw = (
+        b"OPTIONS /cors/items HTTP/1.1\r\nHost: t\r\nOrigin: " + ORIGIN.encode() + b"\r\n"
+        b"Access-Control-Request-Method: GET\r\n"
+        b"Access-Control-Request-Headers: x-token\r\n"
+        b"Access-Control-Request-Headers: x-other\r\n\r\n"
+    )
+    status, _, body = request(gw.port, raw, method="OPTIONS")
+    assert status == 403 and "header not allowed" in json.loads(body)["error"]
+    assert len(up.requests) == before

@@ -411,7 +411,15 @@ def test_pipeline_client_ip_after_trusted_proxies(upstream):
         get(tw.port, "/e/x", headers=b"X-Forwarded-For: 198.51.100.1, 203.0.113.9\r\n")
         get(tw.port, "/e/x", headers=b"X-Forwarded-For: 10.0.0.1\r\n")
         get(tw.port, "/e/x", headers=b"X-Forwarded-For: junk, 10.0.0.2\r\n")
-    assert seen == ["127.0.0.1", "203.0.113.7", "203.0.113.9", "10.0.0.1", "10.0.0.2"]
+        get(tw.port, "/e/x", headers=b"X-Forwarded-For: fe80::1%a;b=c x, 10.0.0.3\r\n")
+    assert seen == [
+        "127.0.0.1",
+        "203.0.113.7",
+        "203.0.113.9",
+        "10.0.0.1",
+        "10.0.0.2",
+        "10.0.0.3",
+    ]
 
 
 def test_pipeline_client_ip_ignores_forwarded_for_from_untrusted_peers(worker):
@@ -527,3 +535,29 @@ def test_pipeline_answer_fields_are_checked(worker, headers):
     status, got, body = get(worker.port, "/e/x")
     assert status == 500 and "x-injected" not in got
     assert policy_counts(worker, "p0")["errors"] == 1
+
+
+def test_pipeline_on_complete_runs_for_a_policy_that_raised_or_timed_out(worker):
+    class Fails:
+        def __init__(self, how):
+            self.how = how
+            self.completed = 0
+            self.deadline = 0.1
+
+        async def on_request(self, req):
+            if self.how == "raise":
+                raise RuntimeError("async policy bug")
+            await asyncio.sleep(5)
+
+        def on_complete(self, req):
+            self.completed += 1
+
+    for how, status in (("raise", 500), ("late", 503)):
+        log = []
+        fails = Fails(how)
+        attach(worker, b"/e/x", Recorder("a", log), fails)
+        assert get(worker.port, "/e/x")[0] == status
+        deadline = time.monotonic() + 5
+        while fails.completed == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fails.completed == 1 and ("complete", "a") in log

@@ -39,7 +39,10 @@ changes = st.lists(
                         ),
                         "upstream": st.sampled_from(["users", "app"]),
                     },
-                    optional={"timeout": st.sampled_from(["1s", "2s"])},
+                    optional={
+                        "timeout": st.sampled_from(["1s", "2s"]),
+                        "policies": st.sampled_from([["p"], ["p", "q"], []]),
+                    },
                 ),
             ),
         ),
@@ -51,6 +54,21 @@ changes = st.lists(
                 st.fixed_dictionaries(
                     {"targets": st.sampled_from([["127.0.0.1:9002"], ["127.0.0.1:9003"]])},
                     optional={"read_timeout": st.sampled_from(["3s", "4s"])},
+                ),
+            ),
+        ),
+        st.tuples(
+            st.just("policy"),
+            st.sampled_from(["p", "q"]),
+            st.one_of(
+                st.none(),
+                st.fixed_dictionaries(
+                    {
+                        "type": st.just("headers"),
+                        "request": st.fixed_dictionaries(
+                            {"set": st.sampled_from([{"X-A": "1"}, {"X-A": "2"}])}
+                        ),
+                    }
                 ),
             ),
         ),
@@ -72,13 +90,14 @@ def _answers(snapshot):
             cores = [c for c in snapshot.cores.values() if c is core]
             name = next(n for n, c in snapshot.cores.items() if c is core)
             pools = sorted((p.host, p.port) for p in core.cluster.pools)
-            seen.append((name, pools, core.read_timeout, len(cores)))
+            chain = [(p.name, p.type_name, repr(p.request_edits.set_)) for p in core.chain]
+            seen.append((name, pools, core.read_timeout, len(cores), chain))
     return seen
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=changes)
-def test_gateway_update_snapshot_answers_like_a_fresh_build(ops):
+@given(ops=changes, batch=st.sampled_from([1, 2, 3]))
+def test_gateway_update_snapshot_answers_like_a_fresh_build(ops, batch):
     loop = asyncio.new_event_loop()
     try:
         base = validate_dynamic(FILE, "gw.yaml")
@@ -86,6 +105,7 @@ def test_gateway_update_snapshot_answers_like_a_fresh_build(ops):
         live_registry, fresh_registry = ClusterRegistry(loop), ClusterRegistry(loop)
         counters = Counters()
         snapshot = build_snapshot(base, live_registry, counters)
+        pending = []  # changes applied to the snapshot `batch` at a time, as a store sync does
         for version, (kind, name, doc) in enumerate(ops, start=2):
             payload = {**doc, "name": name} if kind == "route" and doc is not None else doc
             try:
@@ -93,7 +113,11 @@ def test_gateway_update_snapshot_answers_like_a_fresh_build(ops):
             except ConfigError:
                 continue
             config = index.commit([change])
-            snapshot = update_snapshot(snapshot, config, [change], live_registry, counters, version)
+            pending.append(change)
+            if len(pending) < batch:
+                continue
+            snapshot = update_snapshot(snapshot, config, pending, live_registry, counters, version)
+            pending = []
             fresh = build_snapshot(config, fresh_registry, Counters(), version)
             assert _answers(snapshot) == _answers(fresh)
             assert set(snapshot.cores) == {route.name for route in config.routes}
