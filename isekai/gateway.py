@@ -163,8 +163,8 @@ def update_snapshot(
             if cluster is None:
                 continue  # unused: validated
             for route in config.routes:  # point the routes that use it at the new cluster
-                if route.upstream == change.name:
-                    core = cores[route.name]
+                core = cores.get(route.name)  # (one not built yet is, by its own change)
+                if core is not None and route.upstream == change.name:
                     core.cluster = cluster
                     core.read_timeout = (
                         route.timeout if route.timeout is not None else change.item.read_timeout

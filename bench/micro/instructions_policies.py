@@ -47,7 +47,7 @@ def drive(port: int, path: str, count: int, expect_len: int) -> int:
 
 
 def measure(n1: int, n2: int) -> list[dict]:
-    plain_conf = T.isekai_conf
+    plain_conf, plain_drive = T.isekai_conf, instructions.drive
     instructions.drive = drive
     rows = []
     for label, conf in (
@@ -64,6 +64,7 @@ def measure(n1: int, n2: int) -> list[dict]:
             T.isekai_conf = plain_conf
         row["target"] = label
         rows.append(row)
+    instructions.drive = plain_drive
     return rows
 
 

@@ -5,8 +5,11 @@
 
 router        Router.match ns/op on 10 and 10,000 routes (bench_router.py)
 parse         DownstreamProtocol: head parse + route + direct response, ns/request (bench_parse.py)
-instructions  callgrind instructions per proxied request: direct, nginx, HAProxy, Isekai
-              (instructions.py; needs valgrind)
+ip set        IpSet lookups, 10 and 10,000 networks, ns/lookup (bench_iptrie.py)
+policies      the same request as parse with each hot policy family on the route (bench_families.py)
+instructions  callgrind instructions per proxied request: direct, nginx, HAProxy, Isekai, and
+              Isekai with the small_get_policies chain (instructions.py,
+              instructions_policies.py; need valgrind)
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent.parent), str(HERE)]  # the repo's isekai, then the bench modules
 
+import bench_families  # noqa: E402
+import bench_iptrie  # noqa: E402
 import bench_parse  # noqa: E402
 import bench_router  # noqa: E402
 
@@ -40,6 +45,15 @@ def main(argv=None) -> int:
     for case, ns in bench_parse.results():
         rows.append(("head parse + direct response", case, f"{ns:,.0f} ns"))
 
+    print("ip set ...", flush=True)
+    for size, case, ns in bench_iptrie.results():
+        if "C loop" in case:
+            rows.append(("IpSet lookup", f"{size}: {case}", f"{ns:,.0f} ns"))
+
+    print("policies ...", flush=True)
+    for case, ns in bench_families.results():
+        rows.append(("head parse + policies + direct response", case, f"{ns:,.0f} ns"))
+
     if not args.no_callgrind:
         import instructions
 
@@ -52,6 +66,10 @@ def main(argv=None) -> int:
                     f"{r['instructions_per_request']:,}",
                 )
             )
+        import instructions_policies
+
+        for r in instructions_policies.measure(args.n1, args.n2):  # with an Origin, as a browser
+            rows.append(("instructions/request", r["target"], f"{r['instructions_per_request']:,}"))
 
     print(f"\nmicro-benchmarks ({time.monotonic() - started:.0f} s)\n")
     print("| benchmark | case | per op |")

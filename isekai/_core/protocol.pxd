@@ -188,6 +188,7 @@ cdef class DownstreamProtocol:
     cdef int _policy_failed(self, ProxyRequest req, CorePolicy policy, object exc) except -1
     cdef bint _responds(self, ProxyRequest req)
     cdef int response_phase(self, ProxyRequest req, ResponseHead head) except -1
+    cdef list edited(self, ProxyRequest req, int* status, list parts)
     cdef int _send_parts(self, ProxyRequest req, int status, list parts, bytes body) except -1
     cdef int complete_phase(self, ProxyRequest req) except -1
     cdef int check_timeouts(self, double now) except -1

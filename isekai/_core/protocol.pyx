@@ -237,20 +237,11 @@ cdef class ProxyRequest(Exchange):
         # The upstream protocol already sorted the fields into ready-to-join parts; take them.
         cdef list out = conn.headers
         conn.headers = None
-        cdef ResponseHead head
         if conn.conn_tokens:
             out = _drop_listed(out, conn.conn_tokens)
         if self.chain is not None and status != 101 and proto._responds(self):
             # response policies edit status and fields; the body is the upstream's, as framed
-            head = proto.state.head
-            head.status = status
-            head.parts = out
-            try:
-                proto.response_phase(self, head)
-            finally:
-                out = head.parts
-                head.parts = None
-            status = head.status
+            out = proto.edited(self, &status, out)
         out.insert(0, status_line(status))
         if status == 101:
             if not self.wants_upgrade or conn.upgrade is None:
@@ -1195,16 +1186,22 @@ cdef class DownstreamProtocol:
 
     cdef int _send_parts(self, ProxyRequest req, int status, list parts, bytes body) except -1:
         """A response the gateway made, through the response policies first."""
+        parts = self.edited(req, &status, parts)
+        parts.insert(0, status_line(status))
+        return self._send_made(req, status, join_bytes(parts), body)
+
+    cdef list edited(self, ProxyRequest req, int* status, list parts):
+        """`parts` (and `status`) after the response phase, on the worker's one `ResponseHead`."""
         cdef ResponseHead head = self.state.head
-        head.status = status
+        head.status = status[0]
         head.parts = parts
         try:
             self.response_phase(req, head)
         finally:
             parts = head.parts
             head.parts = None
-        parts.insert(0, status_line(head.status))
-        return self._send_made(req, head.status, join_bytes(parts), body)
+        status[0] = head.status
+        return parts
 
     cdef int _send_made(self, ProxyRequest req, int status, bytes head, bytes body) except -1:
         """A response the gateway made (direct route, policy answer): `head` is its status line

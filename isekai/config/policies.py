@@ -87,24 +87,7 @@ class PolicySpec:
 
 # -- headers --------------------------------------------------------------------------------------
 
-REQUEST_MANAGED_HEADERS = frozenset(
-    {
-        "host",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-        "expect",
-        "x-request-id",
-        "x-forwarded-for",
-        "x-forwarded-host",
-        "x-forwarded-proto",
-    }
-)
+# what the gateway writes itself (the runtime refuses the same: `_core` editable fields)
 RESPONSE_MANAGED_HEADERS = frozenset(
     {
         "content-length",
@@ -118,6 +101,13 @@ RESPONSE_MANAGED_HEADERS = frozenset(
         "x-request-id",
     }
 )
+REQUEST_MANAGED_HEADERS = RESPONSE_MANAGED_HEADERS | {
+    "host",
+    "expect",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+}
 _TEMPLATE_DOC = (
     "Values may hold `${client_ip}`, `${request_id}`, `${route}` and `${param.NAME}` (a path "
     "parameter), filled in per request."
