@@ -1,5 +1,5 @@
-"""Routes, upstreams and policies as API resources: what ``routes.py``, ``upstreams.py`` and
-``policies.py`` share.
+"""Routes, upstreams and policies as API resources: ``/api/routes``, ``/api/upstreams`` and
+``/api/policies`` are the same six handlers (`handlers`) over a `Kind`.
 
 Items come from two sources. ``file`` items are in the YAML file: listed, readable, never
 changed through the API (409). ``api`` items are stored (``isekai.store``) with a version that
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,9 @@ __all__ = [
     "POLICY",
     "ROUTE",
     "UPSTREAM",
+    "Handlers",
     "Kind",
+    "handlers",
     "merge_patch",
     "parse_if_match",
 ]
@@ -414,3 +417,39 @@ async def delete_item(request: web.Request, kind: Kind) -> web.Response:
             ) from None
         await _commit(ctx, change, None, f"{kind.name} {name!r} deleted")
     return ok(message=f"{kind.name} {name!r} deleted")
+
+
+@dataclass(frozen=True, slots=True)
+class Handlers:
+    """The request handlers of one kind's endpoints (``/api/<plural>[/{id}]``)."""
+
+    list_all: Callable[[web.Request], Awaitable[web.Response]]
+    get: Callable[[web.Request], Awaitable[web.Response]]
+    create: Callable[[web.Request], Awaitable[web.Response]]
+    replace: Callable[[web.Request], Awaitable[web.Response]]
+    patch: Callable[[web.Request], Awaitable[web.Response]]
+    delete: Callable[[web.Request], Awaitable[web.Response]]
+
+
+def handlers(kind: Kind) -> Handlers:
+    """List, read, create, replace, merge-patch and delete items of ``kind``."""
+
+    async def list_all(request: web.Request) -> web.Response:
+        return await list_items(request, kind)
+
+    async def get(request: web.Request) -> web.Response:
+        return await get_item(request, kind)
+
+    async def create(request: web.Request) -> web.Response:
+        return await create_item(request, kind)
+
+    async def replace(request: web.Request) -> web.Response:
+        return await replace_item(request, kind)
+
+    async def patch(request: web.Request) -> web.Response:
+        return await patch_item(request, kind)
+
+    async def delete(request: web.Request) -> web.Response:
+        return await delete_item(request, kind)
+
+    return Handlers(list_all, get, create, replace, patch, delete)

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from isekai.admin import auth, logs, policies, routes, schemas, status, upstreams
+from isekai.admin import auth, items, logs, schemas, status
 from isekai.admin.auth import Permission
 from isekai.admin.http import MERGE_PATCH_TYPE, dumps
 from isekai.admin.items import IF_MATCH_PATTERN
@@ -126,7 +126,7 @@ def _item_links(kind: str) -> dict[str, Any]:
 
 
 def _item_operations(
-    kind: str, module: Any, data: dict[str, Any], plural: str | None = None
+    kind: str, module: items.Handlers, data: dict[str, Any], plural: str | None = None
 ) -> list[Operation]:
     title = kind.capitalize()
     plural = plural or f"{kind}s"
@@ -276,9 +276,9 @@ OPERATIONS: list[Operation] = [
         data={"type": "object"},
         errors=_READ,
     ),
-    *_item_operations("route", routes, _ROUTE_DATA),
-    *_item_operations("upstream", upstreams, _UPSTREAM_DATA),
-    *_item_operations("policy", policies, _POLICY_DATA, "policies"),
+    *_item_operations("route", items.handlers(items.ROUTE), _ROUTE_DATA),
+    *_item_operations("upstream", items.handlers(items.UPSTREAM), _UPSTREAM_DATA),
+    *_item_operations("policy", items.handlers(items.POLICY), _POLICY_DATA, "policies"),
     Operation(
         "POST",
         "/api/users",
