@@ -212,8 +212,8 @@ cdef bytes gateway_response(bytes head, bytes body, bytes request_id, bint close
                             bint bodyless=False):
     """The one serialiser of responses the gateway makes (errors, direct routes, policy
     answers): ``head`` from `response_head`, then content-length, x-request-id, connection and
-    the body (none for HEAD, which still says how long it would be). A `bodyless` status
-    (`status_has_no_body`) gets neither a body nor a length."""
+    the body (none for HEAD, which still says how long it would be). A `bodyless` answer
+    (204, 304) gets neither a body nor a length."""
     if bodyless:
         return join_bytes([
             head,

@@ -505,7 +505,7 @@ cdef int _check_answer(object answer) except -1:
         raise ValueError(f"a policy answers with a final status (200-599), not {status}")
     if not isinstance(answer.body, bytes):
         raise TypeError(f"a policy answer's body must be bytes, not {type(answer.body).__name__}")
-    if not isinstance(answer, Answer):
+    if type(answer) is not Answer:  # a subclass may present other fields than it was made with
         check_answer_headers(answer.headers)
     return 0
 
@@ -1208,7 +1208,10 @@ cdef class DownstreamProtocol:
         and fields, without framing."""
         req.status = status
         self._count_request()
-        cdef bint bodyless = status_has_no_body(status)
+        # 204 and 304 carry neither content nor a length; 205 has no content: length 0
+        cdef bint bodyless = status == 204 or status == 304
+        if status_has_no_body(status):
+            body = b""
         self.transport.write(gateway_response(head, body, req.request_id,
                                               self._closing_after(req), req.is_head, bodyless))
         req.bytes_out = 0 if bodyless else len(body)
@@ -1449,7 +1452,7 @@ cdef tuple _log_record(DownstreamProtocol proto, ProxyRequest req, double latenc
 
 cdef object _origin_form(ProxyRequest req, bytes url):
     """Absolute-form targets (RFC 9112 §3.2.2): the authority replaces Host."""
-    cdef Py_ssize_t start, slash
+    cdef Py_ssize_t start, end, query
     lower = url[:8].lower()
     if lower.startswith(b"http://"):
         start = 7
@@ -1457,12 +1460,20 @@ cdef object _origin_form(ProxyRequest req, bytes url):
         start = 8
     else:
         return None
-    slash = url.find(b"/", start)
-    authority = url[start:] if slash < 0 else url[start:slash]
-    if not valid_host(authority):  # it replaces Host: the same grammar (no userinfo, lists...)
+    # the authority ends at the path or the query (RFC 3986 §3.2)
+    end = url.find(b"/", start)
+    query = url.find(b"?", start)
+    if end < 0 or 0 <= query < end:
+        end = query
+    authority = url[start:] if end < 0 else url[start:end]
+    # it replaces Host: the same grammar (no userinfo, lists...), and an http URI has a host
+    # (RFC 9110 §4.2.1)
+    if not authority or not valid_host(authority):
         return None
     req.host = authority
-    return b"/" if slash < 0 else url[slash:]
+    if end < 0:
+        return b"/"
+    return url[end:] if url[end] == 47 else b"/" + url[end:]  # 47: "/"
 
 
 cdef bytes _rewrite(tuple template, dict params):

@@ -44,6 +44,8 @@ cdef class UpstreamProtocol:
     cdef bint connected
     cdef bint closed
     cdef bint parser_dirty
+    cdef bint head_done      # a HEAD response's head arrived: complete after this read
+    cdef bint stray          # bytes followed it in the same read
     cdef bint head_received
     cdef bint interim
     cdef bint eof_body
@@ -72,6 +74,7 @@ cdef class UpstreamProtocol:
     cdef int _crash(self, Exchange ex, object exc) except -1
     cdef int _write_paused(self, bint paused) except -1
     cdef int _complete(self) except -1
+    cdef bint _head_then_garbage(self, Exchange ex) except -1
 
 
 cdef class Pool:

@@ -141,6 +141,13 @@ cdef class UpstreamProtocol:
             self.deadline = monotonic() + ex.read_timeout
             try:
                 self.parser.feed_data(data)
+                if self.head_done:
+                    # A HEAD response ends with its head; anything after it in this read is
+                    # bytes nobody asked for: the connection cannot be trusted again.
+                    self.head_done = False
+                    if self.stray:
+                        self.keep_alive = False
+                    self._complete()
                 ex.flush()
             except httptools.HttpParserUpgrade as exc:
                 # A 101: what follows the head already belongs to the tunnel.
@@ -152,15 +159,30 @@ cdef class UpstreamProtocol:
                     self._fail(FAIL_PROTOCOL, "upstream switched protocols unasked")
             except httptools.HttpParserCallbackError as exc:
                 # A callback raised: the upstream broke a rule, or our own code failed.
+                if self._head_then_garbage(ex):
+                    return
                 cause = exc.__context__
                 if cause is None or isinstance(cause, RemoteProtocolError):
                     self._fail(FAIL_PROTOCOL, "malformed upstream response")
                 else:
                     self._crash(ex, cause)
             except httptools.HttpParserError:
+                if self._head_then_garbage(ex):
+                    return
                 self._fail(FAIL_PROTOCOL, "malformed upstream response")
         except Exception as error:
             self._crash(ex, error)
+
+    cdef bint _head_then_garbage(self, Exchange ex) except -1:
+        """A HEAD response was whole when what followed it broke the parser: answer it and
+        close the connection."""
+        if not self.head_done:
+            return False
+        self.head_done = False
+        self.keep_alive = False
+        self._complete()
+        ex.flush()
+        return True
 
     def eof_received(self):
         return False
@@ -185,6 +207,9 @@ cdef class UpstreamProtocol:
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_message_begin(self):
+        if self.head_done:
+            self.stray = True
+            return
         if self.exchange is None:
             # A response nobody asked for (several in one read, or after completion).
             raise RemoteProtocolError("unsolicited upstream response", 502)
@@ -200,8 +225,11 @@ cdef class UpstreamProtocol:
     def on_header(self, bytes name, bytes value):
         # Fields are sorted as they arrive: what the client may see goes straight into
         # `headers` as ready-to-join parts; framing and hop-by-hop fields are only noted.
-        cdef int kind = header_kind(name)
+        cdef int kind
         cdef list out = self.headers
+        if self.head_done:
+            return
+        kind = header_kind(name)
         if kind == H_OTHER or not kind_is_hop_by_hop(kind):
             if kind == H_CONTENT_LENGTH:
                 self.lengths += 1
@@ -227,6 +255,8 @@ cdef class UpstreamProtocol:
         cdef int status = self.parser.get_status_code()
         cdef Exchange ex = self.exchange
         cdef bytes codings
+        if self.head_done:
+            return
         self.status = status
         if 100 <= status < 200 and status != 101:
             self.interim = True
@@ -252,15 +282,22 @@ cdef class UpstreamProtocol:
             self.keep_alive = False
         ex.response_head(self)
         if no_body and ex.is_head and self.exchange is ex:
-            # The parser would wait for a body that never comes.
+            # The parser would wait for a body that never comes: it is replaced before the
+            # next exchange, and this one completes once the read is parsed (`data_received`),
+            # so bytes after the head in the same read never reach another exchange.
             self.parser_dirty = True
-            self._complete()
+            self.head_done = True
+            self.stray = False
 
     def on_body(self, bytes body):
-        if self.exchange is not None:
+        if self.head_done:
+            self.stray = True
+        elif self.exchange is not None:
             self.exchange.response_body(body)
 
     def on_message_complete(self):
+        if self.head_done:
+            return
         if self.interim:
             self.interim = False
             return
@@ -277,6 +314,7 @@ cdef class UpstreamProtocol:
 
     cdef int attach(self, Exchange exchange) except -1:
         self.exchange = exchange
+        self.head_done = False
         self.head_received = False
         self.interim = False
         self.eof_body = False

@@ -191,7 +191,10 @@ def test_policy_config_listener_policies_cover_unrouted_requests(upstream):
 
 
 def test_policy_config_absolute_form_authority_is_checked_like_host(upstream):
-    with ThreadedWorker(config_text(upstream.port)) as tw:
+    root = '  - {name: root, match: {path: "/"}, respond: {body: root}}'
+    with ThreadedWorker(config_text(upstream.port, root)) as tw:
+        status, _, body = request(tw.port, b"GET http://x.example?q=1 HTTP/1.1\r\nHost: y\r\n\r\n")
+        assert (status, body) == (200, b"root")
         before = len(upstream.requests)
         status, _, _ = request(
             tw.port,
@@ -202,3 +205,10 @@ def test_policy_config_absolute_form_authority_is_checked_like_host(upstream):
             tw.port, b"GET http://front.example/api/echo HTTP/1.1\r\nHost: x\r\n\r\n"
         )
         assert status == 200 and sent_headers(upstream)["host"] == "front.example"
+        # an empty authority is refused; one that ends at the query is a host and path "/"
+        status, _, _ = request(tw.port, b"GET http:///api/echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == 400
+        status, _, _ = request(
+            tw.port, b"GET http://[::1]:8080/api/echo HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        assert status == 200 and sent_headers(upstream)["host"] == "[::1]:8080"
