@@ -212,3 +212,14 @@ def test_policy_config_absolute_form_authority_is_checked_like_host(upstream):
             tw.port, b"GET http://[::1]:8080/api/echo HTTP/1.1\r\nHost: x\r\n\r\n"
         )
         assert status == 200 and sent_headers(upstream)["host"] == "[::1]:8080"
+
+
+def test_policy_config_reload_changes_listener_policies(upstream):
+    with ThreadedWorker(config_text(upstream.port)) as tw:
+        assert get(tw.port, b"/plain/echo")[1]["x-served-by"] == "isekai"
+        changed = config_text(upstream.port).replace("policies: [tag]}]", "policies: []}]")
+        tw.call(tw.worker.swap, load_config_text(changed))
+        status, headers, _ = get(tw.port, b"/plain/echo")
+        assert status == 200 and "x-served-by" not in headers
+        # the instance no chain holds any more was dropped
+        assert "tag" not in tw.call(tw.worker.policies.instances)
