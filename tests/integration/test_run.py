@@ -58,6 +58,7 @@ def test_run_default_config_answers(tmp_path):
         c.request("GET", "/")
         resp = c.getresponse()
         assert resp.status == 200
+        assert resp.getheader("x-served-by") == "isekai"  # the listener's policy
         assert json.loads(resp.read())["success"] is True
         c.request("GET", "/ping")
         assert c.getresponse().read() == b"pong"

@@ -345,7 +345,10 @@ def test_loader_default_yaml_loads():
     resource = importlib.resources.files("isekai").joinpath("default.yaml")
     with importlib.resources.as_file(resource) as path:
         config = load_config(path)
-    assert config.listeners == (Listener("public", "0.0.0.0:8080", "0.0.0.0", 8080),)
+    assert config.listeners == (
+        Listener("public", "0.0.0.0:8080", "0.0.0.0", 8080, policies=("served_by",)),
+    )
+    assert config.policies["served_by"].type == "headers"
     welcome, ping = config.routes
     assert welcome.name == "welcome" and welcome.match == RouteMatch(path="/")
     assert json.loads(welcome.respond.body) == {
@@ -362,7 +365,8 @@ def test_loader_default_yaml_example_loads_when_uncommented(tmp_path):
     lines = []
     for line in resource.read_text().splitlines():
         if line.startswith("  # ") and line[4:].lstrip().startswith(
-            ("-", "match", "path", "methods", "upstream", "strip_prefix", "timeout")
+            ("-", "match", "path", "methods", "upstream", "strip_prefix", "timeout", "policies")
+            + ("web_cors", "type", "origins", "credentials")
         ):
             line = "  " + line[4:]
         elif line.startswith("# upstreams") or line.startswith("#   "):
@@ -379,6 +383,7 @@ def test_loader_default_yaml_example_loads_when_uncommented(tmp_path):
         10.0,
     )
     assert config.upstreams["httpbin"].targets == (Target("127.0.0.1", 9000),)
+    assert api.policies == ("web_cors",) and config.policies["web_cors"].type == "cors"
 
 
 def test_loader_reads_files_and_names_them_in_errors(tmp_path):
