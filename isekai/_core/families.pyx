@@ -24,7 +24,6 @@ ip_filter  `IpSet` lookups of the client address (after trusted proxies): deny w
          allow list, an address not in it is refused. An unparseable address is in no set.
 """
 
-import json
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_AsUTF8String
@@ -84,9 +83,7 @@ cdef inline bytes _b(object text):
 
 
 cdef Answer json_answer(int status, str message, str family, tuple extra=()):
-    body = json.dumps({"success": False, "error": message, "policy": family},
-                      separators=(",", ":")).encode()
-    return Answer(status, JSON_TYPE + extra, body)
+    return Answer.error(status, message, family, extra)
 
 
 # -- headers -------------------------------------------------------------------------------------

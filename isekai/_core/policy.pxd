@@ -7,6 +7,7 @@ cdef class Answer:
     cdef readonly int status
     cdef readonly tuple headers      # ((name, value), ...), str or bytes each
     cdef readonly bytes body
+    cdef readonly Py_ssize_t request_id_at  # where the request id goes in `body`, or -1
 
 
 cdef class ResponseHead:

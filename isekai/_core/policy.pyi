@@ -8,6 +8,16 @@ class Answer:
     status: int
     headers: tuple[tuple[str | bytes, str | bytes], ...]
     body: bytes
+    request_id_at: int
+    @staticmethod
+    def error(
+        status: int,
+        message: str,
+        policy: str,
+        headers: tuple[tuple[str | bytes, str | bytes], ...] = ...,
+    ) -> Answer:
+        """A JSON refusal in the gateway's error envelope; the request id is filled in when
+        it is sent."""
     def __init__(
         self,
         status: int,

@@ -26,6 +26,7 @@ from isekai._core.http cimport (
 )
 
 import inspect
+import json
 
 
 cdef bint same_name(bytes name, bytes lower) noexcept:
@@ -197,6 +198,20 @@ cdef class Answer:
         self.status = status
         self.headers = headers
         self.body = body
+        self.request_id_at = -1
+
+    @staticmethod
+    def error(int status, str message, str policy, tuple headers=()):
+        """A refusal in the gateway's JSON error envelope, made once: ``{"success": false,
+        "error": message, "policy": policy, "request_id": ...}``, the request id filled in
+        per request when it is sent."""
+        body = json.dumps(
+            {"success": False, "error": message, "policy": policy, "request_id": ""},
+            separators=(",", ":"),
+        ).encode()
+        answer = Answer(status, ((b"content-type", b"application/json"),) + headers, body)
+        answer.request_id_at = len(body) - 2  # between the quotes of the last value
+        return answer
 
     def __repr__(self):
         return f"Answer({self.status}, {self.headers!r}, {self.body!r})"

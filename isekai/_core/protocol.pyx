@@ -31,6 +31,7 @@ Every response the gateway writes itself (errors, direct routes, policy answers)
 """
 
 import ipaddress
+import json
 import logging
 from collections import deque
 from urllib.parse import quote
@@ -508,6 +509,13 @@ cdef int _check_answer(object answer) except -1:
     if type(answer) is not Answer:  # a subclass may present other fields than it was made with
         check_answer_headers(answer.headers)
     return 0
+
+
+cdef bytes _json_text(bytes value):
+    """`value` as the inside of a JSON string (a client's X-Request-ID may hold quotes)."""
+    if b'"' in value or b"\\" in value:
+        return json.dumps(value.decode("latin-1"))[1:-1].encode()
+    return value
 
 
 cdef inline bytes _as_bytes(object value):
@@ -1180,6 +1188,10 @@ cdef class DownstreamProtocol:
     cdef int _send_policy_response(self, ProxyRequest req, answer) except -1:
         cdef int status = answer.status
         cdef bytes body = answer.body
+        cdef Py_ssize_t at
+        if type(answer) is Answer and (<Answer>answer).request_id_at >= 0:
+            at = (<Answer>answer).request_id_at
+            body = body[:at] + _json_text(req.request_id) + body[at:]
         if self._responds(req):
             return self._send_parts(req, status, header_parts(answer.headers), body)
         return self._send_made(req, status, response_head(status, answer.headers), body)

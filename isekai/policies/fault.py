@@ -9,7 +9,6 @@ config is unchanged: ``requests_seen``, ``delayed``, ``aborted``.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections.abc import Callable
 from typing import Any
@@ -23,10 +22,7 @@ def sampled(percent: float, draw: Callable[[], float]) -> bool:
 
 
 def abort_answer(status: int) -> Answer:
-    body = json.dumps(
-        {"success": False, "error": "fault injected", "policy": "fault"}, separators=(",", ":")
-    ).encode()
-    return Answer(status, (("content-type", "application/json"),), body)
+    return Answer.error(status, "fault injected", "fault")
 
 
 class FaultAbort:

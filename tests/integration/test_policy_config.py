@@ -223,3 +223,13 @@ def test_policy_config_reload_changes_listener_policies(upstream):
         assert status == 200 and "x-served-by" not in headers
         # the instance no chain holds any more was dropped
         assert "tag" not in tw.call(tw.worker.policies.instances)
+
+
+def test_policy_config_refusals_carry_the_request_id_like_every_gateway_error(upstream):
+    with ThreadedWorker(config_text(upstream.port)) as tw:
+        status, headers, body = get(tw.port, b"/api/echo", b"X-Chaos: 1\r\n")
+        assert status == 503
+        assert json_body(body)["request_id"] == headers["x-request-id"]
+        quoted = b'X-Chaos: 1\r\nX-Request-ID: a"b\\c\r\n'
+        status, headers, body = get(tw.port, b"/api/echo", quoted)
+        assert status == 503 and json_body(body)["request_id"] == 'a"b\\c'

@@ -41,7 +41,12 @@ def test_fault_abort_only_is_sync_and_counts():
     answer = policy.on_request(Req())
     assert answer.status == 503
     body = json.loads(answer.body)
-    assert body == {"success": False, "error": "fault injected", "policy": "fault"}
+    assert body == {
+        "success": False,
+        "error": "fault injected",
+        "policy": "fault",
+        "request_id": "",  # filled in per request when it is sent
+    }
     assert policy.on_request(Req()) is answer  # prebuilt
     assert (policy.requests_seen, policy.aborted, policy.delayed) == (2, 2, 0)
 

@@ -50,7 +50,9 @@ def test_ip_filter_answer_is_prebuilt_json_403():
         "success": False,
         "error": "client address not allowed",
         "policy": "ip_filter",
+        "request_id": "",  # filled in per request when it is sent
     }
+    assert answer.request_id_at == len(answer.body) - 2
     assert ("content-type", "application/json") in [
         (n.decode(), v.decode()) for n, v in answer.headers
     ]
