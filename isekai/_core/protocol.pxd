@@ -110,9 +110,9 @@ cdef class ProxyRequest(Exchange):
     cdef tuple chain
     cdef Py_ssize_t ran
     cdef bint answered
-    cdef bint preflight            # an OPTIONS preflight routed by its requested method
-    cdef bytes allow               # the path's methods, for a preflight no policy answers
-    cdef int no_route              # 404/405 held while the listener's policies run
+    cdef bytes allow               # the path's methods, for a held 405
+    cdef int no_route              # 404/405 held while policies run (a listener's, or a
+                                   # preflight's routed by its requested method)
     cdef bint no_response_phase    # a response policy failed: the 500 goes out without them
     cdef object _ctx
     cdef public object task        # the slow-path Task while an async policy runs
@@ -175,8 +175,8 @@ cdef class DownstreamProtocol:
     cdef int resume(self, int reason) except -1
     cdef int close(self) except -1
     cdef int abort(self) except -1
-    cdef int _log_internal(self, ProxyRequest req, object exc, str policy=*) except -1
-    cdef int internal_error(self, ProxyRequest req, object exc, bint close, str policy=*) except -1
+    cdef int _log_internal(self, ProxyRequest req, object exc) except -1
+    cdef int internal_error(self, ProxyRequest req, object exc, bint close) except -1
     cdef int _fail_parse(self, int status, str message) except -1
     cdef int _send_policy_response(self, ProxyRequest req, answer) except -1
     cdef void _count_request(self)
@@ -185,6 +185,7 @@ cdef class DownstreamProtocol:
     cdef int start_tunnel(self, ProxyRequest req, UpstreamProtocol conn) except -1
     cdef int run_policies(self, ProxyRequest req, Py_ssize_t i) except -1
     cdef int _proceed(self, ProxyRequest req) except -1
+    cdef int _not_allowed(self, ProxyRequest req, bytes allow) except -1
     cdef int _policy_failed(self, ProxyRequest req, CorePolicy policy, object exc) except -1
     cdef bint _responds(self, ProxyRequest req)
     cdef int response_phase(self, ProxyRequest req, ResponseHead head) except -1

@@ -1010,7 +1010,7 @@ cdef class DownstreamProtocol:
                                                         req.path)
                     if (preflight is not None and preflight[0] is not None
                             and (lchain or (<CoreRoute>preflight[0]).chain)):
-                        req.preflight = True
+                        req.no_route = 405  # unless a policy answers it
                         req.allow = found[1]
                         found = preflight
                         route = found[0]
@@ -1020,8 +1020,7 @@ cdef class DownstreamProtocol:
                     req.allow = found[1]
                     req.chain = lchain
                     return self.run_policies(req, 0)
-                return self.send_error(req, 405, "method not allowed on this route",
-                                       b"allow: " + found[1] + b"\r\n")
+                return self._not_allowed(req, found[1])
         req.route = route
         req.params = found[1]
         req.read_timeout = route.read_timeout
@@ -1073,12 +1072,15 @@ cdef class DownstreamProtocol:
     cdef int _proceed(self, ProxyRequest req) except -1:
         if req.no_route == 404:
             return self.send_error(req, 404, "no route matches this request")
-        if req.preflight or req.no_route == 405:
-            return self.send_error(req, 405, "method not allowed on this route",
-                                   b"allow: " + req.allow + b"\r\n")
+        if req.no_route == 405:
+            return self._not_allowed(req, req.allow)
         if req.route.direct:
             return self.send_direct(req)
         return self.proxy(req)
+
+    cdef int _not_allowed(self, ProxyRequest req, bytes allow) except -1:
+        return self.send_error(req, 405, "method not allowed on this route",
+                               b"allow: " + allow + b"\r\n")
 
     cdef int _policy_failed(self, ProxyRequest req, CorePolicy policy, object exc) except -1:
         req.answered = True  # it was reached: its on_complete still runs
@@ -1404,10 +1406,11 @@ cdef class DownstreamProtocol:
             self.transport.abort()
         return 0
 
-    cdef int _log_internal(self, ProxyRequest req, object exc, str policy=None) except -1:
-        """Log `exc` once, with the request id, route (and policy), and count it on the route's
-        slot (and the policy's)."""
+    cdef int _log_internal(self, ProxyRequest req, object exc) except -1:
+        """Log `exc` once, with the request id, route (and policy, for a `PolicyError`), and
+        count it on the route's slot (and the policy's)."""
         cdef CoreRoute route = req.route if req is not None else None
+        cdef str policy = None
         if isinstance(exc, PolicyError):
             policy = exc.policy.name
             self.state.counters.policy_error((<CorePolicy>exc.policy).slot)
@@ -1419,13 +1422,12 @@ cdef class DownstreamProtocol:
                   f", policy {policy}" if policy is not None else "", exc, exc_info=exc)
         return 0
 
-    cdef int internal_error(self, ProxyRequest req, object exc, bint close,
-                            str policy=None) except -1:
+    cdef int internal_error(self, ProxyRequest req, object exc, bint close) except -1:
         """Our own code or a policy raised while serving `req`: log and count it, then answer
         500 if the client has seen nothing of the response, else abort the connection. With
         `close` the connection ends after the answer (its state is not to be trusted)."""
         cdef UpstreamProtocol conn
-        self._log_internal(req, exc, policy)
+        self._log_internal(req, exc)
         try:
             if req is None or self.transport is None or not req.can_answer():
                 self.abort()
