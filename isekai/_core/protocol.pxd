@@ -117,6 +117,10 @@ cdef class ProxyRequest(Exchange):
     cdef object _ctx
     cdef public object task        # the slow-path Task while an async policy runs
     cdef bytes client_ip_cache
+    # W3C trace context (observability): the trace this request belongs to (32 lower-case hex
+    # digits) and this gateway's span in it (16 hex digits); None until known
+    cdef public bytes trace_id
+    cdef public bytes span_id
 
     cdef bint can_answer(self)
     # header access for policies: `lname` is a lower-case field name

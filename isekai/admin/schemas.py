@@ -22,6 +22,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from isekai.admin.roles import MAX_PASSWORD_BYTES, MIN_PASSWORD, ROLES
 from isekai.config import policies, units
 from isekai.config.jsonschema import class_schema, classes
+from isekai.config.observability import RouteAccessLog
 from isekai.config.policies import PolicySpec
 from isekai.config.schema import Respond, Route, RouteLimits, RouteMatch, Upstream
 
@@ -63,7 +64,7 @@ def _config_schema(cls: type) -> dict[str, Any]:
 
 # The config objects the API takes, made from the config schema's metadata (one description)
 CONFIG_COMPONENTS = {
-    cls.__name__: _config_schema(cls) for cls in (RouteMatch, Respond, RouteLimits)
+    cls.__name__: _config_schema(cls) for cls in (RouteMatch, Respond, RouteLimits, RouteAccessLog)
 }
 
 ROUTE = {

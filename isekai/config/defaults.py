@@ -68,5 +68,38 @@ REQUEST_LOGS_ENABLED = False  # opt-in: see docs/configuration.md (costs CPU per
 REQUEST_LOGS_RETENTION = 7 * 86400.0
 REQUEST_LOGS_QUEUE_SIZE = 10_000
 
+# observability:
+METRICS_ENABLED = True
+METRICS_MAX_LABEL_VALUES = 1000  # per label; more distinct values are summed under "_other"
+TRACING_ENABLED = False
+TRACING_ENDPOINT = "http://127.0.0.1:4318"
+TRACING_SAMPLE_RATIO = 0.01
+TRACING_SERVICE_NAME = "isekai"
+TRACING_EXPORT_INTERVAL = 5.0
+TRACING_EXPORT_TIMEOUT = 10.0
+TRACING_QUEUE_SIZE = 2048
+TRACING_BATCH_SIZE = 512
+ACCESS_LOG_ENABLED = False
+ACCESS_LOG_PATH = "stdout"
+ACCESS_LOG_FORMAT = "json"
+ACCESS_LOG_FORMATS = ("json", "combined")
+ACCESS_LOG_DEFAULT_FIELDS = (
+    "ts",
+    "request_id",
+    "trace_id",
+    "client_ip",
+    "method",
+    "path",
+    "status",
+    "route",
+    "upstream",
+    "duration_ms",
+    "bytes_in",
+    "bytes_out",
+    "user_agent",
+)
+ACCESS_LOG_QUEUE_SIZE = 10_000
+ACCESS_LOG_ES_INDEX = "isekai-access"
+
 # store: routes, upstreams, users and request logs written through the admin API
 STORE_URL = "sqlite:///isekai.db"  # isekai.db in the working directory

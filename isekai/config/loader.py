@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 _ROOT_WHAT = "a mapping of settings (listeners, upstreams, routes, ...)"
-_NOT_YET = frozenset({"observability"})  # top-level keys of later releases
+_NOT_YET: frozenset[str] = frozenset()  # top-level keys of later releases
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
 _parse_bind = functools.partial(units.parse_address, bind=True)
 _ENVELOPE = keys_of(PolicySpec)  # type, deadline: the keys of every policy

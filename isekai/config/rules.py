@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 from yaml.nodes import SequenceNode
 
@@ -194,6 +195,49 @@ def admin(values: dict[str, Any], where: Where) -> None:
                 f"(127.0.0.1, [::1] or localhost), not {bind!r}"
             )
             raise where.of(auth).error("enabled", message)
+
+
+def _check_url(values: dict[str, Any], where: Where, key: str) -> None:
+    url = values.get(key)
+    if url is None:
+        return
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise where.error(key, f"expected an http:// or https:// URL, got {url!r}")
+    try:
+        parsed.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise where.error(key, f"bad port in {url!r}") from None
+
+
+def metrics(values: dict[str, Any], where: Where) -> None:
+    if values.get("bind") is not None:
+        values["host"], values["port"] = units.parse_address(values["bind"], bind=True)
+
+
+def tracing(values: dict[str, Any], where: Where) -> None:
+    _check_url(values, where, "endpoint")
+
+
+def elasticsearch(values: dict[str, Any], where: Where) -> None:
+    _check_url(values, where, "url")
+    index = values.get("index")
+    if index is not None and (
+        not index or index != index.lower() or any(c in index for c in '\\/*?"<>| ,#:')
+    ):
+        raise where.error("index", f"not a valid Elasticsearch index name: {index!r}")
+
+
+def access_log(values: dict[str, Any], where: Where) -> None:
+    path = values.get("path")
+    if path is not None and (not path.strip() or "\0" in path):
+        raise where.error("path", "expected stdout or a file path")
+    logstash = values.get("logstash")
+    if logstash is not None:
+        try:
+            units.parse_address(logstash)
+        except ValueError as exc:
+            raise where.error("logstash", str(exc)) from None
 
 
 def config(values: dict[str, Any], where: Where) -> None:

@@ -19,6 +19,7 @@ from typing import ClassVar
 
 from isekai.config import defaults, rules, units
 from isekai.config.meta import Setting, item, setting
+from isekai.config.observability import Observability, RouteAccessLog
 from isekai.config.policies import PolicySpec
 
 __all__ = [
@@ -351,6 +352,13 @@ class Route:
         "Send the client's Host upstream instead of the target's authority.",
         default=False,
     )
+    access_log: RouteAccessLog = setting(
+        "object",
+        "This route's access-log lines: on/off and sampling.",
+        default_factory=RouteAccessLog,
+        cls=RouteAccessLog,
+        default_doc="as `observability.access_log`",
+    )
     limits: RouteLimits = setting(
         "object",
         "Per-route overrides.",
@@ -572,6 +580,13 @@ class Config:
         default_factory=Store,
         cls=Store,
         default_doc="`sqlite:///isekai.db`",
+    )
+    observability: Observability = setting(
+        "object",
+        "Metrics, tracing and access logs.",
+        default_factory=Observability,
+        cls=Observability,
+        default_doc="metrics on; tracing and access log off",
     )
     source: str = setting("string", "The file it came from.", default="<string>", yaml=False)
 

@@ -453,11 +453,11 @@ MISTAKES = {
     "unknown top-level key": (
         """
         routes: []
-        observability: {}
+        observabilty: {}
         """,
-        "gw.yaml:2: observability: unknown key 'observability' (not supported yet); allowed "
-        "keys: listeners, upstreams, policies, routes, limits, workers, shutdown_timeout, "
-        "trusted_proxies, pid_file, admin, store",
+        "gw.yaml:2: observabilty: unknown key 'observabilty' (did you mean 'observability'?); "
+        "allowed keys: listeners, upstreams, policies, routes, limits, workers, "
+        "shutdown_timeout, trusted_proxies, pid_file, admin, store, observability",
     ),
     "unknown nested key": (
         """
