@@ -19,7 +19,8 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import uvloop
 
@@ -80,6 +81,10 @@ class Worker:
         self._full = False
         self._reconciling: asyncio.Task | None = None
         self._capacity_logged = -CAPACITY_LOG_INTERVAL
+        # name -> callable returning JSON-compatible numbers: parts of this worker's statistics
+        # that live outside `_core` (log writers, exporters, custom metrics); shipped with the
+        # counters to whoever aggregates the workers (isekai.observability)
+        self.stats_providers: dict[str, Callable[[], Mapping[str, Any]]] = {}
 
     def _apply_limits(self, config: Config) -> None:
         limits = config.limits
