@@ -21,18 +21,19 @@ import json
 import logging
 import signal
 import socket
-from collections.abc import Callable
-from typing import Any
 
 import uvloop
 
+from isekai import __version__
 from isekai.admin.app import AdminServer
 from isekai.admin.auth import ensure_initial_admin
 from isekai.admin.context import AdminContext, ApplyConfig, StatusProviders
+from isekai.admin.observe import MetricsServer, Scrape
 from isekai.config.changes import Change
 from isekai.config.reload import read_config
 from isekai.config.schema import Config
 from isekai.errors import ConfigError
+from isekai.observability.metrics import Gathered, ReloadCounts
 from isekai.process.channel import encode_changes, open_channel, send_message
 from isekai.store import Store, StoreError, open_store
 
@@ -40,6 +41,7 @@ log = logging.getLogger("isekai.control")
 
 
 WATCH_TIMEOUT = 1.0  # seconds: the longest a store change waits to be noticed (SQLite polling)
+STATS_TIMEOUT = 3.0  # seconds a scrape waits for the master's answer (it waits 1 s per worker)
 
 
 def change_message(
@@ -159,37 +161,59 @@ async def _not_yet(config: Config, changes: list[Change] | None) -> None:
     raise RuntimeError("the control plane is not started")
 
 
-def stats_of(provider: Callable[[], Any]) -> Callable[[], Any]:
-    """A status provider that never raises into the admin API."""
-
-    def safe() -> Any:
-        try:
-            return provider()
-        except Exception:  # status is best effort
-            log.exception("status provider failed")
-            return {}
-
-    return safe
-
-
 # -- the admin process (workers > 1) -----------------------------------------------------------
 
 
-def _config_status(plane: ControlPlane, applied: list[int]) -> StatusProviders:
-    def load_balancer() -> dict:
-        return {
-            name: {
-                "balancer": "round_robin",
-                "targets": [{"target": f"{t.host}:{t.port}"} for t in upstream.targets],
-            }
-            for name, upstream in plane.config.upstreams.items()
-        }
+class StatsClient:
+    """Asks the master for every worker's statistics over the control channel.
 
-    return StatusProviders(
-        workers=lambda: plane.config.workers,
-        config_version=lambda: applied[0],
-        load_balancer=stats_of(load_balancer),
-    )
+    ``gather()`` sends ``{"type": "stats", "id"}``; the master asks each worker, waits up to its
+    own timeout, and answers ``{"type": "stats", "id", "workers", "restarts", "reloads",
+    "expected"}``, which `answer` (called by the channel reader) hands to the waiting scrape.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter, reloads: ReloadCounts) -> None:
+        self.writer = writer
+        self.reloads = reloads  # the ones this process decided (it merges the file on SIGHUP)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._next = 0
+
+    async def gather(self) -> Gathered:
+        self._next += 1
+        key = self._next
+        future = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            send_message(self.writer, {"type": "stats", "id": key})
+            await self.writer.drain()
+            reply = await asyncio.wait_for(future, STATS_TIMEOUT)
+        finally:
+            self._pending.pop(key, None)
+        master = reply.get("reloads", {})
+        return Gathered(
+            workers=reply.get("workers", []),
+            restarts=reply.get("restarts", 0),
+            reloads={
+                "ok": self.reloads.ok + master.get("ok", 0),
+                "failed": self.reloads.failed + master.get("failed", 0),
+            },
+            expected=reply.get("expected", 0),
+            version=__version__,
+        )
+
+    def answer(self, message: dict) -> None:
+        future = self._pending.get(message.get("id"))
+        if future is not None and not future.done():
+            future.set_result(message)
+
+
+async def _start_metrics(config: Config, scrape: Scrape) -> MetricsServer | None:
+    settings = config.observability.metrics
+    if not (settings.enabled and settings.bind is not None):
+        return None
+    server = MetricsServer(scrape, settings.host, settings.port)
+    await server.start()
+    return server
 
 
 async def _admin_main(config: Config, control: socket.socket) -> int:
@@ -206,7 +230,13 @@ async def _admin_main(config: Config, control: socket.socket) -> int:
         await writer.drain()
         return 1
     applied = [1]
-    plane.ctx.status = _config_status(plane, applied)
+    reloads = ReloadCounts()
+    stats = StatsClient(writer, reloads)
+    plane.ctx.status = StatusProviders(
+        workers=lambda: plane.config.workers,
+        config_version=lambda: applied[0],
+        gather=stats.gather,
+    )
 
     async def apply(new: Config, changes: list[Change] | None) -> None:
         applied[0] += 1
@@ -216,10 +246,23 @@ async def _admin_main(config: Config, control: socket.socket) -> int:
             send_message(writer, {"type": "apply", "changes": encode_changes(changes)})
         await writer.drain()
 
+    metrics_server = None
     try:
         await plane.start(apply)
     except OSError as exc:
         log.error("cannot start the admin API on %s: %s", config.admin.bind, exc)
+        send_message(writer, {"type": "failed", "error": str(exc)})
+        await writer.drain()
+        await plane.close()
+        return 1
+    try:
+        metrics_server = await _start_metrics(
+            config, Scrape(gather=stats.gather, config=lambda: plane.config, store=plane.store)
+        )
+    except OSError as exc:
+        log.error(
+            "cannot start the metrics listener on %s: %s", config.observability.metrics.bind, exc
+        )
         send_message(writer, {"type": "failed", "error": str(exc)})
         await writer.drain()
         await plane.close()
@@ -232,22 +275,73 @@ async def _admin_main(config: Config, control: socket.socket) -> int:
             if not line:
                 log.warning("the master is gone: shutting down")
                 break
-            if json.loads(line).get("type") == "reload":
+            message = json.loads(line)
+            if message.get("type") == "stats":
+                stats.answer(message)
+            elif message.get("type") == "reload":
                 try:
                     new, text = read_config(config.source)
                     await plane.reload(new, text)
                 except ConfigError as exc:
                     log.error("reload rejected: %s", exc)
+                    reloads.failed += 1
+                else:
+                    reloads.ok += 1
         stop.set()
 
     channel = asyncio.ensure_future(follow_master())
     await stop.wait()
     channel.cancel()
+    if metrics_server is not None:
+        await metrics_server.stop()
     await plane.close()
     writer.close()
     return 0
 
 
+async def _metrics_main(config: Config, control: socket.socket) -> int:
+    # admin.enabled false with workers > 1: this process serves only the metrics listener
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    reader, writer = await open_channel(control)
+    stats = StatsClient(writer, ReloadCounts())
+    try:
+        server = await _start_metrics(
+            config, Scrape(gather=stats.gather, config=lambda: config, store=None)
+        )
+    except OSError as exc:
+        log.error(
+            "cannot start the metrics listener on %s: %s", config.observability.metrics.bind, exc
+        )
+        send_message(writer, {"type": "failed", "error": str(exc)})
+        await writer.drain()
+        return 1
+    send_message(writer, {"type": "ready"})
+
+    async def follow_master() -> None:
+        while True:
+            line = await reader.readline()
+            if not line:
+                break
+            message = json.loads(line)
+            if message.get("type") == "stats":
+                stats.answer(message)
+        stop.set()
+
+    channel = asyncio.ensure_future(follow_master())
+    await stop.wait()
+    channel.cancel()
+    if server is not None:
+        await server.stop()
+    writer.close()
+    return 0
+
+
 def run_admin_process(config: Config, control: socket.socket) -> int:
-    """The admin API and store in a process of its own (forked by the master)."""
+    """The admin API and store in a process of its own (forked by the master); with
+    ``admin.enabled: false``, only the metrics listener."""
+    if not config.admin.enabled:
+        return uvloop.run(_metrics_main(config, control))
     return uvloop.run(_admin_main(config, control))

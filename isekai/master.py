@@ -55,6 +55,7 @@ KILL_GRACE = 5.0  # seconds past shutdown_timeout before stragglers are killed
 CRASH_WINDOW = 10.0  # seconds: deaths counted over this window...
 CRASH_LIMIT = 5  # ...more than this many means workers are crash-looping
 CRASH_BACKOFF = 1.0  # seconds between restarts while crash-looping
+STATS_TIMEOUT = 1.0  # seconds a scrape waits for the workers; the late ones are left out
 HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
 
 
@@ -96,6 +97,16 @@ class RestartPolicy:
         return start
 
 
+class _Gather:
+    """One scrape in progress: the workers asked, and what they answered so far."""
+
+    def __init__(self, request_id: object, pids: list[int], deadline: float) -> None:
+        self.request_id = request_id
+        self.waiting = set(pids)
+        self.answers: dict[int, dict] = {}
+        self.deadline = deadline
+
+
 class _WorkerHandle:
     def __init__(self, pid: int, control: socket.socket) -> None:
         self.pid = pid
@@ -129,6 +140,10 @@ class Master:
         self._kill_at: float | None = None
         self._interrupts = 0
         self._warned: dict[str, object] = {}
+        self.restarts = 0  # workers replaced after they died
+        self.reloads = {"ok": 0, "failed": 0}  # SIGHUP reloads decided here
+        self._gathers: dict[int, _Gather] = {}
+        self._gather_seq = 0
 
     # -- main loop ---------------------------------------------------------------------------
 
@@ -142,10 +157,13 @@ class Master:
             self._close_reserved()
             return 1
         self._install_signals()
+        metrics = self.config.observability.metrics
         try:
             if self.config.admin.enabled:
                 self._spawn_admin()  # workers start once it sends the effective config
             else:
+                if metrics.enabled and metrics.bind is not None:
+                    self._spawn_admin()  # serves only the metrics listener
                 self._spawn_workers()
             while self.workers or self.admin or (self._restarts and not self.stopping):
                 self._step()
@@ -163,6 +181,7 @@ class Master:
             deadlines.append(self._admin_restart_at)
         if self._kill_at is not None:
             deadlines.append(self._kill_at)
+        deadlines.extend(gather.deadline for gather in self._gathers.values())
         timeout = max(0.0, min(deadlines) - now) if deadlines else None
         for key, mask in self._selector.select(timeout):
             if isinstance(key.data, _WorkerHandle):
@@ -172,6 +191,8 @@ class Master:
         self._handle_signals()
         self._reap()
         now = time.monotonic()
+        for key in [k for k, gather in self._gathers.items() if gather.deadline <= now]:
+            self._finish_gather(key)
         if self._kill_at is not None and now >= self._kill_at:
             self._kill_at = None
             if self.workers:
@@ -338,7 +359,9 @@ class Master:
         if handle is self.admin:
             self._on_admin_message(message)
             return
-        if kind == "ready":
+        if kind == "stats":
+            self._on_stats(handle, message)
+        elif kind == "ready":
             handle.ready = True
             handle.version = message["version"]
             if not self.ready and all(h.ready for h in self.workers.values()):
@@ -364,6 +387,50 @@ class Master:
                 message.get("error"),
             )
 
+    # -- statistics for a scrape -------------------------------------------------------------
+
+    def _start_gather(self, request_id: object) -> None:
+        self._gather_seq += 1
+        key = self._gather_seq
+        pids = [pid for pid, handle in self.workers.items() if handle.ready]
+        self._gathers[key] = _Gather(request_id, pids, time.monotonic() + STATS_TIMEOUT)
+        for pid in pids:
+            self._send(self.workers[pid], {"type": "stats", "id": key})
+        if not pids:
+            self._finish_gather(key)
+
+    def _on_stats(self, handle: _WorkerHandle, message: dict) -> None:
+        key = message.get("id")
+        gather = self._gathers.get(key) if isinstance(key, int) else None
+        if gather is None or handle.pid not in gather.waiting:
+            return  # late: that scrape went on without this worker
+        gather.waiting.discard(handle.pid)
+        gather.answers[handle.pid] = message.get("data") or {}
+        if not gather.waiting:
+            self._finish_gather(key)
+
+    def _finish_gather(self, key: int) -> None:
+        gather = self._gathers.pop(key)
+        if gather.waiting:
+            log.warning(
+                "workers %s did not answer a statistics request within %gs",
+                sorted(gather.waiting),
+                STATS_TIMEOUT,
+            )
+        if self.admin is None:
+            return
+        self._send(
+            self.admin,
+            {
+                "type": "stats",
+                "id": gather.request_id,
+                "workers": list(gather.answers.values()),
+                "restarts": self.restarts,
+                "reloads": self.reloads,
+                "expected": self.config.workers,
+            },
+        )
+
     def _on_admin_message(self, message: dict) -> None:
         kind = message["type"]
         if kind == "failed":
@@ -371,8 +438,11 @@ class Master:
             self.exit_code = 1
             self.stop(graceful=False)
             return
-        if kind not in ("ready", "apply"):
+        if kind == "stats":
+            self._start_gather(message.get("id"))
             return
+        if kind not in ("ready", "apply") or ("changes" not in message and "config" not in message):
+            return  # (a metrics-only process says "ready" with no config)
         if "changes" in message:  # validated by the admin process: applied as they are
             self.config = apply_changes(self.config, decode_changes(message["changes"]))
             payload = {"type": "config", "changes": message["changes"]}
@@ -455,6 +525,7 @@ class Master:
                     )
                 else:
                     log.warning("worker %d %s; starting a replacement", pid, how)
+                self.restarts += 1
                 self._restarts.append(start)
                 self._restarts.sort()
 
@@ -485,14 +556,16 @@ class Master:
             new, text = read_config(source)
         except ConfigError as exc:
             log.error("reload rejected: %s", exc)
+            self.reloads["failed"] += 1
             return False
-        if self.admin is not None:
+        if self.admin is not None and self.config.admin.enabled:
             # The admin process merges the file with the store and sends the result back.
             self._send(self.admin, {"type": "reload"})
             return True
         warn_restart_needed(new, self.config, self._warned)
         self.config = keep_running(new, self.config)
         self.version += 1
+        self.reloads["ok"] += 1
         log.info("config %s read: sending version %d to the workers", source, self.version)
         message = {"type": "config", "text": text, "source": source, "version": self.version}
         for handle in self.workers.values():

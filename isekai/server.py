@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import uvloop
 
-from isekai import master
+from isekai import __version__, master
 from isekai.admin.context import StatusProviders
+from isekai.admin.observe import MetricsServer, Scrape
 from isekai.config.changes import Change
 from isekai.config.reload import keep_running, read_config, warn_restart_needed
 from isekai.config.schema import Config
 from isekai.control import ControlPlane
 from isekai.errors import ConfigError
+from isekai.observability.metrics import Gathered, ReloadCounts
 from isekai.observability.request_log_feed import RequestLogFeed
 from isekai.process.signals import Signals
 from isekai.process.sockets import format_address, raise_fd_limit
@@ -39,6 +42,7 @@ class _FileReloader:
         self.worker = worker
         self.plane = plane
         self.warned: dict[str, object] = {}
+        self.reloads = ReloadCounts()
 
     def __call__(self) -> None:
         worker = self.worker
@@ -50,6 +54,7 @@ class _FileReloader:
             new, text = read_config(source)
         except ConfigError as exc:
             log.error("reload rejected: %s", exc)
+            self.reloads.failed += 1
             return
         warn_restart_needed(new, worker.snapshot.config, self.warned)
         if self.plane is not None:
@@ -59,10 +64,13 @@ class _FileReloader:
             snapshot = worker.swap(keep_running(new, worker.snapshot.config))
         except ConfigError as exc:
             log.error("reload rejected: %s", exc)
+            self.reloads.failed += 1
             return
         except Exception:
             log.exception("reload failed; keeping config version %d", worker.snapshot.version)
+            self.reloads.failed += 1
             return
+        self.reloads.ok += 1
         log.info("config reloaded (version %d)", snapshot.version)
 
     async def _through_plane(self, new: Config, text: str) -> None:
@@ -70,9 +78,12 @@ class _FileReloader:
             await self.plane.reload(new, text)
         except ConfigError as exc:
             log.error("reload rejected: %s", exc)
+            self.reloads.failed += 1
         except Exception:
             log.exception("reload failed; keeping config version %d", self.worker.snapshot.version)
+            self.reloads.failed += 1
         else:
+            self.reloads.ok += 1
             log.info("config reloaded (version %d)", self.worker.snapshot.version)
 
 
@@ -98,8 +109,10 @@ async def _serve(config: Config) -> int:
     for name, host, port in worker.addresses:
         log.info("listener %s on %s", name, format_address(host, port))
     feed = None
+    reloader = _FileReloader(worker, plane)
+    gather = worker_gather(worker, reloader.reloads)
     if plane is not None:
-        plane.ctx.status = worker_status(worker)
+        plane.ctx.status = worker_status(worker, gather)
 
         async def apply(new: Config, changes: list[Change] | None) -> None:
             if changes is None:
@@ -118,7 +131,26 @@ async def _serve(config: Config) -> int:
         if config.admin.request_logs.enabled:
             feed = RequestLogFeed(worker.state, plane.store, config.admin.request_logs, purge=True)
             await feed.start()
-    signals = Signals(loop, reload=_FileReloader(worker, plane))
+    metrics_server = None
+    settings = config.observability.metrics
+    if settings.enabled and settings.bind is not None:
+        scrape = Scrape(
+            gather=gather,
+            config=lambda: worker.snapshot.config,
+            store=plane.store if plane is not None else None,
+        )
+        metrics_server = MetricsServer(scrape, settings.host, settings.port)
+        try:
+            await metrics_server.start()
+        except OSError as exc:
+            log.error("cannot start the metrics listener on %s: %s", settings.bind, exc)
+            worker.abort()
+            if feed is not None:
+                await feed.stop()
+            if plane is not None:
+                await plane.close()
+            return 1
+    signals = Signals(loop, reload=reloader)
     log.info(
         "isekai serving %d routes, %d upstreams (config %s)",
         len(config.routes),
@@ -126,6 +158,8 @@ async def _serve(config: Config) -> int:
         config.source,
     )
     code = await until_stopped(worker, signals)
+    if metrics_server is not None:
+        await metrics_server.stop()
     if feed is not None:
         await feed.stop()
     if plane is not None:
@@ -133,13 +167,26 @@ async def _serve(config: Config) -> int:
     return code
 
 
-def worker_status(worker: Worker) -> StatusProviders:
+def worker_gather(worker: Worker, reloads: ReloadCounts) -> Callable[[], Awaitable[Gathered]]:
+    """The live statistics of a single-process gateway: its one worker's."""
+
+    async def gather() -> Gathered:
+        return Gathered(
+            workers=[worker.stats()],
+            reloads=reloads.as_dict(),
+            expected=1,
+            version=__version__,
+        )
+
+    return gather
+
+
+def worker_status(worker: Worker, gather: Callable[[], Awaitable[Gathered]]) -> StatusProviders:
     """Status providers of the admin API for a single-process gateway."""
     return StatusProviders(
         workers=lambda: 1,
         config_version=lambda: worker.snapshot.version,
-        load_balancer=lambda: worker.registry.status(),
-        websockets=lambda: {"open_tunnels": worker.state.tunnel_count},
+        gather=gather,
     )
 
 

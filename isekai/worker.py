@@ -58,7 +58,7 @@ class Worker:
     ) -> None:
         self.loop = loop
         self.counters = Counters()
-        self.registry = ClusterRegistry(loop)
+        self.registry = ClusterRegistry(loop, self.counters)
         self.policies = PolicySet(self.counters, build_policy)
         self.snapshot: Snapshot = build_snapshot(
             config, self.registry, self.counters, version, self.policies
@@ -99,6 +99,7 @@ class Worker:
         state.websocket_idle_timeout = limits.websocket_idle_timeout
         state.max_connections = limits.max_connections
         state.set_trusted_proxies(config.trusted_proxies)
+        self.counters.enabled = config.observability.metrics.enabled
 
     def swap(self, config: Config, version: int | None = None) -> Snapshot:
         """Build a snapshot of ``config`` aside, then make it current in one assignment.
@@ -224,6 +225,28 @@ class Worker:
         self.state.sweep()
         self._timers.append(self.loop.call_later(DOWNSTREAM_SWEEP_INTERVAL, self._tick_downstream))
 
+    # -- statistics --------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """This worker's numbers, JSON-compatible: what `isekai.observability.metrics` sums
+        over the workers for ``/metrics`` and the status endpoints."""
+        extra = {}
+        for name, provider in self.stats_providers.items():
+            try:
+                extra[name] = dict(provider())
+            except Exception:  # statistics are best effort; the scrape goes on without them
+                log.exception("statistics provider %r failed", name)
+        return {
+            "pid": os.getpid(),
+            "config_version": self.snapshot.version,
+            "counters": self.counters.export(),
+            "pools": self.registry.pool_stats(),
+            "tunnels": self.state.tunnel_count,
+            "in_flight": self.in_flight(),
+            "capacity_pauses": self.capacity_pauses,
+            "extra": extra,
+        }
+
     # -- shutdown ----------------------------------------------------------------------------
 
     def in_flight(self) -> int:
@@ -309,8 +332,13 @@ async def _follow_master(
                 log.warning("the master is gone: shutting down")
                 break
             message = json.loads(line)
-            if message.get("type") == "config" and not worker.stopping:
+            kind = message.get("type")
+            if kind == "config" and not worker.stopping:
                 _apply_config(worker, message, writer)
+            elif kind == "stats":  # the master gathers every worker's numbers for a scrape
+                send_message(
+                    writer, {"type": "stats", "id": message.get("id"), "data": worker.stats()}
+                )
     except (ValueError, OSError) as exc:  # a broken channel: let the master fork a fresh worker
         log.error("control channel failed (%s): shutting down", exc)
     signals.stop.set()

@@ -3,9 +3,16 @@
 from typing import Any
 
 LATENCY_BUCKETS: tuple[float, ...]
+METHODS: tuple[str, ...]
+STATUS_CLASSES: tuple[str, ...]
 
 class Counters:
+    enabled: bool
     def __init__(self) -> None: ...
+    def upstream_slot(self, name: str) -> int:
+        """Stable upstream-latency slot of an upstream name."""
+    def export(self) -> dict[str, Any]:
+        """Compact JSON-compatible numbers, zeros left out (see counters.pyx)."""
     def slot(self, name: str) -> int:
         """Stable slot index for a label; "" (unrouted) is slot 0."""
     def policy_slot(self, name: str) -> int:

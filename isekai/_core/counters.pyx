@@ -23,9 +23,10 @@ connection gauge never goes below zero. The recorders are called by `protocol` o
 them through requests, not through Python entry points of their own.
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport int64_t, uint64_t
-from libc.string cimport memset
+from libc.string cimport memcmp, memset
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0)
@@ -35,6 +36,58 @@ for _i, _b in enumerate(LATENCY_BUCKETS):
     _BOUNDS[_i] = _b
 
 cdef Py_ssize_t _INITIAL_CAPACITY = 16
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER")
+STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+cdef int method_index(bytes method) noexcept:
+    """The index of ``method`` in METHODS (7 for any other); a few byte compares."""
+    cdef const char* m
+    cdef Py_ssize_t n
+    if method is None:
+        return 7
+    m = PyBytes_AS_STRING(method)
+    n = PyBytes_GET_SIZE(method)
+    if n == 3:
+        if memcmp(m, b"GET", 3) == 0:
+            return 0
+        if memcmp(m, b"PUT", 3) == 0:
+            return 3
+    elif n == 4:
+        if memcmp(m, b"POST", 4) == 0:
+            return 2
+        if memcmp(m, b"HEAD", 4) == 0:
+            return 1
+    elif n == 6:
+        if memcmp(m, b"DELETE", 6) == 0:
+            return 4
+    elif n == 5:
+        if memcmp(m, b"PATCH", 5) == 0:
+            return 5
+    elif n == 7:
+        if memcmp(m, b"OPTIONS", 7) == 0:
+            return 6
+    return 7
+
+
+cdef inline void _observe(uint64_t* buckets, double* total, double latency_s) noexcept:
+    cdef int i = 0
+    if not latency_s >= 0.0:          # negative or NaN
+        latency_s = 0.0
+    while i < N_BUCKETS and latency_s > _BOUNDS[i]:
+        i += 1
+    buckets[i] += 1
+    total[0] += latency_s
+
+
+cdef list _nonzero(uint64_t* values, Py_ssize_t n):
+    """``values`` as a list, or None when all are zero (exports leave zeros out)."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if values[i]:
+            return [values[i] for i in range(n)]
+    return None
 
 
 cdef class Counters:
@@ -59,6 +112,15 @@ cdef class Counters:
         self._policy_size = 0
         self._policy_slots = {}
         self._policy_names = []
+        self._upstreams = <UpstreamStats*>PyMem_Malloc(_INITIAL_CAPACITY * sizeof(UpstreamStats))
+        if self._upstreams == NULL:
+            raise MemoryError()
+        memset(self._upstreams, 0, _INITIAL_CAPACITY * sizeof(UpstreamStats))
+        self._upstream_capacity = _INITIAL_CAPACITY
+        self._upstream_size = 0
+        self._upstream_slots = {}
+        self._upstream_names = []
+        self.enabled = True
 
     def __init__(self):
         if self._size == 0:
@@ -71,6 +133,8 @@ cdef class Counters:
         self._stats = NULL
         PyMem_Free(self._policies)
         self._policies = NULL
+        PyMem_Free(self._upstreams)
+        self._upstreams = NULL
 
     cdef int _grow(self) except -1:
         cdef Py_ssize_t cap = self._capacity * 2
@@ -124,6 +188,38 @@ cdef class Counters:
         self._policy_size += 1
         return <int>(self._policy_size - 1)
 
+    cpdef int upstream_slot(self, str name) except -1:
+        """The latency slot of upstream ``name``, allocated on first use."""
+        cdef object found = self._upstream_slots.get(name)
+        cdef UpstreamStats* grown
+        cdef Py_ssize_t cap
+        if name is None:
+            raise TypeError("slot name must be a str")
+        if found is not None:
+            return <int>found
+        if self._upstream_size >= 0x7FFFFFFF:
+            raise OverflowError("too many upstream counter slots")
+        if self._upstream_size == self._upstream_capacity:
+            cap = self._upstream_capacity * 2
+            grown = <UpstreamStats*>PyMem_Realloc(self._upstreams, cap * sizeof(UpstreamStats))
+            if grown == NULL:
+                raise MemoryError()
+            memset(grown + self._upstream_capacity, 0,
+                   (cap - self._upstream_capacity) * sizeof(UpstreamStats))
+            self._upstreams = grown
+            self._upstream_capacity = cap
+        self._upstream_slots[name] = self._upstream_size
+        self._upstream_names.append(name)
+        self._upstream_size += 1
+        return <int>(self._upstream_size - 1)
+
+    cdef void record_upstream(self, int slot, double latency_s) noexcept:
+        cdef UpstreamStats* u
+        if not self.enabled or slot < 0 or slot >= self._upstream_size:
+            return
+        u = &self._upstreams[slot]
+        _observe(u.latency, &u.latency_sum, latency_s)
+
     cdef void policy_answer(self, int slot) noexcept:
         if 0 <= slot < self._policy_size:
             self._policies[slot].answers += 1
@@ -136,28 +232,27 @@ cdef class Counters:
         if 0 <= slot < self._policy_size:
             self._policies[slot].timeouts += 1
 
-    cdef void record(self, int slot, int status, int64_t bytes_in, int64_t bytes_out,
-                     double latency_s) noexcept:
+    cdef void record(self, int slot, int method, int status, int64_t bytes_in,
+                     int64_t bytes_out, double latency_s) noexcept:
         cdef SlotStats* s
         cdef int cls = status // 100
-        cdef int i = 0
+        if not self.enabled:
+            return
         if slot < 0 or slot >= self._size:
             slot = 0
+        if method < 0 or method >= N_METHODS:
+            method = N_METHODS - 1
         s = &self._stats[slot]
         s.requests += 1
         if status < 100 or cls > 5:
             cls = 0
         s.status[cls] += 1
+        s.by_method[method][cls] += 1
         if bytes_in > 0:
             s.bytes_in += <uint64_t>bytes_in
         if bytes_out > 0:
             s.bytes_out += <uint64_t>bytes_out
-        if not latency_s >= 0.0:          # negative or NaN
-            latency_s = 0.0
-        while i < N_BUCKETS and latency_s > _BOUNDS[i]:
-            i += 1
-        s.latency[i] += 1
-        s.latency_sum += latency_s
+        _observe(s.latency, &s.latency_sum, latency_s)
 
     cdef void connection_opened(self) noexcept:
         self._active += 1
@@ -219,6 +314,63 @@ cdef class Counters:
             }
         return {"connections": {"active": self._active, "total": self._total}, "slots": slots,
                 "policies": policies}
+
+    def export(self):
+        """This worker's numbers as compact JSON-compatible data, zeros left out: what a worker
+        ships to the process that aggregates the workers (isekai.observability.metrics).
+
+        ``{"buckets": bounds, "connections": {"active", "total"},
+        "routes": {name: {"requests": [[method, class, n], ...], "bytes_in", "bytes_out",
+        "upstream_errors": [connect, timeout, protocol, unavailable], "internal_errors",
+        "latency": [per-bucket counts, the last +Inf], "latency_sum"}},
+        "upstreams": {name: {"latency": [...], "latency_sum"}},
+        "policies": {name: [answers, errors, timeouts]}}``; a route with no request, an
+        upstream with no exchange and a policy with nothing to count are left out.
+        """
+        cdef SlotStats* s
+        cdef UpstreamStats* u
+        cdef PolicyStats* p
+        cdef Py_ssize_t k
+        cdef int m, c
+        routes = {}
+        for k in range(self._size):
+            s = &self._stats[k]
+            if s.requests == 0 and s.internal_errors == 0 and _nonzero(s.upstream,
+                                                                        N_UPSTREAM_ERRORS) is None:
+                continue
+            by_method = []
+            for m in range(N_METHODS):
+                for c in range(N_STATUS):
+                    if s.by_method[m][c]:
+                        by_method.append((METHODS[m], STATUS_CLASSES[c], s.by_method[m][c]))
+            routes[self._names[k]] = {
+                "requests": by_method,
+                "bytes_in": s.bytes_in,
+                "bytes_out": s.bytes_out,
+                "upstream_errors": [s.upstream[m] for m in range(N_UPSTREAM_ERRORS)],
+                "internal_errors": s.internal_errors,
+                "latency": [s.latency[m] for m in range(N_BUCKETS + 1)],
+                "latency_sum": s.latency_sum,
+            }
+        upstreams = {}
+        for k in range(self._upstream_size):
+            u = &self._upstreams[k]
+            found = _nonzero(u.latency, N_BUCKETS + 1)
+            if found is not None:
+                upstreams[self._upstream_names[k]] = {"latency": found,
+                                                      "latency_sum": u.latency_sum}
+        policies = {}
+        for k in range(1, self._policy_size):
+            p = &self._policies[k]
+            if p.answers or p.errors or p.timeouts:
+                policies[self._policy_names[k]] = [p.answers, p.errors, p.timeouts]
+        return {
+            "buckets": list(LATENCY_BUCKETS),
+            "connections": {"active": self._active, "total": self._total},
+            "routes": routes,
+            "upstreams": upstreams,
+            "policies": policies,
+        }
 
     def __len__(self):
         return self._size

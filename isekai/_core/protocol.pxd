@@ -104,6 +104,7 @@ cdef class ProxyRequest(Exchange):
     cdef long long bytes_in
     cdef long long bytes_out
     cdef double started_at
+    cdef double upstream_at    # when the head went upstream (0: no upstream exchange yet)
     cdef list out
     # policies (isekai/_core/policy.pyx): the chain this request runs (listener's, then route's),
     # how far its request phase got, and whether policy `ran` answered it

@@ -39,7 +39,7 @@ from urllib.parse import quote
 cimport cython
 import httptools
 
-from isekai._core.counters cimport Counters
+from isekai._core.counters cimport Counters, method_index
 from isekai._core.http cimport (
     CONNECTION_CLOSE, CONNECTION_KEEP_ALIVE, CONNECTION_UPGRADE, H_CONNECTION, H_CONTENT_LENGTH,
     H_EXPECT, H_HOST, H_OTHER, H_TRANSFER_ENCODING, H_UPGRADE, H_USER_AGENT, H_X_FORWARDED_FOR,
@@ -182,6 +182,7 @@ cdef class ProxyRequest(Exchange):
     cdef int upstream_ready(self, UpstreamProtocol conn) except -1:
         cdef DownstreamProtocol proto = self.proto
         self.conn = conn
+        self.upstream_at = monotonic()
         proto.write_upstream_head(self)
         if self.pending and not self.wants_upgrade:
             # (bytes after an Upgrade head belong to the tunnel: only a 101 releases them)
@@ -1288,10 +1289,14 @@ cdef class DownstreamProtocol:
         return self.retire(req)
 
     cdef void _record(self, ProxyRequest req):
-        cdef double latency = monotonic() - req.started_at
+        cdef double now = monotonic()
+        cdef double latency = now - req.started_at
         cdef ServerState state = self.state
-        state.counters.record(req.route.slot if req.route is not None else 0, req.status,
-                              req.bytes_in, req.bytes_out, latency)
+        state.counters.record(req.route.slot if req.route is not None else 0,
+                              method_index(req.method), req.status, req.bytes_in,
+                              req.bytes_out, latency)
+        if req.upstream_at > 0.0 and req.route is not None and req.route.cluster is not None:
+            state.counters.record_upstream(req.route.cluster.slot, now - req.upstream_at)
         if req.chain is not None:
             self.complete_phase(req)
         if state.log_requests:

@@ -94,6 +94,9 @@ cdef class Pool:
     cdef object waiters
     cdef readonly int total
     cdef readonly long long connections_opened
+    cdef readonly long long connect_failures   # connects refused, reset or timed out
+    cdef readonly long long pool_timeouts      # exchanges that waited past pool_timeout
+    cdef readonly bint last_connect_failed     # the latest connect attempt failed
     cdef bint closed
 
     cdef int acquire(self, Exchange exchange) except -1
@@ -118,6 +121,7 @@ cdef class RoundRobin(Balancer):
 
 cdef class Cluster:
     cdef readonly str name
+    cdef public int slot                       # its upstream latency slot in Counters; -1: none
     cdef readonly list pools
     cdef readonly Balancer balancer
     cdef Pool pick(self, Exchange exchange)

@@ -518,6 +518,7 @@ cdef class Pool:
             self.waiters.popleft()
             waiter.waiting = None
             if not waiter.cancelled:
+                self.pool_timeouts += 1
                 waiter.upstream_failed(FAIL_UNAVAILABLE,
                                        "no upstream connection came free within pool_timeout")
         for conn in list(self.connecting):
@@ -573,6 +574,8 @@ cdef int _connected(Pool pool, UpstreamProtocol conn, fut, Exchange ex) except -
             kind, reason = FAIL_CONNECT, f"upstream connect failed: {fut.exception()}"
         conn.closed = True
         pool.total -= 1
+        pool.connect_failures += 1
+        pool.last_connect_failed = True
         if ex is not None and not ex.cancelled:
             ex.upstream_failed(kind, reason)
         if pool.total < pool.max_connections and not pool.closed:
@@ -581,6 +584,7 @@ cdef int _connected(Pool pool, UpstreamProtocol conn, fut, Exchange ex) except -
                 pool._connect(waiter)
         return 0
     pool.open.add(conn)
+    pool.last_connect_failed = False
     if ex is None or ex.cancelled:
         pool.release(conn, True)
         return 0
@@ -623,6 +627,7 @@ cdef class Cluster:
         self.name = name
         self.balancer = balancer
         self.pools = balancer.pools
+        self.slot = -1
 
     cdef Pool pick(self, Exchange exchange):
         return self.balancer.pick(exchange)

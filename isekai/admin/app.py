@@ -20,6 +20,7 @@ from aiohttp import web
 from isekai.admin import auth, openapi
 from isekai.admin.context import CTX, REQUEST_ID, USER, AdminContext
 from isekai.admin.http import ApiError, fail
+from isekai.admin.observe import SCRAPE, Scrape
 from isekai.config.loader import is_loopback
 from isekai.errors import ConfigError
 from isekai.store import StoreError
@@ -124,6 +125,11 @@ def create_app(ctx: AdminContext) -> web.Application:
     """The admin API as an aiohttp application, serving ``ctx``."""
     app = web.Application(middlewares=[_request_id, _errors, _access], client_max_size=MAX_BODY)
     app[CTX] = ctx
+    app[SCRAPE] = Scrape(
+        gather=lambda: ctx.status.gather(),
+        config=lambda: ctx.current or ctx.config,
+        store=ctx.store,
+    )
     permissions: dict[Any, str | None] = {}
     for op in openapi.OPERATIONS:
         route = app.router.add_route(op.method, op.path, op.handler)

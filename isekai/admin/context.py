@@ -23,6 +23,7 @@ from isekai.admin.live_config import LiveConfig, SkippedItem
 from isekai.config.changes import Change
 from isekai.config.loader import file_documents, file_policies
 from isekai.config.schema import Config
+from isekai.observability.metrics import Gathered
 
 __all__ = [
     "CTX",
@@ -43,19 +44,23 @@ def _empty() -> Mapping[str, Any]:
     return {}
 
 
+async def _nothing_gathered() -> Gathered:
+    return Gathered(workers=[], expected=0)
+
+
 @dataclass(slots=True)
 class StatusProviders:
     """Callables the status endpoints read; each is called once per request, on the loop.
 
-    ``config_version`` is the version of the snapshot the workers run. The three ``*_stats``
-    return JSON-compatible mappings, shown as they are under ``data``.
+    ``config_version`` is the version of the snapshot the workers run. ``gather()`` returns
+    every worker's live statistics (`Gathered`); ``circuit_breakers`` returns a JSON-compatible
+    mapping, shown as it is under ``data``.
     """
 
     workers: Callable[[], int] = lambda: 1
     config_version: Callable[[], int] = lambda: 1
-    load_balancer: Stats = _empty
+    gather: Callable[[], Awaitable[Gathered]] = _nothing_gathered
     circuit_breakers: Stats = _empty
-    websockets: Stats = _empty
 
 
 @dataclass(eq=False)

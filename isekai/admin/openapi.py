@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from isekai.admin import auth, items, logs, schemas, status
+from isekai.admin import auth, items, logs, observe, schemas, status
 from isekai.admin.auth import Permission
 from isekai.admin.http import MERGE_PATCH_TYPE, dumps
 from isekai.admin.items import IF_MATCH_PATTERN
@@ -50,6 +50,7 @@ class Operation:
     etag: bool = False
     if_match: bool = False
     links: dict[str, Any] = field(default_factory=dict)
+    text: str | None = None  # a media type: the success body is that text, not the envelope
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -234,13 +235,24 @@ OPERATIONS: list[Operation] = [
     Operation(
         "GET",
         "/health/ready",
-        status.ready,
+        observe.ready,
         Permission.PUBLIC,
         "ready",
-        "Readiness: the store answers",
+        "Readiness: the store and every worker answer, upstreams reachable",
         "status",
         data={"type": "object"},
         errors=(503,),
+    ),
+    Operation(
+        "GET",
+        "/metrics",
+        observe.metrics,
+        Permission.READ,
+        "metrics",
+        "Prometheus metrics, summed over the workers",
+        "status",
+        errors=(*_READ, 404),
+        text="text/plain",
     ),
     Operation(
         "GET",
@@ -397,6 +409,8 @@ def _operation(op: Operation) -> dict[str, Any]:
         "description": "Success",
         "content": {"application/json": {"schema": _envelope(op.data)}},
     }
+    if op.text is not None:
+        success["content"] = {op.text: {"schema": {"type": "string"}}}
     headers: dict[str, Any] = {}
     if op.etag:
         headers["ETag"] = {

@@ -30,6 +30,7 @@ UPSTREAM_MAX_CONNECTIONS = 1024  # per target
 UPSTREAM_MAX_KEEPALIVE_CONNECTIONS = 128  # per target, idle ones kept
 KEEPALIVE_EXPIRY = 60.0
 POOL_TIMEOUT = 5.0  # waiting for a free connection slot, then 503
+BALANCER = "round_robin"  # the one balancer so far
 
 # policies:
 POLICY_DEADLINE = 10.0  # an async request phase taking longer is answered 503

@@ -15,6 +15,7 @@ __all__ = [
     "ACCESS_LOG_FIELDS",
     "AccessLog",
     "Elasticsearch",
+    "Health",
     "Metrics",
     "Observability",
     "RouteAccessLog",
@@ -235,6 +236,20 @@ class RouteAccessLog:
 
 
 @dataclass(frozen=True, slots=True)
+class Health:
+    """What `GET /health/ready` requires besides the store and the workers answering."""
+
+    min_healthy_share: float = setting(
+        "number",
+        "Not ready (503) while an upstream has a smaller share of reachable targets (0 to 1; "
+        "0 reports the shares without acting on them).",
+        default=0.0,
+        minimum=0,
+        maximum=1,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Observability:
     """Metrics, tracing and access logs."""
 
@@ -258,4 +273,11 @@ class Observability:
         default_factory=AccessLog,
         cls=AccessLog,
         default_doc="off",
+    )
+    health: Health = setting(
+        "object",
+        "The readiness check `GET /health/ready`.",
+        default_factory=Health,
+        cls=Health,
+        default_doc="store and workers only",
     )

@@ -43,6 +43,7 @@ SECTIONS = {
     "AccessLog": ("access log", "access-log"),
     "Elasticsearch": ("elasticsearch", "elasticsearch"),
     "RouteAccessLog": ("route access log", "route-access-log"),
+    "Health": ("health", "health"),
     "PolicySpec": ("policies", "policies"),
     "HeadersConfig": ("headers policy", "headers-policy"),
     "HeaderEdits": ("header edits", "header-edits"),

@@ -10,8 +10,9 @@ answered 503). Balancers live in `isekai._core.upstream` as ``cdef class`` subcl
 from __future__ import annotations
 
 from isekai._core.upstream import Balancer, Pool, RoundRobin
+from isekai.config import defaults
 
-DEFAULT_BALANCER = "round_robin"
+DEFAULT_BALANCER = defaults.BALANCER
 
 BALANCERS: dict[str, type[Balancer]] = {
     "round_robin": RoundRobin,

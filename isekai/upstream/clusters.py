@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
+from isekai._core.counters import Counters
 from isekai._core.upstream import Cluster, Pool, sweep_pools
 from isekai.config.schema import Upstream
 from isekai.upstream.balancer import DEFAULT_BALANCER, make_balancer
@@ -34,8 +35,9 @@ def _pool_key(upstream: Upstream, host: str, port: int) -> tuple:
 class ClusterRegistry:
     """Builds clusters for a snapshot and owns every pool of the worker."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, counters: Counters | None = None) -> None:
         self._loop = loop
+        self._counters = counters  # gives each cluster its upstream latency slot
         self._pools: dict[tuple, Pool] = {}
         self.clusters: dict[str, Cluster] = {}
 
@@ -87,7 +89,10 @@ class ClusterRegistry:
                 )
             pools[key] = pool
             members.append(pool)
-        return Cluster(name, make_balancer(DEFAULT_BALANCER, members))
+        cluster = Cluster(name, make_balancer(DEFAULT_BALANCER, members))
+        if self._counters is not None:
+            cluster.slot = self._counters.upstream_slot(name)
+        return cluster
 
     def status(self) -> dict:
         """Per upstream, its targets and their connections (for the admin API)."""
@@ -108,6 +113,26 @@ class ClusterRegistry:
             }
             for name, cluster in self.clusters.items()
         }
+
+    def pool_stats(self) -> list[list]:
+        """One row per (upstream, target): ``[upstream, "host:port", idle, active, waiting,
+        created, connect_failures, pool_timeouts, last_connect_failed]`` (JSON-compatible;
+        counts since the pool was made)."""
+        return [
+            [
+                name,
+                f"{pool.host}:{pool.port}",
+                pool.idle_count,
+                pool.busy_count,
+                pool.waiting_count,
+                pool.connections_opened,
+                pool.connect_failures,
+                pool.pool_timeouts,
+                pool.last_connect_failed,
+            ]
+            for name, cluster in self.clusters.items()
+            for pool in cluster.pools
+        ]
 
     def sweep(self, now: float = -1.0) -> None:
         """Apply connect, read and pool-wait timeouts and expire idle connections (``now`` on

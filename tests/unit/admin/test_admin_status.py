@@ -12,6 +12,7 @@ from isekai.admin import status as status_module
 from isekai.admin.context import StatusProviders
 from isekai.admin.http import parse_json
 from isekai.admin.logs import parse_time
+from isekai.observability.metrics import Gathered
 
 
 def test_health_is_public_and_in_the_envelope(tmp_path):
@@ -60,31 +61,71 @@ def test_status_reports_version_uptime_workers_config_version_and_counts(tmp_pat
     run(scenario())
 
 
-def test_stats_endpoints_show_the_providers(tmp_path):
+def _worker(pid: int, tunnels: int, pools: list[list]) -> dict:
+    # the shape `Worker.stats()` ships (isekai/worker.py), as two workers would send it
+    return {
+        "pid": pid,
+        "config_version": 3,
+        "counters": {
+            "buckets": [0.1],
+            "connections": {"active": 2, "total": 9},
+            "routes": {},
+            "upstreams": {},
+            "policies": {},
+        },
+        "pools": pools,
+        "tunnels": tunnels,
+        "in_flight": 1,
+        "extra": {},
+    }
+
+
+def test_stats_endpoints_sum_the_workers_and_show_each(tmp_path):
+    target = "127.0.0.1:9001"
+
+    async def gather():
+        return Gathered(
+            workers=[
+                _worker(11, 1, [["users", target, 2, 1, 0, 5, 0, 0, False]]),
+                _worker(12, 2, [["users", target, 1, 0, 3, 4, 2, 1, True]]),
+            ],
+            expected=2,
+        )
+
     providers = StatusProviders(
-        load_balancer=lambda: {"users": {"balancer": "round_robin", "targets": 1}},
+        gather=gather,
         circuit_breakers=lambda: {"users": {"127.0.0.1:9001": "closed"}},
-        websockets=lambda: {"open": 3, "total": 10},
     )
 
     async def scenario():
         async with admin(tmp_path, status=providers, role="viewer") as api:
-            lb = await api.get("/api/load-balancer/status")
-            assert lb.data == {"users": {"balancer": "round_robin", "targets": 1}}
+            lb = (await api.get("/api/load-balancer/status")).data
+            (row,) = lb["users"]["targets"]
+            assert row["target"] == target and lb["users"]["balancer"] == "round_robin"
+            assert (row["open"], row["idle"], row["busy"], row["waiting"]) == (4, 3, 1, 3)
+            assert (row["opened_total"], row["connect_failures"], row["pool_timeouts"]) == (9, 2, 1)
+            assert row["reachable"] is True  # one worker still reaches it
+            assert [w["pid"] for w in row["per_worker"]] == [11, 12]
             cb = await api.get("/api/circuit-breaker/status")
             assert cb.data == {"users": {"127.0.0.1:9001": "closed"}}
-            ws = await api.get("/api/websocket/stats")
-            assert ws.data == {"open": 3, "total": 10}
+            ws = (await api.get("/api/websocket/stats")).data
+            assert ws == {
+                "open_tunnels": 3,
+                "per_worker": [{"pid": 11, "open_tunnels": 1}, {"pid": 12, "open_tunnels": 2}],
+            }
+            live = (await api.get("/api/status")).data["live"]
+            assert live["connections"] == 4 and live["connections_accepted"] == 18
+            assert live["in_flight"] == 2 and live["workers_answered"] == 2
 
     run(scenario())
 
 
 def test_unexpected_errors_are_a_500_envelope_with_a_request_id(tmp_path, caplog):
-    def broken():
+    async def broken():
         raise KeyError("boom")
 
     async def scenario():
-        async with admin(tmp_path, status=StatusProviders(websockets=broken)) as api:
+        async with admin(tmp_path, status=StatusProviders(gather=broken)) as api:
             reply = await api.get("/api/websocket/stats", headers={"X-Request-Id": "req-42"})
             assert reply.status == 500
             assert reply.error == {"code": "internal", "request_id": "req-42"}
