@@ -34,7 +34,7 @@ from isekai.config.reload import read_config
 from isekai.config.schema import Config
 from isekai.errors import ConfigError
 from isekai.observability.metrics import Gathered, ReloadCounts
-from isekai.process.channel import encode_changes, open_channel, send_message
+from isekai.process.channel import decode_stats, encode_changes, open_channel, send_message
 from isekai.store import Store, StoreError, open_store
 
 log = logging.getLogger("isekai.control")
@@ -191,7 +191,7 @@ class StatsClient:
             self._pending.pop(key, None)
         master = reply.get("reloads", {})
         return Gathered(
-            workers=reply.get("workers", []),
+            workers=[decode_stats(data) for data in reply.get("workers", [])],
             restarts=reply.get("restarts", 0),
             reloads={
                 "ok": self.reloads.ok + master.get("ok", 0),

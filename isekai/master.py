@@ -337,7 +337,7 @@ class Master:
         if not mask & selectors.EVENT_READ:
             return
         try:
-            data = handle.control.recv(65536)
+            data = handle.control.recv(1 << 20)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -405,7 +405,7 @@ class Master:
         if gather is None or handle.pid not in gather.waiting:
             return  # late: that scrape went on without this worker
         gather.waiting.discard(handle.pid)
-        gather.answers[handle.pid] = message.get("data") or {}
+        gather.answers[handle.pid] = message.get("data")  # encoded: relayed as it is
         if not gather.waiting:
             self._finish_gather(key)
 
@@ -424,7 +424,7 @@ class Master:
             {
                 "type": "stats",
                 "id": gather.request_id,
-                "workers": list(gather.answers.values()),
+                "workers": [data for data in gather.answers.values() if isinstance(data, str)],
                 "restarts": self.restarts,
                 "reloads": self.reloads,
                 "expected": self.config.workers,

@@ -33,7 +33,7 @@ from isekai.config.schema import Config
 from isekai.errors import ConfigError
 from isekai.gateway import Snapshot, build_policy, build_snapshot, release, update_snapshot
 from isekai.observability.request_log_feed import RequestLogFeed
-from isekai.process.channel import decode_changes, open_channel, send_message
+from isekai.process.channel import decode_changes, encode_stats, open_channel, send_message
 from isekai.process.signals import Signals
 from isekai.process.sockets import BACKLOG, bind_sockets
 from isekai.proxy import SlowPath
@@ -336,9 +336,8 @@ async def _follow_master(
             if kind == "config" and not worker.stopping:
                 _apply_config(worker, message, writer)
             elif kind == "stats":  # the master gathers every worker's numbers for a scrape
-                send_message(
-                    writer, {"type": "stats", "id": message.get("id"), "data": worker.stats()}
-                )
+                data = encode_stats(worker.stats())
+                send_message(writer, {"type": "stats", "id": message.get("id"), "data": data})
     except (ValueError, OSError) as exc:  # a broken channel: let the master fork a fresh worker
         log.error("control channel failed (%s): shutting down", exc)
     signals.stop.set()

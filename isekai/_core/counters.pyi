@@ -5,6 +5,8 @@ from typing import Any
 LATENCY_BUCKETS: tuple[float, ...]
 METHODS: tuple[str, ...]
 STATUS_CLASSES: tuple[str, ...]
+ROUTE_LAYOUT: tuple[tuple[str, int], ...]
+ROUTE_WIDTH: int
 
 class Counters:
     enabled: bool

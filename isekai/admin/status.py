@@ -14,6 +14,7 @@ from isekai import __version__
 from isekai.admin.context import CTX, AdminContext
 from isekai.admin.http import ApiError, iso_time, ok
 from isekai.config import defaults
+from isekai.observability import metrics
 from isekai.observability.metrics import Gathered
 
 __all__ = ["circuit_breakers", "health", "load_balancer", "status", "websockets"]
@@ -39,11 +40,7 @@ def _live(gathered: Gathered) -> dict[str, Any]:
     requests = active = accepted = in_flight = 0
     for stats in gathered.workers:
         counters = stats.get("counters", {})
-        served = sum(
-            count
-            for route in counters.get("routes", {}).values()
-            for _, _, count in route["requests"]
-        )
+        served = metrics.served(stats)
         connections = counters.get("connections", {})
         per_worker.append(
             {

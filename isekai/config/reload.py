@@ -26,7 +26,7 @@ __all__ = [
 log = logging.getLogger("isekai.reload")
 
 # config keys a reload cannot change
-RESTART_KEYS = ("listeners", "workers", "pid_file", "admin", "store")
+RESTART_KEYS = ("listeners", "workers", "pid_file", "admin", "store", "observability")
 
 
 def read_config(path: str) -> tuple[Config, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import marshal
 import pickle
 import socket
 
@@ -22,6 +23,8 @@ __all__ = [
     "decode_changes",
     "encode_changes",
     "encode_message",
+    "decode_stats",
+    "encode_stats",
     "open_channel",
     "send_message",
 ]
@@ -42,6 +45,17 @@ def encode_message(message: dict) -> bytes:
 def send_message(writer: asyncio.StreamWriter, message: dict) -> None:
     """One newline-delimited JSON message on a control channel."""
     writer.write(encode_message(message))
+
+
+def encode_stats(stats: dict) -> str:
+    """A worker's statistics (`Worker.stats()`) for the channel: marshal, then base64, so the
+    master relays one JSON string per worker without parsing it (several MB with 10,000 routes:
+    marshal is ten times faster than JSON both ways). Both ends are this gateway's processes."""
+    return base64.b64encode(marshal.dumps(stats)).decode()
+
+
+def decode_stats(text: str) -> dict:
+    return marshal.loads(base64.b64decode(text))
 
 
 def encode_changes(changes: list[Change]) -> str:

@@ -179,7 +179,7 @@ def test_status_endpoints_show_live_numbers_summed_and_per_worker(tmp_path):
             status, body, _ = _get(admin_port, "/metrics")
             assert status == 200
             assert (
-                b'isekai_http_requests_total{method="POST",route="hello",status_class="2xx"} 2.0'
+                b'isekai_http_requests_total{route="hello",method="POST",status_class="2xx"} 2\n'
                 in body
             )
             status, body, _ = _get(admin_port, "/health/ready")
