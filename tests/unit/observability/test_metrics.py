@@ -1,0 +1,166 @@
+"""The scrape's arithmetic and text: workers' exports summed, labels capped, valid exposition
+(parsed back with prometheus-client's parser). The exports here are made by real workers'
+`Counters` in tests/integration/test_metrics.py; these are packed the same way, by hand, to
+cover the merges a live test cannot arrange (different routes per worker, caps)."""
+
+from __future__ import annotations
+
+import struct
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from isekai._core.counters import LATENCY_BUCKETS, METHODS, ROUTE_LAYOUT, STATUS_CLASSES
+from isekai.observability.metrics import Gathered, render, sum_workers
+
+WIDTH = sum(size for _, size in ROUTE_LAYOUT)
+
+
+def _row(requests: dict[tuple[str, str], int], latency_bucket: int, bytes_out: int) -> list[int]:
+    row = [0] * WIDTH
+    for (method, status_class), count in requests.items():
+        row[METHODS.index(method) * len(STATUS_CLASSES) + STATUS_CLASSES.index(status_class)] = (
+            count
+        )
+    offsets = {}
+    at = 0
+    for name, size in ROUTE_LAYOUT:
+        offsets[name] = at
+        at += size
+    row[offsets["bytes_out"]] = bytes_out
+    row[offsets["latency"] + latency_bucket] = sum(requests.values())
+    row[offsets["upstream_errors"]] = 1 if ("GET", "5xx") in requests else 0
+    return row
+
+
+def _worker(pid: int, routes: dict[str, list[int]], sums: dict[str, float]) -> dict:
+    names = list(routes)
+    counts = b"".join(struct.pack(f"={WIDTH}Q", *routes[name]) for name in names)
+    return {
+        "pid": pid,
+        "counters": {
+            "buckets": list(LATENCY_BUCKETS),
+            "methods": list(METHODS),
+            "status_classes": list(STATUS_CLASSES),
+            "route_layout": [list(field) for field in ROUTE_LAYOUT],
+            "connections": {"active": 1, "total": 10},
+            "routes": {
+                "names": names,
+                "counts": counts,
+                "sums": b"".join(struct.pack("=d", sums[name]) for name in names),
+            },
+            "upstreams": {
+                "names": ["users"],
+                "counts": struct.pack(
+                    f"={len(LATENCY_BUCKETS) + 1}Q", 2, *[0] * len(LATENCY_BUCKETS)
+                ),
+                "sums": struct.pack("=d", 0.0004),
+            },
+            "policies": {"deny_bots": [3, 1, 0]},
+        },
+        "pools": [["users", "127.0.0.1:9001", 1, 0, 0, 4, 1, 0, pid == 2]],
+        "tunnels": pid,
+        "extra": {"logs": {"access_log": {"written": 5, "dropped": pid}}},
+    }
+
+
+def _samples(body: bytes) -> dict:
+    found = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            found[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def _two_workers() -> Gathered:
+    first = _worker(
+        1,
+        {
+            "api": _row({("GET", "2xx"): 3, ("GET", "5xx"): 1}, 2, 100),
+            "": _row({("GET", "4xx"): 2}, 0, 0),
+        },
+        {"api": 0.01, "": 0.001},
+    )
+    second = _worker(
+        2,
+        {"api": _row({("POST", "2xx"): 2}, 14, 50), "web": _row({("HEAD", "3xx"): 1}, 5, 0)},
+        {"api": 20.0, "web": 0.02},
+    )
+    return Gathered(
+        workers=[first, second],
+        restarts=2,
+        reloads={"ok": 3, "failed": 1},
+        expected=2,
+        version="9.9",
+    )
+
+
+def test_two_workers_are_summed_into_one_valid_exposition():
+    samples = _samples(render(_two_workers(), 1000))
+    requests = "isekai_http_requests_total"
+    assert samples[requests, (("method", "GET"), ("route", "api"), ("status_class", "2xx"))] == 3
+    assert samples[requests, (("method", "POST"), ("route", "api"), ("status_class", "2xx"))] == 2
+    assert samples[requests, (("method", "GET"), ("route", "_none"), ("status_class", "4xx"))] == 2
+    assert samples[requests, (("method", "HEAD"), ("route", "web"), ("status_class", "3xx"))] == 1
+    hist = "isekai_http_request_duration_seconds"
+    # api: 4 requests in bucket 2 (<= 2.5 ms) from worker 1, 2 past the last bound from worker 2
+    assert samples[hist + "_bucket", (("le", "0.001"), ("route", "api"))] == 0
+    assert samples[hist + "_bucket", (("le", "0.0025"), ("route", "api"))] == 4
+    assert samples[hist + "_bucket", (("le", "10.0"), ("route", "api"))] == 4
+    assert samples[hist + "_bucket", (("le", "+Inf"), ("route", "api"))] == 6
+    assert samples[hist + "_count", (("route", "api"),)] == 6
+    assert abs(samples[hist + "_sum", (("route", "api"),)] - 20.01) < 1e-9
+    assert samples["isekai_http_response_bytes_total", (("route", "api"),)] == 150
+    assert samples["isekai_upstream_errors_total", (("kind", "connect"), ("route", "api"))] == 1
+    up = "isekai_upstream_request_duration_seconds"
+    assert samples[up + "_bucket", (("le", "0.0005"), ("upstream", "users"))] == 4
+    assert samples["isekai_policy_answers_total", (("policy", "deny_bots"),)] == 6
+    assert samples["isekai_policy_errors_total", (("policy", "deny_bots"),)] == 2
+    target = (("target", "127.0.0.1:9001"), ("upstream", "users"))
+    assert samples["isekai_upstream_connections_created_total", target] == 8
+    assert samples["isekai_upstream_connect_failures_total", target] == 2
+    assert samples["isekai_upstream_target_reachable", target] == 0.5  # one worker of two
+    assert samples["isekai_client_connections", ()] == 2
+    assert samples["isekai_client_connections_accepted_total", ()] == 20
+    assert samples["isekai_websocket_tunnels", ()] == 3
+    assert samples["isekai_log_records_dropped_total", (("log", "access_log"),)] == 3
+    assert samples["isekai_log_records_written_total", (("log", "access_log"),)] == 10
+    assert samples["isekai_worker_restarts_total", ()] == 2
+    assert samples["isekai_config_reloads_total", (("result", "failed"),)] == 1
+    assert samples["isekai_workers", ()] == 2
+    assert (
+        samples[
+            "isekai_build_info",
+            (
+                (
+                    "python",
+                    samples
+                    and next(dict(k[1])["python"] for k in samples if k[0] == "isekai_build_info"),
+                ),
+                ("version", "9.9"),
+            ),
+        ]
+        == 1
+    )
+
+
+def test_labels_past_the_cap_are_summed_under_other():
+    samples = _samples(render(_two_workers(), 1))
+    routes = {
+        dict(labels)["route"] for (name, labels) in samples if name == "isekai_http_requests_total"
+    }
+    assert routes == {"api", "_other", "_none"}  # "web" folded; unrouted keeps its own label
+    other = (("method", "HEAD"), ("route", "_other"), ("status_class", "3xx"))
+    assert samples["isekai_http_requests_total", other] == 1
+
+
+def test_no_workers_is_still_a_valid_exposition():
+    samples = _samples(render(Gathered(workers=[], expected=2), 1000))
+    assert samples["isekai_workers", ()] == 0
+    assert samples["isekai_workers_expected", ()] == 2
+    assert not [k for k in samples if k[0] == "isekai_http_requests_total"]
+
+
+def test_sum_workers_keeps_each_route_once():
+    totals = sum_workers(_two_workers().workers)
+    assert sorted(totals.routes) == ["", "api", "web"]
+    assert totals.route_sums["api"] == 20.01
