@@ -127,20 +127,8 @@ def test_two_workers_are_summed_into_one_valid_exposition():
     assert samples["isekai_worker_restarts_total", ()] == 2
     assert samples["isekai_config_reloads_total", (("result", "failed"),)] == 1
     assert samples["isekai_workers", ()] == 2
-    assert (
-        samples[
-            "isekai_build_info",
-            (
-                (
-                    "python",
-                    samples
-                    and next(dict(k[1])["python"] for k in samples if k[0] == "isekai_build_info"),
-                ),
-                ("version", "9.9"),
-            ),
-        ]
-        == 1
-    )
+    (info,) = [dict(labels) for name, labels in samples if name == "isekai_build_info"]
+    assert info["version"] == "9.9" and info["python"].count(".") == 2
 
 
 def test_labels_past_the_cap_are_summed_under_other():
