@@ -18,6 +18,7 @@ in the master: the processor's thread would not survive the fork.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -186,7 +187,10 @@ class Tracer:
         self.processor = _BoundedProcessor(batch, self.counting, config.queue_size)
         self.ids = _GivenIds()
         self.provider = TracerProvider(
-            resource=Resource.create({"service.name": config.service_name}),
+            # the pid tells the workers apart (this runs in the worker, after the fork)
+            resource=Resource.create(
+                {"service.name": config.service_name, "process.pid": os.getpid()}
+            ),
             sampler=ALWAYS_ON,  # `_core` decided: only sampled requests get here
             id_generator=self.ids,
             shutdown_on_exit=False,
