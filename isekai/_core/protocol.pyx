@@ -1512,11 +1512,12 @@ cdef int _trace_start(ServerState state, ProxyRequest req) except -1:
     one (sampled by the ratio). An invalid traceparent counts as absent, its tracestate goes."""
     cdef bytes parent = req.traceparent
     cdef int flags = parse_traceparent(parent) if parent is not None else -1
+    cdef uint64_t low
     if flags < 0:
         req.traceparent = None
         req.tracestate = None
-        req.trace_id = new_trace_id()
-        req.sampled = ratio_sampled(req.trace_id, state.trace_bound)
+        req.trace_id = new_trace_id(&low)
+        req.sampled = ratio_sampled(low, state.trace_bound)
     else:
         req.trace_id = parent[3:35]
         req.sampled = flags & 1
@@ -1537,7 +1538,7 @@ cdef int _trace_inject(ProxyRequest req, list out) except -1:
             req.client_span_id = new_span_id()
         out.append(traceparent_line(req.trace_id, req.client_span_id, True))
     elif parent is None:
-        out.append(traceparent_line(req.trace_id, new_span_id(), False))
+        out.append(traceparent_line(req.trace_id, None, False))
     else:
         out.append(b"traceparent: ")
         out.append(parent if parent[0] == 48 and parent[1] == 48 else  # "00"

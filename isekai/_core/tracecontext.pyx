@@ -27,6 +27,11 @@ from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 
 cdef const char* HEX = b"0123456789abcdef"
+cdef char PAIRS[512]  # byte -> its two hex digits
+cdef int _b
+for _b in range(256):
+    PAIRS[2 * _b] = HEX[_b >> 4]
+    PAIRS[2 * _b + 1] = HEX[_b & 15]
 cdef uint64_t _s0, _s1, _s2, _s3   # xoshiro256** state
 
 
@@ -82,43 +87,51 @@ seed()
 os.register_at_fork(after_in_child=seed)
 
 
-cdef inline void _hex(char* out, uint64_t value, int digits) noexcept:
+cdef inline void _hex16(char* out, uint64_t value) noexcept:
+    """`value` as 16 hex digits, two at a time."""
     cdef int i
-    for i in range(digits - 1, -1, -1):
-        out[i] = HEX[value & 15]
-        value >>= 4
+    for i in range(14, -2, -2):
+        memcpy(out + i, PAIRS + 2 * (value & 255), 2)
+        value >>= 8
 
 
-cdef bytes new_trace_id():
-    """32 lower-case hex digits, never all zero."""
+cdef bytes new_trace_id(uint64_t* low):
+    """32 lower-case hex digits, never all zero; `low` gets the lower 64 bits (for sampling)."""
     cdef uint64_t hi = _next(), lo = _next()
     if hi == 0 and lo == 0:
         lo = 1
     cdef bytes out = PyBytes_FromStringAndSize(NULL, 32)
     cdef char* p = PyBytes_AS_STRING(out)
-    _hex(p, hi, 16)
-    _hex(p + 16, lo, 16)
+    _hex16(p, hi)
+    _hex16(p + 16, lo)
+    low[0] = lo
     return out
+
+
+cdef inline uint64_t _span() noexcept:
+    cdef uint64_t value = _next()
+    return value if value != 0 else 1
 
 
 cdef bytes new_span_id():
     """16 lower-case hex digits, never all zero."""
-    cdef uint64_t value = _next()
-    if value == 0:
-        value = 1
     cdef bytes out = PyBytes_FromStringAndSize(NULL, 16)
-    _hex(PyBytes_AS_STRING(out), value, 16)
+    _hex16(PyBytes_AS_STRING(out), _span())
     return out
 
 
 cdef bytes traceparent_line(bytes trace_id, bytes span_id, bint sampled):
-    """b"traceparent: 00-<trace_id>-<span_id>-0x\\r\\n" in one allocation."""
+    """b"traceparent: 00-<trace_id>-<span_id>-0x\\r\\n" in one allocation; a new span id when
+    `span_id` is None."""
     cdef bytes out = PyBytes_FromStringAndSize(NULL, 70)
     cdef char* p = PyBytes_AS_STRING(out)
     memcpy(p, b"traceparent: 00-", 16)
     memcpy(p + 16, PyBytes_AS_STRING(trace_id), 32)
     p[48] = 45  # "-"
-    memcpy(p + 49, PyBytes_AS_STRING(span_id), 16)
+    if span_id is None:
+        _hex16(p + 49, _span())
+    else:
+        memcpy(p + 49, PyBytes_AS_STRING(span_id), 16)
     memcpy(p + 65, b"-0", 2)
     p[67] = 49 if sampled else 48  # "1" / "0"
     p[68] = 13
@@ -206,17 +219,10 @@ cdef uint64_t ratio_bound(double ratio) noexcept:
     return <uint64_t>scaled
 
 
-cdef bint ratio_sampled(bytes trace_id, uint64_t bound) noexcept:
-    """Whether a new trace is sampled: its id's lower 64 bits are below `bound` (every id
-    when the bound is 2**64 - 1, the bound of ratio 1)."""
-    cdef const char* p = PyBytes_AS_STRING(trace_id) + 16
-    cdef uint64_t low = 0
-    cdef int i
-    if bound == 0xFFFFFFFFFFFFFFFFULL:
-        return True
-    for i in range(16):
-        low = (low << 4) | <uint64_t>_digit(p[i])
-    return low < bound
+cdef bint ratio_sampled(uint64_t low, uint64_t bound) noexcept:
+    """Whether a new trace is sampled: its id's lower 64 bits (`low`) are below `bound`
+    (every id when the bound is 2**64 - 1, the bound of ratio 1)."""
+    return low < bound or bound == 0xFFFFFFFFFFFFFFFFULL
 
 
 # -- for tests and tools ------------------------------------------------------------------------
@@ -233,12 +239,13 @@ def sampled(bytes trace_id, double ratio):
     """The sampling decision for a new trace with this id (32 lower-case hex digits)."""
     if parse_traceparent(b"00-" + trace_id + b"-0000000000000001-00") < 0:
         raise ValueError("not a trace id")
-    return ratio_sampled(trace_id, ratio_bound(ratio))
+    return ratio_sampled(int(trace_id[16:], 16), ratio_bound(ratio))
 
 
 def trace_id():
     """A new trace id (bytes, 32 hex digits)."""
-    return new_trace_id()
+    cdef uint64_t low
+    return new_trace_id(&low)
 
 
 def span_id():
@@ -247,7 +254,8 @@ def span_id():
 
 
 def header_line(bytes trace_id, bytes span_id, bint sampled):
-    """The `traceparent` line (with CRLF) the gateway sends upstream."""
-    if len(trace_id) != 32 or len(span_id) != 16:
+    """The `traceparent` line (with CRLF) the gateway sends upstream (a new span id when
+    `span_id` is None)."""
+    if len(trace_id) != 32 or (span_id is not None and len(span_id) != 16):
         raise ValueError("a trace id is 32 hex digits, a span id 16")
     return traceparent_line(trace_id, span_id, sampled)

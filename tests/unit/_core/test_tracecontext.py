@@ -154,5 +154,9 @@ def test_tracecontext_header_line():
     line = tc.header_line(VALID[3:35], VALID[36:52], True)
     assert line == b"traceparent: " + VALID + b"\r\n"
     assert tc.header_line(VALID[3:35], VALID[36:52], False).endswith(b"-00\r\n")
+    fresh = tc.header_line(VALID[3:35], None, False)  # a new span id, written in place
+    assert fresh.startswith(b"traceparent: ") and fresh.endswith(b"\r\n")
+    parsed = tc.parse(fresh[13:-2])
+    assert parsed is not None and parsed[1] == VALID[3:35] and parsed[3] == 0
     with pytest.raises(ValueError):
         tc.header_line(b"abc", VALID[36:52], True)
