@@ -56,8 +56,7 @@ from isekai._core.iptrie cimport IpSet
 from isekai._core.router cimport Router
 from isekai._core.tunnel cimport Tunnel
 from isekai._core.tracecontext cimport (
-    TRACE_NONE, TRACE_PARENT, new_span_id, new_trace_id, parse_traceparent, ratio_bound,
-    ratio_sampled, trace_field, traceparent_line,
+    new_span_id, new_trace_id, parse_traceparent, ratio_bound, ratio_sampled, traceparent_line,
 )
 from isekai._core.upstream cimport (
     FAIL_UNAVAILABLE, Cluster, Exchange, Pool, UpstreamProtocol, failure_status,
@@ -105,6 +104,8 @@ cdef class CoreListener:
 
 cdef tuple NO_POLICIES = ()
 cdef bytes PREFLIGHT_METHOD = b"access-control-request-method"
+cdef bytes TRACEPARENT = b"traceparent"
+cdef bytes TRACESTATE = b"tracestate"
 
 
 cdef class CoreRoute:
@@ -1495,12 +1496,12 @@ cdef tuple _log_record(DownstreamProtocol proto, ProxyRequest req, double latenc
 
 cdef bint _trace_field(ProxyRequest req, bytes name, bytes value) except -1:
     """Keep a traceparent or tracestate field aside (True) for `_trace_start`."""
-    cdef int field = trace_field(name)
-    if field == TRACE_NONE:
-        return False
-    if field == TRACE_PARENT:
+    if same_name(name, TRACEPARENT):
         req.traceparent = value if req.traceparent is None else b""  # twice: invalid
-    elif req.tracestate is None:
+        return True
+    if not same_name(name, TRACESTATE):
+        return False
+    if req.tracestate is None:
         req.tracestate = value
     else:  # one list over several lines (W3C trace context §3.3.1)
         req.tracestate = req.tracestate + b"," + value

@@ -1,12 +1,5 @@
 from libc.stdint cimport uint64_t
 
-# Which W3C trace-context field a request header is (`trace_field`).
-cdef enum:
-    TRACE_NONE = 0
-    TRACE_PARENT = 1
-    TRACE_STATE = 2
-
-cdef int trace_field(bytes name) noexcept
 cdef int parse_traceparent(bytes value) noexcept
 cdef bint ratio_sampled(uint64_t low, uint64_t bound) noexcept
 cdef uint64_t ratio_bound(double ratio) noexcept

@@ -1,10 +1,9 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """W3C trace context (https://www.w3.org/TR/trace-context/) for the request path.
 
-Strategy. Everything a request pays for when tracing is on is here, in C: recognising the
-`traceparent`/`tracestate` field names, checking a `traceparent` against the grammar, the
-sampling decision for a new trace, new trace and span ids, and the `traceparent` line sent
-upstream. Python (isekai/observability/tracing.py) is called only for sampled requests.
+Strategy. Everything a request pays for when tracing is on is C: checking a `traceparent`
+against the grammar, the sampling decision for a new trace, new trace and span ids, and the
+`traceparent` line sent upstream are here; `protocol` keeps the two fields aside and calls them. Python (isekai/observability/tracing.py) is called only for sampled requests.
 
 Grammar (strict; anything else is treated as absent): `version "-" trace-id "-" parent-id "-"
 flags`, every field lower-case hex: version 2 digits and not `ff`, trace-id 32 digits not all
@@ -185,26 +184,6 @@ cdef int parse_traceparent(bytes value) noexcept:
     if f1 < 0 or f2 < 0:
         return -1
     return f1 * 16 + f2
-
-
-cdef inline bint _is(const char* p, const char* lower, Py_ssize_t n) noexcept:
-    # a field name against a lower-case literal, any case (names hold no control bytes)
-    cdef Py_ssize_t i
-    for i in range(n):
-        if (p[i] | 0x20) != lower[i]:
-            return False
-    return True
-
-
-cdef int trace_field(bytes name) noexcept:
-    """TRACE_PARENT, TRACE_STATE or TRACE_NONE for a request field name (any case)."""
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(name)
-    cdef const char* p = PyBytes_AS_STRING(name)
-    if n == 11 and _is(p, b"traceparent", 11):
-        return TRACE_PARENT
-    if n == 10 and _is(p, b"tracestate", 10):
-        return TRACE_STATE
-    return TRACE_NONE
 
 
 cdef uint64_t ratio_bound(double ratio) noexcept:
