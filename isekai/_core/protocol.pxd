@@ -134,7 +134,7 @@ cdef class ProxyRequest(Exchange):
     cdef bytes tracestate
     cdef bint sampled
     cdef bytes client_span_id
-    cdef double upstream_at
+    cdef double client_at
     cdef Pool upstream_pool
     cdef int upstream_status
     cdef int upstream_failure

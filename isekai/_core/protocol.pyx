@@ -1153,7 +1153,7 @@ cdef class DownstreamProtocol:
         if pool is None:
             return req.upstream_failed(FAIL_UNAVAILABLE, "no upstream target is available")
         if req.sampled:  # the client span starts here; its id is the parent-id sent upstream
-            req.upstream_at = monotonic()
+            req.client_at = monotonic()
             req.upstream_pool = pool
             req.client_span_id = new_span_id()
         if req.expect_continue and not req.message_complete and req.http11:
@@ -1589,7 +1589,7 @@ cdef tuple _span_record(DownstreamProtocol proto, ProxyRequest req, double laten
         req.client_span_id,
         pool.host if pool is not None else None,
         pool.port if pool is not None else 0,
-        req.upstream_at - req.started_at if pool is not None else 0.0,
+        req.client_at - req.started_at if pool is not None else 0.0,
         req.upstream_status,
         req.upstream_failure,
     )
