@@ -6,8 +6,9 @@
 Starts a real gateway (``isekai run``) with ``--routes`` fixed-response routes, ``--workers``
 workers and the metrics listener, sends one request to every route (so every route has a
 series of each kind: the worst case for the scrape; ``max_label_values`` is raised to the
-route count so none is folded into ``_other``, unless ``--cap`` says otherwise), then times ``GET /metrics`` ``--scrapes``
-times and prints the median, the spread, the body size and the number of samples. The time
+route count so none is folded into ``_other``, unless ``--cap`` says otherwise), then times
+``GET /metrics`` ``--scrapes`` times and prints the median, the spread, the body size and the
+number of samples. The time
 covers everything a scrape does: the master asking each worker, the workers' exports, the
 relay, the sum and the exposition text.
 """

@@ -24,6 +24,7 @@ from isekai.control import ControlPlane
 from isekai.errors import ConfigError
 from isekai.observability.metrics import Gathered, ReloadCounts
 from isekai.observability.request_log_feed import RequestLogFeed
+from isekai.observability.tracing import check_exporter
 from isekai.process.signals import Signals
 from isekai.process.sockets import format_address, raise_fd_limit
 from isekai.store import StoreError
@@ -196,6 +197,12 @@ def serve(config: Config) -> int:
     With ``workers: 1`` everything runs in this process and SIGHUP reloads ``config.source``;
     with more, this process becomes the master (`isekai.master`) and forks the workers.
     """
+    if config.observability.tracing.enabled:
+        try:
+            check_exporter()  # here, before any worker starts
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return 1
     if config.workers > 1:
         return master.run(config)
     raise_fd_limit(config)

@@ -33,6 +33,7 @@ from isekai.config.schema import Config
 from isekai.errors import ConfigError
 from isekai.gateway import Snapshot, build_policy, build_snapshot, release, update_snapshot
 from isekai.observability.request_log_feed import RequestLogFeed
+from isekai.observability.tracing import open_tracer
 from isekai.process.channel import decode_changes, encode_stats, open_channel, send_message
 from isekai.process.signals import Signals
 from isekai.process.sockets import BACKLOG, bind_sockets
@@ -85,6 +86,12 @@ class Worker:
         # that live outside `_core` (log writers, exporters, custom metrics); shipped with the
         # counters to whoever aggregates the workers (isekai.observability)
         self.stats_providers: dict[str, Callable[[], Mapping[str, Any]]] = {}
+        # spans of sampled requests; made here, in the serving process (after the fork)
+        self.tracer = open_tracer(
+            config.observability.tracing, self.state, lambda: self.snapshot.config
+        )
+        if self.tracer is not None:
+            self.stats_providers["tracing"] = self.tracer.stats
 
     def _apply_limits(self, config: Config) -> None:
         limits = config.limits
@@ -279,6 +286,8 @@ class Worker:
             proto.shutdown()
         self.registry.close()
         self.policies.close()
+        if self.tracer is not None:
+            self.tracer.shutdown()  # exports what is queued, within the export timeout
 
 
 async def until_stopped(worker: Worker, signals: Signals) -> int:

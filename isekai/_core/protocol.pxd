@@ -3,7 +3,8 @@ from isekai._core.iptrie cimport IpSet
 from isekai._core.policy cimport CorePolicy, ResponseHead
 from isekai._core.router cimport Router
 from isekai._core.tunnel cimport Tunnel
-from isekai._core.upstream cimport Cluster, Exchange, UpstreamProtocol
+from isekai._core.upstream cimport Cluster, Exchange, Pool, UpstreamProtocol
+from libc.stdint cimport uint64_t
 
 
 cdef class CoreRoute:
@@ -58,6 +59,11 @@ cdef class ServerState:
     cdef public long long log_dropped
     cdef public object run_async     # the slow path: run_async(req, policy, index)
     cdef ResponseHead head           # reused by every response phase (one at a time)
+    # tracing (isekai/_core/tracecontext.pyx): on, the ratio's bound for new traces, and the
+    # callable that makes the spans of a sampled request (isekai/observability/tracing.py)
+    cdef readonly bint tracing
+    cdef uint64_t trace_bound
+    cdef public object on_span
     cdef bint full
 
 
@@ -122,6 +128,17 @@ cdef class ProxyRequest(Exchange):
     # digits) and this gateway's span in it (16 hex digits); None until known
     cdef public bytes trace_id
     cdef public bytes span_id
+    # with tracing on: the incoming traceparent (b"" once seen twice: invalid) and tracestate;
+    # whether spans are made; for the client span, its id (the parent-id sent upstream), when
+    # the upstream exchange began, its pool, the upstream's status and failure (FAIL_* + 1)
+    cdef bytes traceparent
+    cdef bytes tracestate
+    cdef bint sampled
+    cdef bytes client_span_id
+    cdef double client_at
+    cdef Pool upstream_pool
+    cdef int upstream_status
+    cdef int upstream_failure
 
     cdef bint can_answer(self)
     # header access for policies: `lname` is a lower-case field name

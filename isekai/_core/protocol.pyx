@@ -55,6 +55,9 @@ from isekai._core.policy cimport (
 from isekai._core.iptrie cimport IpSet
 from isekai._core.router cimport Router
 from isekai._core.tunnel cimport Tunnel
+from isekai._core.tracecontext cimport (
+    new_span_id, new_trace_id, parse_traceparent, ratio_bound, ratio_sampled, traceparent_line,
+)
 from isekai._core.upstream cimport (
     FAIL_UNAVAILABLE, Cluster, Exchange, Pool, UpstreamProtocol, failure_status,
 )
@@ -101,6 +104,8 @@ cdef class CoreListener:
 
 cdef tuple NO_POLICIES = ()
 cdef bytes PREFLIGHT_METHOD = b"access-control-request-method"
+cdef bytes TRACEPARENT = b"traceparent"
+cdef bytes TRACESTATE = b"tracestate"
 
 
 cdef class CoreRoute:
@@ -149,6 +154,15 @@ cdef class ServerState:
         records = self.log_buffer
         self.log_buffer = []
         return records
+
+    def set_tracing(self, bint enabled, double sample_ratio=0.0, on_span=None):
+        """W3C trace context on (traceparent checked, a trace id per request, one traceparent
+        sent upstream) or off (the fields pass through untouched). New traces are sampled at
+        `sample_ratio`; `on_span(record)` gets each sampled request once it is over (the tuple
+        of `_span_record`)."""
+        self.tracing = enabled
+        self.trace_bound = ratio_bound(sample_ratio)
+        self.on_span = on_span
 
     def set_trusted_proxies(self, cidrs):
         """Peers in these CIDRs may supply X-Forwarded-For; others have theirs replaced."""
@@ -203,6 +217,7 @@ cdef class ProxyRequest(Exchange):
         and the sweep, so it catches for the request itself."""
         cdef DownstreamProtocol proto = self.proto
         self.conn = None
+        self.upstream_failure = kind + 1
         proto.state.counters.upstream_error(self.route.slot, kind)
         try:
             proto.resume(PAUSE_UPSTREAM)
@@ -236,6 +251,7 @@ cdef class ProxyRequest(Exchange):
         cdef DownstreamProtocol proto = self.proto
         cdef int status = conn.status
         cdef bint no_body = self.is_head or status == 204 or status == 304 or status == 101
+        self.upstream_status = status
         # The upstream protocol already sorted the fields into ready-to-join parts; take them.
         cdef list out = conn.headers
         conn.headers = None
@@ -807,6 +823,8 @@ cdef class DownstreamProtocol:
             self._fail_parse(431, "header block too large")
         kind = header_kind(name)
         if kind == H_OTHER:
+            if self.state.tracing and _trace_field(req, name, value):
+                return  # sent upstream by write_upstream_head
             # Kept as ready-to-join parts of the upstream head.
             out = req.headers
             out.append(name)
@@ -914,6 +932,8 @@ cdef class DownstreamProtocol:
         else:
             req.path = url
             req.query = b""
+        if self.state.tracing:
+            _trace_start(self.state, req)
         if req is self.active:
             self.start(req)
 
@@ -1133,6 +1153,10 @@ cdef class DownstreamProtocol:
         cdef Pool pool = req.route.cluster.pick(req)
         if pool is None:
             return req.upstream_failed(FAIL_UNAVAILABLE, "no upstream target is available")
+        if req.sampled:  # the client span starts here; its id is the parent-id sent upstream
+            req.client_at = monotonic()
+            req.upstream_pool = pool
+            req.client_span_id = new_span_id()
         if req.expect_continue and not req.message_complete and req.http11:
             self.transport.write(CONTINUE)
         pool.acquire(req)
@@ -1152,6 +1176,8 @@ cdef class DownstreamProtocol:
                          req.host if route.preserve_host and req.host else req.conn.pool.authority,
                          b"\r\n"]
         out += req.headers
+        if self.state.tracing:
+            _trace_inject(req, out)
         if req.wants_upgrade:
             out.append(b"connection: upgrade\r\nupgrade: ")
             out.append(req.upgrade)
@@ -1297,6 +1323,8 @@ cdef class DownstreamProtocol:
                               req.bytes_out, latency)
         if req.upstream_at > 0.0 and req.route is not None and req.route.cluster is not None:
             state.counters.record_upstream(req.route.cluster.slot, now - req.upstream_at)
+        if req.sampled:
+            _trace_end(self, req, latency)
         if req.chain is not None:
             self.complete_phase(req)
         if state.log_requests:
@@ -1466,6 +1494,109 @@ cdef tuple _log_record(DownstreamProtocol proto, ProxyRequest req, double latenc
         proto.peer_ip,
         req.user_agent,
         req.request_id,
+    )
+
+
+# -- W3C trace context (isekai/_core/tracecontext.pyx), only while tracing is on ---------------
+
+cdef bint _trace_field(ProxyRequest req, bytes name, bytes value) except -1:
+    """Keep a traceparent or tracestate field aside (True) for `_trace_start`."""
+    if same_name(name, TRACEPARENT):
+        req.traceparent = value if req.traceparent is None else b""  # twice: invalid
+        return True
+    if not same_name(name, TRACESTATE):
+        return False
+    if req.tracestate is None:
+        req.tracestate = value
+    else:  # one list over several lines (W3C trace context §3.3.1)
+        req.tracestate = req.tracestate + b"," + value
+    return True
+
+
+cdef int _trace_start(ServerState state, ProxyRequest req) except -1:
+    """The request's trace: a valid incoming traceparent's (sampled as its flag says), or a new
+    one (sampled by the ratio). An invalid traceparent counts as absent, its tracestate goes."""
+    cdef bytes parent = req.traceparent
+    cdef int flags = parse_traceparent(parent) if parent is not None else -1
+    cdef uint64_t low
+    if flags < 0:
+        req.traceparent = None
+        req.tracestate = None
+        req.trace_id = new_trace_id(&low)
+        req.sampled = ratio_sampled(low, state.trace_bound)
+    else:
+        req.trace_id = parent[3:35]
+        req.sampled = flags & 1
+    if req.sampled:
+        req.span_id = new_span_id()
+    return 0
+
+
+cdef int _trace_inject(ProxyRequest req, list out) except -1:
+    """Exactly one traceparent upstream. Sampled: the client span's (flags 01). Not sampled:
+    the incoming one unchanged (a later version re-sent as 00), or without one the request's
+    new trace with a fresh parent-id and flags 00. The tracestate goes with a valid parent."""
+    cdef bytes parent = req.traceparent
+    if req.trace_id is None:
+        return 0
+    if req.sampled:
+        if req.client_span_id is None:
+            req.client_span_id = new_span_id()
+        out.append(traceparent_line(req.trace_id, req.client_span_id, True))
+    elif parent is None:
+        out.append(traceparent_line(req.trace_id, None, False))
+    else:
+        out.append(b"traceparent: ")
+        out.append(parent if parent[0] == 48 and parent[1] == 48 else  # "00"
+                   b"00-" + parent[3:52] + b"-00")
+        out.append(b"\r\n")
+    if req.tracestate is not None:
+        out.append(b"tracestate: ")
+        out.append(req.tracestate)
+        out.append(b"\r\n")
+    return 0
+
+
+cdef void _trace_end(DownstreamProtocol proto, ProxyRequest req, double latency):
+    """Hand a sampled request over to make its spans; never fails the request."""
+    cdef object on_span = proto.state.on_span
+    if on_span is None:
+        return
+    try:
+        on_span(_span_record(proto, req, latency))
+    except Exception as error:
+        log.error("spans of request %s not recorded: %r", req.request_id, error)
+
+
+cdef tuple _span_record(DownstreamProtocol proto, ProxyRequest req, double latency):
+    # In the order of `SPAN_FIELDS` (isekai/observability/tracing.py).
+    cdef CoreRoute route = req.route
+    cdef Pool pool = req.upstream_pool
+    return (
+        req.trace_id,
+        req.span_id,
+        req.traceparent[36:52] if req.traceparent else None,
+        req.tracestate,
+        wall_clock(),
+        latency,
+        req.method,
+        route.name if route is not None else None,
+        req.path,
+        req.query,
+        proto.state.scheme,
+        req.host,
+        req.client_address(),
+        proto.peer_ip,
+        req.user_agent,
+        req.http11,
+        req.status,
+        req.request_id,
+        req.client_span_id,
+        pool.host if pool is not None else None,
+        pool.port if pool is not None else 0,
+        req.client_at - req.started_at if pool is not None else 0.0,
+        req.upstream_status,
+        req.upstream_failure,
     )
 
 
