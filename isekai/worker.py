@@ -32,7 +32,9 @@ from isekai.config.reload import config_from_message, keep_running
 from isekai.config.schema import Config
 from isekai.errors import ConfigError
 from isekai.gateway import Snapshot, build_policy, build_snapshot, release, update_snapshot
+from isekai.observability import custom_metrics
 from isekai.observability.request_log_feed import RequestLogFeed
+from isekai.policies.metrics import REGISTRY
 from isekai.process.channel import decode_changes, open_channel, send_message
 from isekai.process.signals import Signals
 from isekai.process.sockets import BACKLOG, bind_sockets
@@ -85,6 +87,7 @@ class Worker:
         # that live outside `_core` (log writers, exporters, custom metrics); shipped with the
         # counters to whoever aggregates the workers (isekai.observability)
         self.stats_providers: dict[str, Callable[[], Mapping[str, Any]]] = {}
+        self.stats_providers["custom_metrics"] = functools.partial(custom_metrics.export, REGISTRY)
 
     def _apply_limits(self, config: Config) -> None:
         limits = config.limits

@@ -348,6 +348,33 @@ cdef class ProxyRequest(Exchange):
     def route_name(self):
         return self.route.name if self.route is not None else None
 
+    # request facts for `on_complete` (custom metrics, logs); read-only
+    @property
+    def status(self):
+        """The response status (int) once one is chosen; 0 before."""
+        return self.status
+
+    @property
+    def elapsed(self):
+        """Seconds since the request's first byte (in `on_complete`: its duration)."""
+        return monotonic() - self.started_at
+
+    @property
+    def request_bytes(self):
+        """Request body bytes received so far."""
+        return self.bytes_in
+
+    @property
+    def response_bytes(self):
+        """Response body bytes sent so far."""
+        return self.bytes_out
+
+    @property
+    def listener_name(self):
+        """The name of the listener the request came in on, or None."""
+        cdef CoreListener listener = self.proto.listener if self.proto is not None else None
+        return listener.name if listener is not None else None
+
     @property
     def client_ip(self):
         """The client's address (str): the peer, or with `trusted_proxies` the address the
