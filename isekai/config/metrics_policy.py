@@ -62,9 +62,7 @@ _SOURCES_TEXT = (
 def check_metric_name(name: str) -> str:
     """A custom metric name: ``[A-Za-z_][A-Za-z0-9_]*``, not ``isekai_...``."""
     if ":" in name and _METRIC_NAME.fullmatch(name.replace(":", "_")):
-        raise ValueError(
-            f"metric name {name!r}: colons are reserved for recording rules; use '_'"
-        )
+        raise ValueError(f"metric name {name!r}: colons are reserved for recording rules; use '_'")
     if not _METRIC_NAME.fullmatch(name):
         raise ValueError(
             f"not a valid metric name: {name!r} (letters, digits and '_', not starting with a "
@@ -79,8 +77,7 @@ def check_label_name(name: str) -> str:
     """A label name: ``[A-Za-z_][A-Za-z0-9_]*``, neither ``le`` nor ``__...`` (reserved)."""
     if not _LABEL_NAME.fullmatch(name):
         raise ValueError(
-            f"not a valid label name: {name!r} (letters, digits and '_', not starting with a "
-            "digit)"
+            f"not a valid label name: {name!r} (letters, digits and '_', not starting with a digit)"
         )
     if name.startswith("__"):
         raise ValueError(f"label names starting with '__' are reserved by Prometheus: {name!r}")
@@ -107,10 +104,8 @@ def _check_buckets(values: dict[str, Any], where: Where) -> None:
             defaults.METRIC_SIZE_BUCKETS if size else defaults.METRIC_DURATION_BUCKETS
         )
         return
-    previous = -math.inf
+    previous = -math.inf  # each bound is a finite number (its kind)
     for i, bound in enumerate(bounds):
-        if not math.isfinite(bound):
-            raise where.item_error("buckets", i, f"a bucket bound must be finite, got {bound}")
         if bound <= previous:
             message = f"bucket bounds must increase: {bound:g} after {previous:g}"
             raise where.item_error("buckets", i, message)
@@ -135,7 +130,7 @@ _HELP_DOC = "The `# HELP` text of the metric."
 _LABELS_DOC = (
     "Label name → source of its value: `header:NAME`, `param:NAME` (a path parameter), "
     "`ctx:KEY` (a value an earlier policy put in the request context), `route`, `method`, "
-    "`status`, `status_class`, `listener`. A missing value is `\"\"`."
+    '`status`, `status_class`, `listener`. A missing value is `""`.'
 )
 _MAX_SERIES_DOC = (
     "Distinct label sets kept per worker; past it, new ones are counted under the label set "
@@ -164,9 +159,7 @@ class CustomCounter:
         default="requests",
         choices=("requests", "request_bytes", "response_bytes"),
     )
-    max_series: int = setting(
-        "int", _MAX_SERIES_DOC, default=defaults.METRIC_MAX_SERIES, minimum=1
-    )
+    max_series: int = setting("int", _MAX_SERIES_DOC, default=defaults.METRIC_MAX_SERIES, minimum=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,9 +191,7 @@ class CustomHistogram:
         default_doc="the built-in latency buckets (`0.0005` … `10`) for `duration`; "
         "256 B … 16 MiB by four for sizes",
     )
-    max_series: int = setting(
-        "int", _MAX_SERIES_DOC, default=defaults.METRIC_MAX_SERIES, minimum=1
-    )
+    max_series: int = setting("int", _MAX_SERIES_DOC, default=defaults.METRIC_MAX_SERIES, minimum=1)
 
     validate = staticmethod(_histogram)
 

@@ -77,6 +77,14 @@ def _add(kind: str, into: Any, value: Any) -> Any:
     return into + value
 
 
+def _definition_ok(entry: Any) -> bool:
+    if not isinstance(entry, Mapping) or entry.get("type") not in ("counter", "histogram"):
+        return False
+    if not isinstance(entry.get("labels", []), list):
+        return False
+    return entry["type"] == "counter" or isinstance(entry.get("buckets"), list)
+
+
 def _well_formed(kind: str, names: int, width: int, labels: Any, value: Any) -> bool:
     # a series as `export` makes it: `names` label values; a number, or `width` buckets
     if not isinstance(labels, list) or len(labels) != names:
@@ -102,7 +110,7 @@ def merge(exports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         if not isinstance(metrics, Mapping):
             continue
         for name, entry in metrics.items():
-            if not isinstance(entry, Mapping) or entry.get("type") not in ("counter", "histogram"):
+            if not _definition_ok(entry):
                 conflicts += 1
                 continue
             if name not in merged:
@@ -116,7 +124,11 @@ def merge(exports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             width = len(head.get("buckets") or ()) + 1
             cap = head.get("max_series") or 1
             found = sums[name]
-            for labels, value in entry.get("series") or ():
+            series = entry.get("series")
+            for item in series if isinstance(series, list) else ():
+                if not (isinstance(item, (list, tuple)) and len(item) == 2):
+                    continue
+                labels, value = item
                 if not _well_formed(kind, len(names), width, labels, value):
                     continue
                 key = tuple(str(v) for v in labels)

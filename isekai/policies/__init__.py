@@ -3,7 +3,8 @@
 `isekai.policy.PolicySet` calls ``BUILDERS[type](config)`` once per (type, config), names the
 instance and keeps it across snapshots. The hot families (headers, cors, ip_filter) build
 `isekai._core.policy.CorePolicy` subclasses (isekai/_core/families.pyx); fault and metrics
-build Python objects that the `PythonPolicy` adapter wraps. docs/policies.md describes them for users.
+build Python objects that the `PythonPolicy` adapter wraps. docs/policies.md describes them
+for users.
 """
 
 from __future__ import annotations

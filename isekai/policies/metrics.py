@@ -90,7 +90,16 @@ class Series:
     """One metric's numbers: label values (a tuple) -> a counter's total, or a histogram's
     per-bucket counts (``len(bounds) + 1``, the last for ``+Inf``) followed by the sum."""
 
-    __slots__ = ("bounds", "definition", "family", "kind", "labels", "max_series", "other", "values")
+    __slots__ = (
+        "bounds",
+        "definition",
+        "family",
+        "kind",
+        "labels",
+        "max_series",
+        "other",
+        "values",
+    )
 
     def __init__(self, definition: CustomCounter | CustomHistogram) -> None:
         self.definition = definition
