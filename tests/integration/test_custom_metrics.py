@@ -10,6 +10,7 @@ workers (this needs the /metrics endpoint, isekai/observability/metrics.py).
 
 from __future__ import annotations
 
+import bisect
 import http.client
 import re
 import socket
@@ -50,11 +51,13 @@ METRICS = """
 
 def config_text(upstream_port: int, tiering: bool = True) -> str:
     chain = "[tiering, per_tier]" if tiering else "[per_tier]"
+    tier_chain = "tiering, " if tiering else ""
     tier_policy = "  tiering: {type: test_tier}\n" if tiering else ""
     return f"""
 listeners: [{{name: public, bind: "127.0.0.1:0"}}]
 upstreams:
   app: {{targets: ["127.0.0.1:{upstream_port}"]}}
+  gone: {{targets: ["127.0.0.1:{closed_port()}"]}}
 policies:
 {tier_policy}{METRICS}
 routes:
@@ -65,6 +68,11 @@ routes:
   - {{name: slowly, match: {{path: "/slowly/{{ms}}"}}, upstream: app, rewrite: "/slow/{{ms}}",
       policies: {chain}}}
   - {{name: plain, match: {{path: "/plain/*"}}, upstream: app, strip_prefix: /plain}}
+  - {{name: refused, match: {{path: "/refused"}}, upstream: app, policies: [
+      {{type: metrics, counters: [{{name: shop_refused,
+                                    labels: {{s: status, tier: "ctx:tier"}}}}]}},
+      {tier_chain}{{type: fault, abort: {{status: 403}}}}]}}
+  - {{name: down, match: {{path: "/down"}}, upstream: gone, policies: [per_tier]}}
 """
 
 
@@ -111,6 +119,8 @@ def traffic(port: int) -> None:
     assert send(port, "GET", "/stat/404", "x-key: nobody\r\n") == 404
     assert send(port, "GET", "/plain/bytes/7", v2) == 200  # no metrics policy on this route
     assert send(port, "GET", "/slowly/150", "x-key: k1\r\n") == 200
+    assert send(port, "GET", "/refused", "x-key: k2\r\n") == 403
+    assert send(port, "GET", "/down") == 502
 
 
 REQUESTS = {
@@ -119,6 +129,7 @@ REQUESTS = {
     ("gold", "v2", "500", "2xx", "sized", "POST", "public"): 1,
     ("", "", "", "4xx", "stat", "GET", "public"): 1,
     ("gold", "", "", "2xx", "slowly", "GET", "public"): 1,
+    ("", "", "", "5xx", "down", "GET", "public"): 1,
 }
 
 
@@ -141,13 +152,18 @@ def test_custom_metrics_count_known_traffic_in_a_worker(upstream, tiering):
         "listener",
     ]
     assert series(found["shop_requests"]) == REQUESTS
-    assert series(found["shop_response_bytes"]) == {("sized",): 560, ("stat",): 0, ("slowly",): 4}
+    assert series(found["shop_refused"]) == {("403", "silver"): 1}  # ctx set after it, seen
+    responses = series(found["shop_response_bytes"])
+    error_size = responses.pop(("down",))  # the 502's body, as _core counts it for every metric
+    assert responses == {("sized",): 560, ("stat",): 0, ("slowly",): 4}
     assert series(found["shop_request_bytes"]) == {("GET",): 0, ("POST",): 5}
-    assert series(found["shop_by_n"]) == {("5",): 2, ("50",): 1, ("_other",): 3}
+    assert series(found["shop_by_n"]) == {("5",): 2, ("50",): 1, ("_other",): 4}
+    empty = [1, 0, 0, 0]  # the 404's empty body, then the 502's
+    empty[bisect.bisect_left([10, 100, 1000], error_size)] += 1
     assert series(found["shop_response_size"]) == {
         ("gold",): {"buckets": [3, 0, 1, 0], "sum": 514, "count": 4},
         ("silver",): {"buckets": [0, 1, 0, 0], "sum": 50, "count": 1},
-        ("",): {"buckets": [1, 0, 0, 0], "sum": 0, "count": 1},
+        ("",): {"buckets": empty, "sum": error_size, "count": 2},
     }
     gold = series(found["shop_seconds"])[("gold",)]
     bounds = found["shop_seconds"]["buckets"]
@@ -168,7 +184,7 @@ def test_custom_metrics_count_known_traffic_in_a_worker(upstream, tiering):
         'shop_requests_total{listener="public",method="GET",n="5",route="sized",status="2xx",'
         'tier="gold",version="v2"} 4.0'
     ) in text
-    assert 'shop_by_n_total{n="_other"} 6.0' in text
+    assert 'shop_by_n_total{n="_other"} 8.0' in text
     assert 'shop_response_size_bucket{le="100.0",tier="gold"} 6.0' in text
     assert 'shop_response_size_bucket{le="+Inf",tier="gold"} 8.0' in text
     assert 'shop_response_size_sum{tier="gold"} 1028.0' in text
@@ -205,6 +221,11 @@ def scrape(port: int) -> dict[str, dict[tuple, float]]:
         for sample in family.samples:
             found.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
     return found
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then closed)."""
+    return free_port()
 
 
 def free_port() -> int:
