@@ -30,7 +30,8 @@ policies:
     type: metrics
     counters:
       - name: bench_requests_total
-        labels: {route: route, method: method, status: status_class, version: "header:x-api-version"}
+        labels: {route: route, method: method, status: status_class,
+                 version: "header:x-api-version"}
     histograms:
       - {name: bench_request_seconds, labels: {route: route}}
 """
