@@ -224,6 +224,16 @@ def test_metrics_policy_refusals(case):
     assert found.startswith(message), found
 
 
+BASE = """
+upstreams:
+  app: {targets: ["127.0.0.1:9000"]}
+policies:
+  a: {type: metrics, counters: [{name: hits}]}
+routes:
+  - {name: r, match: {path: /r}, upstream: app, policies: [a]}
+"""
+
+
 def test_metrics_policy_a_name_is_declared_once_across_policies():
     text = """
     upstreams:
@@ -245,38 +255,21 @@ def test_metrics_policy_a_name_is_declared_once_across_policies():
 
 
 def test_metrics_policy_inline_declarations_count_too():
-    text = """
-    upstreams:
-      app: {targets: ["127.0.0.1:9000"]}
-    policies:
-      a: {type: metrics, counters: [{name: hits}]}
-    routes:
-      - {name: r, match: {path: /r}, upstream: app, policies: [a]}
-      - {name: s, match: {path: /s}, upstream: app,
-         policies: [a, {type: metrics, counters: [{name: hits}]}]}
-    """
+    inline = "{type: metrics, counters: [{name: hits}]}"
+    text = (
+        BASE
+        + f"  - {{name: s, match: {{path: /s}}, upstream: app,\n     policies: [a, {inline}]}}\n"
+    )
     assert error_of(text) == (
         "gw.yaml:8: routes[1].policies[1].counters[0].name: metric 'hits' is already declared "
         "at policies.a.counters[0]"
     )
     # one named policy on many routes is one declaration
-    assert (
-        len(load(text.replace("[a, {type: metrics, counters: [{name: hits}]}]", "[a]")).routes) == 2
-    )
+    assert len(load(text.replace(f", {inline}", "")).routes) == 2
 
 
 def index_of(text):
     return ConfigIndex(load(text), ["r"])
-
-
-BASE = """
-upstreams:
-  app: {targets: ["127.0.0.1:9000"]}
-policies:
-  a: {type: metrics, counters: [{name: hits}]}
-routes:
-  - {name: r, match: {path: /r}, upstream: app, policies: [a]}
-"""
 
 
 def test_metrics_policy_admin_changes_keep_one_declaration_per_name():
