@@ -1,8 +1,9 @@
 """The ``metrics`` family: custom counters and histograms of the requests (`MetricsConfig`).
 
-A Python family with only a completion phase: after the last byte, each declared metric reads
-its label values from the request (a header, a path parameter, a ``ctx`` value, the route,
-method or status) and adds to its series. Only routes listing the policy pay for it.
+A Python family with only a completion phase: after the last byte, the label values of all
+its metrics (a header, a path parameter, a ``ctx`` value, the route, method or status) are
+read in one `_core` call (`ProxyRequest.label_values`), and each metric adds to its series.
+Only routes listing the policy pay for it.
 
 The series live in a `CustomMetrics` registry, one per process (`REGISTRY`; a worker is a
 process), not in the policy: a policy instance is rebuilt whenever its config changes, and a
@@ -18,9 +19,11 @@ the label set whose every value is ``"_other"``.
 from __future__ import annotations
 
 import bisect
+import operator
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from isekai._core.protocol import ProxyRequest
 from isekai.config.metrics_policy import (
     CustomCounter,
     CustomHistogram,
@@ -29,61 +32,35 @@ from isekai.config.metrics_policy import (
     parse_label_source,
 )
 
-__all__ = ["OTHER", "REGISTRY", "CustomMetrics", "MetricsPolicy", "Series", "build", "label_reader"]
+__all__ = ["OTHER", "REGISTRY", "CustomMetrics", "MetricsPolicy", "Series", "build", "label_source"]
 
 OTHER = "_other"
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
-
-Reader = Callable[[Any], str]
+_KINDS = {kind: code for code, kind in enumerate(ProxyRequest.LABEL_SOURCES)}
 
 
-def _method(req: Any) -> str:
-    method = req.method.decode("latin-1")
-    return method if method in METHODS else "OTHER"
-
-
-def _status(req: Any) -> str:
-    status = req.status
-    return str(status) if status else ""
-
-
-def _status_class(req: Any) -> str:
-    status = req.status
-    return f"{status // 100}xx" if 100 <= status < 600 else "other"
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bytes):
-        return value.decode("latin-1")
-    return str(value)
-
-
-def label_reader(source: str) -> Reader:
-    """The function reading one label's value (a str, ``""`` when missing) from a request."""
+def label_source(source: str) -> tuple[int, Any]:
+    """A label source as `ProxyRequest.label_values` takes it: ``(kind, argument)``."""
     kind, argument = parse_label_source(source)
     if kind == "header":
-        return lambda req: req.header(argument) or ""
-    if kind == "param":
-        return lambda req: _text(req.params.get(argument)) if req.params else ""
-    if kind == "ctx":
-        return lambda req: _text(req.ctx.get(argument))
-    if kind == "route":
-        return lambda req: req.route_name or ""
-    if kind == "listener":
-        return lambda req: req.listener_name or ""
-    return {"method": _method, "status": _status, "status_class": _status_class}[kind]
+        return _KINDS[kind], argument.encode("latin-1")  # lower-case already
+    return _KINDS[kind], argument
 
 
-_VALUES: dict[str, Callable[[Any], float]] = {
-    "requests": lambda req: 1,
-    "request_bytes": lambda req: req.request_bytes,
-    "response_bytes": lambda req: req.response_bytes,
-    "duration": lambda req: req.elapsed,
+_VALUES: dict[str, Callable[[Any], float] | None] = {
+    "requests": None,  # 1 per request
+    "request_bytes": operator.attrgetter("request_bytes"),
+    "response_bytes": operator.attrgetter("response_bytes"),
+    "duration": operator.attrgetter("elapsed"),
 }
+
+
+def _picker(positions: list[int]) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
+    # the label values of one metric out of those of the whole policy, as a tuple
+    if len(positions) == 1:
+        return operator.itemgetter(slice(positions[0], positions[0] + 1))
+    if not positions:
+        return operator.itemgetter(slice(0, 0))
+    return operator.itemgetter(*positions)
 
 
 class Series:
@@ -169,23 +146,32 @@ REGISTRY = CustomMetrics()
 
 
 class MetricsPolicy:
-    """Counts each completed request into the declared metrics' series."""
+    """Counts each completed request into the declared metrics' series.
+
+    The label sources of all its metrics are read in one `_core` call per request (each
+    distinct source once); each metric then takes its own values out of them."""
 
     def __init__(self, config: MetricsConfig, registry: CustomMetrics = REGISTRY) -> None:
         self.registry = registry
         self.definitions = (*config.counters, *config.histograms)
         self.closed = False
+        sources: dict[tuple[int, Any], int] = {}
         steps = []
         for definition in self.definitions:
             series = registry.acquire(definition)
-            readers = tuple(label_reader(source) for _, source in definition.labels)
+            positions = [
+                sources.setdefault(label_source(source), len(sources))
+                for _, source in definition.labels
+            ]
             record = series.add if definition.kind == "counter" else series.observe
-            steps.append((readers, _VALUES[definition.value], record))
+            steps.append((_picker(positions), _VALUES[definition.value], record))
+        self.sources = tuple(sources)
         self.steps = tuple(steps)
 
     def on_complete(self, req: Any) -> None:
-        for readers, value, record in self.steps:
-            record(tuple([read(req) for read in readers]), value(req))
+        values = req.label_values(self.sources)
+        for pick, value, record in self.steps:
+            record(pick(values), 1 if value is None else value(req))
 
     def close(self) -> None:
         if not self.closed:

@@ -121,6 +121,7 @@ def traffic(port: int) -> None:
     assert send(port, "GET", "/slowly/150", "x-key: k1\r\n") == 200
     assert send(port, "GET", "/refused", "x-key: k2\r\n") == 403
     assert send(port, "GET", "/down") == 502
+    assert send(port, "PURGE", "/stat/200") == 200
 
 
 REQUESTS = {
@@ -130,6 +131,7 @@ REQUESTS = {
     ("", "", "", "4xx", "stat", "GET", "public"): 1,
     ("gold", "", "", "2xx", "slowly", "GET", "public"): 1,
     ("", "", "", "5xx", "down", "GET", "public"): 1,
+    ("", "", "", "2xx", "stat", "OTHER", "public"): 1,
 }
 
 
@@ -156,14 +158,14 @@ def test_custom_metrics_count_known_traffic_in_a_worker(upstream, tiering):
     responses = series(found["shop_response_bytes"])
     error_size = responses.pop(("down",))  # the 502's body, as _core counts it for every metric
     assert responses == {("sized",): 560, ("stat",): 0, ("slowly",): 4}
-    assert series(found["shop_request_bytes"]) == {("GET",): 0, ("POST",): 5}
-    assert series(found["shop_by_n"]) == {("5",): 2, ("50",): 1, ("_other",): 4}
-    empty = [1, 0, 0, 0]  # the 404's empty body, then the 502's
+    assert series(found["shop_request_bytes"]) == {("GET",): 0, ("POST",): 5, ("OTHER",): 0}
+    assert series(found["shop_by_n"]) == {("5",): 2, ("50",): 1, ("_other",): 5}
+    empty = [2, 0, 0, 0]  # the 404's and the PURGE's empty bodies, then the 502's
     empty[bisect.bisect_left([10, 100, 1000], error_size)] += 1
     assert series(found["shop_response_size"]) == {
         ("gold",): {"buckets": [3, 0, 1, 0], "sum": 514, "count": 4},
         ("silver",): {"buckets": [0, 1, 0, 0], "sum": 50, "count": 1},
-        ("",): {"buckets": empty, "sum": error_size, "count": 2},
+        ("",): {"buckets": empty, "sum": error_size, "count": 3},
     }
     gold = series(found["shop_seconds"])[("gold",)]
     bounds = found["shop_seconds"]["buckets"]
@@ -184,7 +186,7 @@ def test_custom_metrics_count_known_traffic_in_a_worker(upstream, tiering):
         'shop_requests_total{listener="public",method="GET",n="5",route="sized",status="2xx",'
         'tier="gold",version="v2"} 4.0'
     ) in text
-    assert 'shop_by_n_total{n="_other"} 8.0' in text
+    assert 'shop_by_n_total{n="_other"} 10.0' in text
     assert 'shop_response_size_bucket{le="100.0",tier="gold"} 6.0' in text
     assert 'shop_response_size_bucket{le="+Inf",tier="gold"} 8.0' in text
     assert 'shop_response_size_sum{tier="gold"} 1028.0' in text
