@@ -45,8 +45,9 @@ METRIC_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 LABEL_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 OURS = "isekai_"  # the built-in metrics' prefix
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count", "_total")
-LABEL_SOURCES = ("route", "method", "status", "status_class", "listener")  # without an argument
-LABEL_SOURCE_PREFIXES = ("header", "param", "ctx")  # "header:NAME", "param:NAME", "ctx:KEY"
+# "header:NAME", "param:NAME", "ctx:KEY", and those without an argument (in the order of
+# `_core.protocol.ProxyRequest.LABEL_SOURCES`, which reads them)
+LABEL_SOURCES = ("header", "param", "ctx", "route", "method", "status", "status_class", "listener")
 LABEL_SOURCE_PATTERN = (
     r"^(route|method|status|status_class|listener|header:[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
     r"|param:[A-Za-z_][A-Za-z0-9_]*|ctx:\S+)$"
@@ -55,7 +56,7 @@ _METRIC_NAME = re.compile(METRIC_NAME_PATTERN[1:-1])
 _LABEL_NAME = _METRIC_NAME
 _SOURCE = re.compile(LABEL_SOURCE_PATTERN[1:-1])
 _SOURCES_TEXT = (
-    "header:NAME, param:NAME, ctx:KEY, " + ", ".join(LABEL_SOURCES[:-1]) + " or listener"
+    "header:NAME, param:NAME, ctx:KEY, " + ", ".join(LABEL_SOURCES[3:-1]) + " or listener"
 )
 
 

@@ -10,10 +10,16 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from isekai._core.counters import LATENCY_BUCKETS
+from isekai._core.protocol import ProxyRequest
 from isekai.config import defaults, jsonschema
 from isekai.config.changes import ConfigIndex
 from isekai.config.loader import load_config_text
-from isekai.config.metrics_policy import CustomCounter, CustomHistogram, MetricsConfig
+from isekai.config.metrics_policy import (
+    LABEL_SOURCES,
+    CustomCounter,
+    CustomHistogram,
+    MetricsConfig,
+)
 from isekai.config.nodes import API_SOURCE
 from isekai.errors import ConfigError
 
@@ -84,6 +90,10 @@ def test_metrics_policy_example_reads_every_key():
     assert inline.value == "response_bytes"
     assert inline.buckets == defaults.METRIC_SIZE_BUCKETS
     assert inline.max_series == defaults.METRIC_MAX_SERIES == 1000
+
+
+def test_metrics_policy_label_sources_are_those_core_reads():
+    assert LABEL_SOURCES == ProxyRequest.LABEL_SOURCES
 
 
 def test_metrics_policy_duration_buckets_default_to_the_builtin_latency_buckets():
