@@ -56,14 +56,15 @@ policies:
 POLICY_CHAIN = "[office, web_cors, tag]"
 
 
-def with_policies(conf: str) -> str:
-    """An Isekai config from `harness.targets.isekai_conf` with POLICY_CHAIN on every route."""
+def with_policies(conf: str, policies: str = POLICIES_YAML, chain: str = POLICY_CHAIN) -> str:
+    """An Isekai config from `harness.targets.isekai_conf` with ``chain`` (default
+    POLICY_CHAIN) on every route, ``policies`` (a top-level ``policies:`` block) before it."""
     lines = []
     for line in conf.splitlines():
         if line.startswith("  - {name:") and line.endswith("}"):
-            line = line[:-1] + f", policies: {POLICY_CHAIN}}}"
+            line = line[:-1] + f", policies: {chain}}}"
         lines.append(line)
-    return POLICIES_YAML + "\n".join(lines) + "\n"
+    return policies + "\n".join(lines) + "\n"
 
 
 def scenarios() -> dict[str, Scenario]:

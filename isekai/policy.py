@@ -16,7 +16,9 @@ A policy is any object with some of these phases (DESIGN.md §6):
 ``request`` gives ``method``, ``path``, ``query``, ``host`` (bytes), ``params`` (path
 parameters), ``request_id``, ``route_name``, ``client_ip`` (after ``trusted_proxies``),
 ``ctx`` (a dict for later policies, made on first use) and ``header(name)``,
-``set_header(name, value)``, ``add_header``, ``remove_header`` for the fields sent upstream.
+``set_header(name, value)``, ``add_header``, ``remove_header`` for the fields sent upstream;
+for ``on_complete``: ``status``, ``elapsed`` (seconds since its first byte),
+``request_bytes`` and ``response_bytes`` (body bytes), ``listener_name``.
 
 A *family* (`PolicyFamily`) is a ``type`` name, a frozen config dataclass whose fields are
 declared with ``isekai.config.meta.setting`` (the loader, the JSON Schema and the admin API

@@ -32,8 +32,10 @@ from isekai.config.reload import config_from_message, keep_running
 from isekai.config.schema import Config
 from isekai.errors import ConfigError
 from isekai.gateway import Snapshot, build_policy, build_snapshot, release, update_snapshot
+from isekai.observability import custom_metrics
 from isekai.observability.request_log_feed import RequestLogFeed
 from isekai.observability.tracing import open_tracer
+from isekai.policies.metrics import REGISTRY
 from isekai.process.channel import decode_changes, encode_stats, open_channel, send_message
 from isekai.process.signals import Signals
 from isekai.process.sockets import BACKLOG, bind_sockets
@@ -92,6 +94,7 @@ class Worker:
         )
         if self.tracer is not None:
             self.stats_providers["tracing"] = self.tracer.stats
+        self.stats_providers["custom_metrics"] = functools.partial(custom_metrics.export, REGISTRY)
 
     def _apply_limits(self, config: Config) -> None:
         limits = config.limits

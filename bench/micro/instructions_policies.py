@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -27,56 +28,70 @@ from harness import targets as T  # noqa: E402
 ORIGIN = "https://app.example.com"
 
 
-def drive(port: int, path: str, count: int, expect_len: int) -> int:
-    """instructions.drive, with an Origin on every request."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    closes = 0
-    try:
-        for _ in range(count):
-            conn.request("GET", path, headers={"Host": "bench.local", "Origin": ORIGIN})
-            resp = conn.getresponse()
-            body = resp.read()
-            if resp.status != 200 or len(body) != expect_len:
-                raise RuntimeError(f"unexpected answer {resp.status} with {len(body)} B")
-            if resp.will_close:
-                conn.close()
-                closes += 1
-    finally:
-        conn.close()
-    return closes
+def driver(headers: dict[str, str]) -> Callable[[int, str, int, int], int]:
+    """instructions.drive, with ``headers`` on every request."""
+
+    def drive(port: int, path: str, count: int, expect_len: int) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        closes = 0
+        try:
+            for _ in range(count):
+                conn.request("GET", path, headers={"Host": "bench.local", **headers})
+                resp = conn.getresponse()
+                body = resp.read()
+                if resp.status != 200 or len(body) != expect_len:
+                    raise RuntimeError(f"unexpected answer {resp.status} with {len(body)} B")
+                if resp.will_close:
+                    conn.close()
+                    closes += 1
+        finally:
+            conn.close()
+        return closes
+
+    return drive
 
 
-def measure(n1: int, n2: int) -> list[dict]:
+drive = driver({"Origin": ORIGIN})
+
+
+def measure(
+    n1: int,
+    n2: int,
+    label: str = "isekai + ip_filter, cors, headers",
+    transform: Callable[[str], str] = bench_run.with_policies,
+    requests: Callable[[int, str, int, int], int] = drive,
+) -> list[dict]:
+    """The plain small_get config, then the same through ``transform``; both driven by
+    ``requests``."""
     plain_conf, plain_drive = T.isekai_conf, instructions.drive
-    instructions.drive = drive
+    instructions.drive = requests
     rows = []
-    for label, conf in (
+    for target, conf in (
         ("isekai (small_get)", plain_conf),
-        (
-            "isekai + ip_filter, cors, headers",
-            lambda *a, **k: bench_run.with_policies(plain_conf(*a, **k)),
-        ),
+        (label, lambda *a, **k: transform(plain_conf(*a, **k))),
     ):
         T.isekai_conf = conf
         try:
             row = instructions.run(["isekai"], n1, n2, None)[0]
         finally:
             T.isekai_conf = plain_conf
-        row["target"] = label
+        row["target"] = target
         rows.append(row)
     instructions.drive = plain_drive
     return rows
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def main(argv=None, doc: str = __doc__, what: str = "policies", **options) -> int:
+    """Parse ``--n1``/``--n2``, measure (``options`` go to `measure`), print the table and
+    what ``what`` adds per request."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--n1", type=int, default=500)
     p.add_argument("--n2", type=int, default=2500)
     args = p.parse_args(argv)
-    rows = measure(args.n1, args.n2)
+    rows = measure(args.n1, args.n2, **options)
     print(instructions.table(rows))
-    plain, policies = rows[0]["instructions_per_request"], rows[1]["instructions_per_request"]
-    print(f"\npolicies add {policies - plain:,} instructions/request ({policies / plain - 1:+.1%})")
+    plain, more = rows[0]["instructions_per_request"], rows[1]["instructions_per_request"]
+    print(f"\n{what} add {more - plain:,} instructions/request ({more / plain - 1:+.1%})")
     return 0
 
 

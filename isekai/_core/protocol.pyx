@@ -365,6 +365,81 @@ cdef class ProxyRequest(Exchange):
     def route_name(self):
         return self.route.name if self.route is not None else None
 
+    # request facts for `on_complete` (custom metrics, logs); read-only
+    @property
+    def status(self):
+        """The response status (int) once one is chosen; 0 before."""
+        return self.status
+
+    @property
+    def elapsed(self):
+        """Seconds since the request's first byte (in `on_complete`: its duration)."""
+        return monotonic() - self.started_at
+
+    @property
+    def request_bytes(self):
+        """Request body bytes received so far."""
+        return self.bytes_in
+
+    @property
+    def response_bytes(self):
+        """Response body bytes sent so far."""
+        return self.bytes_out
+
+    @property
+    def listener_name(self):
+        """The name of the listener the request came in on, or None."""
+        cdef CoreListener listener = self.proto.listener if self.proto is not None else None
+        return listener.name if listener is not None else None
+
+    # what `label_values` reads: a source is (its index in this tuple, its argument)
+    LABEL_SOURCES = ("header", "param", "ctx", "route", "method", "status", "status_class",
+                     "listener")
+
+    def label_values(self, tuple sources):
+        """Metric label values (str, "" when missing) for `sources`, in one call: (0, lname)
+        a header's first value (lname: lower-case bytes), (1, name) a path parameter, (2, key)
+        a `ctx` value (str() unless str), (3, None) the route's name, (4, None) the method
+        (GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, else OTHER), (5, None) the status,
+        (6, None) its class (1xx..5xx, else other), (7, None) the listener's name."""
+        cdef list out = []
+        cdef tuple source
+        cdef int kind
+        cdef int status = self.status
+        cdef bytes raw
+        cdef object value
+        cdef CoreListener listener
+        for source in sources:
+            kind = source[0]
+            if kind == 0:
+                raw = self.get_header(<bytes>source[1])
+                value = raw.decode("latin-1") if raw is not None else ""
+            elif kind == 1:
+                value = self.params.get(source[1]) if self.params else None
+            elif kind == 2:
+                value = self._ctx.get(source[1]) if self._ctx else None
+                if value is not None and type(value) is not str:
+                    value = value.decode("latin-1") if type(value) is bytes else str(value)
+            elif kind == 3:
+                value = self.route.name if self.route is not None else None
+            elif kind == 4:
+                raw = self.method
+                if (raw == b"GET" or raw == b"POST" or raw == b"HEAD" or raw == b"PUT"
+                        or raw == b"DELETE" or raw == b"PATCH" or raw == b"OPTIONS"):
+                    value = raw.decode("ascii")
+                else:
+                    value = "OTHER"
+            elif kind == 5:
+                value = str(status) if status else None
+            elif kind == 6:
+                value = ("1xx", "2xx", "3xx", "4xx", "5xx")[status // 100 - 1] if (
+                    100 <= status < 600) else "other"
+            else:
+                listener = self.proto.listener if self.proto is not None else None
+                value = listener.name if listener is not None else None
+            out.append("" if value is None else value)
+        return tuple(out)
+
     @property
     def client_ip(self):
         """The client's address (str): the peer, or with `trusted_proxies` the address the

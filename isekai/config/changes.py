@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from isekai.config import rules
+from isekai.config import metrics_policy, rules
 from isekai.config.loader import read_document
 from isekai.config.nodes import API_SOURCE
 from isekai.config.policies import PolicySpec
@@ -45,6 +45,10 @@ class Change:
     kind: str
     name: str
     item: Route | Upstream | PolicySpec | None
+
+
+def _is_metrics(item: Any) -> bool:
+    return isinstance(item, PolicySpec) and item.type == metrics_policy.MetricsConfig.family
 
 
 def apply_changes(config: Config, changes: Iterable[Change]) -> Config:
@@ -138,11 +142,17 @@ class ConfigIndex:
                     path=f"routes[{index}].policies[{i}]",
                     file=API_SOURCE,
                 )
+        if any(_is_metrics(item) for item in route.policies):
+            routes = [r for r in self.routes.values() if r.name != name]
+            self._check_metrics(self.config.policies, [*routes, route], f"routes[{index}]")
         return Change("route", name, route)
 
     def _prepare_policy(self, name: str, doc: Mapping[str, Any] | None) -> Change:
         if doc is not None:
             spec = read_document(PolicySpec, doc, f"policies.{name}", extra={"name": name})
+            if _is_metrics(spec):
+                policies = {**self.config.policies, name: spec}  # keeps its place, or last
+                self._check_metrics(policies, list(self.routes.values()), f"policies.{name}")
             return Change("policy", name, spec)
         remaining = {k: v for k, v in self.config.policies.items() if k != name}
         # the full validation reports the first listener, else the first route, using it
@@ -179,6 +189,20 @@ class ConfigIndex:
                 file=None if first in self.file_routes else API_SOURCE,
             )
         return Change("upstream", name, None)
+
+    def _check_metrics(self, policies: Any, routes: list[Route], changed: str) -> None:
+        # the whole-config rule (rules.config) on the candidate: one declaration per metric
+        found = metrics_policy.first_duplicate(
+            rules.declared_policies(policies, self.config.listeners, routes)
+        )
+        if found is None:
+            return
+        path, _, message = found
+        stored = path.startswith(f"{changed}.")
+        if not stored and path.startswith("routes["):
+            position = int(path[len("routes[") : path.index("]")])
+            stored = routes[position].name not in self.file_routes
+        raise ConfigError(message, path=path, file=API_SOURCE if stored else None)
 
     def position(self, route_name: str) -> int:
         """The route's place in ``config.routes`` (its config path is ``routes[position]``)."""

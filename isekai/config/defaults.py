@@ -37,6 +37,35 @@ POLICY_DEADLINE = 10.0  # an async request phase taking longer is answered 503
 CORS_METHODS = ("GET", "HEAD", "POST")
 CORS_MAX_AGE_LIMIT = 365 * 86400.0
 FAULT_PERCENT = 100.0
+# the metrics policy (custom metrics): label sets kept per metric before "_other"; buckets
+METRIC_MAX_SERIES = 1000
+METRIC_DURATION_BUCKETS = (  # seconds: the built-in latency buckets (_core.counters)
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+METRIC_SIZE_BUCKETS = (  # bytes: 256 B to 16 MiB, by four
+    256.0,
+    1024.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262144.0,
+    1048576.0,
+    4194304.0,
+    16777216.0,
+)
 
 # listeners: used when the file has no `listeners` key
 LISTENER_NAME = "public"

@@ -18,7 +18,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from isekai.config import policies, rules, units
+from isekai.config import metrics_policy, policies, rules, units
 from isekai.config.meta import Setting, settings_of
 from isekai.config.policies import PolicySpec
 from isekai.config.schema import Config
@@ -132,6 +132,25 @@ def kind_schema(setting: Setting, ref: Ref, *, env: bool = False) -> dict[str, A
         }
     elif kind == "origin":
         schema = {"type": "string", "pattern": _ORIGIN}
+    elif kind == "metric_name":
+        ours = _nocase(metrics_policy.OURS)
+        schema = {
+            "type": "string",
+            "pattern": metrics_policy.METRIC_NAME_PATTERN,
+            "not": {"pattern": f"^{ours}"},
+        }
+    elif kind == "metric_labels":
+        return {
+            "type": "object",
+            "propertyNames": {
+                "pattern": metrics_policy.LABEL_NAME_PATTERN,
+                "not": {"pattern": "^(__|le$)"},
+            },
+            "additionalProperties": {
+                "type": "string",
+                "pattern": metrics_policy.LABEL_SOURCE_PATTERN,
+            },
+        }
     elif kind == "policy":
         options = [dict(_NAME), {"$ref": ref(PolicySpec)}]
         return {"anyOf": [*options, _ENV]} if env else {"anyOf": options}

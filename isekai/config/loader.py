@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from isekai.config import defaults, policies, units
+from isekai.config import defaults, metrics_policy, policies, units
 from isekai.config.meta import Setting, keys_of, settings_of
 from isekai.config.nodes import (
     API_MARK,
@@ -282,6 +282,8 @@ class _Builder(Reader):
             "header_template": self.header_template,
             "header_map": self.header_map,
             "origin": lambda s, n, p: self.parsed(units.parse_origin, s, n, p),
+            "metric_name": lambda s, n, p: self.checked(metrics_policy.check_metric_name, s, n, p),
+            "metric_labels": lambda s, n, p: self.metric_labels(n, p),
             "policy": self.policy_item,
             "json": lambda s, n, p: self.plain(n, p, [JSON_NODE_BUDGET]),
             "object": lambda s, n, p: self.object(s.cls, n, p),
@@ -440,6 +442,18 @@ class _Builder(Reader):
             if isinstance(value_node, ScalarNode) and value_node.tag == "tag:yaml.org,2002:null":
                 continue  # null: as if absent
             pairs.append((name, read(element, value_node, at)))
+        return tuple(pairs)
+
+    def metric_labels(self, node: Node, path: str) -> tuple[tuple[str, str], ...]:
+        # label name -> label source (metrics policy), as pairs in the order written
+        what = "a mapping of label names to sources like header:x-tier"
+        pairs: list[tuple[str, str]] = []
+        for name, (key_node, value_node) in self.mapping(node, path, None, what=what).items():
+            at = join(path, name)
+            self.check(key_node, at, metrics_policy.check_label_name, name)
+            source = self.string(value_node, at, "a label source like header:x-tier")
+            self.check(value_node, at, metrics_policy.parse_label_source, source)
+            pairs.append((name, source))
         return tuple(pairs)
 
     def policy_item(self, setting: Setting, node: Node, path: str) -> str | PolicySpec:

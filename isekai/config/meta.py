@@ -9,7 +9,8 @@ Kinds: ``duration`` ``size`` ``int`` ``number`` (int or float) ``bool`` ``string
 ``ref`` (a name of another item) ``cidr`` ``host_pattern`` ``path_pattern`` ``rewrite``
 ``strip_prefix`` ``headers`` ``header_name`` ``header_template`` (a header value whose
 ``${client_ip}``-style placeholders are left for the policy) ``header_map`` (header name ->
-``item``, kept as pairs) ``origin`` (CORS) ``policy`` (a policy name or an inline policy)
+``item``, kept as pairs) ``origin`` (CORS) ``metric_name`` ``metric_labels`` (label name ->
+source: the ``metrics`` policy) ``policy`` (a policy name or an inline policy)
 ``enum`` ``bind`` ``target`` ``method`` ``store_url`` ``workers`` ``json`` (any value)
 ``object`` (a nested class, ``cls``), ``list`` (of ``item``) and ``map`` (name -> ``item``).
 """
@@ -44,6 +45,8 @@ KINDS = frozenset(
         "header_template",
         "header_map",
         "origin",
+        "metric_name",
+        "metric_labels",
         "policy",
         "enum",
         "bind",

@@ -8,7 +8,8 @@ keys: the loader reads them with its generic reader, the JSON Schema and the doc
 made from it. The result is a `PolicySpec`: the type, the family's config instance
 (``options``), the name (None when inline) and the deadline.
 
-Families: the builtin ones below (``headers``, ``cors``, ``ip_filter``, ``fault``), those
+Families: the builtin ones below (``headers``, ``cors``, ``ip_filter``, ``fault``; ``metrics`` is
+in ``metrics_policy.py``), those
 registered in-process with `register_family`, and third-party ones found through the
 ``isekai.policies`` entry-point group (loaded once, on the first lookup). A family object has
 ``type`` (its name), ``config`` (its config class) and ``policy`` (what builds the runtime
@@ -30,6 +31,7 @@ from yaml.nodes import MappingNode, SequenceNode
 
 from isekai.config import defaults
 from isekai.config.meta import item, setting
+from isekai.config.metrics_policy import MetricsConfig
 from isekai.config.rules import Where
 from isekai.errors import ConfigError
 
@@ -44,6 +46,7 @@ __all__ = [
     "HeaderEdits",
     "HeadersConfig",
     "IpFilterConfig",
+    "MetricsConfig",
     "PolicySpec",
     "config_class",
     "families_version",
@@ -70,7 +73,7 @@ class PolicySpec:
 
     type: str = setting(
         "string",
-        "The policy family: `headers`, `cors`, `ip_filter`, `fault`, or a plugin's.",
+        "The policy family: `headers`, `cors`, `ip_filter`, `fault`, `metrics`, or a plugin's.",
         what="a policy type",
     )
     options: Any = setting("json", "The family's settings.", yaml=False)
@@ -381,7 +384,8 @@ class FaultConfig:
 # -- the family table -----------------------------------------------------------------------------
 
 _BUILTIN: dict[str, type] = {
-    cls.family: cls for cls in (CorsConfig, FaultConfig, HeadersConfig, IpFilterConfig)
+    cls.family: cls
+    for cls in (CorsConfig, FaultConfig, HeadersConfig, IpFilterConfig, MetricsConfig)
 }
 _TYPE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _ENVELOPE = frozenset({"type", "deadline"})

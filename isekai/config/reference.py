@@ -52,6 +52,9 @@ SECTIONS = {
     "FaultConfig": ("fault policy", "fault-policy"),
     "FaultAbort": ("fault abort", "fault-abort"),
     "FaultDelay": ("fault delay", "fault-delay"),
+    "MetricsConfig": ("metrics policy", "metrics-policy"),
+    "CustomCounter": ("metrics counter", "metrics-counter"),
+    "CustomHistogram": ("metrics histogram", "metrics-histogram"),
 }
 _BLOCK = re.compile(r"(<!-- generated:reference:(\w+) -->\n)(.*?)(<!-- /generated -->)", re.S)
 _PLAIN_TYPES = {
@@ -74,6 +77,8 @@ _PLAIN_TYPES = {
     "header_name": "header name",
     "header_template": "header value template",
     "origin": "origin",
+    "metric_name": "metric name",
+    "metric_labels": "mapping label name → label source",
 }
 
 

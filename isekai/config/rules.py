@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 from yaml.nodes import SequenceNode
 
-from isekai.config import defaults, units
+from isekai.config import defaults, metrics_policy, units
 from isekai.errors import ConfigError, RouteConflictError
 
 __all__ = ["Where", "is_loopback"]
@@ -269,6 +270,12 @@ def config(values: dict[str, Any], where: Where) -> None:
         for i, name in policy_refs(item.policies):
             if name not in policies:
                 raise where.of(item).item_error("policies", i, missing_policy(name, policies))
+    found = metrics_policy.first_duplicate(
+        declared_policies(policies, values.get("listeners", ()), routes)
+    )
+    if found is not None:
+        _, metric, message = found
+        raise where.of(metric).error("name", message)
 
 
 # -- cross-item rules, shared by the whole-config hook above and by config.changes --------------
@@ -292,6 +299,20 @@ def missing_upstream(name: str, upstreams: Any) -> str:
 def missing_policy(name: str, policies: Any) -> str:
     known = ", ".join(policies) if policies else "none defined"
     return f"no policy named {name!r} (policies: {known})"
+
+
+def declared_policies(
+    policies: Any, listeners: Iterable[Any], routes: Iterable[Any]
+) -> Iterator[tuple[str, Any]]:
+    """``(config path, PolicySpec)`` of every policy written in the config, in its order: the
+    named ones, then those inline in listeners' and routes' lists."""
+    for name, spec in policies.items():
+        yield f"policies.{name}", spec
+    for kind, items in (("listeners", listeners), ("routes", routes)):
+        for position, owner in enumerate(items):
+            for i, entry in enumerate(owner.policies):
+                if not isinstance(entry, str):
+                    yield f"{kind}[{position}].policies[{i}]", entry
 
 
 def policy_refs(items: Any) -> list[tuple[int, str]]:
@@ -332,4 +353,5 @@ JSON_RULES: dict[str, dict[str, Any]] = {
     "HeadersConfig": {"anyOf": [_given("request", "object"), _given("response", "object")]},
     "IpFilterConfig": {"anyOf": [_given("allow", "array"), _given("deny", "array")]},
     "FaultConfig": {"anyOf": [_given("abort", "object"), _given("delay", "object")]},
+    "MetricsConfig": {"anyOf": [_given("counters", "array"), _given("histograms", "array")]},
 }

@@ -31,7 +31,10 @@ from itertools import accumulate, compress
 from operator import add
 from typing import Any
 
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from isekai.observability import custom_metrics
 
 __all__ = [
     "CONTENT_TYPE",
@@ -150,6 +153,7 @@ class Totals:
     tunnels: int = 0
     logs: dict[str, dict[str, int]] = field(default_factory=dict)
     spans: dict[str, int] = field(default_factory=dict)
+    custom: dict[str, Any] = field(default_factory=dict)  # custom_metrics.merge of the workers
 
 
 def _add_into(target: list[int], values: Sequence[int]) -> list[int]:
@@ -167,6 +171,7 @@ def _add_into(target: list[int], values: Sequence[int]) -> list[int]:
 def sum_workers(workers: Iterable[Mapping[str, Any]]) -> Totals:
     """Sum the ``Worker.stats()`` of several workers."""
     totals = Totals()
+    customs = []
     for stats in workers:
         counters = stats.get("counters", {})
         totals.buckets = tuple(counters.get("buckets", totals.buckets))
@@ -211,6 +216,10 @@ def sum_workers(workers: Iterable[Mapping[str, Any]]) -> Totals:
                 into[key] = into.get(key, 0) + value
         for key, value in extra.get("tracing", {}).items():
             totals.spans[key] = totals.spans.get(key, 0) + value
+        if extra.get("custom_metrics"):
+            customs.append(extra["custom_metrics"])
+    if customs:
+        totals.custom = custom_metrics.merge(customs)
     return totals
 
 
@@ -518,6 +527,24 @@ def _write_logs(out: _Text, totals: Totals) -> None:
         )
 
 
+class _Families:
+    """A one-scrape prometheus-client collector over ready-made families."""
+
+    def __init__(self, families: list[Any]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Any]:
+        return self.families
+
+
+def _write_custom(out: _Text, merged: Mapping[str, Any]) -> None:
+    # the `metrics` policies' series: few by design (each capped by max_series), so
+    # prometheus-client writes them
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(custom_metrics.families(merged)))
+    out.parts.append(generate_latest(registry).decode())
+
+
 def render(gathered: Gathered, max_label_values: int) -> bytes:
     """The Prometheus text exposition of ``gathered`` (every worker summed)."""
     totals = sum_workers(gathered.workers)
@@ -527,4 +554,6 @@ def render(gathered: Gathered, max_label_values: int) -> bytes:
     _write_upstreams(out, totals, max_label_values)
     _write_policies(out, totals, max_label_values)
     _write_logs(out, totals)
+    if totals.custom:
+        _write_custom(out, totals.custom)
     return out.body()

@@ -2,8 +2,9 @@
 
 `isekai.policy.PolicySet` calls ``BUILDERS[type](config)`` once per (type, config), names the
 instance and keeps it across snapshots. The hot families (headers, cors, ip_filter) build
-`isekai._core.policy.CorePolicy` subclasses (isekai/_core/families.pyx); fault builds a Python
-object that the `PythonPolicy` adapter wraps. docs/policies.md describes them for users.
+`isekai._core.policy.CorePolicy` subclasses (isekai/_core/families.pyx); fault and metrics
+build Python objects that the `PythonPolicy` adapter wraps. docs/policies.md describes them
+for users.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from isekai.policies import cors, fault, headers, ip_filter
+from isekai.policies import cors, fault, headers, ip_filter, metrics
 
 BUILDERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
     {
@@ -20,6 +21,7 @@ BUILDERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
         "cors": cors.build,
         "ip_filter": ip_filter.build,
         "fault": fault.build,
+        "metrics": metrics.build,
     }
 )
 

@@ -267,7 +267,7 @@ REFUSED = {
     "unknown type": (
         "{type: oauth}",
         "policies.p.type: unknown policy type 'oauth' (known types: cors, fault, headers, "
-        "ip_filter)",
+        "ip_filter, metrics)",
     ),
     "missing type": ("{origins: ['*']}", "policies.p.type: missing required key 'type'"),
     "null type": ("{type: null}", "policies.p.type: 'type' needs a value"),
@@ -571,7 +571,7 @@ def plugins():
 
 def test_policies_a_registered_family_is_read_by_the_same_reader(plugins):
     policies.register_family(QuotaFamily())
-    assert policies.known_types() == ("cors", "fault", "headers", "ip_filter", "quota")
+    assert policies.known_types() == ("cors", "fault", "headers", "ip_filter", "metrics", "quota")
     assert policies.config_class("quota") is QuotaConfig
     assert isinstance(policies.plugin_family("quota"), QuotaFamily)
     assert policies.plugin_family("cors") is None and policies.config_class("x") is None
@@ -584,7 +584,8 @@ def test_policies_a_registered_family_is_read_by_the_same_reader(plugins):
     assert "allowed keys: type, deadline, limit, window, keys" in policy_error(
         "{type: quota, limit: 1, burst: 2}"
     )
-    assert "known types: cors, fault, headers, ip_filter, quota" in policy_error("{type: x}")
+    known = "known types: cors, fault, headers, ip_filter, metrics, quota"
+    assert known in policy_error("{type: x}")
     # the published schema knows it too
     schema = jsonschema.document_schema()
     assert {"$ref": "#/$defs/QuotaConfig"} in schema["$defs"]["PolicySpec"]["oneOf"]
