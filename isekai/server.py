@@ -20,7 +20,7 @@ from isekai.config.reload import keep_running, read_config, warn_restart_needed
 from isekai.config.schema import Config
 from isekai.control import ControlPlane
 from isekai.errors import ConfigError
-from isekai.observability.request_log_feed import RequestLogFeed
+from isekai.observability.request_log_feed import LogFeed
 from isekai.process.signals import Signals
 from isekai.process.sockets import format_address, raise_fd_limit
 from isekai.store import StoreError
@@ -97,7 +97,6 @@ async def _serve(config: Config) -> int:
         return 1
     for name, host, port in worker.addresses:
         log.info("listener %s on %s", name, format_address(host, port))
-    feed = None
     if plane is not None:
         plane.ctx.status = worker_status(worker)
 
@@ -115,10 +114,12 @@ async def _serve(config: Config) -> int:
             worker.abort()
             await plane.close()
             return 1
-        if config.admin.request_logs.enabled:
-            feed = RequestLogFeed(worker.state, plane.store, config.admin.request_logs, purge=True)
-            await feed.start()
+    feed = LogFeed(worker.state, config, plane.store if plane else None, purge=True)
+    if feed.enabled:
+        await feed.start()
+        worker.stats_providers["logs"] = feed.stats
     signals = Signals(loop, reload=_FileReloader(worker, plane))
+    signals.reopen.append(feed.reopen)
     log.info(
         "isekai serving %d routes, %d upstreams (config %s)",
         len(config.routes),
@@ -126,7 +127,7 @@ async def _serve(config: Config) -> int:
         config.source,
     )
     code = await until_stopped(worker, signals)
-    if feed is not None:
+    if feed.enabled:
         await feed.stop()
     if plane is not None:
         await plane.close()
