@@ -341,8 +341,8 @@ async def _serve_worker(
 
 
 async def _log_feed(worker: Worker, config: Config, signals: Signals) -> LogFeed | None:
-    """The access log, and the request log on a worker's own connection to the store (the
-    admin process purges)."""
+    """The access log, and the request log on a worker's own connection to the store (each
+    worker purges past the retention: the delete is idempotent and runs once a minute)."""
     store = None
     if config.admin.enabled and config.admin.request_logs.enabled:
         store = open_store(config.store.url)
@@ -351,7 +351,7 @@ async def _log_feed(worker: Worker, config: Config, signals: Signals) -> LogFeed
         except StoreError as exc:
             log.error("request logs off in this worker: cannot open the store: %s", exc)
             store = None
-    feed = LogFeed(worker.state, config, store, purge=False, close_store=True)
+    feed = LogFeed(worker.state, config, store, purge=True, close_store=True)
     if not feed.enabled:
         return None
     await feed.start()

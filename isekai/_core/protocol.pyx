@@ -1497,8 +1497,21 @@ cdef inline double _uniform(ServerState state):
     return <double>((x * <uint64_t>2685821657736338717) >> 11) * (1.0 / 9007199254740992.0)
 
 
-cdef inline object _text(bytes value):
-    return value.decode("latin-1") if value is not None else None
+# longest text kept of the client-supplied request-log columns (`LOG_TEXT_LIMITS` of
+# isekai/store/base.py; a test checks they agree): cut while decoding, so the database gets the
+# values as they are; the others are bounded already (names by the config, methods by llhttp)
+cdef enum:
+    PATH_LIMIT = 2048
+    USER_AGENT_LIMIT = 512
+    REQUEST_ID_LIMIT = 128
+RECORD_TEXT_LIMITS = {"path": PATH_LIMIT, "user_agent": USER_AGENT_LIMIT,
+                      "request_id": REQUEST_ID_LIMIT}
+
+
+cdef inline object _text(bytes value, Py_ssize_t limit=PATH_LIMIT):
+    if value is None:
+        return None
+    return value[:limit].decode("latin-1") if len(value) > limit else value.decode("latin-1")
 
 
 cdef inline void _put(tuple record, Py_ssize_t i, object value):
@@ -1525,8 +1538,8 @@ cdef tuple _log_record(DownstreamProtocol proto, ProxyRequest req, double latenc
     _put(record, 7, req.bytes_in)
     _put(record, 8, req.bytes_out)
     _put(record, 9, _text(proto.peer_ip))
-    _put(record, 10, _text(req.user_agent))
-    _put(record, 11, _text(req.request_id))
+    _put(record, 10, _text(req.user_agent, USER_AGENT_LIMIT))
+    _put(record, 11, _text(req.request_id, REQUEST_ID_LIMIT))
     _put(record, 12, req.trace_id)
     if access:
         _put(record, 13, req.span_id)

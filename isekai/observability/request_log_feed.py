@@ -137,5 +137,9 @@ class LogFeed:
                 )
         if self.access_log is not None:
             await asyncio.to_thread(self.access_log.stop)
+            counts = self.access_log.stats(state.access_dropped)
+            log.info(
+                "access log: %d lines written, %d dropped", counts["written"], counts["dropped"]
+            )
         if self.store is not None:
             await self.store.close()

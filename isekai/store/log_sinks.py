@@ -1,12 +1,18 @@
 """Request-log sinks: how a writer thread puts `_core` records into each backend.
 
 A sink is used by one thread only (`RequestLogWriter`'s), with a database connection of its own,
-so inserts never touch the event loop. It takes the records exactly as `_core` made them (the
-request-log columns first, in `LOG_COLUMNS` order and already decoded, then fields only the
-access log reads) and makes no Python object per record on the SQLite path: the statement
-names every parameter by number, so SQLite binds the record as it is and ignores the tail, and
-`substr` bounds the text columns (`LOG_TEXT_LIMITS`) inside SQLite. Nothing here is called per
-request.
+so inserts never touch the event loop. It takes the records as `_core` made them: the
+request-log columns first, in `LOG_COLUMNS` order, already decoded and bounded
+(`LOG_TEXT_LIMITS`), then fields only the access log reads; a statement binds the first
+``len(LOG_KEYS)`` values of each (a slice made in C, freed at once). SQLite takes up to
+`ROWS_PER_INSERT` rows per INSERT; PostgreSQL gets asyncpg's ``executemany`` (one pipelined round
+trip per batch). Nothing here is called per request.
+
+CPython's sqlite3 (3.11) adapts every parameter that is not exactly int, float, str or
+bytearray by looking up ``__adapt__`` on its protocol type, which raises and formats an
+AttributeError each time: about 2,000 instructions per None. Registering an adapter for None
+(a C method returning None) takes it off that path; the value bound is still NULL, for every
+sqlite3 connection of the process.
 
 A sink opens its connection on first use, and drops it after a failure so the next batch
 reconnects; errors propagate to the writer, which counts and reports them.
@@ -15,11 +21,13 @@ reconnects; errors propagate to the writer, which counts and reports them.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import operator
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
-from isekai.store.base import LOG_COLUMNS, LOG_KEYS, LOG_TEXT_DEFAULT_LIMIT, LOG_TEXT_LIMITS
+from isekai.store.base import LOG_KEYS
 
 __all__ = ["LoopSink", "PostgresLogSink", "RequestLogSink", "SQLiteLogSink"]
 
@@ -39,10 +47,10 @@ class RequestLogSink(Protocol):
         """Close the connection (if any)."""
 
 
-def _bounded(column: str, to: type, param: str, text: str) -> str:
-    if to is not str:
-        return param
-    return f"{text}({param}, 1, {LOG_TEXT_LIMITS.get(column, LOG_TEXT_DEFAULT_LIMIT)})"
+_HEAD = operator.itemgetter(slice(0, len(LOG_KEYS)))  # a record's request-log columns
+_flat = itertools.chain.from_iterable
+_COLUMNS = ", ".join(LOG_KEYS)
+sqlite3.register_adapter(type(None), {}.get)  # None -> None (NULL), off the slow path
 
 
 class LoopSink:
@@ -55,8 +63,7 @@ class LoopSink:
         self.loop = loop
 
     def write(self, records: Sequence[tuple]) -> None:
-        width = len(LOG_KEYS)
-        rows = [dict(zip(LOG_KEYS, record[:width], strict=True)) for record in records]
+        rows = [dict(zip(LOG_KEYS, _HEAD(record), strict=True)) for record in records]
         asyncio.run_coroutine_threadsafe(self.store.insert_request_logs(rows), self.loop).result()
 
     def purge(self, older_than: float) -> int:
@@ -67,14 +74,27 @@ class LoopSink:
         pass
 
 
+def _rows_statement(rows: int) -> str:
+    row = "(" + ", ".join("?" * len(LOG_KEYS)) + ")"
+    return f"INSERT INTO request_logs ({_COLUMNS}) VALUES " + ", ".join([row] * rows)
+
+
+# rows per INSERT: one statement per 128 records (SQLite >= 3.32 takes 32766 parameters, older
+# ones 999); a remainder goes in power-of-two pieces, so a few cached statements serve any batch
+ROWS_PER_INSERT = 128 if sqlite3.sqlite_version_info >= (3, 32) else 64
+
+
 class SQLiteLogSink:
-    """Inserts with ``executemany`` on its own connection to the store's file."""
+    """Inserts on its own connection to the store's file, many rows per INSERT: each
+    ``sqlite3_step`` releases and retakes the GIL and ends a statement, which costs more
+    per row than the row itself when done once per row (``executemany``)."""
+
+    _STATEMENTS = {rows: _rows_statement(rows) for rows in (1 << i for i in range(8))}
 
     def __init__(self, path: str, busy_timeout: float) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
-        self._statements: dict[int, str] = {}
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -86,21 +106,6 @@ class SQLiteLogSink:
             self._conn = conn
         return self._conn
 
-    def _statement(self, width: int) -> str:
-        """INSERT taking a whole record of ``width`` values: SQLite binds parameters 1 to the
-        highest number used, so the (always true) WHERE names the last one."""
-        sql = self._statements.get(width)
-        if sql is None:
-            values = ", ".join(
-                _bounded(column, to, f"?{i}", "substr")
-                for i, (column, to) in enumerate(LOG_COLUMNS, 1)
-            )
-            sql = f"INSERT INTO request_logs ({', '.join(LOG_KEYS)}) SELECT {values}" + (
-                f" WHERE ?{width} IS NULL OR 1" if width > len(LOG_KEYS) else ""
-            )
-            self._statements[width] = sql
-        return sql
-
     def write(self, records: Sequence[tuple]) -> None:
         if not records:
             return
@@ -108,7 +113,13 @@ class SQLiteLogSink:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(self._statement(len(records[0])), records)
+                start, left = 0, len(records)
+                while left:
+                    rows = min(ROWS_PER_INSERT, 1 << (left.bit_length() - 1))
+                    chunk = records[start : start + rows]
+                    conn.execute(self._STATEMENTS[rows], tuple(_flat(map(_HEAD, chunk))))
+                    start += rows
+                    left -= rows
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -143,11 +154,7 @@ class PostgresLogSink:
     of its own, driven by a private event loop in the writer thread."""
 
     _SQL = "INSERT INTO request_logs ({}) VALUES ({})".format(
-        ", ".join(LOG_KEYS),
-        ", ".join(
-            f"{_bounded(column, to, f'${i}', 'substr')}"
-            for i, (column, to) in enumerate(LOG_COLUMNS, 1)
-        ),
+        _COLUMNS, ", ".join(f"${i}" for i in range(1, len(LOG_KEYS) + 1))
     )
 
     def __init__(
@@ -172,17 +179,15 @@ class PostgresLogSink:
             )
         return self._conn
 
-    async def _write(self, records: Iterable[tuple]) -> None:
+    async def _write(self, records: Any) -> None:
         conn = await self._connection()
         await conn.executemany(self._SQL, records)
 
     def write(self, records: Sequence[tuple]) -> None:
         if not records:
             return
-        width = len(LOG_KEYS)
         try:
-            # asyncpg takes exactly the statement's arguments: the request-log part of each
-            self._run(self._write(record[:width] for record in records))
+            self._run(self._write(map(_HEAD, records)))
         except BaseException:
             self._drop()
             raise

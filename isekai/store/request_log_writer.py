@@ -6,7 +6,7 @@ never blocking on the database and never raising; records past ``capacity`` are 
 counted in ``dropped`` (a degraded mode that costs nothing, rather than memory growth or a
 blocked loop). A thread of its own takes everything queued, every ``interval`` seconds or as
 soon as ``batch_size`` records wait, and hands it to a sink (`log_sinks`) in one transaction:
-the records go to ``executemany`` as `_core` made them, with no Python object per record. A
+the records go to the database as `_core` made them, with no Python object per record kept. A
 batch the database rejects is discarded: counted in ``failed_batches`` (its records in
 ``lost``) and logged at most once per ``error_log_interval`` seconds, so an outage neither
 floods the log nor stalls the gateway. With ``retention`` set, rows older than that many seconds

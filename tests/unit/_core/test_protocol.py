@@ -12,10 +12,16 @@ import pytest
 
 from isekai._core.counters import Counters
 from isekai._core.http import response_head
-from isekai._core.protocol import RECORD_EXTRAS, CoreRoute, DownstreamProtocol, ServerState
+from isekai._core.protocol import (
+    RECORD_EXTRAS,
+    RECORD_TEXT_LIMITS,
+    CoreRoute,
+    DownstreamProtocol,
+    ServerState,
+)
 from isekai._core.router import Router
 from isekai.config.units import parse_path_pattern
-from isekai.store.base import LOG_KEYS, normalize_log_row
+from isekai.store.base import LOG_KEYS, LOG_TEXT_DEFAULT_LIMIT, LOG_TEXT_LIMITS, normalize_log_row
 from tests.support.memory import MemoryTransport
 
 COUNTERS = Counters()
@@ -213,6 +219,30 @@ def test_protocol_request_log_records_and_bounded_buffer(state):
     assert normalize_log_row(first)[LOG_KEYS.index("status")] == 200
     assert state.take_request_log() == []
     state.log_requests = False
+
+
+def test_protocol_log_record_bounds_client_text_as_the_store_does(state):
+    for field, limit in RECORD_TEXT_LIMITS.items():
+        assert LOG_TEXT_LIMITS.get(field, LOG_TEXT_DEFAULT_LIMIT) == limit
+    state.log_requests = True
+    state.max_request_line = state.max_header_bytes = 8192
+    state.take_request_log()
+    serve(
+        state,
+        b"GET /"
+        + b"p" * 3000
+        + b" HTTP/1.1\r\nHost: a\r\nUser-Agent: "
+        + b"u" * 900
+        + b"\r\nX-Request-ID: "
+        + b"r" * 300
+        + b"\r\n\r\n",
+    )
+    (record,) = state.take_request_log()
+    state.log_requests = False
+    row = dict(zip(LOG_KEYS, record, strict=False))
+    assert (len(row["path"]), len(row["user_agent"])) == (2048, 512)
+    assert len(row["request_id"]) <= 128  # (one that long is replaced by the gateway's own)
+    assert row["status"] == 404 and row["path"] == "/" + "p" * 2047
 
 
 def test_protocol_log_record_carries_access_log_fields_and_header_values(state):

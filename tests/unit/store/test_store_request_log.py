@@ -59,14 +59,13 @@ async def test_request_log_writer_thread_writes_core_records_to_sqlite(tmp_path)
     async with open_store(url) as store:
         writer = RequestLogWriter(store.request_log_sink, interval=0.05)
         writer.start()
-        long_path = "/p" + "x" * 3000
         assert writer.offer([record(1000.0 + i) for i in range(1200)]) == 1200
-        assert writer.offer([record(3000.0, path=long_path, headers=1)]) == 1
+        assert writer.offer([record(3000.0, route=None, user_agent=None, headers=0)]) == 1
         _until(lambda: writer.written == 1201)
         await writer.aclose()
         rows, total = await store.query_request_logs(RequestLogQuery(limit=2))
     assert total == 1201 and writer.pending == 0
-    assert rows[0]["ts"] == 3000.0 and len(rows[0]["path"]) == 2048  # bounded in SQLite
+    assert rows[0]["ts"] == 3000.0 and rows[0]["route"] is None and rows[0]["user_agent"] is None
     assert rows[1] == log_row(2199.0)  # every column, exactly as given
 
 
@@ -151,3 +150,34 @@ async def test_request_log_writer_through_a_store_without_a_sink_of_its_own():
         await writer.aclose()
         rows, total = await store.query_request_logs(RequestLogQuery())
     assert total == 2 and rows[0] == log_row(6.0)
+
+
+@pytest.fixture
+def pg_dsn(require_service) -> str:
+    return require_service("postgres")
+
+
+@async_test
+async def test_request_log_writer_thread_writes_core_records_to_postgres(pg_dsn):
+    import uuid
+
+    dsn = pg_dsn
+    schema = f"isekai_rl_{uuid.uuid4().hex[:10]}"
+    url = f"{dsn}{'&' if '?' in dsn else '?'}schema={schema}"
+    async with open_store(url) as store:
+        try:
+            writer = RequestLogWriter(store.request_log_sink, interval=0.05, retention=3600)
+            writer.start()
+            now = time.time()
+            assert writer.offer([record(now - 7200)]) == 1  # purged by retention
+            _until(lambda: writer.written == 1)
+            assert writer.offer([record(now + i, user_agent=None) for i in range(300)]) == 300
+            _until(lambda: writer.written == 301 and writer.purged >= 1)
+            await writer.aclose()
+            rows, total = await store.query_request_logs(RequestLogQuery(limit=1))
+            assert total == 300 and rows[0]["ts"] == now + 299
+            assert rows[0] == log_row(now + 299, user_agent=None)
+            assert (writer.failed_batches, writer.lost) == (0, 0)
+        finally:
+            async with store._connection() as conn:
+                await conn.execute(f"DROP SCHEMA {schema} CASCADE")
