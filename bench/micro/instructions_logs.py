@@ -46,7 +46,7 @@ def logs_conf(store: Path, request_logs: bool, plain_conf=T.isekai_conf):
 
 
 def measure(n1: int, n2: int) -> list[dict]:
-    plain_conf, plain_env, plain_dump = T.isekai_conf, T.isekai_env, instructions.dump
+    plain_env, plain_dump = T.isekai_env, instructions.dump
 
     def settled_dump(pid: int) -> None:
         time.sleep(SETTLE)
@@ -54,23 +54,19 @@ def measure(n1: int, n2: int) -> list[dict]:
 
     instructions.dump = settled_dump
     T.isekai_env = lambda: {**plain_env(), **ADMIN_ENV}
-    rows = []
     try:
         with tempfile.TemporaryDirectory(prefix="isekai-cg-logs-") as work:
-            for label, on in (
-                ("isekai + admin, request logs off", False),
-                ("request logs on", True),
-            ):
-                T.isekai_conf = logs_conf(Path(work) / f"store-{int(on)}.db", on)
-                try:
-                    row = instructions.run(["isekai"], n1, n2, None)[0]
-                finally:
-                    T.isekai_conf = plain_conf
-                row["target"] = label
-                rows.append(row)
+            store = Path(work)
+            return instructions.run_variants(
+                (
+                    ("isekai + admin, request logs off", logs_conf(store / "off.db", False)),
+                    ("request logs on", logs_conf(store / "on.db", True)),
+                ),
+                n1,
+                n2,
+            )
     finally:
         instructions.dump, T.isekai_env = plain_dump, plain_env
-    return rows
 
 
 def main(argv=None) -> int:

@@ -49,23 +49,20 @@ def drive(port: int, path: str, count: int, expect_len: int) -> int:
 def measure(n1: int, n2: int) -> list[dict]:
     plain_conf, plain_drive = T.isekai_conf, instructions.drive
     instructions.drive = drive
-    rows = []
-    for label, conf in (
-        ("isekai (small_get)", plain_conf),
-        (
-            "isekai + ip_filter, cors, headers",
-            lambda *a, **k: bench_run.with_policies(plain_conf(*a, **k)),
-        ),
-    ):
-        T.isekai_conf = conf
-        try:
-            row = instructions.run(["isekai"], n1, n2, None)[0]
-        finally:
-            T.isekai_conf = plain_conf
-        row["target"] = label
-        rows.append(row)
-    instructions.drive = plain_drive
-    return rows
+    try:
+        return instructions.run_variants(
+            (
+                ("isekai (small_get)", plain_conf),
+                (
+                    "isekai + ip_filter, cors, headers",
+                    lambda *a, **k: bench_run.with_policies(plain_conf(*a, **k)),
+                ),
+            ),
+            n1,
+            n2,
+        )
+    finally:
+        instructions.drive = plain_drive
 
 
 def main(argv=None) -> int:

@@ -22,14 +22,18 @@ import json
 import logging
 import os
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from isekai._core.protocol import RECORD_EXTRAS
 from isekai.config.observability import AccessLog as AccessLogSettings
-from isekai.observability.log_shipping import ElasticsearchSink, LogstashSink, Shipper
+from isekai.observability.log_shipping import (
+    Background,
+    ElasticsearchSink,
+    LogstashSink,
+    Shipper,
+)
 from isekai.store.base import LOG_KEYS
 
 __all__ = ["ALWAYS_REDACTED", "REDACTED", "AccessLog", "header_names"]
@@ -118,10 +122,11 @@ class _Formatter:
         ).encode()
 
 
-class AccessLog:
+class AccessLog(Background):
     """The writer of one worker (or of the single process); see the module docstring."""
 
     def __init__(self, settings: AccessLogSettings) -> None:
+        super().__init__()
         self.settings = settings
         self.path = settings.path
         self.capacity = settings.queue_size
@@ -137,11 +142,8 @@ class AccessLog:
             self.sinks.append(LogstashSink(settings.logstash, capacity=settings.queue_size))
         self._lists: list[list[tuple]] = []
         self._pending = 0
-        self._cond = threading.Condition(threading.Lock())
         self._reopen = False
-        self._stopping = False
         self._fd = -1
-        self._thread: threading.Thread | None = None
         self._last_error_log = float("-inf")
 
     # -- on the loop ---------------------------------------------------------------------
@@ -173,18 +175,12 @@ class AccessLog:
         for sink in self.sinks:
             sink.start()
         self._open()
-        self._thread = threading.Thread(target=self._run, name="isekai-access-log", daemon=True)
-        self._thread.start()
+        self._start_thread("isekai-access-log")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Write what is queued, then end the thread and the sinks. Blocks (`asyncio.to_thread`
         it from a loop)."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._stop_thread(timeout)
         for sink in self.sinks:
             sink.stop()
         self._close()

@@ -19,7 +19,7 @@ from typing import Any
 
 from isekai.config.units import parse_address
 
-__all__ = ["ElasticsearchSink", "LogstashSink", "Shipper"]
+__all__ = ["Background", "ElasticsearchSink", "LogstashSink", "Shipper"]
 
 log = logging.getLogger("isekai.access_log")
 
@@ -27,7 +27,32 @@ SEND_TIMEOUT = 5.0  # seconds one send may take
 RETRY_PAUSE = 0.2  # seconds before the first retry; doubled for each next one
 
 
-class Shipper:
+class Background:
+    """A thread of its own, woken through ``_cond``; `_stop_thread` asks it to finish (it sees
+    ``_stopping``) and waits for it."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def _start_thread(self, name: str) -> None:
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _stop_thread(self, timeout: float) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Shipper(Background):
     """A bounded queue of lines and the thread that sends them with `send` (subclasses)."""
 
     name = "sink"
@@ -40,6 +65,7 @@ class Shipper:
         retries: int = 2,
         error_log_interval: float = 30.0,
     ) -> None:
+        super().__init__()
         self.capacity = capacity
         self.batch_size = batch_size
         self.retries = retries
@@ -48,9 +74,6 @@ class Shipper:
         self.failed = 0  # lines given up on after the retries
         self.dropped = 0  # lines refused because the queue was full
         self._lines: list[bytes] = []
-        self._cond = threading.Condition(threading.Lock())
-        self._stopping = False
-        self._thread: threading.Thread | None = None
         self._last_error_log = float("-inf")
 
     def offer(self, lines: list[bytes]) -> None:
@@ -64,17 +87,11 @@ class Shipper:
                 self._cond.notify()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"isekai-{self.name}", daemon=True)
-        self._thread.start()
+        self._start_thread(f"isekai-{self.name}")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Send what is queued (within ``timeout``) and end the thread."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._stop_thread(timeout)
         self.close()
 
     def _run(self) -> None:
