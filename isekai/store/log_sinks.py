@@ -5,8 +5,8 @@ so inserts never touch the event loop. It takes the records as `_core` made them
 request-log columns first, in `LOG_COLUMNS` order, already decoded and bounded
 (`LOG_TEXT_LIMITS`), then fields only the access log reads; a statement binds the first
 ``len(LOG_KEYS)`` values of each (a slice made in C, freed at once). SQLite takes up to
-`ROWS_PER_INSERT` rows per INSERT; PostgreSQL gets asyncpg's ``executemany`` (one pipelined round
-trip per batch). Nothing here is called per request.
+`ROWS_PER_INSERT` rows per INSERT; PostgreSQL gets a binary COPY (asyncpg's
+``copy_records_to_table``). Nothing here is called per request.
 
 CPython's sqlite3 (3.11) adapts every parameter that is not exactly int, float, str or
 bytearray by looking up ``__adapt__`` on its protocol type, which raises and formats an
@@ -150,12 +150,9 @@ class SQLiteLogSink:
 
 
 class PostgresLogSink:
-    """Inserts with asyncpg's ``executemany`` (one pipelined round of binds) on a connection
-    of its own, driven by a private event loop in the writer thread."""
-
-    _SQL = "INSERT INTO request_logs ({}) VALUES ({})".format(
-        _COLUMNS, ", ".join(f"${i}" for i in range(1, len(LOG_KEYS) + 1))
-    )
+    """Inserts with asyncpg's ``copy_records_to_table`` (binary COPY: one round trip, no
+    statement per row) on a connection of its own, driven by a private event loop in the
+    writer thread; the table is found through the connection's ``search_path``."""
 
     def __init__(
         self, asyncpg: Any, dsn: str, settings: dict[str, str], connect_timeout: float
@@ -181,7 +178,7 @@ class PostgresLogSink:
 
     async def _write(self, records: Any) -> None:
         conn = await self._connection()
-        await conn.executemany(self._SQL, records)
+        await conn.copy_records_to_table("request_logs", records=records, columns=LOG_KEYS)
 
     def write(self, records: Sequence[tuple]) -> None:
         if not records:
