@@ -67,6 +67,14 @@ def compile_rewrite(template: str) -> tuple[tuple[bytes, str | None], ...]:
     return tuple(parts)
 
 
+def _access_sample(route: Route, config: Config) -> float:
+    """The share of ``route``'s requests the access log takes (0 when it is off for it)."""
+    own = route.access_log
+    if not own.enabled:
+        return 0.0
+    return own.sample if own.sample is not None else config.observability.access_log.sample
+
+
 def _core_route(
     route: Route, config: Config, clusters: dict, counters: Counters, policies: PolicySet
 ) -> CoreRoute:
@@ -78,6 +86,7 @@ def _core_route(
     core.body_idle_timeout = limits.body_idle_timeout or 0.0
     core.websocket_idle_timeout = limits.websocket_idle_timeout or 0.0
     core.websocket = route.websocket
+    core.access_sample = _access_sample(route, config)
     if route.policies:
         core.chain = policies.chain(route.policies, f"routes.{route.name}", config.policies)
     if route.respond is not None:

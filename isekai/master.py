@@ -15,6 +15,7 @@ event loop state). Signal handlers only queue the signal; the loop wakes through
   second SIGINT     like SIGQUIT (Ctrl-C twice)
   SIGQUIT           SIGKILL the workers and exit
   SIGCHLD           reap; a worker that died while not shutting down is replaced
+  SIGUSR1           forward to the workers (they reopen their access-log files)
 
 Each worker has a control socket (a socketpair) carrying newline-delimited JSON. Master to
 worker: ``{"type": "config", "text", "source", "version"}``. Worker to master:
@@ -56,7 +57,14 @@ CRASH_WINDOW = 10.0  # seconds: deaths counted over this window...
 CRASH_LIMIT = 5  # ...more than this many means workers are crash-looping
 CRASH_BACKOFF = 1.0  # seconds between restarts while crash-looping
 STATS_TIMEOUT = 1.0  # seconds a scrape waits for the workers; the late ones are left out
-HANDLED_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
+HANDLED_SIGNALS = (
+    signal.SIGHUP,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGCHLD,
+    signal.SIGUSR1,
+)
 
 
 def exit_description(status: int) -> str:
@@ -256,6 +264,9 @@ class Master:
         pending, self._signals = self._signals, []
         if signal.SIGHUP in pending:  # several SIGHUPs at once reload once
             self.reload()
+        if signal.SIGUSR1 in pending:
+            for pid in self.workers:
+                _signal(pid, signal.SIGUSR1)
         for sig in pending:
             if sig == signal.SIGINT:
                 self._interrupts += 1
@@ -308,6 +319,8 @@ class Master:
         try:
             for sig in HANDLED_SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
+            # until a worker's loop handles it (the admin process never does)
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
             signal.set_wakeup_fd(-1)
             asyncio.set_event_loop(None)
             self._selector.close()  # closes the epoll fd only; the parent's stays registered

@@ -23,7 +23,7 @@ from isekai.config.schema import Config
 from isekai.control import ControlPlane
 from isekai.errors import ConfigError
 from isekai.observability.metrics import Gathered, ReloadCounts
-from isekai.observability.request_log_feed import RequestLogFeed
+from isekai.observability.request_log_feed import LogFeed
 from isekai.observability.tracing import check_exporter
 from isekai.process.signals import Signals
 from isekai.process.sockets import format_address, raise_fd_limit
@@ -109,7 +109,6 @@ async def _serve(config: Config) -> int:
         return 1
     for name, host, port in worker.addresses:
         log.info("listener %s on %s", name, format_address(host, port))
-    feed = None
     reloader = _FileReloader(worker, plane)
     gather = worker_gather(worker, reloader.reloads)
     if plane is not None:
@@ -129,9 +128,10 @@ async def _serve(config: Config) -> int:
             worker.abort()
             await plane.close()
             return 1
-        if config.admin.request_logs.enabled:
-            feed = RequestLogFeed(worker.state, plane.store, config.admin.request_logs, purge=True)
-            await feed.start()
+    feed = LogFeed(worker.state, config, plane.store if plane else None, purge=True)
+    if feed.enabled:
+        await feed.start()
+        worker.stats_providers["logs"] = feed.stats
     metrics_server = None
     settings = config.observability.metrics
     if settings.enabled and settings.bind is not None:
@@ -146,12 +146,13 @@ async def _serve(config: Config) -> int:
         except OSError as exc:
             log.error("cannot start the metrics listener on %s: %s", settings.bind, exc)
             worker.abort()
-            if feed is not None:
+            if feed.enabled:
                 await feed.stop()
             if plane is not None:
                 await plane.close()
             return 1
     signals = Signals(loop, reload=reloader)
+    signals.reopen.append(feed.reopen)
     log.info(
         "isekai serving %d routes, %d upstreams (config %s)",
         len(config.routes),
@@ -161,7 +162,7 @@ async def _serve(config: Config) -> int:
     code = await until_stopped(worker, signals)
     if metrics_server is not None:
         await metrics_server.stop()
-    if feed is not None:
+    if feed.enabled:
         await feed.stop()
     if plane is not None:
         await plane.close()

@@ -33,7 +33,7 @@ from isekai.config.schema import Config
 from isekai.errors import ConfigError
 from isekai.gateway import Snapshot, build_policy, build_snapshot, release, update_snapshot
 from isekai.observability import custom_metrics
-from isekai.observability.request_log_feed import RequestLogFeed
+from isekai.observability.request_log_feed import LogFeed
 from isekai.observability.tracing import open_tracer
 from isekai.policies.metrics import REGISTRY
 from isekai.process.channel import decode_changes, encode_stats, open_channel, send_message
@@ -368,30 +368,34 @@ async def _serve_worker(
         worker.abort()
         return 1
     reader, writer = await open_channel(control)
-    feed = await _request_log_feed(worker, config)
+    feed = await _log_feed(worker, config, signals)
     send_message(writer, {"type": "ready", "version": version})
     channel = asyncio.ensure_future(_follow_master(worker, reader, writer, signals))
     code = await until_stopped(worker, signals)
     channel.cancel()
     if feed is not None:
         await feed.stop()
-        await feed.writer.store.close()
     writer.close()
     return code
 
 
-async def _request_log_feed(worker: Worker, config: Config) -> RequestLogFeed | None:
-    """A worker's own connection to the store for its request logs (the admin process purges)."""
-    if not (config.admin.enabled and config.admin.request_logs.enabled):
+async def _log_feed(worker: Worker, config: Config, signals: Signals) -> LogFeed | None:
+    """The access log, and the request log on a worker's own connection to the store (each
+    worker purges past the retention: the delete is idempotent and runs once a minute)."""
+    store = None
+    if config.admin.enabled and config.admin.request_logs.enabled:
+        store = open_store(config.store.url)
+        try:
+            await store.open()
+        except StoreError as exc:
+            log.error("request logs off in this worker: cannot open the store: %s", exc)
+            store = None
+    feed = LogFeed(worker.state, config, store, purge=True, close_store=True)
+    if not feed.enabled:
         return None
-    store = open_store(config.store.url)
-    try:
-        await store.open()
-    except StoreError as exc:
-        log.error("request logs off in this worker: cannot open the store: %s", exc)
-        return None
-    feed = RequestLogFeed(worker.state, store, config.admin.request_logs, purge=False)
     await feed.start()
+    signals.reopen.append(feed.reopen)
+    worker.stats_providers["logs"] = feed.stats
     return feed
 
 

@@ -197,6 +197,24 @@ def run(targets, n1: int, n2: int, output: Path | None, quiet: bool = False) -> 
     return rows
 
 
+def run_variants(variants, n1: int, n2: int) -> list[dict]:
+    """`run` for Isekai once per ``(label, conf)``: ``conf`` stands in for
+    `harness.targets.isekai_conf` (same arguments) while that variant runs."""
+    from harness import targets as T
+
+    plain_conf = T.isekai_conf
+    rows = []
+    for label, conf in variants:
+        T.isekai_conf = conf
+        try:
+            row = run(["isekai"], n1, n2, None)[0]
+        finally:
+            T.isekai_conf = plain_conf
+        row["target"] = label
+        rows.append(row)
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     out = [
         "| target | instructions/request | I(N1)/N1 | I(N2)/N2 | N1 → N2 | reconnects |",

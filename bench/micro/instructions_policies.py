@@ -65,20 +65,17 @@ def measure(
     ``requests``."""
     plain_conf, plain_drive = T.isekai_conf, instructions.drive
     instructions.drive = requests
-    rows = []
-    for target, conf in (
-        ("isekai (small_get)", plain_conf),
-        (label, lambda *a, **k: transform(plain_conf(*a, **k))),
-    ):
-        T.isekai_conf = conf
-        try:
-            row = instructions.run(["isekai"], n1, n2, None)[0]
-        finally:
-            T.isekai_conf = plain_conf
-        row["target"] = target
-        rows.append(row)
-    instructions.drive = plain_drive
-    return rows
+    try:
+        return instructions.run_variants(
+            (
+                ("isekai (small_get)", plain_conf),
+                (label, lambda *a, **k: transform(plain_conf(*a, **k))),
+            ),
+            n1,
+            n2,
+        )
+    finally:
+        instructions.drive = plain_drive
 
 
 def main(argv=None, doc: str = __doc__, what: str = "policies", **options) -> int:

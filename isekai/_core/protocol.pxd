@@ -1,3 +1,5 @@
+from libc.stdint cimport uint64_t
+
 from isekai._core.counters cimport Counters
 from isekai._core.iptrie cimport IpSet
 from isekai._core.policy cimport CorePolicy, ResponseHead
@@ -26,6 +28,7 @@ cdef class CoreRoute:
     cdef public bint websocket
     cdef public double body_idle_timeout
     cdef public double websocket_idle_timeout
+    cdef public double access_sample    # share of this route's requests in the access log
 
 
 cdef class CoreListener:
@@ -53,10 +56,17 @@ cdef class ServerState:
     cdef public object on_capacity
     cdef public IpSet trusted_proxies    # peers whose X-Forwarded-For is believed
     cdef public set tunnels_open
-    cdef public bint log_requests
+    # one record per finished request (see `_log_record`) when either log is on, for both
+    cdef public bint log_requests        # the request log (admin.request_logs) is on
+    cdef public bint access_log          # the access log is on
+    cdef public double access_sample     # access-log share of requests no route matched
+    cdef public tuple log_headers        # lower-case names of the header values records carry
     cdef public list log_buffer
     cdef public int log_capacity
-    cdef public long long log_dropped
+    cdef public long long log_dropped    # request-log records lost to a full buffer
+    cdef public long long access_dropped # access-log records lost to a full buffer
+    cdef public long long access_kept    # records buffered with `access` set, ever
+    cdef uint64_t rng                    # xorshift64* state of the access-log sampling
     cdef public object run_async     # the slow path: run_async(req, policy, index)
     cdef ResponseHead head           # reused by every response phase (one at a time)
     # tracing (isekai/_core/tracecontext.pyx): on, the ratio's bound for new traces, and the
@@ -204,6 +214,7 @@ cdef class DownstreamProtocol:
     cdef void _count_request(self)
     cdef bint _closing_after(self, ProxyRequest req)
     cdef void _record(self, ProxyRequest req)
+    cdef int _keep(self, ProxyRequest req, double latency) except -1
     cdef int start_tunnel(self, ProxyRequest req, UpstreamProtocol conn) except -1
     cdef int run_policies(self, ProxyRequest req, Py_ssize_t i) except -1
     cdef int _proceed(self, ProxyRequest req) except -1

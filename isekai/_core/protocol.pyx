@@ -37,6 +37,10 @@ from collections import deque
 from urllib.parse import quote
 
 cimport cython
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from libc.stdint cimport uint64_t
+from posix.unistd cimport getpid
 import httptools
 
 from isekai._core.counters cimport Counters, method_index
@@ -119,6 +123,7 @@ cdef class CoreRoute:
         self.respond_headers = ()
         self.body_idle_timeout = 0.0       # 0: the global limit
         self.websocket_idle_timeout = 0.0  # 0: the global limit
+        self.access_sample = 1.0
 
 
 cdef class ServerState:
@@ -142,15 +147,22 @@ cdef class ServerState:
         self.trusted_proxies = IpSet()
         self.tunnels_open = set()
         self.log_requests = False
+        self.access_log = False
+        self.access_sample = 1.0
+        self.log_headers = ()
         self.log_buffer = []
         self.log_capacity = 10000
         self.log_dropped = 0
+        self.access_dropped = 0
+        self.access_kept = 0
+        self.seed_sampling(0)
         self.run_async = None
         self.head = ResponseHead.__new__(ResponseHead)
 
     def take_request_log(self):
-        """The request-log records gathered since the last call (tuples in `LOG_COLUMNS` order,
-        isekai/store/base.py)."""
+        """The log records gathered since the last call (tuples laid out as `_log_record`
+        says: the `LOG_COLUMNS` of isekai/store/base.py, then `RECORD_EXTRAS`, then the values
+        of `log_headers`)."""
         records = self.log_buffer
         self.log_buffer = []
         return records
@@ -163,6 +175,14 @@ cdef class ServerState:
         self.tracing = enabled
         self.trace_bound = ratio_bound(sample_ratio)
         self.on_span = on_span
+
+    def seed_sampling(self, uint64_t seed=0):
+        """Seed the access-log sampling; 0 mixes this process's id and the clock (each worker
+        is made after the fork, so workers never share a sequence)."""
+        if seed == 0:
+            seed = (<uint64_t>getpid() << 32) ^ <uint64_t>(wall_clock() * 1e6)
+        seed ^= <uint64_t>0x9E3779B97F4A7C15
+        self.rng = seed if seed != 0 else 1
 
     def set_trusted_proxies(self, cidrs):
         """Peers in these CIDRs may supply X-Forwarded-For; others have theirs replaced."""
@@ -1402,12 +1422,27 @@ cdef class DownstreamProtocol:
             _trace_end(self, req, latency)
         if req.chain is not None:
             self.complete_phase(req)
-        if state.log_requests:
-            # A bounded buffer the worker drains to the batched writer; full means dropped.
-            if len(state.log_buffer) < state.log_capacity:
-                state.log_buffer.append(_log_record(self, req, latency))
-            else:
-                state.log_dropped += 1
+        if state.log_requests or state.access_log:
+            self._keep(req, latency)
+
+    cdef int _keep(self, ProxyRequest req, double latency) except -1:
+        """One record for both logs, in a bounded buffer the worker drains to their writers
+        (full means dropped and counted); the access log's share is sampled here."""
+        cdef ServerState state = self.state
+        cdef bint access = False
+        cdef double sample
+        if state.access_log:
+            sample = req.route.access_sample if req.route is not None else state.access_sample
+            access = sample >= 1.0 or (sample > 0.0 and _uniform(state) < sample)
+        if not (access or state.log_requests):
+            return 0
+        if len(state.log_buffer) < state.log_capacity:
+            state.log_buffer.append(_log_record(self, req, latency, access))
+            state.access_kept += access
+        else:
+            state.log_dropped += state.log_requests
+            state.access_dropped += access
+        return 0
 
     cdef int retire(self, ProxyRequest req) except -1:
         """The request and its response are both over: move to the next one."""
@@ -1552,24 +1587,84 @@ cdef class DownstreamProtocol:
         return 0
 
 
-cdef tuple _log_record(DownstreamProtocol proto, ProxyRequest req, double latency):
-    # In the order of `LOG_COLUMNS` (isekai/store/base.py), the one list of request-log fields;
-    # `_core` imports nothing from the store, so a test checks the two agree field by field.
+# What a log record holds after the request-log columns (`LOG_COLUMNS`), then one value per
+# name of `ServerState.log_headers`. Extras are left None when the access log does not take the
+# record (`access` false): the request log never reads them.
+RECORD_EXTRAS = ("trace_id", "span_id", "query", "referer", "host", "listener", "access")
+cdef enum:
+    LOG_FIELDS = 12 + 7
+
+
+cdef inline double _uniform(ServerState state):
+    """xorshift64*: a uniform double in [0, 1), a few instructions."""
+    cdef uint64_t x = state.rng
+    x ^= x >> 12
+    x ^= x << 25
+    x ^= x >> 27
+    state.rng = x
+    return <double>((x * <uint64_t>2685821657736338717) >> 11) * (1.0 / 9007199254740992.0)
+
+
+# longest text kept of the client-supplied request-log columns (`LOG_TEXT_LIMITS` of
+# isekai/store/base.py; a test checks they agree): cut while decoding, so the database gets the
+# values as they are; the others are bounded already (names by the config, methods by llhttp)
+cdef enum:
+    PATH_LIMIT = 2048
+    USER_AGENT_LIMIT = 512
+    REQUEST_ID_LIMIT = 128
+RECORD_TEXT_LIMITS = {"path": PATH_LIMIT, "user_agent": USER_AGENT_LIMIT,
+                      "request_id": REQUEST_ID_LIMIT}
+
+
+cdef inline object _text(bytes value, Py_ssize_t limit=PATH_LIMIT):
+    if value is None:
+        return None
+    return value[:limit].decode("latin-1") if len(value) > limit else value.decode("latin-1")
+
+
+cdef inline void _put(tuple record, Py_ssize_t i, object value):
+    Py_INCREF(value)
+    PyTuple_SET_ITEM(record, i, value)
+
+
+cdef tuple _log_record(DownstreamProtocol proto, ProxyRequest req, double latency, bint access):
+    # The request-log part is in the order of `LOG_COLUMNS` (isekai/store/base.py), the one
+    # list of request-log fields, text already decoded so a batch goes to the database as it
+    # is; `_core` imports nothing from the store, so a test checks the two agree field by field.
     cdef CoreRoute route = req.route
-    return (
-        wall_clock(),
-        route.name if route is not None else None,
-        req.method,
-        req.path,
-        req.status,
-        route.cluster.name if route is not None and route.cluster is not None else None,
-        latency * 1000.0,
-        req.bytes_in,
-        req.bytes_out,
-        proto.peer_ip,
-        req.user_agent,
-        req.request_id,
-    )
+    cdef tuple names = proto.state.log_headers
+    cdef Py_ssize_t i, n = len(names)
+    cdef tuple record = PyTuple_New(LOG_FIELDS + n)
+    _put(record, 0, wall_clock())
+    _put(record, 1, route.name if route is not None else None)
+    _put(record, 2, _text(req.method))
+    _put(record, 3, _text(req.path))
+    _put(record, 4, req.status)
+    _put(record, 5, route.cluster.name if route is not None and route.cluster is not None
+         else None)
+    _put(record, 6, latency * 1000.0)
+    _put(record, 7, req.bytes_in)
+    _put(record, 8, req.bytes_out)
+    _put(record, 9, _text(proto.peer_ip))
+    _put(record, 10, _text(req.user_agent, USER_AGENT_LIMIT))
+    _put(record, 11, _text(req.request_id, REQUEST_ID_LIMIT))
+    _put(record, 12, req.trace_id)
+    if access:
+        _put(record, 13, req.span_id)
+        _put(record, 14, req.query)
+        _put(record, 15, req.get_header_joined(b"referer"))
+        _put(record, 16, req.host)
+        _put(record, 17, proto.listener.name if proto.listener is not None else None)
+        _put(record, 18, True)
+        for i in range(n):
+            _put(record, LOG_FIELDS + i, req.get_header_joined(<bytes>names[i]))
+    else:
+        for i in range(13, LOG_FIELDS - 1):
+            _put(record, i, None)
+        _put(record, LOG_FIELDS - 1, False)
+        for i in range(LOG_FIELDS, LOG_FIELDS + n):
+            _put(record, i, None)
+    return record
 
 
 # -- W3C trace context (isekai/_core/tracecontext.pyx), only while tracing is on ---------------

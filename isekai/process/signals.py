@@ -10,12 +10,15 @@ __all__ = ["Signals"]
 
 
 class Signals:
-    """SIGTERM/SIGINT: drain; SIGQUIT or a second SIGINT: stop at once; SIGHUP: ``reload``."""
+    """SIGTERM/SIGINT: drain; SIGQUIT or a second SIGINT: stop at once; SIGHUP: ``reload``;
+    SIGUSR1: every callback in ``reopen`` (log files open their path again, after rotation)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, reload: Callable[[], None] | None):
         self.stop = asyncio.Event()
         self.quit = asyncio.Event()
         self._interrupts = 0
+        self.reopen: list[Callable[[], None]] = []
+        loop.add_signal_handler(signal.SIGUSR1, self._reopen)
         loop.add_signal_handler(signal.SIGTERM, self._terminate)
         loop.add_signal_handler(signal.SIGINT, self._interrupt)
         loop.add_signal_handler(signal.SIGQUIT, self._quit)
@@ -23,6 +26,10 @@ class Signals:
             loop.add_signal_handler(signal.SIGHUP, reload)
         else:
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the master reloads, not workers
+
+    def _reopen(self) -> None:
+        for callback in self.reopen:
+            callback()
 
     def _terminate(self) -> None:
         self.stop.set()

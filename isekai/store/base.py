@@ -266,6 +266,12 @@ class Store(abc.ABC):
     async def purge_request_logs(self, older_than: float) -> int:
         """Delete rows with ``ts < older_than``; return how many were deleted."""
 
+    def request_log_sink(self) -> Any:
+        """A `log_sinks.RequestLogSink` for a writer thread: its own connection, opened on
+        first use (the store must be open: its tables exist); None if this store has none
+        (the writer then goes through `insert_request_logs` on the loop)."""
+        return None
+
 
 # -- helpers shared by the backends ----------------------------------------------------------
 

@@ -41,6 +41,7 @@ from isekai.store.base import (
     encode_doc,
     normalize_log_row,
 )
+from isekai.store.log_sinks import PostgresLogSink
 from isekai.store.urls import redact_url
 
 __all__ = ["PostgresStore"]
@@ -459,6 +460,13 @@ class PostgresStore(Store):
             await conn.copy_records_to_table(
                 "request_logs", records=records, columns=LOG_KEYS, schema_name=self.schema
             )
+
+    def request_log_sink(self) -> PostgresLogSink:
+        if self._asyncpg is None:
+            raise StoreError(f"the store {self.url} is not open")
+        return PostgresLogSink(
+            self._asyncpg, self.dsn, self._server_settings(), self.connect_timeout
+        )
 
     async def query_request_logs(self, q: RequestLogQuery) -> tuple[list[dict[str, Any]], int]:
         conditions = q.conditions()

@@ -1,28 +1,29 @@
-"""Request logs leave the request path through a bounded queue and are written in batches.
+"""Request logs leave the request path through a bounded queue and are written by a thread.
 
-``offer()`` is what the request path calls: it appends to a deque and returns, never awaiting
-and never raising; when the queue is full the row is dropped and ``dropped`` counts it (a
-degraded mode that costs nothing, rather than memory growth or a blocked loop). A background
-task writes up to ``batch_size`` rows per ``insert_request_logs`` call, every ``interval``
-seconds or as soon as a full batch is waiting. A batch the store rejects is discarded: it is
-counted in ``failed_batches`` (its rows in ``lost``) and logged at most once per
-``error_log_interval`` seconds, so an outage neither floods the log nor stalls the gateway.
-With ``retention`` set, rows older than that many seconds are purged about once a minute.
-
-All methods are called from the event loop thread that ran ``start()``.
+``offer(records)`` is what the loop calls, with the list of `_core` records it took from the
+worker's buffer (one call per hand-over, not per request): it appends the list and returns,
+never blocking on the database and never raising; records past ``capacity`` are dropped and
+counted in ``dropped`` (a degraded mode that costs nothing, rather than memory growth or a
+blocked loop). A thread of its own takes everything queued, every ``interval`` seconds or as
+soon as ``batch_size`` records wait, and hands it to a sink (`log_sinks`) in one transaction:
+the records go to the database as `_core` made them, with no Python object per record kept. A
+batch the database rejects is discarded: counted in ``failed_batches`` (its records in
+``lost``) and logged at most once per ``error_log_interval`` seconds, so an outage neither
+floods the log nor stalls the gateway. With ``retention`` set, rows older than that many seconds
+are purged about once per ``purge_interval``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
+import itertools
 import logging
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable
 from typing import Any
 
-from isekai.store.base import Store
+from isekai.store.log_sinks import RequestLogSink
 
 __all__ = ["RequestLogWriter"]
 
@@ -30,19 +31,19 @@ logger = logging.getLogger("isekai.store.request_log_writer")
 
 
 class RequestLogWriter:
-    """Batches request-log rows into ``store``; see the module docstring.
+    """Writes `_core` records through ``sink`` (made in the thread by ``sink_factory``).
 
-    Counters: ``written`` rows stored, ``dropped`` rows refused because the queue was full
-    (or the writer stopped), ``failed_batches`` batches the store rejected and ``lost`` their
-    rows, ``purged`` rows deleted by retention, ``failed_purges``.
+    Counters: ``written`` records stored, ``dropped`` records refused because the queue was
+    full (or the writer stopped), ``failed_batches`` batches the database rejected and ``lost``
+    their records, ``purged`` rows deleted by retention, ``failed_purges``.
     """
 
     def __init__(
         self,
-        store: Store,
+        sink_factory: Callable[[], RequestLogSink],
         *,
         capacity: int = 10000,
-        batch_size: int = 500,
+        batch_size: int = 1000,
         interval: float = 0.5,
         retention: float | None = None,
         purge_interval: float = 60.0,
@@ -54,7 +55,7 @@ class RequestLogWriter:
             raise ValueError("interval and purge_interval must be positive")
         if retention is not None and retention <= 0:
             raise ValueError("retention must be positive (or None to keep logs forever)")
-        self.store = store
+        self.sink_factory = sink_factory
         self.capacity = capacity
         self.batch_size = batch_size
         self.interval = interval
@@ -67,9 +68,10 @@ class RequestLogWriter:
         self.lost = 0
         self.purged = 0
         self.failed_purges = 0
-        self._queue: collections.deque[dict[str, Any]] = collections.deque()
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._lists: list[list[tuple]] = []
+        self._pending = 0
+        self._cond = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
         self._accepting = True
         self._stopping = False
         self._last_error_log = float("-inf")
@@ -77,103 +79,123 @@ class RequestLogWriter:
 
     @property
     def pending(self) -> int:
-        """Rows queued and not yet written."""
-        return len(self._queue)
+        """Records queued and not yet taken by the thread."""
+        return self._pending
 
-    def offer(self, row: dict[str, Any]) -> bool:
-        """Queue one row; ``False`` (and ``dropped`` + 1) if the queue is full or stopped."""
-        queue = self._queue
-        if not self._accepting or len(queue) >= self.capacity:
-            self.dropped += 1
-            return False
-        queue.append(row)
-        if len(queue) >= self.batch_size and self._wake is not None:
-            self._wake.set()
-        return True
+    def offer(self, records: list[tuple]) -> int:
+        """Queue ``records`` (kept, not copied) as far as room allows; return how many."""
+        count = len(records)
+        if not count:
+            return 0
+        with self._cond:
+            room = self.capacity - self._pending if self._accepting else 0
+            if room <= 0:
+                self.dropped += count
+                return 0
+            if count > room:
+                self.dropped += count - room
+                records = records[:room]
+                count = room
+            self._lists.append(records)
+            self._pending += count
+            if self._pending >= self.batch_size:
+                self._cond.notify()
+        return count
 
-    def offer_many(self, rows: Iterable[dict[str, Any]]) -> int:
-        """Queue rows in order until the queue is full; return how many were accepted."""
-        return sum(self.offer(row) for row in rows)
-
-    async def start(self) -> None:
-        """Start the background writer (rows offered before are written too)."""
-        if self._task is not None:
+    def start(self) -> None:
+        """Start the writer thread (records offered before are written too)."""
+        if self._thread is not None:
             return
         self._accepting = True
         self._stopping = False
-        self._wake = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name="isekai-request-log-writer")
+        self._thread = threading.Thread(
+            target=self._run, name="isekai-request-log-writer", daemon=True
+        )
+        self._thread.start()
 
-    async def stop(self, timeout: float = 10.0) -> None:
-        """Stop accepting rows, write what is queued, and end the background task.
-
-        Gives up after ``timeout`` seconds (rows still queued then count as ``lost``).
-        """
-        self._accepting = False
-        task = self._task
-        if task is None:
-            await self._drain_on_stop()
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, write what is queued and end the thread, waiting up to ``timeout``
+        seconds (records still queued then count as ``lost``). Blocks: see `aclose`."""
+        with self._cond:
+            self._accepting = False
+            self._stopping = True
+            self._cond.notify()
+        thread, self._thread = self._thread, None
+        if thread is None:
+            self._run()  # never started: flush here
             return
-        self._stopping = True
-        assert self._wake is not None
-        self._wake.set()
+        thread.join(timeout)
+        if thread.is_alive():
+            with self._cond:
+                self._discard("the writer did not finish in time")
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        """`stop` without blocking the event loop."""
+        await asyncio.to_thread(self.stop, timeout)
+
+    def _take(self) -> list[tuple] | None:
+        """Wait for work; the queued records, or None when stopping with nothing left."""
+        with self._cond:
+            if not self._stopping and self._pending < self.batch_size:
+                self._cond.wait(self.interval)
+            if not self._lists:
+                return None if self._stopping else []
+            lists, self._lists = self._lists, []
+            self._pending = 0
+        if len(lists) == 1:
+            return lists[0]
+        return list(itertools.chain.from_iterable(lists))
+
+    def _run(self) -> None:
+        sink = None
+        next_purge = time.monotonic()
         try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
-        except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            self._discard_queue("the writer did not finish in time")
+            sink = self.sink_factory()
+            while True:
+                records = self._take()
+                if records is None:
+                    break
+                if records:
+                    self._write(sink, records)
+                if self.retention is not None and time.monotonic() >= next_purge:
+                    self._purge(sink)
+                    next_purge = time.monotonic() + self.purge_interval
+        except Exception as exc:  # the sink cannot even be made: nothing can be written
+            self._log_error("request logs cannot be written: %s", exc)
+            with self._cond:
+                self._accepting = False
+                self._discard("the writer failed")
         finally:
-            self._task = None
+            if sink is not None:
+                try:
+                    sink.close()
+                except Exception as exc:
+                    logger.debug("closing the request-log sink: %s", exc)
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        wake = self._wake
-        assert wake is not None
-        next_purge = loop.time()
-        while not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), self.interval)
-            wake.clear()
-            await self._flush()
-            if self.retention is not None and loop.time() >= next_purge:
-                await self._purge()
-                next_purge = loop.time() + self.purge_interval
-        await self._drain_on_stop()
+    def _write(self, sink: RequestLogSink, records: list[tuple]) -> None:
+        try:
+            sink.write(records)
+        except Exception as exc:
+            self.failed_batches += 1
+            self.lost += len(records)
+            self._log_error("cannot write %d request logs: %s", len(records), exc)
+            return
+        self.written += len(records)
 
-    async def _drain_on_stop(self) -> None:
-        while self._queue:
-            if not await self._flush():
-                self._discard_queue("the store failed while stopping")
-
-    async def _flush(self) -> bool:
-        """Write queued rows batch by batch; stop at the first failure (``False``)."""
-        queue = self._queue
-        while queue:
-            batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
-            try:
-                await self.store.insert_request_logs(batch)
-            except Exception as exc:
-                self.failed_batches += 1
-                self.lost += len(batch)
-                self._log_error("cannot write %d request logs: %s", len(batch), exc)
-                return False
-            self.written += len(batch)
-        return True
-
-    async def _purge(self) -> None:
+    def _purge(self, sink: RequestLogSink) -> None:
         assert self.retention is not None
         try:
-            self.purged += await self.store.purge_request_logs(time.time() - self.retention)
+            self.purged += sink.purge(time.time() - self.retention)
         except Exception as exc:
             self.failed_purges += 1
             self._log_error("cannot purge old request logs: %s", exc)
 
-    def _discard_queue(self, why: str) -> None:
-        if self._queue:
-            count = len(self._queue)
-            self._queue.clear()
+    def _discard(self, why: str) -> None:
+        """Drop what is queued (the caller holds the lock)."""
+        if self._pending:
+            count = self._pending
+            self._lists = []
+            self._pending = 0
             self.lost += count
             logger.warning("%d request logs were not written: %s", count, why)
 

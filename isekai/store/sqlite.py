@@ -41,6 +41,7 @@ from isekai.store.base import (
     encode_doc,
     normalize_log_row,
 )
+from isekai.store.log_sinks import SQLiteLogSink
 
 __all__ = ["SQLiteStore"]
 
@@ -393,6 +394,11 @@ class SQLiteStore(Store):
                 conn.executemany(_INSERT_LOG, values)
 
         await self._run(run)
+
+    def request_log_sink(self) -> SQLiteLogSink | None:
+        if self.path == ":memory:":  # private to the store's own connection
+            return None
+        return SQLiteLogSink(self.path, self.busy_timeout)
 
     async def query_request_logs(self, q: RequestLogQuery) -> tuple[list[dict[str, Any]], int]:
         conditions = q.conditions()

@@ -178,9 +178,16 @@ def test_control_plane_api_routes_survive_restart_and_yaml_stays_read_only(
         assert gw.stop() == 0
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
 @pytest.mark.parametrize("workers", [1, 2])
-def test_control_plane_request_logs_record_proxied_requests(tmp_path, upstream, workers):
-    gw = start(tmp_path, gateway_yaml(upstream.port, f"sqlite:///{tmp_path}/s.db", workers))
+def test_control_plane_request_logs_record_proxied_requests(
+    tmp_path, upstream, workers, store, request
+):
+    if store == "postgres":
+        url = _postgres_url(request.getfixturevalue("require_service"))
+    else:
+        url = f"sqlite:///{tmp_path}/s.db"
+    gw = start(tmp_path, gateway_yaml(upstream.port, url, workers))
     try:
         admin = Admin(gw)
         assert admin.call("POST", "/api/routes", API_ROUTE)[0] == 201

@@ -12,11 +12,16 @@ import pytest
 
 from isekai._core.counters import Counters
 from isekai._core.http import response_head
-from isekai._core.protocol import CoreRoute, DownstreamProtocol, ServerState
+from isekai._core.protocol import (
+    RECORD_EXTRAS,
+    RECORD_TEXT_LIMITS,
+    CoreRoute,
+    DownstreamProtocol,
+    ServerState,
+)
 from isekai._core.router import Router
 from isekai.config.units import parse_path_pattern
-from isekai.observability.request_log_feed import to_row
-from isekai.store.base import LOG_KEYS, normalize_log_row
+from isekai.store.base import LOG_KEYS, LOG_TEXT_DEFAULT_LIMIT, LOG_TEXT_LIMITS, normalize_log_row
 from tests.support.memory import MemoryTransport
 
 COUNTERS = Counters()
@@ -196,11 +201,13 @@ def test_protocol_request_log_records_and_bounded_buffer(state):
         b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n",
         b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n",
     )
-    records = [to_row(r) for r in state.take_request_log()]
+    raw = state.take_request_log()
+    records = [dict(zip(LOG_KEYS + RECORD_EXTRAS, r, strict=True)) for r in raw]
     assert len(records) == 2
     assert state.log_dropped == dropped + 1
     first, second = records
-    assert list(first) == list(LOG_KEYS)
+    assert list(first)[: len(LOG_KEYS)] == list(LOG_KEYS)
+    assert first["access"] is False and first["query"] is None  # the access log is off
     assert first["route"] == "hello" and first["status"] == 200
     assert first["method"] == "GET" and first["path"] == "/hello"
     assert first["upstream"] is None
@@ -212,3 +219,69 @@ def test_protocol_request_log_records_and_bounded_buffer(state):
     assert normalize_log_row(first)[LOG_KEYS.index("status")] == 200
     assert state.take_request_log() == []
     state.log_requests = False
+
+
+def test_protocol_log_record_bounds_client_text_as_the_store_does(state):
+    for field, limit in RECORD_TEXT_LIMITS.items():
+        assert LOG_TEXT_LIMITS.get(field, LOG_TEXT_DEFAULT_LIMIT) == limit
+    state.log_requests = True
+    state.max_request_line = state.max_header_bytes = 8192
+    state.take_request_log()
+    serve(
+        state,
+        b"GET /"
+        + b"p" * 3000
+        + b" HTTP/1.1\r\nHost: a\r\nUser-Agent: "
+        + b"u" * 900
+        + b"\r\nX-Request-ID: "
+        + b"r" * 300
+        + b"\r\n\r\n",
+    )
+    (record,) = state.take_request_log()
+    state.log_requests = False
+    row = dict(zip(LOG_KEYS, record, strict=False))
+    assert (len(row["path"]), len(row["user_agent"])) == (2048, 512)
+    assert len(row["request_id"]) <= 128  # (one that long is replaced by the gateway's own)
+    assert row["status"] == 404 and row["path"] == "/" + "p" * 2047
+
+
+def test_protocol_log_record_carries_access_log_fields_and_header_values(state):
+    state.access_log = True
+    state.log_headers = (b"x-tenant", b"authorization")
+    state.take_request_log()
+    serve(
+        state,
+        b"GET /hello?q=1 HTTP/1.1\r\nHost: a.example\r\nReferer: http://r/\r\n"
+        b"X-Tenant: t1\r\nX-Tenant: t2\r\n\r\n",
+    )
+    (record,) = state.take_request_log()
+    state.access_log = False
+    state.log_headers = ()
+    fields = dict(zip(LOG_KEYS + RECORD_EXTRAS, record, strict=False))
+    assert fields["method"] == "GET" and fields["path"] == "/hello"  # text, decoded in _core
+    assert fields["query"] == b"?q=1" and fields["referer"] == b"http://r/"
+    assert fields["host"] == b"a.example" and fields["access"] is True
+    assert fields["trace_id"] is None and fields["span_id"] is None  # tracing is off
+    assert record[len(LOG_KEYS) + len(RECORD_EXTRAS) :] == (b"t1, t2", None)
+
+
+def test_protocol_access_log_sampling_is_per_route(state):
+    state.access_log = True
+    state.seed_sampling(12345)
+    hello = state.router.match(b"a", b"GET", b"/hello")[0]
+    try:
+        for sample, low, high in ((0.0, 0, 0), (1.0, 200, 200), (0.25, 25, 75)):
+            hello.access_sample = sample
+            state.take_request_log()
+            for _ in range(200):
+                serve(state, b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n")
+            taken = [r for r in state.take_request_log() if r[len(LOG_KEYS) + 6]]
+            assert low <= len(taken) <= high, (sample, len(taken))
+        # a request no route matched follows the global share
+        state.access_sample = 0.0
+        serve(state, b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert state.take_request_log() == []  # the request log is off: no record at all
+    finally:
+        hello.access_sample = 1.0
+        state.access_sample = 1.0
+        state.access_log = False
