@@ -4,9 +4,11 @@
   config and every dashboard expression, and runs the rules' unit tests (alerts_test.yml).
 - Every dashboard is Grafana JSON whose panels all carry a PromQL expression.
 - Every `isekai_*` metric named by a dashboard or a rule has samples in a real scrape: a real
-  gateway with 2 workers, an upstream, a dead upstream, a refusing policy, the access log, the
-  request log and tracing on, after known traffic (200, 404, 5xx from the upstream, 502 from
-  the dead upstream, 403 from the policy).
+  gateway with 2 workers, an upstream, a dead upstream, a refusing policy, a policy that raises
+  (a plugin family found through its entry point), the access log, the request log and tracing
+  on, after known traffic (200, 404, 5xx from the upstream, 502 from the dead upstream, 403
+  from the refusing policy, 500 from the raising one). Series that stay at zero may be left out
+  of a scrape, so the traffic makes each of them count at least once.
 
 A missing promtool skips locally and fails under CI=true.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
+import os
 import re
 import shutil
 import socket
@@ -220,6 +223,42 @@ def trace_sink():
         server.server_close()
 
 
+PLUGIN = """
+from dataclasses import dataclass
+from typing import ClassVar
+
+from isekai import PolicyFamily
+
+
+@dataclass(frozen=True, slots=True)
+class ExplodeConfig:
+    family: ClassVar[str] = "explode"
+
+
+class Explode:
+    def __init__(self, config):
+        pass
+
+    def on_request(self, request):
+        raise RuntimeError("a policy bug, on purpose")
+
+
+family = PolicyFamily(type="explode", config=ExplodeConfig, policy=Explode)
+"""
+
+
+def plugin_path(directory: Path) -> str:
+    """A directory holding the `explode` policy family, found through the `isekai.policies`
+    entry point of its dist-info (as if pip-installed) once it is on PYTHONPATH."""
+    directory.mkdir()
+    (directory / "explode_policy.py").write_text(PLUGIN)
+    info = directory / "explode_policy-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: explode-policy\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[isekai.policies]\nexplode = explode_policy:family\n")
+    return os.pathsep.join((str(REPO), str(directory)))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -291,9 +330,11 @@ routes:
   - {{name: status, match: {{path: "/status/{{code}}"}}, upstream: app}}
   - {{name: down, match: {{path: /down}}, upstream: dead}}
   - {{name: locked, match: {{path: /locked}}, upstream: app, policies: [nobody]}}
+  - {{name: boom, match: {{path: /boom}}, respond: {{body: x}}, policies: [{{type: explode}}]}}
 """
     )
-    gw = Gateway(config, startup_timeout=30)
+    env = {"PYTHONPATH": plugin_path(tmp_path / "plugins")}
+    gw = Gateway(config, startup_timeout=30, env=env)
     try:
         port = gw.ports["public"]
         traffic = [
@@ -303,6 +344,7 @@ routes:
             ("GET", "/nowhere", None, 404),
             ("GET", "/down", None, 502),
             ("GET", "/locked", None, 403),
+            ("GET", "/boom", None, 500),
         ]
         for method, path, body, expected in traffic * 3:
             status, answer = call(port, method, path, body)
