@@ -275,16 +275,23 @@ def call(port: int, method: str, path: str, body: bytes | None = None) -> tuple[
         conn.close()
 
 
-def scrape(port: int) -> dict[str, tuple[str, int]]:
-    """Sample name -> (family type, number of samples)."""
+def scrape(port: int) -> tuple[dict[str, tuple[str, int]], dict[str, list]]:
+    """(sample name -> (family type, number of samples), sample name -> its samples)."""
     status, body = call(port, "GET", "/metrics")
     assert status == 200, body[:500]
     found: dict[str, tuple[str, int]] = {}
+    samples: dict[str, list] = {}
     for family in text_string_to_metric_families(body.decode()):
         for sample in family.samples:
             kind, count = found.get(sample.name, (family.type, 0))
             found[sample.name] = (kind, count + 1)
-    return found
+            samples.setdefault(sample.name, []).append(sample)
+    return found, samples
+
+
+def value(samples: dict[str, list], name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels`."""
+    return sum(s.value for s in samples.get(name, ()) if labels.items() <= s.labels.items())
 
 
 def missing_from(found: dict[str, tuple[str, int]], used: dict[str, set[str]]) -> list[str]:
@@ -353,9 +360,9 @@ routes:
         deadline = time.monotonic() + 30
         while True:  # workers ship their numbers periodically; writers and exporters batch
             try:
-                found = scrape(metrics_port)
+                found, samples = scrape(metrics_port)
             except OSError as exc:
-                found = {}
+                found, samples = {}, {}
                 missing = [f"no GET /metrics on observability.metrics.bind: {exc}"]
             else:
                 missing = missing_from(found, used)
@@ -365,7 +372,24 @@ routes:
         assert not missing, "metrics used by deploy/ but absent from the scrape:\n  " + (
             "\n  ".join(missing)
         )
-        assert found["isekai_http_requests_total"][1] >= 5  # route x method x status class
-        assert (tmp_path / "access.log").stat().st_size > 0
+        # the labels and values the dashboards and rules select on
+        requests = "isekai_http_requests_total"
+        assert value(samples, requests, route="echo", method="POST", status_class="2xx") == 3
+        assert value(samples, requests, route="_none", status_class="4xx") == 3
+        assert value(samples, requests, route="status", status_class="5xx") == 3
+        assert value(samples, requests, route="down", status_class="5xx") == 3
+        assert value(samples, requests, route="locked", status_class="4xx") == 3
+        assert value(samples, "isekai_upstream_errors_total", route="down", kind="connect") == 3
+        assert value(samples, "isekai_internal_errors_total", route="boom") == 3
+        assert value(samples, "isekai_policy_answers_total", policy="nobody") == 3
+        assert value(samples, "isekai_upstream_connect_failures_total", upstream="dead") >= 1
+        assert value(samples, "isekai_upstream_connections_created_total", upstream="app") >= 1
+        duration = "isekai_http_request_duration_seconds_count"
+        assert value(samples, duration, route="echo") == 6
+        assert value(samples, "isekai_http_request_duration_seconds_bucket", le="+Inf") == 21
+        states = {s.labels["state"] for s in samples["isekai_upstream_connections"]}
+        assert states == {"idle", "active"}
+        assert value(samples, "isekai_config_reloads_total", result="failed") == 0
+        assert value(samples, "isekai_workers") == 2
     finally:
         gw.stop()
