@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?=
 
-.PHONY: install install-dev run test lint build debug bench clean
+.PHONY: install install-dev tools run test lint build debug bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,12 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	$(BIN)/isekai run $(if $(CONFIG),-c $(CONFIG),)
 
-test: install-dev
+# Tools beyond Python packages (promtool, from Debian's prometheus package) into $(BIN);
+# quick when already there.
+tools:
+	bash tests/tools.sh $(BIN)
+
+test: install-dev tools
 	$(BIN)/python -m pytest -q
 
 lint: install-dev

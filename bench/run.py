@@ -21,11 +21,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import env
+from harness import env, variants
+from harness.variants import TRACING_RATIOS, with_policies  # noqa: F401 (micro/ imports it)
 
 ALL_TARGETS = ("direct", "isekai", "nginx", "haproxy")
 QUICK_SCENARIOS = ("small_get", "get_16k")
 QUICK_TARGETS = ("direct", "isekai:1", "nginx:1")
+# --scenarios NAME runs every scenario of the group (plus the baselines they compare with)
+GROUPS = {
+    "observability": (
+        "small_get_metrics_off",
+        "small_get_tracing_0",
+        "small_get_tracing_1pct",
+        "small_get_tracing_100pct",
+        "small_get_access_log",
+        "small_get_request_log",
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -39,32 +51,11 @@ class Scenario:
     routes: int | None = None  # the proxies get a config with this many routes
     targets: tuple[str, ...] = ALL_TARGETS
     expect_len: int | None = None
-    policies: bool = False  # Isekai's route gets POLICIES (the others proxy as for small_get)
-
-
-# small_get_policies: the hot families on the one route, each doing its work per request
-# (a header set with a placeholder, the CORS response fields for an allowed Origin, an
-# ip_filter allow-list lookup).
-POLICIES_YAML = """\
-policies:
-  tag: {type: headers, request: {set: {X-Gateway: isekai, X-Client-IP: "${client_ip}"}},
-        response: {set: {X-Served-By: isekai}}}
-  web_cors: {type: cors, origins: ["https://app.example.com", "*.example.org"],
-             expose_headers: [X-Served-By]}
-  office: {type: ip_filter, allow: [127.0.0.0/8, 10.0.0.0/8, "::1"]}
-"""
-POLICY_CHAIN = "[office, web_cors, tag]"
-
-
-def with_policies(conf: str, policies: str = POLICIES_YAML, chain: str = POLICY_CHAIN) -> str:
-    """An Isekai config from `harness.targets.isekai_conf` with ``chain`` (default
-    POLICY_CHAIN) on every route, ``policies`` (a top-level ``policies:`` block) before it."""
-    lines = []
-    for line in conf.splitlines():
-        if line.startswith("  - {name:") and line.endswith("}"):
-            line = line[:-1] + f", policies: {chain}}}"
-        lines.append(line)
-    return policies + "\n".join(lines) + "\n"
+    # Isekai's config edited by harness.variants (the others proxy as for small_get)
+    variant: str | None = None
+    # measured interleaved with this scenario's Isekai rows (same run, same processes' rounds)
+    # and reported as a ratio to them
+    baseline: str | None = None
 
 
 def scenarios() -> dict[str, Scenario]:
@@ -88,7 +79,7 @@ def scenarios() -> dict[str, Scenario]:
             headers=("Origin: https://app.example.com",),
             targets=("isekai", "nginx"),
             expect_len=small,
-            policies=True,
+            variant="policies",
         ),
         Scenario(
             "get_16k",
@@ -128,6 +119,7 @@ def scenarios() -> dict[str, Scenario]:
                 expect_len=small,
             )
         )
+    out += observability_scenarios(small)
     out.append(
         Scenario(
             "c1000",
@@ -140,6 +132,61 @@ def scenarios() -> dict[str, Scenario]:
     return {s.name: s for s in out}
 
 
+def observability_scenarios(small: int) -> list[Scenario]:
+    """small_get with one observability feature changed, each against the plain small_get
+    (metrics on, tracing and logs off: the defaults) of the same run; Isekai only."""
+    what = {
+        "metrics_off": "observability.metrics.enabled: false",
+        **{
+            name: f"tracing on, sample_ratio {ratio:g}, export to a local OTLP sink"
+            for name, ratio in TRACING_RATIOS.items()
+        },
+        "access_log": "a JSON access-log line per request, to a file",
+        "request_log": "admin process + SQLite store, admin.request_logs.enabled: true",
+    }
+    return [
+        Scenario(
+            f"small_get_{variant}",
+            "/small",
+            f"small_get with {text}",
+            targets=("isekai",),
+            expect_len=small,
+            variant=variant,
+            baseline="small_get",
+        )
+        for variant, text in what.items()
+    ]
+
+
+def expand(names: list[str], all_scen: dict[str, Scenario]) -> list[str]:
+    """Scenario names with groups (GROUPS) unfolded and each baseline added before the first
+    scenario that compares with it; unknown names are an error."""
+    out: list[str] = []
+    for name in names:
+        for each in GROUPS.get(name, (name,)):
+            if each not in all_scen:
+                known = ", ".join([*all_scen, *GROUPS])
+                raise SystemExit(f"unknown scenario {each!r}; choose from {known}")
+            base = all_scen[each].baseline
+            if base and base not in out:
+                out.append(base)
+            if each not in out:
+                out.append(each)
+    return out
+
+
+def batches(chosen: list[Scenario]) -> list[list[Scenario]]:
+    """Scenarios measured together: a baseline with every chosen scenario compared with it
+    (their targets interleaved run by run), every other scenario alone."""
+    names = {s.name for s in chosen}
+    out: list[list[Scenario]] = []
+    for s in chosen:
+        if s.baseline in names:
+            continue  # measured in its baseline's batch
+        out.append([s, *(o for o in chosen if o.baseline == s.name)])
+    return out
+
+
 @dataclass
 class Target:
     kind: str  # direct | isekai | nginx | haproxy
@@ -147,10 +194,14 @@ class Target:
     proc: object = None  # harness.targets.Proc (the backend for direct)
     failed: str | None = None
     runs: dict = field(default_factory=dict)  # scenario -> [run results]
+    scenario: Scenario | None = None  # what this process is configured and measured for
 
     @property
     def label(self) -> str:
-        return f"{self.kind} ×{self.workers}"
+        label = f"{self.kind} ×{self.workers}"
+        if self.scenario is not None and self.scenario.variant:
+            label += f" [{self.scenario.variant}]"
+        return label
 
 
 def parse_targets(text: str, worker_counts: list[int]) -> list[tuple[str, int]]:
@@ -176,20 +227,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--scenarios",
-        help="comma-separated (default: all): "
-        + ", ".join(
-            [
-                "small_get",
-                "small_get_policies",
-                "get_16k",
-                "get_1m",
-                "post_4k",
-                "new_conn",
-                "routes_10",
-                "routes_10k",
-                "c1000",
-            ]
-        ),
+        help="comma-separated names (default: all but the compared ones); see bench/README.md: "
+        "small_get, small_get_policies, get_16k, get_1m, post_4k, new_conn, routes_10, "
+        "routes_10k, c1000; compared with small_get: small_get_metrics_off, "
+        "small_get_tracing_0/_1pct/_100pct, small_get_access_log, small_get_request_log, "
+        "or the group `observability` for all of these",
     )
     p.add_argument(
         "--targets",
@@ -214,6 +256,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.duration = args.duration or 5
     args.runs = args.runs or 3
     args.duration = args.duration or 10
+    if not args.targets and args.scenarios and set(args.scenarios.split(",")) <= set(GROUPS):
+        args.targets = "isekai"  # a group compares Isekai with itself
     args.targets = args.targets or ",".join(ALL_TARGETS)
     if not 1 <= args.runs <= 50 or not 1 <= args.duration <= 600:
         raise SystemExit("--runs must be 1..50 and --duration 1..600 s")
@@ -230,6 +274,7 @@ class Bench:
         self.work = work
         self.notes: list[str] = []
         self.backend = None
+        self.sink = None  # the OTLP sink, started for tracing scenarios
 
     def note(self, text: str) -> None:
         print(f"  ! {text}", flush=True)
@@ -251,22 +296,42 @@ class Bench:
         )
         self.T.wait_ready(self.backend, "/small")
 
-    def start_target(
-        self, t: Target, routes: int | None, scenario: str, policies: bool = False
-    ) -> None:
+    def start_sink(self) -> None:
+        """The OTLP/HTTP receiver of the tracing scenarios, on the load side's cores."""
+        port = env.free_port()
+        self.sink = self.T.start_otlp_sink(self.work, port, cores=env.pinning_for(1).load)
+        self.T.wait_ready(self.sink, "/")
+
+    def stop_sink(self) -> None:
+        if self.sink is None:
+            return
+        self.sink.stop()
+        summary = [ln for ln in self.sink.log_text().splitlines() if "exports" in ln]
+        if summary:
+            self.note(summary[-1])
+
+    def isekai_conf(self, t: Target, port: int, tag: str) -> str:
+        s = t.scenario
+        conf = self.T.isekai_conf(port, self.backend.port, t.workers, s.routes if s else None)
+        if s is None or s.variant is None:
+            return conf
+        sink = self.sink.port if self.sink is not None else None
+        return variants.apply(conf, s.variant, self.work, tag, sink)
+
+    def start_target(self, t: Target) -> None:
         T, work = self.T, self.work
         if t.kind == "direct":
             t.proc = self.backend
             return
         plan = env.pinning_for(t.workers)
         port = env.free_port()
-        tag = f"{scenario}-{t.kind}-w{t.workers}"
+        routes = t.scenario.routes if t.scenario else None
+        tag = f"{t.scenario.name if t.scenario else 'target'}-{t.kind}-w{t.workers}"
         bport = self.backend.port
         if t.kind == "isekai":
-            conf = T.isekai_conf(port, bport, t.workers, routes)
-            if policies:
-                conf = with_policies(conf)
-            t.proc = T.start_isekai(work, tag, conf, port, t.workers, cores=plan.proxy)
+            conf = self.isekai_conf(t, port, tag)
+            extra = variants.environment(t.scenario.variant if t.scenario else None)
+            t.proc = T.start_isekai(work, tag, conf, port, t.workers, cores=plan.proxy, env=extra)
         elif t.kind == "nginx":
             conf = T.nginx_proxy_conf(work, tag, port, bport, t.workers, routes)
             t.proc = T.start_nginx(
@@ -325,6 +390,8 @@ class Bench:
         load = Load(s.path, s.connections, 1, s.headers, script)
         try:
             others = () if t.kind == "direct" else (self.backend.pid,)
+            if self.sink is not None:
+                others += (self.sink.pid,)
             res = run_wrk(
                 self.tools["wrk"],
                 t.proc.port,
@@ -357,16 +424,16 @@ class Bench:
         )
         return res
 
-    def group(self, routes: int | None, scens: list[Scenario], chosen) -> list[Target]:
-        kinds = {k for s in scens for k in s.targets}
-        ts = [Target(k, w) for k, w in chosen if k in kinds]
+    def group(self, scens: list[Scenario], chosen) -> list[Target]:
+        """One process per (scenario, target) of the batch, all started afresh, measured with
+        their runs interleaved; stopped at the end."""
+        ts = [Target(k, w, scenario=s) for s in scens for k, w in chosen if k in s.targets]
         try:
             for t in ts:
-                self.start_target(t, routes, scens[0].name, scens[0].policies)
+                self.start_target(t)
             for t in ts:
-                self.wait_target(t, scens[0].path)
-            for s in scens:
-                self.measure(s, [t for t in ts if not t.failed and t.kind in s.targets])
+                self.wait_target(t, t.scenario.path)
+            self.measure([t for t in ts if not t.failed])
         finally:  # also on an exception or Ctrl-C: never leave a proxy running
             for t in ts:
                 if t.kind != "direct" and t.proc is not None:
@@ -374,17 +441,19 @@ class Bench:
                     self.scan_log(t)
         return ts
 
-    def measure(self, s: Scenario, live: list[Target]) -> None:
-        print(f"\n== {s.name}: {s.what} ({', '.join(t.label for t in live)})", flush=True)
+    def measure(self, live: list[Target]) -> None:
+        for s in dict.fromkeys(t.scenario for t in live):
+            labels = ", ".join(t.label for t in live if t.scenario is s)
+            print(f"\n== {s.name}: {s.what} ({labels})", flush=True)
         for t in live:
-            self.verify(t, s)
+            self.verify(t, t.scenario)
             if self.args.warmup > 0:
-                self.one_run(t, s, self.args.warmup, record=False)
+                self.one_run(t, t.scenario, self.args.warmup, record=False)
         for r in range(self.args.runs):
             order = live[r % len(live) :] + live[: r % len(live)] if live else []
             for t in order:
                 if not t.failed:
-                    self.one_run(t, s, self.args.duration, record=True)
+                    self.one_run(t, t.scenario, self.args.duration, record=True)
 
     def scan_log(self, t: Target) -> None:
         if t.kind != "isekai":
@@ -431,10 +500,10 @@ def main(argv=None) -> int:
     from harness import report
 
     all_scen = scenarios()
-    names = [n.strip() for n in (args.scenarios or ",".join(all_scen)).split(",") if n.strip()]
-    unknown = [n for n in names if n not in all_scen]
-    if unknown:
-        raise SystemExit(f"unknown scenario(s) {unknown}; choose from {', '.join(all_scen)}")
+    # by default every scenario that stands alone; the compared ones (GROUPS) when asked for
+    default = ",".join(n for n, s in all_scen.items() if s.baseline is None)
+    names = [n.strip() for n in (args.scenarios or default).split(",") if n.strip()]
+    names = expand(names, all_scen)
     chosen_scen = [all_scen[n] for n in names]
 
     nofile = env.raise_nofile()
@@ -468,9 +537,11 @@ def main(argv=None) -> int:
     ran: list[Target] = []
     try:
         bench.start_backend()
+        if any(s.variant in TRACING_RATIOS for s in chosen_scen):
+            bench.start_sink()
         results: dict[tuple[str, str, int], list] = {}
-        for s in chosen_scen:  # fresh processes per scenario: RSS and pools start from zero
-            for t in bench.group(s.routes, [s], chosen):
+        for batch in batches(chosen_scen):  # fresh processes per batch: RSS, pools from zero
+            for t in bench.group(batch, chosen):
                 ran.append(t)
                 for sname, runs in t.runs.items():
                     results[(sname, t.kind, t.workers)] = runs
@@ -480,7 +551,9 @@ def main(argv=None) -> int:
                 runs = results.get((s.name, kind, w))
                 if runs:
                     rows.append(report.median_row(s.name, kind, w, runs))
+        report.relate_to_baselines(rows, {s.name: s.baseline for s in chosen_scen})
     finally:
+        bench.stop_sink()
         if bench.backend is not None:
             bench.backend.stop()
         os.sched_setaffinity(0, env.all_cores())

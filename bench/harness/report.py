@@ -35,6 +35,26 @@ def median_row(scenario: str, target: str, workers: int, runs: list[dict]) -> di
     return row
 
 
+def relate_to_baselines(rows: list[dict], baselines: dict[str, str | None]) -> None:
+    """Give every row of a scenario that has a baseline (scenario name -> baseline name) its
+    ratios to the baseline's row with the same target and workers: `baseline`,
+    `rps_vs_baseline`, `cpu_vs_baseline`, `p99_vs_baseline` (None where either is missing)."""
+    index = {(r["scenario"], r["target"], r["workers"]): r for r in rows}
+    for row in rows:
+        base_name = baselines.get(row["scenario"])
+        if not base_name:
+            continue
+        base = index.get((base_name, row["target"], row["workers"]), {})
+        row["baseline"] = base_name
+        for metric, key in (
+            ("rps", "rps_vs_baseline"),
+            ("cpu_us_per_req", "cpu_vs_baseline"),
+            ("p99_ms", "p99_vs_baseline"),
+        ):
+            a, b = row.get(metric), base.get(metric)
+            row[key] = round(a / b, 4) if a is not None and b else None
+
+
 def document(machine: dict, commit: str, dirty: bool, versions: dict, settings: dict, rows):
     return {
         "machine": machine,
@@ -109,6 +129,25 @@ def markdown(doc: dict) -> str:
             f"| {_ratio(row['p99_ms'], ref.get('p99_ms'))} | {errors} "
             f"| {_num(row.get('cpu_pct'), '.0f')} | {_num(row.get('foreign_cpu_pct'), '.0f')} |"
         )
+    compared = [r for r in rows if r.get("baseline")]
+    if compared:
+        out += [
+            "",
+            "Against the plain scenario, same target, interleaved in the same run "
+            "(rps ÷ plain < 1 and CPU ÷ plain > 1 are the feature's cost):",
+            "",
+            "| scenario | target | rps | rps ÷ plain | CPU µs/req | CPU ÷ plain | p99 ÷ plain "
+            "| plain |",
+            "|---|---|--:|--:|--:|--:|--:|---|",
+        ]
+        for row in compared:
+            out.append(
+                f"| {row['scenario']} | {label(row)} | {_num(row['rps'], ',.0f')} "
+                f"| {_num(row['rps_vs_baseline'], '.3f')} "
+                f"| {_num(row['cpu_us_per_req'], '.1f')} "
+                f"| {_num(row['cpu_vs_baseline'], '.3f')} "
+                f"| {_num(row['p99_vs_baseline'], '.3f')} | {row['baseline']} |"
+            )
     notes = s.get("notes") or []
     if notes:
         out.append("")

@@ -321,7 +321,9 @@ def isekai_argv(conf_path: Path, python: str | None = None) -> list[str]:
     return [python, "-m", "isekai", "run", "-c", str(conf_path)]
 
 
-def start_isekai(work: Path, tag: str, conf: str, port: int, workers: int, cores=None) -> Proc:
+def start_isekai(
+    work: Path, tag: str, conf: str, port: int, workers: int, cores=None, env=None
+) -> Proc:
     path = work / f"{tag}.yaml"
     path.write_text(conf)
     return start(
@@ -330,10 +332,21 @@ def start_isekai(work: Path, tag: str, conf: str, port: int, workers: int, cores
         work / f"{tag}.log",
         port,
         cores=cores,
-        env=isekai_env(),
+        env={**isekai_env(), **(env or {})},
         cwd=str(REPO),
         workers=workers,
     )
 
 
 ISEKAI_LISTENING = "listener public on http://"
+
+
+# -- OTLP sink (tracing scenarios) -------------------------------------------------------------
+
+OTLP_SINK = Path(__file__).resolve().parent / "otlp_sink.py"
+
+
+def start_otlp_sink(work: Path, port: int, cores=None) -> Proc:
+    """The OTLP/HTTP receiver the tracing scenarios export to (otlp_sink.py)."""
+    argv = [sys.executable, str(OTLP_SINK), str(port)]
+    return start("otlp-sink", argv, work / "otlp-sink.log", port, cores=cores)

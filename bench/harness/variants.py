@@ -1,0 +1,97 @@
+"""Isekai config variants: the `small_get` gateway with one feature switched on or off.
+
+`isekai_conf` (targets.py) writes the plain gateway: one listener, one upstream, `admin:
+{enabled: false}`, observability at its defaults (metrics on, tracing and access log off). A
+variant edits that text so the scenario measures exactly one feature's cost against the plain
+`small_get` of the same run:
+
+    policies        headers + cors + ip_filter on every route (small_get_policies)
+    metrics_off     observability.metrics.enabled: false
+    tracing_0       tracing on, sample_ratio 0 (context still parsed and propagated)
+    tracing_1pct    tracing on, sample_ratio 0.01
+    tracing_100pct  tracing on, every request sampled and exported
+    access_log      a JSON access-log line per request, to a file in the run's work directory
+    request_log     the admin process with a SQLite store in the work directory and
+                    admin.request_logs.enabled: true (one row per request)
+
+Tracing variants export to the OTLP sink (otlp_sink.py) the harness starts, never to a real
+collector.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# small_get_policies: the hot families on the one route, each doing its work per request
+# (a header set with a placeholder, the CORS response fields for an allowed Origin, an
+# ip_filter allow-list lookup).
+POLICIES_YAML = """\
+policies:
+  tag: {type: headers, request: {set: {X-Gateway: isekai, X-Client-IP: "${client_ip}"}},
+        response: {set: {X-Served-By: isekai}}}
+  web_cors: {type: cors, origins: ["https://app.example.com", "*.example.org"],
+             expose_headers: [X-Served-By]}
+  office: {type: ip_filter, allow: [127.0.0.0/8, 10.0.0.0/8, "::1"]}
+"""
+POLICY_CHAIN = "[office, web_cors, tag]"
+
+TRACING_RATIOS = {"tracing_0": 0, "tracing_1pct": 0.01, "tracing_100pct": 1}
+NAMES = ("policies", "metrics_off", *TRACING_RATIOS, "access_log", "request_log")
+ADMIN_OFF = "admin: {enabled: false}"
+
+
+# request_log: the admin process creates this user at its first start (it warns without one);
+# nobody logs in, auth is off on its loopback listener
+ADMIN_USER = {"ISEKAI_ADMIN_USERNAME": "bench", "ISEKAI_ADMIN_PASSWORD": "bench-password-unused"}
+
+
+def environment(variant: str | None) -> dict[str, str]:
+    """Environment variables the gateway of `variant` is started with (beyond the harness's)."""
+    return dict(ADMIN_USER) if variant == "request_log" else {}
+
+
+def with_policies(conf: str, policies: str = POLICIES_YAML, chain: str = POLICY_CHAIN) -> str:
+    """An Isekai config from `targets.isekai_conf` with ``chain`` (default POLICY_CHAIN) on
+    every route, ``policies`` (a top-level ``policies:`` block) before it."""
+    lines = []
+    for line in conf.splitlines():
+        if line.startswith("  - {name:") and line.endswith("}"):
+            line = line[:-1] + f", policies: {chain}}}"
+        lines.append(line)
+    return policies + "\n".join(lines) + "\n"
+
+
+def apply(conf: str, variant: str | None, work: Path, tag: str, sink_port: int | None) -> str:
+    """`conf` (from `targets.isekai_conf`) changed as `variant` says; files go in `work`,
+    named after `tag`; tracing exports to the OTLP sink on `sink_port`."""
+    if variant is None:
+        return conf
+    if variant == "policies":
+        return with_policies(conf)
+    if variant == "metrics_off":
+        return conf + "observability: {metrics: {enabled: false}}\n"
+    if variant in TRACING_RATIOS:
+        if sink_port is None:
+            raise ValueError(f"{variant} needs the OTLP sink's port")
+        return conf + (
+            "observability:\n"
+            "  tracing:\n"
+            "    enabled: true\n"
+            f'    endpoint: "http://127.0.0.1:{sink_port}"\n'
+            f"    sample_ratio: {TRACING_RATIOS[variant]}\n"
+        )
+    if variant == "access_log":
+        path = work / f"{tag}-access.log"
+        return conf + (
+            f'observability: {{access_log: {{enabled: true, path: "{path}", format: json}}}}\n'
+        )
+    if variant == "request_log":
+        if ADMIN_OFF not in conf:
+            raise ValueError("expected the plain config's admin line")
+        admin = (
+            'admin: {bind: "127.0.0.1:0", auth: {enabled: false}, '
+            "request_logs: {enabled: true}}\n"
+            f'store: {{url: "sqlite:///{work / (tag + ".db")}"}}'
+        )
+        return conf.replace(ADMIN_OFF, admin)
+    raise ValueError(f"unknown Isekai variant {variant!r} (known: {', '.join(NAMES)})")
