@@ -81,8 +81,9 @@ class Tracing:
 
     enabled: bool = setting(
         "bool",
-        "Make spans for sampled requests and export them. `traceparent` is propagated upstream "
-        "either way.",
+        "Trace context and spans: every request gets a trace id and sends one `traceparent` "
+        "upstream (sampled or not); sampled requests make spans. Off: trace headers pass "
+        "through untouched.",
         default=defaults.TRACING_ENABLED,
     )
     endpoint: str = setting(
@@ -265,7 +266,7 @@ class Observability:
         "OpenTelemetry tracing.",
         default_factory=Tracing,
         cls=Tracing,
-        default_doc="off (trace context still propagated)",
+        default_doc="off (trace headers passed through)",
     )
     access_log: AccessLog = setting(
         "object",

@@ -7,7 +7,6 @@ import dataclasses
 import logging
 import sys
 import textwrap
-import time
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -517,21 +516,11 @@ def _ip_file(count: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _best_of(runs, text):
-    best = float("inf")
-    for _ in range(runs):
-        started = time.perf_counter()
-        config = load_config_text(text, "gw.yaml", env={})
-        best = min(best, time.perf_counter() - started)
-    return best, config
-
-
-def test_policies_a_10000_entry_ip_list_loads_fast():
-    small, _ = _best_of(3, _ip_file(10))
-    big, config = _best_of(3, _ip_file(10_000))
+def test_policies_a_10000_entry_ip_list_loads_whole():
+    # (how long it takes is bench/ business: `isekai validate` on big files is timed there)
+    config = load_config_text(_ip_file(10_000), "gw.yaml", env={})
     assert len(config.policies["office"].options.allow) == 11_000
     assert config.policies["office"].options.allow[-1] == "2001:db8:3e7::/48"
-    assert big - small < 0.5, f"{big - small:.3f}s for 11,000 entries"
 
 
 # -- families from plugins ------------------------------------------------------------------------
