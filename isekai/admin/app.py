@@ -19,7 +19,7 @@ from aiohttp import web
 
 from isekai.admin import auth, openapi
 from isekai.admin.context import CTX, REQUEST_ID, USER, AdminContext
-from isekai.admin.http import ApiError, fail
+from isekai.admin.http import ApiError, fail, listen
 from isekai.admin.observe import SCRAPE, Scrape
 from isekai.config.loader import is_loopback
 from isekai.errors import ConfigError
@@ -167,14 +167,8 @@ class AdminServer:
 
     async def start(self) -> None:
         self._runner = web.AppRunner(create_app(self.ctx), access_log=None, **PARSER_LIMITS)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
-        addresses = self._runner.addresses
-        if addresses:
-            self.port = addresses[0][1]
-        shown = f"[{self.host}]" if ":" in self.host else self.host
-        log.info("admin API on http://%s:%d", shown, self.port)
+        self.port, url = await listen(self._runner, self.host, self.port)
+        log.info("admin API on %s", url)
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -180,3 +180,16 @@ async def read_json(request: web.Request, types: tuple[str, ...] = JSON_TYPES) -
         return parse_json(text)
     except ValueError as exc:
         raise ApiError(400, "bad_request", f"malformed JSON: {exc}") from None
+
+
+async def listen(runner: web.AppRunner, host: str, port: int) -> tuple[int, str]:
+    """Set up ``runner`` and serve it on ``host``:``port`` (0: any free port); the bound port
+    and the address as a URL prefix (``http://[::1]:9080``)."""
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    addresses = runner.addresses
+    if addresses:
+        port = addresses[0][1]
+    shown = f"[{host}]" if ":" in host else host
+    return port, f"http://{shown}:{port}"

@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from isekai.admin.http import fail, ok
+from isekai.admin.http import fail, listen, ok
 from isekai.config.schema import Config
 from isekai.observability.metrics import CONTENT_TYPE, Gathered, render, sum_workers
 
@@ -139,14 +139,8 @@ class MetricsServer:
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/health/ready", ready)
         self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
-        addresses = self._runner.addresses
-        if addresses:
-            self.port = addresses[0][1]
-        shown = f"[{self.host}]" if ":" in self.host else self.host
-        log.info("metrics on http://%s:%d/metrics", shown, self.port)
+        self.port, url = await listen(self._runner, self.host, self.port)
+        log.info("metrics on %s/metrics", url)
 
     async def stop(self) -> None:
         if self._runner is not None:
