@@ -5,7 +5,9 @@ from isekai._core.iptrie cimport IpSet
 from isekai._core.policy cimport CorePolicy, ResponseHead
 from isekai._core.router cimport Router
 from isekai._core.tunnel cimport Tunnel
-from isekai._core.upstream cimport Cluster, Exchange, Pool, UpstreamProtocol
+from isekai._core.cluster cimport Cluster
+from isekai._core.target cimport Target
+from isekai._core.upstream cimport Exchange, Pool, UpstreamProtocol
 from libc.stdint cimport uint64_t
 
 
@@ -149,8 +151,30 @@ cdef class ProxyRequest(Exchange):
     cdef Pool upstream_pool
     cdef int upstream_status
     cdef int upstream_failure
+    # upstream resilience (isekai/_core/cluster.pyx): the cluster and target of the current
+    # attempt (target None between attempts); whether that attempt was reported to the cluster
+    # and its head sent; the attempt number; the target the last attempt failed on (a retry
+    # avoids it); whether the request holds a slot of the retry budget; the body as sent so
+    # far, kept for a replay while it fits `max_body` (replay_lost: it did not)
+    cdef Cluster cluster
+    cdef Target target
+    cdef Target failed_target
+    cdef bint reported
+    cdef bint sent
+    cdef int attempt
+    cdef bint retrying
+    cdef double try_at
+    cdef double first_try_at
+    cdef object retry_timer
+    cdef list replay
+    cdef long long replay_size
+    cdef bint replay_lost
 
     cdef bint can_answer(self)
+    cdef int report_attempt(self, int outcome, int status) except -1
+    cdef int release_target(self) except -1
+    cdef bint retry(self, int outcome, int status) except -1
+    cdef int finish_upstream(self) except -1
     # header access for policies: `lname` is a lower-case field name
     cdef bytes get_header(self, bytes lname)
     cdef bytes get_header_joined(self, bytes lname)

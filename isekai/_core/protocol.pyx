@@ -56,14 +56,22 @@ from isekai._core.policy cimport (
     Answer, CorePolicy, ResponseHead, check_answer_headers, check_field, header_parts, parts_add,
     parts_append, parts_drop, parts_get, parts_move, same_name,
 )
+from isekai._core.fastrand cimport next_uniform
 from isekai._core.iptrie cimport IpSet
 from isekai._core.router cimport Router
 from isekai._core.tunnel cimport Tunnel
 from isekai._core.tracecontext cimport (
     new_span_id, new_trace_id, parse_traceparent, ratio_bound, ratio_sampled, traceparent_line,
 )
+from isekai._core.cluster cimport (
+    OUTCOME_CANCELLED, OUTCOME_CONNECT, OUTCOME_OK, OUTCOME_PROTOCOL, OUTCOME_RESET,
+    OUTCOME_TIMEOUT, Cluster,
+)
+from isekai._core.cluster import REFUSAL_REASONS
+from isekai._core.target cimport Target
 from isekai._core.upstream cimport (
-    FAIL_UNAVAILABLE, Cluster, Exchange, Pool, UpstreamProtocol, failure_status,
+    FAIL_CONNECT, FAIL_PROTOCOL, FAIL_TIMEOUT, FAIL_UNAVAILABLE, HASH_CLIENT_IP, HASH_COOKIE,
+    HASH_HEADER, HASH_PATH, Exchange, Pool, UpstreamProtocol, failure_status,
 )
 from isekai.errors import RemoteProtocolError
 
@@ -217,6 +225,7 @@ cdef class ProxyRequest(Exchange):
         cdef DownstreamProtocol proto = self.proto
         self.conn = conn
         self.upstream_at = monotonic()
+        self.sent = True
         proto.write_upstream_head(self)
         if self.pending and not self.wants_upgrade:
             # (bytes after an Upgrade head belong to the tunnel: only a 101 releases them)
@@ -232,15 +241,23 @@ cdef class ProxyRequest(Exchange):
 
     cdef int upstream_failed(self, int kind, str reason) except -1:
         """The one place every upstream failure of this request passes (connect, timeout,
-        protocol, unavailable): the answer comes from `FAILURE_STATUS`. A retry would be
-        decided here, while `can_answer` holds. Called from pool and connection callbacks
-        and the sweep, so it catches for the request itself."""
+        protocol, unavailable): the attempt is reported to its cluster, retried if the
+        upstream's `retry` rules allow it (`retry`), else answered from `FAILURE_STATUS`.
+        Called from pool and connection callbacks and the sweep, so it catches for the request
+        itself."""
         cdef DownstreamProtocol proto = self.proto
+        cdef int outcome
         self.conn = None
         self.upstream_failure = kind + 1
         proto.state.counters.upstream_error(self.route.slot, kind)
         try:
             proto.resume(PAUSE_UPSTREAM)
+            if self.target is not None:
+                outcome = _outcome(kind, self.sent)
+                self.report_attempt(outcome, 0)
+                self.release_target()
+                if outcome != OUTCOME_CANCELLED and self.retry(outcome, 0):
+                    return 0
             if self.cancelled or self.response_done:
                 return 0
             if not self.can_answer():
@@ -254,6 +271,92 @@ cdef class ProxyRequest(Exchange):
         except Exception as error:
             proto.internal_error(self, error, False)
         return 0
+
+    cdef int report_attempt(self, int outcome, int status) except -1:
+        """Tell the cluster how this attempt went (once per attempt)."""
+        cdef double now
+        if self.target is None or self.reported:
+            return 0
+        self.reported = True
+        now = monotonic()
+        self.cluster.report(self.target, outcome, status, now - self.try_at, now)
+        if outcome != OUTCOME_OK and outcome != OUTCOME_CANCELLED:
+            self.failed_target = self.target
+        return 0
+
+    cdef int release_target(self) except -1:
+        """This attempt no longer loads its target."""
+        cdef Target target = self.target
+        if target is None:
+            return 0
+        self.target = None
+        if not self.reported:
+            self.reported = True
+            self.cluster.report(target, OUTCOME_CANCELLED, 0, 0.0, 0.0)
+        self.cluster.release(target)
+        return 0
+
+    cdef bint retry(self, int outcome, int status) except -1:
+        """Try again on (preferably) another target, if this attempt's `outcome` (and upstream
+        `status`) is one the upstream retries on and nothing forbids it: attempts left, nothing
+        of a response sent to the client, an idempotent method (or `retry_non_idempotent`; a
+        connect failure never reached the upstream, so any method), the body still whole in
+        the replay buffer, the overall timeout not passed, and the retry budget. The next
+        attempt starts after the backoff, from the event loop (never inside the callback that
+        failed)."""
+        cdef Cluster cluster = self.cluster
+        cdef double delay, now
+        if (cluster is None or self.attempt >= cluster.attempts or self.cancelled
+                or self.response_done or self.wants_upgrade or self.replay_lost):
+            return False
+        if not cluster.retry_wanted(outcome, status):
+            return False
+        if (outcome != OUTCOME_CONNECT and not cluster.retry_non_idempotent
+                and not _idempotent(self.method)):
+            return False
+        if not self.can_answer():
+            return False
+        now = monotonic()
+        if (cluster.overall_timeout > 0.0
+                and now + cluster.backoff >= self.first_try_at + cluster.overall_timeout):
+            return False
+        if self.target is not None:
+            self.failed_target = self.target
+        if not self.retrying:
+            if not cluster.retry_allowed():
+                return False
+            cluster.retry_started()
+            self.retrying = True
+        delay = cluster.retry_delay(self.attempt)
+        if self.replay is not None:
+            self.pending = list(self.replay)
+            self.pending_size = self.replay_size
+        self.retry_timer = self.proto.state.loop.call_later(delay, _retry_now, self)
+        return True
+
+    cdef int finish_upstream(self) except -1:
+        """The request is over: no retry may start, its target and budget slot are freed."""
+        if self.retry_timer is not None:
+            self.retry_timer.cancel()
+            self.retry_timer = None
+        if self.target is not None:
+            self.release_target()
+        if self.retrying:
+            self.retrying = False
+            self.cluster.retry_ended()
+        self.replay = None
+        return 0
+
+    cdef bytes hash_key(self, int source, bytes name):
+        if source == HASH_CLIENT_IP:
+            return self.client_address()
+        if source == HASH_HEADER:
+            return self.get_header_joined(name)
+        if source == HASH_PATH:
+            return self.path
+        if source == HASH_COOKIE:
+            return _cookie(self.get_header_joined(b"cookie"), name)
+        return None
 
     cdef bint can_answer(self):
         """True if the client has seen nothing of a response yet, so another can be sent. A head
@@ -272,6 +375,16 @@ cdef class ProxyRequest(Exchange):
         cdef int status = conn.status
         cdef bint no_body = self.is_head or status == 204 or status == 304 or status == 101
         self.upstream_status = status
+        if self.target is not None and not self.reported:
+            self.report_attempt(OUTCOME_OK, status)
+            if status >= 500 and self.retry(OUTCOME_OK, status):
+                # this answer is dropped with its connection; the next attempt answers
+                self.release_target()
+                self.conn = None
+                conn.exchange = None
+                conn.keep_alive = False
+                conn.close()
+                return 0
         # The upstream protocol already sorted the fields into ready-to-join parts; take them.
         cdef list out = conn.headers
         conn.headers = None
@@ -360,6 +473,7 @@ cdef class ProxyRequest(Exchange):
             return proto.start_tunnel(self, conn)
         self.conn = None
         conn.pool.release(conn, reusable)
+        self.release_target()
         proto.resume(PAUSE_UPSTREAM)
         if self.cancelled or self.response_done:
             return 0
@@ -732,6 +846,8 @@ cdef class DownstreamProtocol:
         self.parsing = None
         for req in reqs:
             req.cancel()
+            if req.cluster is not None:
+                req.finish_upstream()
             if req.task is not None:  # the client left while an async policy ran
                 req.task.cancel()
                 req.task = None
@@ -1054,6 +1170,18 @@ cdef class DownstreamProtocol:
             self.send_error(req, 413, "request body too large")
             return
         chunk = chunk_frame(body) if req.chunked else body
+        if (req.route is not None and req.route.cluster is not None
+                and req.route.cluster.attempts > 1 and not req.replay_lost):
+            # kept for a retry while the whole body fits the replay buffer
+            if req.replay_size + n > req.route.cluster.max_body:
+                req.replay_lost = True
+                req.replay = None
+            elif req.replay is None:
+                req.replay = [chunk]
+                req.replay_size = n
+            else:
+                req.replay.append(chunk)
+                req.replay_size += n
         if req.conn is not None:
             req.conn.write(chunk)
         else:
@@ -1245,14 +1373,34 @@ cdef class DownstreamProtocol:
         return 0
 
     cdef int proxy(self, ProxyRequest req) except -1:
-        cdef Pool pool = req.route.cluster.pick(req)
-        if pool is None:
-            return req.upstream_failed(FAIL_UNAVAILABLE, "no upstream target is available")
+        """Start an attempt: pick a target (another than the one a retry failed on, if any
+        can take it) and ask its pool for a connection."""
+        cdef Cluster cluster = req.route.cluster
+        cdef double now = monotonic()
+        cdef double left
+        cdef Target target = cluster.pick(req, req.failed_target)
+        if target is None:
+            return req.upstream_failed(FAIL_UNAVAILABLE, REFUSAL_REASONS[cluster.refusal])
+        req.cluster = cluster
+        req.target = target
+        req.reported = False
+        req.sent = False
+        req.attempt += 1
+        req.try_at = now
+        if req.attempt == 1:
+            req.first_try_at = now
+        if cluster.per_try_timeout > 0.0:
+            req.read_timeout = cluster.per_try_timeout
+        if cluster.overall_timeout > 0.0:
+            left = req.first_try_at + cluster.overall_timeout - now
+            if left < req.read_timeout:
+                req.read_timeout = left if left > 0.001 else 0.001
+        cdef Pool pool = target.pool
         if req.sampled:  # the client span starts here; its id is the parent-id sent upstream
-            req.client_at = monotonic()
+            req.client_at = now
             req.upstream_pool = pool
             req.client_span_id = new_span_id()
-        if req.expect_continue and not req.message_complete and req.http11:
+        if req.expect_continue and not req.message_complete and req.http11 and req.attempt == 1:
             self.transport.write(CONTINUE)
         pool.acquire(req)
         return 0
@@ -1413,6 +1561,11 @@ cdef class DownstreamProtocol:
         cdef double now = monotonic()
         cdef double latency = now - req.started_at
         cdef ServerState state = self.state
+        if req.cluster is not None:
+            try:
+                req.finish_upstream()
+            except Exception as error:
+                self._log_internal(req, error)
         state.counters.record(req.route.slot if req.route is not None else 0,
                               method_index(req.method), req.status, req.bytes_in,
                               req.bytes_out, latency)
@@ -1596,13 +1749,52 @@ cdef enum:
 
 
 cdef inline double _uniform(ServerState state):
-    """xorshift64*: a uniform double in [0, 1), a few instructions."""
-    cdef uint64_t x = state.rng
-    x ^= x >> 12
-    x ^= x << 25
-    x ^= x >> 27
-    state.rng = x
-    return <double>((x * <uint64_t>2685821657736338717) >> 11) * (1.0 / 9007199254740992.0)
+    return next_uniform(&state.rng)
+
+
+cdef inline int _outcome(int kind, bint sent) noexcept:
+    """How an attempt that failed with `kind` went, for the cluster and the retry rules."""
+    if kind == FAIL_UNAVAILABLE:
+        return OUTCOME_CANCELLED   # a pool wait timed out: no verdict on the target
+    if not sent:
+        return OUTCOME_CONNECT     # refused, reset or timed out while connecting
+    if kind == FAIL_TIMEOUT:
+        return OUTCOME_TIMEOUT
+    if kind == FAIL_PROTOCOL:
+        return OUTCOME_PROTOCOL
+    return OUTCOME_RESET
+
+
+cdef inline bint _idempotent(bytes method):
+    """RFC 9110 §9.2.2: a repeat has the same effect as one request."""
+    return (method == b"GET" or method == b"HEAD" or method == b"OPTIONS" or method == b"PUT"
+            or method == b"DELETE" or method == b"TRACE")
+
+
+cdef bytes _cookie(bytes header, bytes name):
+    """The value of cookie `name` in a Cookie header (RFC 6265 §5.4 pairs), or None."""
+    cdef bytes pair
+    cdef Py_ssize_t eq
+    if header is None:
+        return None
+    for pair in header.split(b";"):
+        pair = pair.strip()
+        eq = pair.find(b"=")
+        if eq > 0 and pair[:eq] == name:
+            return pair[eq + 1:]
+    return None
+
+
+def _retry_now(ProxyRequest req):
+    """The backoff is over: the next attempt of `req` starts, unless the request is done."""
+    cdef DownstreamProtocol proto = req.proto
+    req.retry_timer = None
+    if req.cancelled or req.response_done or proto is None:
+        return
+    try:
+        proto.proxy(req)
+    except Exception as error:
+        proto.internal_error(req, error, False)
 
 
 # longest text kept of the client-supplied request-log columns (`LOG_TEXT_LIMITS` of

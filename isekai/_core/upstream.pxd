@@ -14,6 +14,13 @@ cdef enum UpstreamFailure:
 
 cdef int failure_status(int kind) noexcept
 
+# What a consistent-hash balancer hashes (`Exchange.hash_key`).
+cdef enum HashSource:
+    HASH_CLIENT_IP = 0
+    HASH_HEADER = 1
+    HASH_COOKIE = 2
+    HASH_PATH = 3
+
 
 cdef class Exchange:
     """One request's side of an upstream exchange; the downstream protocol subclasses it."""
@@ -32,6 +39,7 @@ cdef class Exchange:
     cdef int response_complete(self, UpstreamProtocol conn) except -1
     cdef int upstream_write_paused(self, bint paused) except -1
     cdef int flush(self) except -1
+    cdef bytes hash_key(self, int source, bytes name)
 
 
 cdef class UpstreamProtocol:
@@ -107,21 +115,3 @@ cdef class Pool:
     cdef int _connect(self, Exchange exchange) except -1
     cdef int _forget(self, UpstreamProtocol conn) except -1
     cdef int sweep(self, double now) except -1
-
-
-cdef class Balancer:
-    """Chooses a pool of a cluster for each exchange; `None` means no target is usable."""
-    cdef readonly list pools
-    cpdef Pool pick(self, Exchange exchange)
-
-
-cdef class RoundRobin(Balancer):
-    cdef Py_ssize_t next_index
-
-
-cdef class Cluster:
-    cdef readonly str name
-    cdef public int slot                       # its upstream latency slot in Counters; -1: none
-    cdef readonly list pools
-    cdef readonly Balancer balancer
-    cdef Pool pick(self, Exchange exchange)

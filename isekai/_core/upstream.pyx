@@ -93,6 +93,11 @@ cdef class Exchange:
     cdef int flush(self) except -1:
         return 0
 
+    cdef bytes hash_key(self, int source, bytes name):
+        """What a consistent-hash balancer hashes for this exchange (`HashSource`; `name` is
+        the lower-case header or cookie name); None when the request has none."""
+        return None
+
 
 cdef class UpstreamProtocol:
 
@@ -591,46 +596,6 @@ cdef int _connected(Pool pool, UpstreamProtocol conn, fut, Exchange ex) except -
     conn.attach(ex)
     ex.upstream_ready(conn)
     return 0
-
-
-cdef class Balancer:
-    """Picks the pool (target) an exchange goes to. Subclasses implement `pick`; one written in
-    Python costs a Python call per request, one written here does not."""
-
-    def __init__(self, list pools):
-        if not pools:
-            raise ValueError("a balancer needs at least one pool")
-        self.pools = pools
-
-    cpdef Pool pick(self, Exchange exchange):
-        """The pool for `exchange`, or None when no target can take it (answered 503)."""
-        raise NotImplementedError
-
-
-cdef class RoundRobin(Balancer):
-    """Each pool in turn."""
-
-    cpdef Pool pick(self, Exchange exchange):
-        cdef Pool pool = self.pools[self.next_index]
-        self.next_index += 1
-        if self.next_index >= len(self.pools):
-            self.next_index = 0
-        return pool
-
-
-cdef class Cluster:
-    """The targets of one upstream, and the balancer that picks among them."""
-
-    def __init__(self, str name, Balancer balancer):
-        if not balancer.pools:
-            raise ValueError(f"upstream {name!r} has no targets")
-        self.name = name
-        self.balancer = balancer
-        self.pools = balancer.pools
-        self.slot = -1
-
-    cdef Pool pick(self, Exchange exchange):
-        return self.balancer.pick(exchange)
 
 
 def sweep_pools(pools, double now=-1.0):

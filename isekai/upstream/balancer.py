@@ -1,15 +1,14 @@
 """Balancers by name: the one table that turns an upstream's ``balancer`` setting into an object.
 
-A balancer is built per cluster and snapshot from the cluster's pools and answers
-``pick(exchange) -> Pool | None`` for every proxied request (``None``: no target can take it,
-answered 503). Balancers live in `isekai._core.upstream` as ``cdef class`` subclasses of
-`Balancer` so the pick costs no Python call; one written in Python (a subclass overriding
-``pick``) works too, at the price of a Python call per request.
+A balancer is built per cluster from the cluster's `Target`s and answers, for every proxied
+request, which selectable target it goes to (`isekai._core.balancer`: C classes, no Python call
+per request).
 """
 
 from __future__ import annotations
 
-from isekai._core.upstream import Balancer, Pool, RoundRobin
+from isekai._core.balancer import Balancer, RoundRobin
+from isekai._core.target import Target
 from isekai.config import defaults
 
 DEFAULT_BALANCER = defaults.BALANCER
@@ -19,11 +18,16 @@ BALANCERS: dict[str, type[Balancer]] = {
 }
 
 
-def make_balancer(name: str, pools: list[Pool]) -> Balancer:
-    """A ``name`` balancer over ``pools``; KeyError names the known ones."""
+def make_balancer(name: str, targets: list[Target], **options: object) -> Balancer:
+    """A ``name`` balancer over ``targets``; KeyError names the known ones."""
     try:
         cls = BALANCERS[name]
     except KeyError:
         known = ", ".join(sorted(BALANCERS))
         raise KeyError(f"unknown balancer {name!r} (known: {known})") from None
-    return cls(pools)
+    return cls(targets, **options)
+
+
+def options_for(upstream: object) -> dict[str, object]:
+    """The balancer options an upstream's settings give (consistent hashing's key)."""
+    return {}

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from isekai._core.upstream import Balancer, Cluster
+from isekai._core.balancer import Balancer
+from isekai._core.cluster import Cluster
 from tests.support.client import connect, json_body, read_responses
 from tests.support.worker import ThreadedWorker, app_config, get
 
@@ -79,7 +80,7 @@ def test_upstream_pool_waiter_whose_client_leaves_is_dequeued(upstream):
 class NoTarget(Balancer):
     """A balancer written in Python that finds no usable target."""
 
-    def pick(self, exchange):
+    def choose(self, exchange, avoid):
         self.asked = exchange.path
         return None
 
@@ -93,7 +94,7 @@ def worker(upstream):
 def test_upstream_balancer_without_target_answers_503(worker):
     def install() -> NoTarget:
         route = worker.worker.state.router.match(b"", b"GET", b"/app/x")[0]
-        balancer = NoTarget(list(route.cluster.pools))
+        balancer = NoTarget(list(route.cluster.targets))
         route.cluster = Cluster("app", balancer)
         return balancer
 
