@@ -251,6 +251,8 @@ class Worker:
             "config_version": self.snapshot.version,
             "counters": self.counters.export(),
             "pools": self.registry.pool_stats(),
+            "targets": self.registry.target_stats(),
+            "clusters": self.registry.cluster_stats(),
             "tunnels": self.state.tunnel_count,
             "in_flight": self.in_flight(),
             "capacity_pauses": self.capacity_pauses,
