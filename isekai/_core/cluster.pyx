@@ -362,6 +362,24 @@ cdef class Cluster:
     def release_target(self, Target target):
         self.release(target)
 
+    def start_retry(self):
+        """Ask the retry budget for a slot, as a request does (tests); True when granted."""
+        if not self.retry_allowed():
+            return False
+        self.retry_started()
+        return True
+
+    def end_retry(self):
+        self.retry_ended()
+
+    def retry_backoff(self, int attempt):
+        """A delay before retry number `attempt` (tests)."""
+        return self.retry_delay(attempt)
+
+    def wants_retry(self, str outcome, int status=0):
+        """Whether `retry.on` covers this outcome (tests)."""
+        return self.retry_wanted(OUTCOMES.index(outcome), status)
+
     @property
     def refusal_name(self):
         return REFUSALS[self.refusal]
