@@ -69,7 +69,7 @@ def test_cluster_breaker_timeline_open_half_open_closed():
 
 def test_cluster_breaker_half_open_probe_failure_reopens():
     cluster, (target,) = make(**BREAKER)
-    for i in range(10):
+    for _ in range(10):
         attempt(cluster, "timeout", 0, now=10.0)
     cluster.update(40.0)
     assert target.breaker == 2
