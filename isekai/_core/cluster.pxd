@@ -32,9 +32,6 @@ cdef class Cluster:
     cdef readonly Balancer balancer
     cdef readonly str balancer_name
     cdef public object config                  # the Upstream it was built from (registry)
-    # the hash a consistent-hash balancer reads (upstream.HashSource, lower-case name)
-    cdef public int hash_source
-    cdef public bytes hash_name
     # upstream limits (0: none), per worker
     cdef public int max_requests
     cdef public int max_pending

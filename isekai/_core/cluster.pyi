@@ -20,8 +20,6 @@ class Cluster:
     balancer: Balancer
     balancer_name: str
     config: Any
-    hash_source: int
-    hash_name: bytes
     max_requests: int
     max_pending: int
     max_retries: int
