@@ -7,7 +7,8 @@ retry just failed on) and counts the target's load. Every picked target then get
 `report` (how the attempt went) and one `release` (the attempt is over). Reports drive three
 independent mechanisms, all per worker and all in C fields of the `Target`:
 
-- EWMA of the time to the response head (decaying with `ewma_decay`), for the `ewma` balancer;
+- EWMA of the time from the request head sent to the response head (the old average weighs
+  decay / (decay + dt), `ewma_decay` seconds), for the `ewma` balancer;
 - outlier detection: `outlier_failures` consecutive failures (a 5xx, a connect failure, reset,
   timeout or malformed response) eject the target for `base_ejection` x the number of times it
   was ejected in a row (at most `max_ejection`); the multiplier decays by one per quiet
@@ -32,7 +33,7 @@ full jitter).
 
 import logging
 
-from libc.math cimport exp, floor
+from libc.math cimport floor
 from libc.stdint cimport uint64_t
 
 from isekai._core.balancer cimport Balancer
@@ -157,7 +158,8 @@ cdef class Cluster:
             if target.ewma <= 0.0 or self.ewma_decay <= 0.0:
                 target.ewma = elapsed
             else:
-                w = exp(-(now - target.ewma_at) / self.ewma_decay)
+                # the weight of the old average: exp(-dt/decay) to first order, without exp()
+                w = self.ewma_decay / (self.ewma_decay + (now - target.ewma_at))
                 target.ewma = target.ewma * w + elapsed * (1.0 - w)
             target.ewma_at = now
         else:

@@ -163,7 +163,6 @@ cdef class ProxyRequest(Exchange):
     cdef bint sent
     cdef int attempt
     cdef bint retrying
-    cdef double try_at
     cdef double first_try_at
     cdef object retry_timer
     cdef list replay

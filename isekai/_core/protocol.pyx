@@ -273,13 +273,19 @@ cdef class ProxyRequest(Exchange):
         return 0
 
     cdef int report_attempt(self, int outcome, int status) except -1:
-        """Tell the cluster how this attempt went (once per attempt)."""
+        """Tell the cluster how this attempt went (once per attempt). Its latency runs from
+        the head sent upstream to the response head (`now`: when the response arrived; 0:
+        read the clock)."""
         cdef double now
         if self.target is None or self.reported:
             return 0
         self.reported = True
-        now = monotonic()
-        self.cluster.report(self.target, outcome, status, now - self.try_at, now)
+        if outcome == OUTCOME_OK and self.conn is not None:
+            now = self.conn.received_at
+        else:
+            now = monotonic()
+        self.cluster.report(self.target, outcome, status,
+                            now - self.upstream_at if self.sent else 0.0, now)
         if outcome != OUTCOME_OK and outcome != OUTCOME_CANCELLED:
             self.failed_target = self.target
         return 0
@@ -846,7 +852,7 @@ cdef class DownstreamProtocol:
         self.parsing = None
         for req in reqs:
             req.cancel()
-            if req.cluster is not None:
+            if req.target is not None or req.retrying or req.retry_timer is not None:
                 req.finish_upstream()
             if req.task is not None:  # the client left while an async policy ran
                 req.task.cancel()
@@ -1376,8 +1382,7 @@ cdef class DownstreamProtocol:
         """Start an attempt: pick a target (another than the one a retry failed on, if any
         can take it) and ask its pool for a connection."""
         cdef Cluster cluster = req.route.cluster
-        cdef double now = monotonic()
-        cdef double left
+        cdef double now, left
         cdef Target target = cluster.pick(req, req.failed_target)
         if target is None:
             return req.upstream_failed(FAIL_UNAVAILABLE, REFUSAL_REASONS[cluster.refusal])
@@ -1386,18 +1391,18 @@ cdef class DownstreamProtocol:
         req.reported = False
         req.sent = False
         req.attempt += 1
-        req.try_at = now
-        if req.attempt == 1:
-            req.first_try_at = now
         if cluster.per_try_timeout > 0.0:
             req.read_timeout = cluster.per_try_timeout
         if cluster.overall_timeout > 0.0:
+            now = monotonic()
+            if req.attempt == 1:
+                req.first_try_at = now
             left = req.first_try_at + cluster.overall_timeout - now
             if left < req.read_timeout:
                 req.read_timeout = left if left > 0.001 else 0.001
         cdef Pool pool = target.pool
         if req.sampled:  # the client span starts here; its id is the parent-id sent upstream
-            req.client_at = now
+            req.client_at = monotonic()
             req.upstream_pool = pool
             req.client_span_id = new_span_id()
         if req.expect_continue and not req.message_complete and req.http11 and req.attempt == 1:
@@ -1561,11 +1566,12 @@ cdef class DownstreamProtocol:
         cdef double now = monotonic()
         cdef double latency = now - req.started_at
         cdef ServerState state = self.state
-        if req.cluster is not None:
+        if req.target is not None or req.retrying or req.retry_timer is not None:
             try:
                 req.finish_upstream()
             except Exception as error:
                 self._log_internal(req, error)
+        req.replay = None
         state.counters.record(req.route.slot if req.route is not None else 0,
                               method_index(req.method), req.status, req.bytes_in,
                               req.bytes_out, latency)

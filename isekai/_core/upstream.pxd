@@ -61,6 +61,7 @@ cdef class UpstreamProtocol:
     cdef double connect_started
     cdef double idle_since
     cdef double deadline
+    cdef public double received_at   # when the latest bytes of a response arrived
     cdef public int status
     cdef public list headers
     cdef public bint chunked

@@ -143,7 +143,8 @@ cdef class UpstreamProtocol:
                 self.close()
                 return
             self.bytes_received += len(data)
-            self.deadline = monotonic() + ex.read_timeout
+            self.received_at = monotonic()
+            self.deadline = self.received_at + ex.read_timeout
             try:
                 self.parser.feed_data(data)
                 if self.head_done:
