@@ -3,12 +3,13 @@ weighted targets: loaded with the contract's defaults, refused with file:line an
 published in the JSON Schema the admin API validates with, and documented."""
 
 import json
+import re
 import textwrap
 
 import pytest
 from jsonschema import Draft202012Validator
 
-from isekai.config import defaults, jsonschema, reference
+from isekai.config import defaults, jsonschema, reference, units
 from isekai.config.jsonschema import classes
 from isekai.config.loader import file_documents, load_config_text, read_document
 from isekai.config.schema import Target, Upstream
@@ -523,3 +524,35 @@ def test_upstream_resilience_defaults_live_in_defaults_module():
     assert Retry().on == defaults.RETRY_ON
     assert Breaker().failure_statuses == defaults.BREAKER_FAILURE_STATUSES
     assert HealthCheck("/h").expected_status == defaults.HEALTH_EXPECTED_STATUS
+
+
+GRAMMARS = [
+    (
+        units.check_hash_on,
+        units.HASH_ON_PATTERN,
+        ["client_ip", "path", "header:X-User", "cookie:sid", "header:a!#$%&'*+-.^_`|~"],
+        ["Client_IP", "header:", "header:a b", "cookie:a;b", "query:x", "client_ip "],
+    ),
+    (
+        units.check_request_target,
+        units.REQUEST_TARGET_PATTERN,
+        ["/", "/healthz", "/status?full=1&x=%20", "/a/b;c"],
+        ["", "healthz", "/a b", "/a#b", "/\u00e9", "/a\tb", "*"],
+    ),
+    (
+        units.check_host_port,
+        units.HOST_PORT_PATTERN,
+        ["users.internal", "Users.Internal:8080", "10.0.0.5", "[::1]", "[::1]:80", "a_b"],
+        ["", "a b", "users:0", "users:65536", "[::1", "[zz]:80", "::1", "a:b:c"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("check", "pattern", "good", "bad"), GRAMMARS)
+def test_upstream_resilience_patterns_accept_what_the_parsers_accept(check, pattern, good, bad):
+    for text in good:
+        assert check(text) == text
+        assert re.search(pattern, text), text
+    for text in bad:
+        with pytest.raises(ValueError):
+            check(text)
