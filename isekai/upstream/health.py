@@ -201,7 +201,7 @@ class HealthChecker:
             probe.task = None
         if probe.healthy is False:  # nothing checks it any more: back in rotation
             log.info(
-                "upstream %s target %s: no longer health-checked; counted healthy",
+                "health check: upstream %s target %s no longer checked: counted healthy",
                 probe.upstream,
                 probe.address,
             )
@@ -272,21 +272,22 @@ class HealthChecker:
             return
         probe.healthy = after
         why = f"status {status}" if error is None else error
+        state = "healthy" if after else "unhealthy"
         if before is None:
             log.info(
-                "upstream %s target %s: health check says %s (%s)",
+                "health check: upstream %s target %s is %s (first probe: %s)",
                 probe.upstream,
                 probe.address,
-                "healthy" if after else "unhealthy",
+                state,
                 why,
             )
         else:
             streak = probe.consecutive_successes if after else probe.consecutive_failures
             log.warning(
-                "upstream %s target %s: health check says %s after %d %s (%s)",
+                "health check: upstream %s target %s turned %s after %d %s in a row (%s)",
                 probe.upstream,
                 probe.address,
-                "healthy" if after else "unhealthy",
+                state,
                 streak,
                 "successes" if after else "failures",
                 why,
