@@ -15,7 +15,10 @@ import time
 import psutil
 import pytest
 
+from isekai.config.loader import load_config_text
+from isekai.process.channel import decode_stats, encode_stats
 from tests.support.gateway import connection_owners, wait_for
+from tests.support.worker import ThreadedWorker, get
 
 ELECTED = r"isekai\.master\[\d+\]: worker (\d+) runs the active health checks"
 INTERVAL = 0.2  # seconds between two probes of one target, as configured below
@@ -280,3 +283,57 @@ def test_health_checks_single_process_gateway_checks_for_itself(start_gateway, u
     assert b.requests == 0
     before = a.probes
     assert wait_for(lambda: a.probes >= before + 3, timeout=5)
+
+
+def worker_yaml(a: HealthUpstream, b: HealthUpstream, health: str) -> str:
+    return f"""
+listeners: [{{name: public, bind: "127.0.0.1:0"}}]
+upstreams:
+  app:
+    targets: ["{a.address}", "{b.address}"]
+    {health}
+routes:
+  - {{name: app, match: {{path: "/app/*"}}, upstream: app, strip_prefix: /app}}
+"""
+
+
+def test_health_checks_worker_stats_and_config_changes(upstreams):
+    a, b = upstreams
+    b.health_status = 503
+    health = "health: {path: /healthz, interval: 100ms, timeout: 90ms, unhealthy_threshold: 1}"
+    with ThreadedWorker(worker_yaml(a, b, health)) as tw:
+        worker = tw.worker
+        tw.call(worker.run_health_checks)
+
+        def rows() -> dict[str, dict]:
+            stats = decode_stats(encode_stats(tw.call(worker.stats)))  # as the admin gets them
+            return {row["target"]: row for row in stats["extra"].get("health_checks", [])}
+
+        def target_healthy() -> dict[str, bool]:
+            return {row["target"]: row["healthy"] for row in tw.call(worker.stats)["targets"]}
+
+        assert wait_for(lambda: len(rows()) == 2 and all(r["checks"] for r in rows().values()))
+        assert wait_for(lambda: target_healthy() == {a.address: True, b.address: False})
+        got = rows()
+        assert got[b.address]["healthy"] is False and got[b.address]["last_status"] == 503
+        assert got[a.address]["healthy"] is True and got[a.address]["last_error"] is None
+        assert all(get(tw.port, "/app/x") == (200, b"a") for _ in range(6))
+        assert b.requests == 0
+
+        # a reload without health: nothing probes b any more, so it is back in rotation
+        probes = b.probes
+        tw.call(worker.swap, load_config_text(worker_yaml(a, b, "")))
+        assert rows() == {} and target_healthy() == {a.address: True, b.address: True}
+        bodies = {get(tw.port, "/app/x")[1] for _ in range(6)}
+        assert bodies == {b"a", b"b"}
+        time.sleep(0.3)
+        assert b.probes == probes
+
+        # health back, on another path: probed again (b's /other is counted as a request)
+        other = health.replace("/healthz", "/other")
+        tw.call(worker.swap, load_config_text(worker_yaml(a, b, other)))
+        served = b.requests
+        assert wait_for(lambda: b.requests > served + 1)
+        assert wait_for(lambda: rows().get(a.address, {}).get("checks", 0) >= 1)
+        tw.call(worker.stop_health_checks)
+        assert "health_checks" not in tw.call(worker.stats)["extra"]
