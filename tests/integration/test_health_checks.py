@@ -17,7 +17,9 @@ import pytest
 
 from isekai.config.loader import load_config_text
 from isekai.process.channel import decode_stats, encode_stats
-from tests.support.gateway import connection_owners, wait_for
+from tests.integration.test_control_plane import ADMIN_ENV, Admin
+from tests.integration.test_control_plane import gateway_yaml as control_plane_yaml
+from tests.support.gateway import Gateway, connection_owners, wait_for
 from tests.support.worker import ThreadedWorker, get
 
 ELECTED = r"isekai\.master\[\d+\]: worker (\d+) runs the active health checks"
@@ -157,8 +159,9 @@ def fetch(gw, workers: list[int], count: int) -> list[tuple[int, bytes, int | No
     return results
 
 
-def verdict_logged(gw, target: HealthUpstream, state: str, since: int) -> bool:
-    pattern = rf"health check: upstream app target {re.escape(target.address)} (is|turned) {state}"
+def verdict_logged(gw, target: HealthUpstream, state: str, since: int, upstream="app") -> bool:
+    address = re.escape(target.address)
+    pattern = rf"health check: upstream {upstream} target {address} (is|turned) {state}"
     return gw.wait_for_log(pattern, timeout=10, since=since) is not None
 
 
@@ -337,3 +340,29 @@ def test_health_checks_worker_stats_and_config_changes(upstreams):
         assert wait_for(lambda: rows().get(a.address, {}).get("checks", 0) >= 1)
         tw.call(worker.stop_health_checks)
         assert "health_checks" not in tw.call(worker.stats)["extra"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_health_checks_follow_admin_api_changes(tmp_path, upstreams, workers):
+    a, b = upstreams
+    path = tmp_path / "gateway.yaml"
+    path.write_text(control_plane_yaml(a.port, f"sqlite:///{tmp_path}/s.db", workers))
+    gw = Gateway(path, env=ADMIN_ENV, startup_timeout=30)
+    try:
+        admin = Admin(gw)
+        b.health_status = 503
+        health = {"path": "/healthz", "interval": "100ms", "timeout": "90ms"}
+        status, body = admin.call(
+            "POST", "/api/upstreams", {"name": "checked", "targets": [b.address], "health": health}
+        )
+        assert status == 201, body
+        assert verdict_logged(gw, b, "unhealthy", 0, "checked"), gw.output()
+        status, body = admin.call("DELETE", "/api/upstreams/checked")
+        assert status in (200, 204), body
+        assert gw.wait_for_log(rf"target {re.escape(b.address)} no longer checked", timeout=10)
+        probes = b.probes
+        time.sleep(0.5)
+        assert b.probes == probes  # nothing probes a deleted upstream
+        assert a.probes == 0  # the file's upstream has no health block
+    finally:
+        gw.stop()
