@@ -256,7 +256,13 @@ class Worker:
             if report is not None:
                 report(upstream, target, healthy)
 
-        self.health = HealthChecker(self.loop, on_verdict)
+        # unhealthy verdicts of a checker that died: re-decided by the new one
+        inherited = [
+            (row["upstream"], row["target"])
+            for row in self.registry.target_stats()
+            if not row["healthy"]
+        ]
+        self.health = HealthChecker(self.loop, on_verdict, inherited)
         self.health.update(self.snapshot.config.upstreams)
         self.stats_providers["health_checks"] = self.health.rows
 

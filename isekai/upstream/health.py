@@ -13,7 +13,9 @@ unhealthy target healthy and ``unhealthy_threshold`` consecutive failures make a
 unhealthy. Every verdict (the first and each change) goes to ``on_verdict(upstream, target,
 healthy)`` and is logged once. A target no longer checked (its upstream lost ``health``, it left
 its upstream, or the upstream was removed) gets a last verdict of healthy if its last one was
-unhealthy: without a check nothing keeps it out of rotation.
+unhealthy: without a check nothing keeps it out of rotation. A checker that takes over from one
+that died is given the targets held unhealthy so far: those it does not check get a healthy
+verdict, its probes decide the others.
 
 Probes of one target start ``interval`` apart, give or take `JITTER`, so targets drift apart
 instead of being probed in lockstep.
@@ -25,7 +27,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from isekai.upstream.clusters import address_of
@@ -148,9 +150,18 @@ class _Probe:
 class HealthChecker:
     """Probes the targets of every upstream with ``health`` on ``loop``; see the module doc."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_verdict: Verdict) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_verdict: Verdict,
+        inherited: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """``inherited``: (upstream, target) pairs held unhealthy before this checker started
+        (by a checker that died); the first `update` gives a healthy verdict to those it does
+        not check, its probes decide the others."""
         self.loop = loop
         self.on_verdict = on_verdict
+        self._inherited = set(inherited)
         self._probes: dict[tuple[str, str], _Probe] = {}
         self._seen: dict[str, object] = {}  # upstream name -> the Upstream last given
         self._random = random.Random()
@@ -172,6 +183,15 @@ class HealthChecker:
                 continue  # the same object: nothing changed
             self._seen[name] = upstream
             self._set_targets(name, upstream)
+        if self._inherited:
+            inherited, self._inherited = self._inherited, set()
+            for upstream_name, address in sorted(inherited - self._probes.keys()):
+                log.info(
+                    "health check: upstream %s target %s not checked: counted healthy",
+                    upstream_name,
+                    address,
+                )
+                self._tell(upstream_name, address, True)
 
     def _set_targets(self, name: str, upstream: Any) -> None:
         health = getattr(upstream, "health", None) if upstream is not None else None
@@ -238,9 +258,7 @@ class HealthChecker:
         """One probe: (passed, status or None, error or None)."""
         try:
             status = await asyncio.wait_for(_exchange(host, port, request), health.timeout)
-        except asyncio.CancelledError:
-            raise
-        except (OSError, ValueError, EOFError) as exc:  # TimeoutError is an OSError
+        except Exception as exc:  # refused, reset, timeout, not HTTP...: a failed probe
             return False, None, _describe(exc)
         if status_ok(status, health.expected_status or ()):
             return True, status, None

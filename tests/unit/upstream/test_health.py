@@ -428,3 +428,33 @@ def test_health_checker_rows_have_the_contract_fields():
         await server.close()
 
     run(main())
+
+
+def test_health_checker_inherited_unhealthy_targets_it_does_not_check_become_healthy():
+    async def main():
+        server = await Server(500).start()
+        checked = f"127.0.0.1:{server.port}"
+        verdicts = Verdicts()
+        inherited = [("app", checked), ("app", "127.0.0.1:1"), ("gone", "127.0.0.1:2")]
+        checker = HealthChecker(asyncio.get_running_loop(), verdicts, inherited)
+        checker.update({"app": Upstream((server.target(), Target("127.0.0.1", 1)), None)})
+        # no health on "app" now: nothing is checked, every inherited verdict is lifted
+        assert sorted(verdicts.plain()) == sorted((u, t, True) for u, t in inherited)
+        checker.close()
+
+        verdicts = Verdicts()
+        checker = HealthChecker(asyncio.get_running_loop(), verdicts, inherited)
+        checker.update({"app": Upstream((server.target(),), Health())})
+        # checked targets are decided by their probes; the others are lifted at once
+        assert sorted(verdicts.plain()) == [
+            ("app", "127.0.0.1:1", True),
+            ("gone", "127.0.0.1:2", True),
+        ]
+        assert await until(lambda: len(verdicts) == 3)
+        assert verdicts.plain()[2] == ("app", checked, False)
+        checker.update({"app": Upstream((server.target(),), Health())})  # inherited only once
+        assert len(verdicts) == 3
+        checker.close()
+        await server.close()
+
+    run(main())
