@@ -20,6 +20,16 @@ event loop state). Signal handlers only queue the signal; the loop wakes through
 Each worker has a control socket (a socketpair) carrying newline-delimited JSON. Master to
 worker: ``{"type": "config", "text", "source", "version"}``. Worker to master:
 ``{"type": "ready"}``, ``{"type": "reloaded", "version"}``, ``{"type": "rejected", ...}``.
+
+Active health checks run once per host, not once per worker: the master elects ONE ready worker
+as the checker and tells it ``{"type": "health_checker", "on": true}``; when that worker dies
+(and so is replaced) another ready one is elected, or the first to become ready. The checker
+probes every target of the upstreams with ``health`` (`isekai.upstream.health`), applies its
+verdicts itself and sends each to the master as ``{"type": "health", "upstream", "target",
+"healthy"}``. The master remembers the unhealthy verdicts (healthy is every target's default)
+and relays each verdict to every other ready worker as the same message; a worker that becomes
+ready (a new one, or a replacement) first gets ``{"type": "health_verdicts", "verdicts":
+[[upstream, target, healthy], ...]}`` with every verdict remembered.
 """
 
 from __future__ import annotations
@@ -152,6 +162,8 @@ class Master:
         self.reloads = {"ok": 0, "failed": 0}  # SIGHUP reloads decided here
         self._gathers: dict[int, _Gather] = {}
         self._gather_seq = 0
+        self.checker: int | None = None  # pid of the worker running the active health checks
+        self.verdicts: dict[tuple[str, str], bool] = {}  # (upstream, target) -> False (unhealthy)
 
     # -- main loop ---------------------------------------------------------------------------
 
@@ -374,9 +386,15 @@ class Master:
             return
         if kind == "stats":
             self._on_stats(handle, message)
+        elif kind == "health":
+            self._on_health(handle, message)
         elif kind == "ready":
             handle.ready = True
             handle.version = message["version"]
+            if self.verdicts:
+                verdicts = [[u, t, h] for (u, t), h in self.verdicts.items()]
+                self._send(handle, {"type": "health_verdicts", "verdicts": verdicts})
+            self._elect_checker()
             if not self.ready and all(h.ready for h in self.workers.values()):
                 self.ready = True
                 log.info("%d workers up: %s", len(self.workers), sorted(self.workers))
@@ -399,6 +417,36 @@ class Master:
                 message.get("version"),
                 message.get("error"),
             )
+
+    # -- active health checks ----------------------------------------------------------------
+
+    def _elect_checker(self) -> None:
+        """Make one ready worker run the active health checks, unless one already does."""
+        if self.stopping or self.checker in self.workers:
+            return
+        self.checker = None
+        for pid, handle in self.workers.items():
+            if handle.ready and handle.control.fileno() >= 0:
+                self.checker = pid
+                self._send(handle, {"type": "health_checker", "on": True})
+                log.info("worker %d runs the active health checks", pid)
+                return
+
+    def _on_health(self, handle: _WorkerHandle, message: dict) -> None:
+        if handle.pid != self.checker:
+            return  # only the elected worker's verdicts count
+        upstream, target, healthy = message["upstream"], message["target"], message["healthy"]
+        if not isinstance(upstream, str) or not isinstance(target, str):
+            raise TypeError("a health verdict names an upstream and a target")
+        healthy = bool(healthy)
+        if healthy:
+            self.verdicts.pop((upstream, target), None)
+        else:
+            self.verdicts[(upstream, target)] = False
+        relay = {"type": "health", "upstream": upstream, "target": target, "healthy": healthy}
+        for pid, other in self.workers.items():
+            if pid != handle.pid and other.ready:
+                self._send(other, relay)
 
     # -- statistics for a scrape -------------------------------------------------------------
 
@@ -516,6 +564,11 @@ class Master:
             if handle is None:
                 continue
             self._forget_control(handle)
+            if pid == self.checker:
+                self.checker = None
+                if not self.stopping:
+                    log.info("worker %d ran the active health checks: electing another", pid)
+                    self._elect_checker()
             how = exit_description(status)
             if self.stopping:
                 log.info("worker %d %s", pid, how)

@@ -1,7 +1,8 @@
 """The gateway entry point: one process, or a master with forked workers.
 
-`serve(config)` with ``workers: 1`` runs the whole gateway in this process: a `Worker`, and the
-control plane (admin API and store) when ``admin.enabled``; SIGHUP re-reads ``config.source``
+`serve(config)` with ``workers: 1`` runs the whole gateway in this process: a `Worker` (which
+also runs the active health checks), and the control plane (admin API and store) when
+``admin.enabled``; SIGHUP re-reads ``config.source``
 and SIGTERM/SIGINT drain. With more workers this process becomes the master (`isekai.master`),
 which forks the workers and the admin process.
 """
@@ -151,6 +152,7 @@ async def _serve(config: Config) -> int:
             if plane is not None:
                 await plane.close()
             return 1
+    worker.run_health_checks()  # one process: it checks for itself
     signals = Signals(loop, reload=reloader)
     signals.reopen.append(feed.reopen)
     log.info(

@@ -42,6 +42,7 @@ from isekai.process.sockets import BACKLOG, bind_sockets
 from isekai.proxy import SlowPath
 from isekai.store import StoreError, open_store
 from isekai.upstream.clusters import ClusterRegistry
+from isekai.upstream.health import HealthChecker
 
 __all__ = ["Worker", "run_worker", "until_stopped"]
 
@@ -87,7 +88,9 @@ class Worker:
         # name -> callable returning JSON-compatible numbers: parts of this worker's statistics
         # that live outside `_core` (log writers, exporters, custom metrics); shipped with the
         # counters to whoever aggregates the workers (isekai.observability)
-        self.stats_providers: dict[str, Callable[[], Mapping[str, Any]]] = {}
+        self.stats_providers: dict[str, Callable[[], Mapping[str, Any] | list[Any]]] = {}
+        # the active health checks, in the one worker that runs them (`run_health_checks`)
+        self.health: HealthChecker | None = None
         # spans of sampled requests; made here, in the serving process (after the fork)
         self.tracer = open_tracer(
             config.observability.tracing, self.state, lambda: self.snapshot.config
@@ -125,6 +128,8 @@ class Worker:
         self.state.router = snapshot.router
         self._set_listener_chains(snapshot)
         release(old)
+        if self.health is not None:
+            self.health.update(config.upstreams)
         return snapshot
 
     def _set_listener_chains(self, snapshot: Snapshot) -> None:
@@ -146,6 +151,8 @@ class Worker:
             return self.swap(config, version)
         self.snapshot = snapshot
         self._set_listener_chains(snapshot)
+        if self.health is not None:
+            self.health.update(config.upstreams)
         return snapshot
 
     async def start(self, ports: Mapping[str, int] | None = None) -> None:
@@ -235,6 +242,37 @@ class Worker:
         self.state.sweep()
         self._timers.append(self.loop.call_later(DOWNSTREAM_SWEEP_INTERVAL, self._tick_downstream))
 
+    # -- active health checks ----------------------------------------------------------------
+
+    def run_health_checks(self, report: Callable[[str, str, bool], None] | None = None) -> None:
+        """Run the active health checks of the current (and every later) snapshot's upstreams
+        in this worker: each verdict applies here, then goes to ``report`` (the master, which
+        relays it to the other workers). Once per gateway: the master elects one worker."""
+        if self.health is not None or self.stopping:
+            return
+
+        def on_verdict(upstream: str, target: str, healthy: bool) -> None:
+            self.registry.set_health(upstream, target, healthy)
+            if report is not None:
+                report(upstream, target, healthy)
+
+        # unhealthy verdicts of a checker that died: re-decided by the new one
+        inherited = [
+            (row["upstream"], row["target"])
+            for row in self.registry.target_stats()
+            if not row["healthy"]
+        ]
+        self.health = HealthChecker(self.loop, on_verdict, inherited)
+        self.health.update(self.snapshot.config.upstreams)
+        self.stats_providers["health_checks"] = self.health.rows
+
+    def stop_health_checks(self) -> None:
+        """Stop probing (the verdicts stay as they are)."""
+        if self.health is not None:
+            self.health.close()
+            self.health = None
+            self.stats_providers.pop("health_checks", None)
+
     # -- statistics --------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
@@ -243,7 +281,8 @@ class Worker:
         extra = {}
         for name, provider in self.stats_providers.items():
             try:
-                extra[name] = dict(provider())
+                value = provider()
+                extra[name] = list(value) if isinstance(value, list) else dict(value)
             except Exception:  # statistics are best effort; the scrape goes on without them
                 log.exception("statistics provider %r failed", name)
         return {
@@ -287,6 +326,7 @@ class Worker:
         for timer in self._timers:
             timer.cancel()
         self._timers = []
+        self.stop_health_checks()
         for proto in list(self.state.connections):
             proto.shutdown()
         self.registry.close()
@@ -336,6 +376,13 @@ def _apply_config(worker: Worker, message: dict, writer: asyncio.StreamWriter) -
     send_message(writer, {"type": "reloaded", "version": snapshot.version})
 
 
+def _report_health(writer: asyncio.StreamWriter, upstream: str, target: str, healthy: bool) -> None:
+    if not writer.is_closing():
+        send_message(
+            writer, {"type": "health", "upstream": upstream, "target": target, "healthy": healthy}
+        )
+
+
 async def _follow_master(
     worker: Worker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, signals: Signals
 ) -> None:
@@ -352,6 +399,21 @@ async def _follow_master(
             elif kind == "stats":  # the master gathers every worker's numbers for a scrape
                 data = encode_stats(worker.stats())
                 send_message(writer, {"type": "stats", "id": message.get("id"), "data": data})
+            elif kind == "health":  # a verdict of the elected worker's checks, relayed
+                worker.registry.set_health(
+                    message["upstream"], message["target"], bool(message["healthy"])
+                )
+            elif kind == "health_verdicts":  # every verdict so far (this worker is new)
+                worker.registry.set_verdicts(
+                    (upstream, target, bool(healthy))
+                    for upstream, target, healthy in message["verdicts"]
+                )
+            elif kind == "health_checker":  # elected (or no longer) to run the active checks
+                if message.get("on"):
+                    log.info("running the active health checks for every worker")
+                    worker.run_health_checks(functools.partial(_report_health, writer))
+                else:
+                    worker.stop_health_checks()
     except (ValueError, OSError) as exc:  # a broken channel: let the master fork a fresh worker
         log.error("control channel failed (%s): shutting down", exc)
     signals.stop.set()

@@ -4,7 +4,11 @@ Master to worker: ``{"type": "config", ...}`` (a whole config) or ``{"type": "co
 "changes", "version"}`` (validated changes to the current one); worker to master:
 ``{"type": "ready"}``, ``{"type": "reloaded", "version"}``, ``{"type": "rejected", ...}``; the
 admin process sends ``{"type": "apply", "config" | "changes"}`` and receives
-``{"type": "reload"}``. EOF means the peer is gone.
+``{"type": "reload"}``. Active health checks (`isekai.master` has the details): master to
+worker ``{"type": "health_checker", "on"}`` (elected to run them), ``{"type": "health",
+"upstream", "target", "healthy"}`` (a verdict, relayed) and ``{"type": "health_verdicts",
+"verdicts"}`` (every verdict so far, to a worker that became ready); worker to master the same
+``{"type": "health", ...}`` from the elected worker. EOF means the peer is gone.
 """
 
 from __future__ import annotations
