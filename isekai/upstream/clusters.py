@@ -21,7 +21,7 @@ from isekai._core.counters import Counters
 from isekai._core.target import Target
 from isekai._core.upstream import Pool, monotonic_now, sweep_pools
 from isekai.config.schema import Upstream
-from isekai.upstream.balancer import DEFAULT_BALANCER, make_balancer, options_for
+from isekai.upstream.balancer import make_balancer, options_for
 
 
 def _pool_key(upstream: Upstream, host: str, port: int) -> tuple:
@@ -117,15 +117,14 @@ class ClusterRegistry:
             target = self._targets.get((name, address))
             if target is None:
                 target = self._targets[(name, address)] = Target(
-                    name, address, pool, getattr(spec, "weight", 1)
+                    name, address, pool, spec.weight
                 )
                 target.healthy = self._verdicts.get((name, address), True)
             target.pool = pool
-            target.weight = getattr(spec, "weight", 1)
+            target.weight = spec.weight
             members.append(target)
-        kind = getattr(upstream, "balancer", DEFAULT_BALANCER)
-        balancer = make_balancer(kind, members, **options_for(upstream))
-        cluster = Cluster(name, balancer, kind)
+        balancer = make_balancer(upstream.balancer, members, **options_for(upstream))
+        cluster = Cluster(name, balancer, upstream.balancer)
         configure(cluster, upstream)
         cluster.config = upstream
         if self._counters is not None:
@@ -216,8 +215,6 @@ class ClusterRegistry:
 
 def configure(cluster: Cluster, upstream: Upstream) -> None:
     """Copy an upstream's resilience settings onto its cluster."""
-    if not hasattr(upstream, "retry"):
-        return
     cluster.panic_threshold = upstream.panic_threshold / 100.0
     cluster.max_requests = upstream.max_requests or 0
     cluster.max_pending = upstream.max_pending or 0
