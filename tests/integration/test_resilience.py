@@ -1,0 +1,342 @@
+"""Upstream resilience through a real gateway process and real upstream processes that die,
+freeze and fail: retries (which methods, bodies, budgets), outlier ejection and return, the
+circuit breaker, limits, weighted and consistent-hash balancing."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import textwrap
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from tests.support.chaos_upstream import ChaosUpstream, wait_until
+from tests.support.gateway import start_from_yaml
+from tests.support.upstream import Upstream
+
+
+def _dead_address() -> str:
+    """An address nothing listens on (connects are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def call(
+    port: int,
+    method: str = "GET",
+    path: str = "/x",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+):
+    """One request on a fresh connection: (status, parsed JSON or raw body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        data = response.read()
+        try:
+            return response.status, json.loads(data)
+        except ValueError:
+            return response.status, data
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def chaos():
+    started: list[ChaosUpstream] = []
+
+    def start(name: str) -> ChaosUpstream:
+        up = ChaosUpstream(name)
+        started.append(up)
+        return up
+
+    yield start
+    for up in started:
+        up.stop()
+
+
+def gateway(tmp_path, upstream_yaml: str, workers: int = 1):
+    return start_from_yaml(
+        tmp_path,
+        f"""
+        workers: {workers}
+        listeners: [{{name: public, bind: "127.0.0.1:0"}}]
+        upstreams:
+          app:
+{upstream_yaml}
+        routes:
+          - {{name: app, match: {{path: "/*"}}, upstream: app}}
+        """,
+    )
+
+
+def indent(text: str) -> str:
+    return textwrap.indent(textwrap.dedent(text).strip(), " " * 12)
+
+
+def test_resilience_connect_failure_is_retried_on_another_target_for_any_method(tmp_path, chaos):
+    live = chaos("live")
+    gw = gateway(
+        tmp_path,
+        indent(f"""
+        targets: ["{_dead_address()}", "{live.address}"]
+        retry: {{attempts: 2, on: [connect_failure], backoff: 5ms}}
+    """),
+    )
+    try:
+        answers = [call(gw.port, "POST" if i % 2 else "GET", body=b"x" * 10) for i in range(20)]
+        assert [status for status, _ in answers] == [200] * 20
+        assert all(body["server"] == "live" for _, body in answers)
+        assert live.counts()["/x"] == 20  # each request reached an upstream once
+    finally:
+        gw.stop()
+
+
+def test_resilience_post_is_never_repeated_once_sent(tmp_path, chaos):
+    failing, good = chaos("failing"), chaos("good")
+    failing.set_mode("fail")
+    gw = gateway(
+        tmp_path,
+        indent(f"""
+        targets: ["{failing.address}", "{good.address}"]
+        retry: {{attempts: 3, on: [reset, 502, 503, 504], backoff: 5ms, budget: 1.0}}
+    """),
+    )
+    try:
+        posts = [call(gw.port, "POST", body=b"{}") for _ in range(20)]
+        failed = sum(status == 503 for status, _ in posts)
+        assert 0 < failed < 20
+        assert {status for status, _ in posts} == {200, 503}
+        # every POST reached exactly one upstream: nothing was sent twice
+        assert failing.counts()["/x"] == failed
+        assert failing.counts()["/x"] + good.counts()["/x"] == 20
+        gets = [call(gw.port, "GET") for _ in range(20)]
+        assert [status for status, _ in gets] == [200] * 20  # idempotent: retried on good
+        assert good.counts()["/x"] == 20 - failed + 20
+    finally:
+        gw.stop()
+
+
+def test_resilience_retry_non_idempotent_opt_in(tmp_path, chaos):
+    failing, good = chaos("failing"), chaos("good")
+    failing.set_mode("fail")
+    gw = gateway(
+        tmp_path,
+        indent(f"""
+        targets: ["{failing.address}", "{good.address}"]
+        retry: {{attempts: 2, on: [503], backoff: 5ms, budget: 1.0, retry_non_idempotent: true}}
+    """),
+    )
+    try:
+        posts = [call(gw.port, "POST", body=b"abc") for _ in range(10)]
+        assert [status for status, _ in posts] == [200] * 10
+        assert all(body["body_length"] == 3 for _, body in posts)
+    finally:
+        gw.stop()
+
+
+def test_resilience_body_is_replayed_only_while_held(tmp_path, chaos):
+    failing, good = chaos("failing"), chaos("good")
+    failing.set_mode("fail")
+    gw = gateway(
+        tmp_path,
+        indent(f"""
+        targets: ["{failing.address}", "{good.address}"]
+        retry: {{attempts: 2, on: [503], backoff: 1ms, budget: 1.0, max_body: 4KiB}}
+    """),
+    )
+    try:
+        small = [call(gw.port, "PUT", body=b"s" * 4096) for _ in range(6)]
+        assert [status for status, _ in small] == [200] * 6
+        assert all(body["body_length"] == 4096 for _, body in small)  # whole, on the retry
+        large = [call(gw.port, "PUT", body=b"L" * 5000) for _ in range(6)]
+        statuses = Counter(status for status, _ in large)
+        assert statuses[503] > 0 and statuses[200] > 0  # too large to hold: never retried
+        # each small PUT went to `failing` first (the rotation resumes after the retried
+        # target), the large ones alternate
+        assert failing.counts()["/x"] == 6 + statuses[503]
+    finally:
+        gw.stop()
+
+
+def test_resilience_frozen_target_times_out_per_try_and_is_retried(tmp_path, chaos):
+    frozen, good = chaos("frozen"), chaos("good")
+    gw = gateway(
+        tmp_path,
+        indent(f"""
+        targets: ["{frozen.address}", "{good.address}"]
+        retry: {{attempts: 2, on: [timeout], backoff: 1ms, budget: 1.0, per_try_timeout: 300ms}}
+    """),
+    )
+    try:
+        frozen.freeze()
+        started = time.monotonic()
+        answers = [call(gw.port) for _ in range(6)]
+        assert [status for status, _ in answers] == [200] * 6
+        assert all(body["server"] == "good" for _, body in answers)
+        assert time.monotonic() - started < 10  # bounded by per_try_timeout, not read_timeout
+    finally:
+        frozen.thaw()
+        gw.stop()
+
+
+def test_resilience_no_retry_once_the_response_began(tmp_path):
+    with Upstream() as up, Upstream() as other:
+        gw = gateway(
+            tmp_path,
+            indent(f"""
+            targets: ["127.0.0.1:{up.port}", "127.0.0.1:{other.port}"]
+            retry: {{attempts: 3, on: [reset, 502], backoff: 1ms, budget: 1.0}}
+        """),
+        )
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+            conn.request("GET", "/partial")  # head, 10 of 1000 bytes, then close
+            response = conn.getresponse()
+            assert response.status == 200
+            with pytest.raises(http.client.IncompleteRead):
+                response.read()
+            conn.close()
+            partial = [r for r in up.requests + other.requests if r["target"] == "/partial"]
+            assert len(partial) == 1
+        finally:
+            gw.stop()
+
+
+def test_resilience_outlier_ejects_a_failing_target_and_lets_it_return(tmp_path, chaos):
+    failing, good = chaos("failing"), chaos("good")
+    gw = gateway(
+        tmp_path,
+        indent(f"""
+        targets: ["{failing.address}", "{good.address}"]
+        outlier: {{consecutive_failures: 3, base_ejection: 1s}}
+    """),
+    )
+    try:
+        failing.set_mode("fail")
+        statuses = Counter(call(gw.port)[0] for _ in range(10))
+        assert statuses[503] == 3  # three failures in a row eject it
+        before = failing.counts()["/x"]
+        assert [call(gw.port)[0] for _ in range(10)] == [200] * 10
+        assert failing.counts()["/x"] == before  # ejected: no traffic
+        failing.set_mode("ok")
+        time.sleep(1.3)  # the ejection (1 s) ends
+        servers = Counter(call(gw.port)[1]["server"] for _ in range(10))
+        assert servers["failing"] >= 4  # back in the rotation
+    finally:
+        gw.stop()
+
+
+def test_resilience_all_targets_ejected_answers_503_json(tmp_path):
+    gw = gateway(
+        tmp_path,
+        indent(f"""
+        targets: ["{_dead_address()}", "{_dead_address()}"]
+        outlier: {{consecutive_failures: 1, base_ejection: 30s}}
+    """),
+    )
+    try:
+        first = [call(gw.port)[0] for _ in range(2)]
+        assert first == [502, 502]
+        status, body = call(gw.port)
+        assert status == 503 and body["success"] is False
+        assert "no healthy upstream target" in json.dumps(body)
+    finally:
+        gw.stop()
+
+
+def test_resilience_breaker_opens_then_probes_and_closes(tmp_path, chaos):
+    failing, good = chaos("failing"), chaos("good")
+    gw = gateway(
+        tmp_path,
+        indent(f"""
+        targets: ["{failing.address}", "{good.address}"]
+        breaker: {{failure_ratio: 0.5, window: 10s, min_requests: 4, open_for: 1s,
+                   half_open_requests: 2}}
+    """),
+    )
+    try:
+        failing.set_mode("fail")
+        mark = gw.mark()
+        statuses = Counter(call(gw.port)[0] for _ in range(12))
+        assert statuses[503] == 4  # opens at its 4th failure (4 of 4 failed)
+        assert gw.wait_for_log(f"target {failing.address}: circuit breaker open", 5, mark)
+        before = failing.counts()["/x"]
+        assert [call(gw.port)[0] for _ in range(6)] == [200] * 6
+        assert failing.counts()["/x"] == before
+        failing.set_mode("ok")
+        assert gw.wait_for_log(r"circuit breaker half-open", 5, mark)
+        servers = Counter(call(gw.port)[1]["server"] for _ in range(10))
+        assert servers["failing"] >= 2
+        assert gw.wait_for_log(r"circuit breaker closed", 5, mark)
+        opened = [line for line in gw.log[mark:] if "circuit breaker open" in line]
+        assert len(opened) == 1  # each transition logged once
+    finally:
+        gw.stop()
+
+
+def test_resilience_max_requests_answers_503(tmp_path):
+    with Upstream() as up:
+        gw = gateway(
+            tmp_path,
+            indent(f"""
+            targets: ["127.0.0.1:{up.port}"]
+            max_requests: 1
+        """),
+        )
+        try:
+            results: list[int] = []
+            slow = threading.Thread(
+                target=lambda: results.append(call(gw.port, path="/slow/800")[0])
+            )
+            slow.start()
+            assert wait_until(lambda: any(r["target"] == "/slow/800" for r in up.requests), 5)
+            status, body = call(gw.port, path="/echo")
+            assert status == 503 and "max_requests" in json.dumps(body)
+            slow.join(10)
+            assert results == [200]
+            assert call(gw.port, path="/echo")[0] == 200
+        finally:
+            gw.stop()
+
+
+def test_resilience_weighted_round_robin_through_the_gateway(tmp_path, chaos):
+    heavy, light = chaos("heavy"), chaos("light")
+    gw = gateway(
+        tmp_path,
+        indent(f"""
+        targets: [{{address: "{heavy.address}", weight: 3}}, "{light.address}"]
+    """),
+    )
+    try:
+        servers = Counter(call(gw.port)[1]["server"] for _ in range(80))
+        assert servers == {"heavy": 60, "light": 20}  # smooth WRR in one worker is exact
+    finally:
+        gw.stop()
+
+
+def test_resilience_consistent_hash_sticks_across_workers(tmp_path, chaos):
+    ups = [chaos(name) for name in ("a", "b", "c")]
+    targets = ", ".join(f'"{up.address}"' for up in ups)
+    gw = gateway(
+        tmp_path,
+        indent(f"""
+        targets: [{targets}]
+        balancer: consistent_hash
+        hash_on: header:X-User
+    """),
+        workers=2,
+    )
+    try:
+        for user in ("alice", "bob", "carol", "dave", "erin"):
+            servers = {call(gw.port, headers={"X-User": user})[1]["server"] for _ in range(8)}
+            assert len(servers) == 1, (user, servers)  # fresh connections: both workers
+    finally:
+        gw.stop()
