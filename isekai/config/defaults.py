@@ -30,7 +30,47 @@ UPSTREAM_MAX_CONNECTIONS = 1024  # per target
 UPSTREAM_MAX_KEEPALIVE_CONNECTIONS = 128  # per target, idle ones kept
 KEEPALIVE_EXPIRY = 60.0
 POOL_TIMEOUT = 5.0  # waiting for a free connection slot, then 503
-BALANCER = "round_robin"  # the one balancer so far
+BALANCER = "round_robin"
+BALANCERS = ("round_robin", "least_conn", "p2c", "consistent_hash", "ewma", "random")
+HASH_ON = "client_ip"  # consistent_hash's key when hash_on is left out
+HASH_ALGORITHM = "ring"
+HASH_ALGORITHMS = ("ring", "maglev")
+PANIC_THRESHOLD = 0.0  # percent of healthy targets; 0 = never panic
+TARGET_WEIGHT = 1
+TARGET_MAX_WEIGHT = 1000
+
+# upstreams: active health checks (`health`)
+HEALTH_INTERVAL = 5.0
+HEALTH_TIMEOUT = 1.0
+HEALTH_HEALTHY_THRESHOLD = 2
+HEALTH_UNHEALTHY_THRESHOLD = 3
+HEALTH_EXPECTED_STATUS: tuple[int, ...] = ()  # empty: any 2xx or 3xx
+
+# upstreams: passive checks, outlier ejection (`outlier`)
+OUTLIER_CONSECUTIVE_FAILURES = 5
+OUTLIER_BASE_EJECTION = 30.0
+OUTLIER_MAX_EJECTION = 300.0
+OUTLIER_MAX_EJECTION_PERCENT = 100
+
+# upstreams: circuit breaker per target (`breaker`)
+BREAKER_FAILURE_RATIO = 0.5
+BREAKER_WINDOW = 10.0
+BREAKER_MIN_REQUESTS = 20
+BREAKER_OPEN_FOR = 30.0
+BREAKER_HALF_OPEN_REQUESTS = 3
+BREAKER_FAILURE_STATUSES = (500, 502, 503, 504)
+
+# upstreams: retries (`retry`)
+RETRY_ATTEMPTS = 2  # total tries, the first included
+RETRY_MAX_ATTEMPTS = 10
+RETRY_ON: tuple[str | int, ...] = ("connect_failure", "reset", 502, 503, 504)
+RETRY_CONDITIONS = ("connect_failure", "reset", "timeout")  # besides 5xx statuses
+RETRY_BACKOFF = 0.025
+RETRY_MAX_BACKOFF = 0.25
+RETRY_BUDGET = 0.2
+RETRY_MIN_CONCURRENCY = 3
+RETRY_NON_IDEMPOTENT = False
+RETRY_MAX_BODY = 64 * KiB
 
 # policies:
 POLICY_DEADLINE = 10.0  # an async request phase taking longer is answered 503

@@ -18,7 +18,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from isekai.config import metrics_policy, policies, rules, units
+from isekai.config import defaults, metrics_policy, policies, rules, units
 from isekai.config.meta import Setting, settings_of
 from isekai.config.policies import PolicySpec
 from isekai.config.schema import Config
@@ -102,7 +102,25 @@ def kind_schema(setting: Setting, ref: Ref, *, env: bool = False) -> dict[str, A
     elif kind == "bind":
         schema = {"type": "string", "pattern": _ADDRESS.format(h="*")}
     elif kind == "target":
+        address = {"type": "string", "pattern": _ADDRESS.format(h="+")}
+        assert setting.cls is not None
+        mapping = _nested(setting, ref, env=env)
+        return {"anyOf": [address, mapping, _ENV]} if env else {"anyOf": [address, mapping]}
+    elif kind == "address":
         schema = {"type": "string", "pattern": _ADDRESS.format(h="+")}
+    elif kind == "hash_on":
+        schema = {"type": "string", "pattern": units.HASH_ON_PATTERN}
+    elif kind == "request_target":
+        schema = {"type": "string", "pattern": units.REQUEST_TARGET_PATTERN}
+    elif kind == "host_port":
+        schema = {"type": "string", "pattern": units.HOST_PORT_PATTERN}
+    elif kind == "retry_on":
+        # if/then/else rather than anyOf: a refusal names what is wrong with the one it is
+        schema = {
+            "if": {"type": "integer"},
+            "then": {"minimum": 500, "maximum": 599},
+            "else": {"enum": list(defaults.RETRY_CONDITIONS)},
+        }
     elif kind == "store_url":
         schemes = "|".join(_nocase(scheme) for scheme in SCHEMES)
         schema = {"type": "string", "pattern": f"^({schemes})://.+$"}
@@ -157,8 +175,7 @@ def kind_schema(setting: Setting, ref: Ref, *, env: bool = False) -> dict[str, A
     elif kind == "json":
         return {}
     elif kind == "object":
-        assert setting.cls is not None
-        return {"$ref": ref(setting.cls)}
+        return _nested(setting, ref, env=env)
     elif kind in ("list", "map"):
         assert setting.item is not None
         element = kind_schema(setting.item, ref, env=env)
@@ -181,6 +198,15 @@ def kind_schema(setting: Setting, ref: Ref, *, env: bool = False) -> dict[str, A
     if env:
         return {"anyOf": [schema, _ENV]}
     return schema
+
+
+def _nested(setting: Setting, ref: Ref, *, env: bool) -> dict[str, Any]:
+    # a nested config class: a $ref, or its schema in place (``inline``: the admin API's
+    # component list need not know the class)
+    assert setting.cls is not None
+    if setting.inline:
+        return class_schema(setting.cls, ref, env=env)
+    return {"$ref": ref(setting.cls)}
 
 
 def _policy_union(ref: Ref) -> dict[str, Any]:
@@ -254,7 +280,16 @@ def document_schema() -> dict[str, Any]:
     def ref(cls: type) -> str:
         return f"#/$defs/{cls.__name__}"
 
-    defs = {name: class_schema(cls, ref, env=True) for name, cls in classes().items()}
+    found = classes()
+    inline = {
+        (setting.item or setting).cls
+        for cls in found.values()
+        for _, setting in settings_of(cls)
+        if (setting.item or setting).inline
+    }
+    defs = {
+        name: class_schema(cls, ref, env=True) for name, cls in found.items() if cls not in inline
+    }
     root = defs.pop("Config")
     return {
         "$schema": DIALECT,

@@ -63,6 +63,8 @@ _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection
 _parse_bind = functools.partial(units.parse_address, bind=True)
 _ENVELOPE = keys_of(PolicySpec)  # type, deadline: the keys of every policy
 _POLICY_WHAT = "a policy: a mapping with 'type' and the family's keys"
+_TARGET_WHAT = "a target: 'host:port' or a mapping with address and weight"
+_RETRY_ON_WHAT = "connect_failure, reset, timeout or a 5xx status"
 
 
 @contextlib.contextmanager
@@ -258,7 +260,7 @@ class _Builder(Reader):
         self.wheres: dict[int, Where] = {}
         self.kinds: dict[str, Callable[[Setting, Node, str], Any]] = {
             "duration": self.duration_value,
-            "size": lambda s, n, p: self.size(n, p),
+            "size": self.size_value,
             "int": self.int_value,
             "number": lambda s, n, p: self.number(n, p, s.minimum, s.maximum),
             "workers": self.workers,
@@ -274,7 +276,12 @@ class _Builder(Reader):
             "strip_prefix": self.strip_prefix,
             "method": lambda s, n, p: self.parsed(units.parse_method, s, n, p),
             "bind": lambda s, n, p: self.checked(_parse_bind, s, n, p),
-            "target": lambda s, n, p: Target(*self.parsed(units.parse_address, s, n, p)),
+            "target": self.target,
+            "address": lambda s, n, p: self.checked(units.parse_address, s, n, p),
+            "hash_on": lambda s, n, p: self.checked(units.check_hash_on, s, n, p),
+            "request_target": lambda s, n, p: self.checked(units.check_request_target, s, n, p),
+            "host_port": lambda s, n, p: self.checked(units.check_host_port, s, n, p),
+            "retry_on": self.retry_on,
             "store_url": lambda s, n, p: self.checked(parse_store_url, s, n, p),
             "enum": self.enum,
             "headers": lambda s, n, p: self.headers(n, p),
@@ -357,6 +364,12 @@ class _Builder(Reader):
             raise self.error(node, path, message)
         return seconds
 
+    def size_value(self, setting: Setting, node: Node, path: str) -> int:
+        if setting.minimum != 0:
+            return self.size(node, path)
+        value, _ = self.scalar(node, path, "a size like 512, 8KiB or 1MiB")
+        return self.check(node, path, units.parse_size, value)
+
     def int_value(self, setting: Setting, node: Node, path: str) -> int:
         lowest = -(2**63) if setting.minimum is None else int(setting.minimum)
         highest = None if setting.maximum is None else int(setting.maximum)
@@ -381,6 +394,29 @@ class _Builder(Reader):
             message = setting.unsupported or "{value!r} is not one of: {choices}"
             raise self.error(node, path, message.format(value=value, choices=supported))
         return value
+
+    def target(self, setting: Setting, node: Node, path: str) -> Target:
+        # "host:port", or {address: "host:port", weight: N}
+        if isinstance(node, MappingNode):
+            return self.object(Target, node, path, what=_TARGET_WHAT)
+        value, substituted = self.scalar(node, path, _TARGET_WHAT)
+        if substituted is None and not isinstance(value, str):
+            raise self.error(node, path, f"expected {_TARGET_WHAT}, got {self.describe(node)}")
+        return Target(*self.parsed(units.parse_address, setting, node, path))
+
+    def retry_on(self, setting: Setting, node: Node, path: str) -> str | int:
+        # a retry condition: connect_failure, reset, timeout, or a 5xx status (an int)
+        value, substituted = self.scalar(node, path, _RETRY_ON_WHAT)
+        if substituted is not None:
+            value = int(substituted) if substituted.strip().isdigit() else substituted
+        if isinstance(value, str) and value in defaults.RETRY_CONDITIONS:
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and 500 <= value <= 599:
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            raise self.error(node, path, f"a retried status is a 5xx (500 to 599), got {value}")
+        shown = repr(value) if isinstance(value, str) else self.describe(node)
+        raise self.error(node, path, f"expected {_RETRY_ON_WHAT}, got {shown}")
 
     def strip_prefix(self, setting: Setting, node: Node, path: str) -> str | bool:
         value, _ = self.scalar(node, path, "a path prefix or true")
@@ -502,6 +538,7 @@ class _Builder(Reader):
         assert element is not None
         read = self.kinds[element.kind]
         values: list[Any] = []
+        seen: list[Any] = []  # what makes items the same (unique_by), when they must differ
         names: dict[str, int] = {}
         for i, item in enumerate(items):
             at = f"{path}[{i}]"
@@ -509,9 +546,13 @@ class _Builder(Reader):
                 value = self.object(element.cls, item, at, extra={setting.index_field: i})
             else:
                 value = read(element, item, at)
-            if setting.unique and value in values:
-                text = item.value if isinstance(item, ScalarNode) else value
-                raise self.error(item, at, setting.unique.format(text=text, value=value))
+            if setting.unique:
+                same = getattr(value, setting.unique_by) if setting.unique_by else value
+                # 1 == True and 502 == 502.0 in Python; a status and a word never are
+                if any(same == other and type(same) is type(other) for other in seen):
+                    text = item.value if isinstance(item, ScalarNode) else same
+                    raise self.error(item, at, setting.unique.format(text=text, value=value))
+                seen.append(same)
             if setting.unique_name:
                 if value.name in names:
                     message = (

@@ -11,7 +11,11 @@ Kinds: ``duration`` ``size`` ``int`` ``number`` (int or float) ``bool`` ``string
 ``${client_ip}``-style placeholders are left for the policy) ``header_map`` (header name ->
 ``item``, kept as pairs) ``origin`` (CORS) ``metric_name`` ``metric_labels`` (label name ->
 source: the ``metrics`` policy) ``policy`` (a policy name or an inline policy)
-``enum`` ``bind`` ``target`` ``method`` ``store_url`` ``workers`` ``json`` (any value)
+``enum`` ``bind`` ``target`` (``"host:port"``, or the mapping ``cls``: address and weight)
+``address`` (a target's ``host:port`` kept as written) ``hash_on`` (``client_ip``, ``path``,
+``header:NAME``, ``cookie:NAME``) ``request_target`` (an origin-form ``/path?query``)
+``host_port`` (a ``Host`` value: host, optional port) ``retry_on`` (a retry condition word or a
+5xx status) ``method`` ``store_url`` ``workers`` ``json`` (any value)
 ``object`` (a nested class, ``cls``), ``list`` (of ``item``) and ``map`` (name -> ``item``).
 """
 
@@ -51,6 +55,11 @@ KINDS = frozenset(
         "enum",
         "bind",
         "target",
+        "address",
+        "hash_on",
+        "request_target",
+        "host_port",
+        "retry_on",
         "method",
         "store_url",
         "workers",
@@ -79,6 +88,8 @@ class Setting:
     empty: str | None = None  # list: an empty list is an error with this message
     unique: str | None = None  # list: a repeated item is an error: {text!r} {value}
     unique_name: str | None = None  # list of object: items' names are unique: "route"...
+    unique_by: str | None = None  # list: items are the same when this attribute is ("address")
+    inline: bool = False  # JSON Schema: the nested class written in place, not as a $ref
     key_field: str | None = None  # map: the class field the mapping key fills
     index_field: str | None = None  # list: the class field the position fills
     yaml: bool = True  # False: derived (host/port from bind), not a key of its own
@@ -121,7 +132,8 @@ def item(kind: str, **options: Any) -> Setting:
 
 
 def settings_of(cls: type) -> tuple[tuple[str, Setting], ...]:
-    """``(key, Setting)`` of every YAML key of ``cls``, in order, extra keys last."""
+    """``(key, Setting)`` of every YAML key of ``cls``, in order, extra keys last (first when
+    the class says ``extra_keys_first``)."""
     found = _SETTINGS.get(cls)
     if found is None:
         pairs = [
@@ -129,7 +141,8 @@ def settings_of(cls: type) -> tuple[tuple[str, Setting], ...]:
             for f in dataclasses.fields(cls)
             if "isekai" in f.metadata and f.metadata["isekai"].yaml
         ]
-        pairs.extend(getattr(cls, "extra_keys", {}).items())
+        extra = list(getattr(cls, "extra_keys", {}).items())
+        pairs = [*extra, *pairs] if getattr(cls, "extra_keys_first", False) else [*pairs, *extra]
         found = _SETTINGS[cls] = tuple(pairs)
     return found
 

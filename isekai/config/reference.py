@@ -28,6 +28,11 @@ SECTIONS = {
     "Config": ("top level", "top-level"),
     "Listener": ("listeners", "listeners"),
     "Upstream": ("upstreams", "upstreams"),
+    "Target": ("target", "target"),
+    "HealthCheck": ("health check", "health-check"),
+    "Outlier": ("outlier", "outlier"),
+    "Breaker": ("breaker", "breaker"),
+    "Retry": ("retry", "retry"),
     "Route": ("routes", "routes"),
     "RouteMatch": ("match", "match"),
     "Respond": ("respond", "respond"),
@@ -69,7 +74,11 @@ _PLAIN_TYPES = {
     "strip_prefix": "path prefix, or `true`",
     "headers": "mapping name → value",
     "bind": "`host:port`",
-    "target": "`host:port`",
+    "address": "`host:port`",
+    "hash_on": "`client_ip`, `path`, `header:NAME` or `cookie:NAME`",
+    "request_target": "path",
+    "host_port": "`host` or `host:port`",
+    "retry_on": "`connect_failure`, `reset`, `timeout` or a status 500–599",
     "method": "method",
     "store_url": "URL",
     "workers": "positive integer or `auto`",
@@ -94,13 +103,16 @@ def type_of(setting: Setting) -> str:
         return _link(setting.cls)
     if kind == "policy":
         return "policy name, or an inline [policy](#policies)"
+    if kind == "target":
+        mapping = f" or {_link(setting.cls)}" if setting.cls is not None else ""
+        return f"`host:port`{mapping}"
     if kind == "header_map" and setting.item is not None:
         return f"mapping header name → {type_of(setting.item)}"
     if kind in ("list", "map") and setting.item is not None:
         element = setting.item
         if element.kind == "policy":
             return "list of policy names or inline [policies](#policies)"
-        inner = _link(element.cls) if element.cls is not None else type_of(element)
+        inner = _link(element.cls) if element.kind == "object" else type_of(element)
         return f"list of {inner}" if kind == "list" else f"mapping name → {inner}"
     if kind == "int":
         schema = setting.schema or {}

@@ -107,6 +107,38 @@ def upstream(values: dict[str, Any], where: Where) -> None:
     if idle > most:
         message = f"cannot be more than max_connections ({most})"
         raise where.error("max_keepalive_connections", message)
+    balancer = values.get("balancer", defaults.BALANCER)
+    if balancer == "consistent_hash":
+        values.setdefault("hash_on", defaults.HASH_ON)
+        return
+    for key in _HASH_ONLY:
+        if key in values:
+            message = f"'{key}' only applies to balancer: consistent_hash (this one is {balancer})"
+            raise where.error(key, message, on="key")
+
+
+_HASH_ONLY = ("hash_on", "hash_algorithm")
+
+
+def target(values: dict[str, Any], where: Where) -> None:
+    # the mapping form {address, weight}: address is checked by its kind
+    values["host"], values["port"] = units.parse_address(values.pop("address"))
+
+
+def health_check(values: dict[str, Any], where: Where) -> None:
+    interval = values.get("interval", defaults.HEALTH_INTERVAL)
+    timeout = values.get("timeout", defaults.HEALTH_TIMEOUT)
+    if timeout < interval:
+        return
+    if where.has("timeout"):
+        which = "interval" if where.has("interval") else "the default interval"
+        raise where.error("timeout", f"must be shorter than {which} ({interval:g}s)")
+    raise where.error("interval", f"must be longer than the default timeout ({timeout:g}s)")
+
+
+def breaker(values: dict[str, Any], where: Where) -> None:
+    if values.get("failure_ratio", defaults.BREAKER_FAILURE_RATIO) <= 0:
+        raise where.error("failure_ratio", "must be more than 0 (and at most 1), got 0")
 
 
 def route_match(values: dict[str, Any], where: Where) -> None:
@@ -335,7 +367,27 @@ def _given(key: str, kind: str) -> dict[str, Any]:
     return {"required": [key], "properties": {key: {"type": kind, **least}}}
 
 
+def _nocase(word: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
+
+
+# an upstream whose balancer is not consistent_hash (absent: round_robin; a ${VAR} could be)
+_NOT_HASHING = "|".join(_nocase(b) for b in defaults.BALANCERS if b != "consistent_hash")
+
 JSON_RULES: dict[str, dict[str, Any]] = {
+    "Upstream": {
+        "if": {
+            "properties": {
+                "balancer": {
+                    "anyOf": [
+                        {"type": "null"},
+                        {"type": "string", "pattern": f"^({_NOT_HASHING})$"},
+                    ]
+                }
+            }
+        },
+        "then": {"properties": {key: {"type": "null"} for key in _HASH_ONLY}},
+    },
     "Route": {
         "oneOf": [
             {"required": ["upstream"], "properties": {"upstream": {"type": "string"}}},

@@ -21,15 +21,20 @@ from isekai.config import defaults, rules, units
 from isekai.config.meta import Setting, item, setting
 from isekai.config.observability import Observability, RouteAccessLog
 from isekai.config.policies import PolicySpec
+from isekai.config.upstream import Breaker, HealthCheck, Outlier, Retry
 
 __all__ = [
     "Admin",
     "AdminAuth",
+    "Breaker",
     "Config",
+    "HealthCheck",
     "Limits",
     "Listener",
+    "Outlier",
     "RequestLogs",
     "Respond",
+    "Retry",
     "Route",
     "RouteLimits",
     "RouteMatch",
@@ -124,10 +129,37 @@ class Listener:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One upstream server address."""
+    """One server of an upstream: ``"host:port"``, or a mapping with its address and weight.
 
-    host: str
-    port: int
+    ``host`` is lower-case, without brackets for IPv6; ``address`` gives ``host:port`` back
+    (``[v6]:port``), as status and metrics name the target.
+    """
+
+    host: str = setting("string", "Parsed from address.", yaml=False)
+    port: int = setting("int", "Parsed from address.", yaml=False)
+    weight: int = setting(
+        "int",
+        "Relative share of the upstream's requests this target gets (by the weighted balancers).",
+        default=defaults.TARGET_WEIGHT,
+        minimum=1,
+        maximum=defaults.TARGET_MAX_WEIGHT,
+    )
+
+    extra_keys: ClassVar[dict[str, Setting]] = {
+        "address": Setting(
+            "address",
+            "`host:port`, as a target is written alone; host is a name, IPv4 or `[IPv6]`.",
+            required=True,
+        )
+    }
+    extra_keys_first = True
+    entity = "target"
+    validate = staticmethod(rules.target)
+
+    @property
+    def address(self) -> str:
+        """``host:port`` (``[host]:port`` for IPv6)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +169,13 @@ class Upstream:
     name: str = setting("name", "The upstream's name (its key in upstreams).", yaml=False)
     targets: tuple[Target, ...] = setting(
         "list",
-        "Servers of this upstream; host is a name, IPv4 or `[IPv6]`; port 1–65535; no duplicates.",
-        item=item("target"),
-        what="a list of 'host:port' strings",
+        "Servers of this upstream: `host:port` (host a name, IPv4 or `[IPv6]`; port 1–65535) or "
+        "`{address: host:port, weight: 3}`; no address twice.",
+        item=item("target", cls=Target, inline=True),
+        what="a list of targets ('host:port' or {address, weight})",
         empty="needs at least one target",
         unique="duplicate target {text!r}",
+        unique_by="address",
         default_doc="required, at least one",
     )
     scheme: str = setting(
@@ -185,6 +219,95 @@ class Upstream:
         "How long a request waits for a free connection slot (all `max_connections` busy) before "
         "a 503.",
         default=defaults.POOL_TIMEOUT,
+    )
+    balancer: str = setting(
+        "enum",
+        "How each request picks a target: `round_robin` (in turn, by weight), `least_conn` "
+        "(fewest requests in flight), `p2c` (the less busy of two random targets), "
+        "`consistent_hash` (by `hash_on`), `ewma` (lowest recent latency), `random`.",
+        default=defaults.BALANCER,
+        choices=defaults.BALANCERS,
+        case="lower",
+        unsupported="unknown balancer {value!r} (balancers: {choices})",
+    )
+    hash_on: str | None = setting(
+        "hash_on",
+        "`consistent_hash` only: the request's key, `client_ip`, `path`, `header:NAME` or "
+        "`cookie:NAME`; the same key goes to the same target while it is selectable.",
+        default=None,
+        what="client_ip, path, header:NAME or cookie:NAME",
+        default_doc="`client_ip` with `consistent_hash`",
+    )
+    hash_algorithm: str = setting(
+        "enum",
+        "`consistent_hash` only: `ring` (a hash ring) or `maglev` (a Maglev table); either moves "
+        "few keys when a target comes or goes.",
+        default=defaults.HASH_ALGORITHM,
+        choices=defaults.HASH_ALGORITHMS,
+        case="lower",
+        unsupported="unknown hash_algorithm {value!r} (supported: {choices})",
+    )
+    panic_threshold: float = setting(
+        "number",
+        "Percent of healthy, not ejected targets below which requests go to all targets, "
+        "ignoring health and ejection (not open breakers); `0` never.",
+        default=defaults.PANIC_THRESHOLD,
+        minimum=0,
+        maximum=100,
+    )
+    max_requests: int | None = setting(
+        "int",
+        "Requests in flight to this upstream per worker; more are answered 503 at once.",
+        default=None,
+        minimum=1,
+        default_doc="no limit",
+    )
+    max_pending: int | None = setting(
+        "int",
+        "Requests per worker waiting for a connection (every `max_connections` busy); more are "
+        "answered 503 at once.",
+        default=None,
+        minimum=1,
+        default_doc="no limit",
+    )
+    max_retries: int | None = setting(
+        "int",
+        "Retries in flight to this upstream per worker; a failure beyond it is not retried.",
+        default=None,
+        minimum=1,
+        default_doc="no limit",
+    )
+    health: HealthCheck | None = setting(
+        "object",
+        "Active health checks: probe every target, once for the whole gateway.",
+        default=None,
+        cls=HealthCheck,
+        inline=True,
+        default_doc="off: every target is healthy",
+    )
+    outlier: Outlier | None = setting(
+        "object",
+        "Passive checks: eject a target whose requests keep failing.",
+        default=None,
+        cls=Outlier,
+        inline=True,
+        default_doc="off",
+    )
+    breaker: Breaker | None = setting(
+        "object",
+        "A circuit breaker per target.",
+        default=None,
+        cls=Breaker,
+        inline=True,
+        default_doc="off",
+    )
+    retry: Retry | None = setting(
+        "object",
+        "Retry failed attempts, on another target when there is one.",
+        default=None,
+        cls=Retry,
+        inline=True,
+        default_doc="off: never retried",
     )
 
     validate = staticmethod(rules.upstream)

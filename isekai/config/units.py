@@ -29,7 +29,13 @@ __all__ = [
     "PathPattern",
     "HEADER_PLACEHOLDER",
     "PLACEHOLDERS",
+    "HASH_ON_PATTERN",
+    "HOST_PORT_PATTERN",
+    "REQUEST_TARGET_PATTERN",
+    "check_hash_on",
     "check_header_name",
+    "check_host_port",
+    "check_request_target",
     "check_header_template",
     "check_header_value",
     "parse_origin",
@@ -87,6 +93,10 @@ _PCHAR = r"[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2}"  # RFC 3986 pchar
 PATH_PATTERN = r"^/(" + _PCHAR + r"|[/{}])*$"  # paths, patterns, prefixes and templates
 _HOST_LABEL = r"[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
 HOST_PATTERN = r"^(\*\.)?" + _HOST_LABEL + r"(\." + _HOST_LABEL + r")*$"  # RFC 1123
+_TOKEN_CLASS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+HASH_ON_PATTERN = r"^(client_ip|path|header:" + _TOKEN_CLASS + r"|cookie:" + _TOKEN_CLASS + r")$"
+REQUEST_TARGET_PATTERN = r"^/[\x21\x22\x24-\x7e]*$"  # origin-form: visible ASCII, no '#'
+HOST_PORT_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+)(:[0-9]{1,5})?$"  # check_host_port
 _NAME = re.compile(NAME_PATTERN[1:-1])
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 _PATH_CHARS = re.compile(r"/(?:" + _PCHAR + r"|[/{}])*")
@@ -265,6 +275,26 @@ def parse_address(text: str, *, bind: bool = False) -> tuple[str, int]:
     if not (port_text.isascii() and port_text.isdigit()) or not lowest <= int(port_text) <= 65535:
         raise ValueError(f"bad address {text!r}: the port must be a number from {lowest} to 65535")
     return host.lower(), int(port_text)
+
+
+def check_host_port(text: str) -> str:
+    """A ``Host`` header value: a host name, IPv4 or ``[IPv6]`` address, with an optional
+    ``:port`` (1..65535); returned as written."""
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            ipaddress.IPv6Address(text[1:-1])
+        except ValueError:
+            raise ValueError(f"bad host {text!r}: {text[1:-1]!r} is not an IPv6 address") from None
+        return text
+    if ":" not in text:
+        if not _is_host_name(text.lower()):
+            raise ValueError(f"bad host {text!r}: not a host name or IP address")
+        return text
+    try:
+        parse_address(text)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("bad address", "bad host", 1)) from None
+    return text
 
 
 def parse_cidr(text: str) -> str:
@@ -485,6 +515,33 @@ def check_header_value(text: str) -> str:
         raise ValueError(
             f"header values may only hold visible ASCII, Latin-1, spaces and tabs; "
             f"{bad!r} is not allowed (percent-encode or drop it)"
+        )
+    return text
+
+
+def check_hash_on(text: str) -> str:
+    """What consistent hashing keys on: ``client_ip``, ``path``, ``header:NAME`` or
+    ``cookie:NAME`` (NAME a token: a header or cookie name, matched in any case); as written."""
+    if text in ("client_ip", "path"):
+        return text
+    source, colon, name = text.partition(":")
+    if colon and source in ("header", "cookie"):
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"bad {source} name {name!r} in {text!r}")
+        return text
+    raise ValueError(f"expected client_ip, path, header:NAME or cookie:NAME, got {text!r}")
+
+
+def check_request_target(text: str) -> str:
+    """An origin-form request target (``/healthz``, ``/status?full=1``): starts with '/',
+    visible ASCII only (no spaces, control characters or '#')."""
+    if not text.startswith("/"):
+        raise ValueError(f"the path must start with '/', got {text!r}")
+    bad = next((c for c in text if not "\x21" <= c <= "\x7e" or c == "#"), None)
+    if bad is not None:
+        raise ValueError(
+            f"path {text!r} may only hold visible ASCII; {bad!r} is not allowed "
+            "(no spaces, control characters or '#'; percent-encode others)"
         )
     return text
 

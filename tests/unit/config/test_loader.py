@@ -484,8 +484,8 @@ MISTAKES = {
           users:
             targets: "10.0.0.5:9000"
         """,
-        "gw.yaml:3: upstreams.users.targets: expected a list of 'host:port' strings, "
-        "got a string ('10.0.0.5:9000')",
+        "gw.yaml:3: upstreams.users.targets: expected a list of targets ('host:port' or "
+        "{address, weight}), got a string ('10.0.0.5:9000')",
     ),
     "number where a name is expected": (
         """
