@@ -542,3 +542,92 @@ def test_status_module_version_is_the_package_version():
     import isekai
 
     assert status_module.__version__ is isekai.__version__
+
+
+CHECKED_YAML = BASE_YAML.replace(
+    'users: {targets: ["127.0.0.1:9001"]}',
+    """users:
+    targets: ["127.0.0.1:9001", {address: "127.0.0.1:9002", weight: 3}]
+    balancer: least_conn
+    health: {path: /healthz, interval: 2s}
+    breaker: {failure_ratio: 0.25, window: 5s, min_requests: 4, open_for: 7s}
+    max_requests: 50""",
+)
+
+
+def check_row(target: str, healthy: bool | None, **changes) -> dict:
+    """The active checker's row of a target (``extra["health_checks"]``)."""
+    row = {
+        "upstream": "users",
+        "target": target,
+        "healthy": healthy,
+        "checks": 10,
+        "failures": 0,
+        "consecutive_successes": 10,
+        "consecutive_failures": 0,
+        "last_status": 200,
+        "last_error": None,
+        "last_check_age": 0.4,
+    }
+    row.update(changes)
+    return row
+
+
+def test_status_endpoints_take_health_verdicts_and_settings_from_the_checker_and_config(
+    tmp_path,
+):
+    async def gather():
+        checks = [
+            check_row(GOOD, True),
+            check_row(
+                BAD,
+                False,
+                failures=4,
+                consecutive_successes=0,
+                consecutive_failures=4,
+                last_status=None,
+                last_error="connection refused",
+            ),
+        ]
+        rows = [
+            target_row("users", GOOD, ewma_ms=2.0),
+            target_row("users", BAD, weight=3, healthy=False, selectable=False),
+        ]
+        clusters = [cluster_row("users", balancer="least_conn")]
+        return Gathered(
+            workers=[
+                _worker(31, 0, [], rows, clusters, checks),  # the worker that runs the checks
+                _worker(32, 0, [], rows, clusters),
+            ],
+            expected=2,
+        )
+
+    async def scenario():
+        async with admin(
+            tmp_path, CHECKED_YAML, status=StatusProviders(gather=gather), role="viewer"
+        ) as api:
+            users = (await api.get("/api/load-balancer/status")).data["users"]
+            assert users["balancer"] == "least_conn" and users["health_checks"] is True
+            good, bad = users["targets"]
+            assert good["health"] == "healthy" and good["healthy"] is True
+            assert good["health_check"]["checks"] == 10
+            assert bad["weight"] == 3 and bad["health"] == "unhealthy"
+            assert bad["health_check"]["last_error"] == "connection refused"
+            assert bad["health_check"]["consecutive_failures"] == 4
+            assert bad["selectable_in"] == 0 and [w["healthy"] for w in bad["per_worker"]] == [
+                False,
+                False,
+            ]
+            cb = (await api.get("/api/circuit-breaker/status")).data["users"]
+            assert cb["enabled"] is True
+            assert cb["settings"] == {
+                "failure_ratio": 0.25,
+                "window": 5.0,
+                "min_requests": 4,
+                "open_for": 7.0,
+                "half_open_requests": 3,
+                "failure_statuses": [500, 502, 503, 504],
+            }
+            assert cb["limits"]["max_requests"] == 50 and cb["limits"]["max_pending"] is None
+
+    run(scenario())
