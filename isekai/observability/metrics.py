@@ -470,6 +470,8 @@ class _Text:
 
 def _merge_routes(totals: Totals, limit: int) -> tuple[dict[str, list[int]], dict[str, float]]:
     """Rows and latency sums by route label: past ``limit`` names, summed under "_other"."""
+    rows: dict[str, list[int]]
+    sums: dict[str, float]
     if len(totals.routes) <= limit:  # nothing to fold
         rows, sums = dict(totals.routes), dict(totals.route_sums)
         if "" in rows:
@@ -477,8 +479,8 @@ def _merge_routes(totals: Totals, limit: int) -> tuple[dict[str, list[int]], dic
         return rows, sums
     names = _capped((name for name in totals.routes if name), limit)
     names[""] = UNROUTED
-    rows: dict[str, list[int]] = {}
-    sums: dict[str, float] = {}
+    rows = {}
+    sums = {}
     for name, row in totals.routes.items():
         label = names[name]
         have = rows.get(label)
@@ -607,7 +609,7 @@ def _write_upstreams(
         )
     pools: dict[tuple[str, str], _Pool] = {}
     for (upstream, target), pool in totals.pools.items():
-        into = pools.setdefault((upstream_names[upstream], target_names[target]), _Pool())
+        summed = pools.setdefault((upstream_names[upstream], target_names[target]), _Pool())
         for name in (
             "idle",
             "active",
@@ -618,7 +620,7 @@ def _write_upstreams(
             "down_in",
             "seen_in",
         ):
-            setattr(into, name, getattr(into, name) + getattr(pool, name))
+            setattr(summed, name, getattr(summed, name) + getattr(pool, name))
     keys = sorted(pools)
     labels = {key: _labels(upstream=key[0], target=key[1]) for key in keys}
     out.family("isekai_upstream_connections", "gauge", "Upstream connections open, idle or active")
@@ -675,12 +677,12 @@ def _write_targets(
     """Balancer, passive health (ejection) and circuit breaker state per target, retries and
     refusals per upstream, and the active health checks."""
     targets: dict[tuple[str, str], TargetState] = {}
-    for (upstream, target), state in totals.targets.items():
+    for (upstream, target), seen in totals.targets.items():
         key = (upstream_names[upstream], target_names[target])
-        have = targets.get(key)
-        if have is None:
-            have = targets[key] = TargetState()
-        have.merge(state)
+        into = targets.get(key)
+        if into is None:
+            into = targets[key] = TargetState()
+        into.merge(seen)
     keys = sorted(targets)
     labels = {key: _labels(upstream=key[0], target=key[1]) for key in keys}
     per_target: tuple[tuple[str, str, str, Any], ...] = (
@@ -739,11 +741,11 @@ def _write_targets(
     )
     for key in keys:
         inner = labels[key][1:-1]
-        for state in BREAKER_STATES:
+        for breaker in BREAKER_STATES:
             out.sample(
                 "isekai_circuit_breaker_state",
-                f'{{{inner},state="{state}"}}',
-                targets[key].breakers.get(state, 0),
+                f'{{{inner},state="{breaker}"}}',
+                targets[key].breakers.get(breaker, 0),
             )
     out.family(
         "isekai_upstream_ewma_seconds",
@@ -757,12 +759,12 @@ def _write_targets(
             out.sample("isekai_upstream_ewma_seconds", labels[key], ewma / 1000.0)
 
     clusters: dict[str, ClusterState] = {}
-    for upstream, state in totals.clusters.items():
+    for upstream, numbers in totals.clusters.items():
         label = upstream_names[upstream]
-        have = clusters.get(label)
-        if have is None:
-            have = clusters[label] = ClusterState()
-        have.merge(state)
+        sums = clusters.get(label)
+        if sums is None:
+            sums = clusters[label] = ClusterState()
+        sums.merge(numbers)
     names = sorted(clusters)
     quoted = {name: _labels(upstream=name) for name in names}
     per_upstream: tuple[tuple[str, str, str, Any], ...] = (
@@ -808,13 +810,13 @@ def _write_targets(
 
     checks: dict[tuple[str, str], list[int]] = {}  # [healthy, verdicts, checks, failures]
     for (upstream, target), row in totals.checks.items():
-        into = checks.setdefault((upstream_names[upstream], target_names[target]), [0, 0, 0, 0])
+        counts = checks.setdefault((upstream_names[upstream], target_names[target]), [0, 0, 0, 0])
         healthy = row.get("healthy")
         if healthy is not None:
-            into[0] += bool(healthy)
-            into[1] += 1
-        into[2] += row.get("checks", 0)
-        into[3] += row.get("failures", 0)
+            counts[0] += bool(healthy)
+            counts[1] += 1
+        counts[2] += row.get("checks", 0)
+        counts[3] += row.get("failures", 0)
     keys = sorted(checks)
     labels = {key: _labels(upstream=key[0], target=key[1]) for key in keys}
     out.family(
