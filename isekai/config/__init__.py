@@ -6,10 +6,14 @@ config = load_config("gateway.yaml")   # raises ConfigError "file:line: path: me
 
 from isekai.config.loader import load_config, load_config_text
 from isekai.config.schema import (
+    Breaker,
     Config,
+    HealthCheck,
     Limits,
     Listener,
+    Outlier,
     Respond,
+    Retry,
     Route,
     RouteMatch,
     Target,
@@ -18,10 +22,14 @@ from isekai.config.schema import (
 from isekai.config.units import parse_duration, parse_rate, parse_size
 
 __all__ = [
+    "Breaker",
     "Config",
+    "HealthCheck",
     "Limits",
     "Listener",
+    "Outlier",
     "Respond",
+    "Retry",
     "Route",
     "RouteMatch",
     "Target",

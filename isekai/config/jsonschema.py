@@ -115,12 +115,8 @@ def kind_schema(setting: Setting, ref: Ref, *, env: bool = False) -> dict[str, A
     elif kind == "host_port":
         schema = {"type": "string", "pattern": units.HOST_PORT_PATTERN}
     elif kind == "retry_on":
-        # if/then/else rather than anyOf: a refusal names what is wrong with the one it is
-        schema = {
-            "if": {"type": "integer"},
-            "then": {"minimum": 500, "maximum": 599},
-            "else": {"enum": list(defaults.RETRY_CONDITIONS)},
-        }
+        words = {"type": "string", "enum": list(defaults.RETRY_CONDITIONS)}
+        schema = {"anyOf": [words, {"type": "integer", "minimum": 500, "maximum": 599}]}
     elif kind == "store_url":
         schemes = "|".join(_nocase(scheme) for scheme in SCHEMES)
         schema = {"type": "string", "pattern": f"^({schemes})://.+$"}
