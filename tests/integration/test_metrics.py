@@ -516,3 +516,61 @@ def test_retries_around_a_dead_target_tell_one_story_across_two_workers(tmp_path
             )
         finally:
             gw.stop()
+
+
+def test_active_health_verdicts_show_in_status_and_metrics(tmp_path):
+    pytest.importorskip("isekai.upstream.health", reason="active health checks not built yet")
+    admin_port, metrics_port, dead = _free_port(), _free_port(), _free_port()
+    with Upstream() as up:
+        live_target, dead_target = f"127.0.0.1:{up.port}", f"127.0.0.1:{dead}"
+        config = _resilience_config(
+            tmp_path,
+            up.port,
+            dead,
+            admin_port,
+            metrics_port,
+            2,
+            health="{path: /status/204, interval: 200ms, timeout: 100ms, "
+            "healthy_threshold: 1, unhealthy_threshold: 1}",
+        )
+        gw = start_from_yaml(tmp_path, config)
+        try:
+
+            def verdicts() -> dict:
+                data = _admin_json(admin_port, "/api/load-balancer/status")["flaky"]
+                return {t["target"]: t for t in data["targets"]}
+
+            def settled() -> bool:
+                targets = verdicts()
+                return (
+                    targets[live_target]["health"] == "healthy"
+                    and targets[dead_target]["health"] == "unhealthy"
+                    and targets[dead_target]["selectable_in"] == 0  # the verdict reached both
+                    and targets[dead_target]["workers"] == 2
+                )
+
+            assert wait_for(settled, 15, interval=0.2)
+            statuses = [_get(gw.port, "/flaky/bytes/10")[0] for _ in range(10)]
+            assert statuses == [200] * 10  # the unhealthy target gets no request
+            assert sum(1 for r in up.requests if r["target"] == "/bytes/10") == 10
+            targets = verdicts()
+            live, gone = targets[live_target], targets[dead_target]
+            assert live["healthy"] is True and gone["healthy"] is False
+            assert live["health_check"]["checks"] >= 1
+            assert live["health_check"]["last_status"] == 204
+            assert gone["health_check"]["failures"] >= 1 and gone["health_check"]["last_error"]
+            assert gone["requests"] == 0 and live["requests"] == 10
+            assert [w["healthy"] for w in gone["per_worker"]] == [False, False]
+            samples = scrape(metrics_port)
+            live_labels = {"upstream": "flaky", "target": live_target}
+            gone_labels = {"upstream": "flaky", "target": dead_target}
+            assert value(samples, "isekai_upstream_target_healthy", **live_labels) == 1
+            assert value(samples, "isekai_upstream_target_healthy", **gone_labels) == 0
+            assert value(samples, "isekai_health_checks_total", **live_labels) >= 1
+            failures = value(samples, "isekai_health_check_failures_total", **gone_labels)
+            assert failures >= 1
+            assert value(samples, "isekai_health_checks_total", **gone_labels) >= failures
+            assert value(samples, "isekai_upstream_target_selectable", **gone_labels) == 0
+            assert value(samples, "isekai_upstream_target_selectable", **live_labels) == 2
+        finally:
+            gw.stop()
