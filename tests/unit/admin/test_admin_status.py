@@ -7,11 +7,13 @@ import logging
 
 import pytest
 from admin_helpers import BASE_YAML, ROUTE, admin, run
+from jsonschema import Draft202012Validator
 
 from isekai.admin import status as status_module
 from isekai.admin.context import StatusProviders
 from isekai.admin.http import parse_json
 from isekai.admin.logs import parse_time
+from isekai.admin.openapi import OPERATIONS
 from isekai.observability.metrics import Gathered
 
 
@@ -246,6 +248,12 @@ def _resilience_workers() -> list[dict]:
     return [first, second]
 
 
+def described(path: str, data: dict) -> None:
+    """``data`` is valid by the OpenAPI document's schema of ``GET path``'s data."""
+    (operation,) = [op for op in OPERATIONS if op.method == "GET" and op.path == path]
+    Draft202012Validator(operation.data).validate(data)
+
+
 def test_load_balancer_status_sums_targets_state_over_the_workers(tmp_path):
     async def gather():
         return Gathered(workers=_resilience_workers(), expected=2)
@@ -256,6 +264,7 @@ def test_load_balancer_status_sums_targets_state_over_the_workers(tmp_path):
         ) as api:
             reply = await api.get("/api/load-balancer/status")
             assert reply.status == 200 and reply.body["success"] is True
+            described("/api/load-balancer/status", reply.data)
             users = reply.data["users"]
             assert users["balancer"] == "round_robin" and users["health_checks"] is False
             assert users["in_flight"] == 3 and users["panic"] is True and users["panic_in"] == 1
@@ -310,6 +319,7 @@ def test_circuit_breaker_status_has_state_counts_and_next_probe(tmp_path):
             before = datetime.datetime.now(datetime.UTC)
             reply = await api.get("/api/circuit-breaker/status")
             assert reply.status == 200 and reply.body["success"] is True
+            described("/api/circuit-breaker/status", reply.data)
             users = reply.data["users"]
             assert users["state"] == "open"
             assert users["limits"]["refused"] == {
@@ -606,7 +616,9 @@ def test_status_endpoints_take_health_verdicts_and_settings_from_the_checker_and
         async with admin(
             tmp_path, CHECKED_YAML, status=StatusProviders(gather=gather), role="viewer"
         ) as api:
-            users = (await api.get("/api/load-balancer/status")).data["users"]
+            lb = (await api.get("/api/load-balancer/status")).data
+            described("/api/load-balancer/status", lb)
+            users = lb["users"]
             assert users["balancer"] == "least_conn" and users["health_checks"] is True
             good, bad = users["targets"]
             assert good["health"] == "healthy" and good["healthy"] is True
@@ -618,7 +630,9 @@ def test_status_endpoints_take_health_verdicts_and_settings_from_the_checker_and
                 False,
                 False,
             ]
-            cb = (await api.get("/api/circuit-breaker/status")).data["users"]
+            breakers = (await api.get("/api/circuit-breaker/status")).data
+            described("/api/circuit-breaker/status", breakers)
+            cb = breakers["users"]
             assert cb["enabled"] is True
             assert cb["settings"] == {
                 "failure_ratio": 0.25,
