@@ -270,6 +270,10 @@ _LB_TARGET = {
             "consecutive_failures, last_status, last_error, last_check_age (s).",
         },
         "workers": {**_WORKERS, "description": "Workers that reported the target."},
+        "healthy_in": {
+            **_WORKERS,
+            "description": "Workers in which the target is not marked unhealthy by the checker.",
+        },
         "selectable_in": {**_WORKERS, "description": "Workers whose balancer may choose it."},
         "in_flight": {**_INT, "description": "Requests in flight to it, summed."},
         "ewma_ms": {

@@ -224,6 +224,7 @@ def _lb_target(name: str, upstream: Any, spec: Any, rows: _Rows, now: float) -> 
         "weight": getattr(spec, "weight", state.weight or 1),
         **_health(upstream, rows.checks.get((name, address))),
         "workers": state.workers,
+        "healthy_in": state.healthy_in,
         "selectable_in": state.selectable_in,
         "in_flight": state.in_flight,
         "ewma_ms": state.ewma_ms,

@@ -626,6 +626,7 @@ def test_status_endpoints_take_health_verdicts_and_settings_from_the_checker_and
             assert bad["weight"] == 3 and bad["health"] == "unhealthy"
             assert bad["health_check"]["last_error"] == "connection refused"
             assert bad["health_check"]["consecutive_failures"] == 4
+            assert good["healthy_in"] == 2 and bad["healthy_in"] == 0
             assert bad["selectable_in"] == 0 and [w["healthy"] for w in bad["per_worker"]] == [
                 False,
                 False,
