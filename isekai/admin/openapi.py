@@ -221,6 +221,164 @@ def _item_operations(
 
 _STATS = {"type": "object", "additionalProperties": True}
 
+# -- the live status of upstreams (GET /api/load-balancer/status, /api/circuit-breaker/status) --
+
+_INT = {"type": "integer", "minimum": 0}
+_SECONDS = {"type": "number", "minimum": 0}
+_MAYBE_SECONDS = {"type": ["number", "null"], "minimum": 0}
+_WORKERS = {**_INT, "description": "A number of workers."}
+_BREAKER_STATE = {"type": "string", "enum": ["closed", "half_open", "open"]}
+_WORST_OF_WORKERS = {**_BREAKER_STATE, "description": "The most severe of any worker."}
+_BREAKER_COUNTS = {
+    "closed": {**_WORKERS, "description": "Workers in which the breaker is closed."},
+    "half_open": {**_WORKERS, "description": "Workers in which the breaker is half-open."},
+    "open": {**_WORKERS, "description": "Workers in which the breaker is open."},
+}
+_REFUSED = {
+    "type": "object",
+    "description": "Requests answered 503 before any attempt, by reason, summed over workers.",
+    "properties": {"no_target": _INT, "max_requests": _INT, "max_pending": _INT},
+}
+_NEXT_PROBE = {
+    "next_probe_in": {
+        **_MAYBE_SECONDS,
+        "description": "Seconds until the soonest open breaker of any worker lets probes "
+        "through (half-open); null when no worker's breaker is open.",
+    },
+    "next_probe_at": {
+        "type": ["string", "null"],
+        "format": "date-time",
+        "description": "The same as a time.",
+    },
+}
+_LB_TARGET = {
+    "type": "object",
+    "required": ["target", "weight", "health", "breaker", "in_flight", "per_worker"],
+    "properties": {
+        "target": {"type": "string", "description": "host:port ([IPv6]:port)."},
+        "weight": {"type": "integer"},
+        "health": {
+            "type": "string",
+            "enum": ["healthy", "unhealthy", "unknown"],
+            "description": "The active health check's verdict; unknown without health "
+            "checks or before the first verdict.",
+        },
+        "healthy": {"type": ["boolean", "null"]},
+        "health_check": {
+            "type": ["object", "null"],
+            "description": "The checker's numbers: checks, failures, consecutive_successes, "
+            "consecutive_failures, last_status, last_error, last_check_age (s).",
+        },
+        "workers": {**_WORKERS, "description": "Workers that reported the target."},
+        "healthy_in": {
+            **_WORKERS,
+            "description": "Workers in which the target is not marked unhealthy by the checker.",
+        },
+        "selectable_in": {**_WORKERS, "description": "Workers whose balancer may choose it."},
+        "in_flight": {**_INT, "description": "Requests in flight to it, summed."},
+        "ewma_ms": {
+            "type": ["number", "null"],
+            "description": "Moving average of the time to the response head (ms), the mean "
+            "over the workers that have a sample.",
+        },
+        "ejected_in": {**_WORKERS, "description": "Workers in which it is ejected."},
+        "ejected_for": {**_SECONDS, "description": "The longest ejection left (s)."},
+        "ejections": {**_INT, "description": "Outlier ejections, summed."},
+        "consecutive_failures": {**_INT, "description": "The most in one worker."},
+        "breaker": {
+            "type": "object",
+            "properties": {
+                "state": _WORST_OF_WORKERS,
+                **_BREAKER_COUNTS,
+                **_NEXT_PROBE,
+                "opened_total": _INT,
+            },
+        },
+        "requests": {**_INT, "description": "Attempts sent to it, summed."},
+        "failures": {**_INT, "description": "Attempts that failed (5xx or transport)."},
+        "open": _INT,
+        "idle": _INT,
+        "busy": _INT,
+        "waiting": _INT,
+        "opened_total": {**_INT, "description": "Connections opened."},
+        "connect_failures": _INT,
+        "pool_timeouts": _INT,
+        "reachable": {"type": "boolean"},
+        "per_worker": {
+            "type": "array",
+            "items": {"type": "object", "description": "One worker's view, with its pid."},
+        },
+    },
+}
+_LOAD_BALANCER_STATUS = {
+    "type": "object",
+    "description": "Upstream name -> its balancer, load and targets, summed over workers.",
+    "additionalProperties": {
+        "type": "object",
+        "required": ["balancer", "targets"],
+        "properties": {
+            "balancer": {"type": "string"},
+            "health_checks": {"type": "boolean", "description": "Active checks configured."},
+            "in_flight": _INT,
+            "panic": {"type": "boolean", "description": "Panic mode in any worker."},
+            "panic_in": _WORKERS,
+            "retries": _INT,
+            "retries_active": _INT,
+            "retries_refused": {**_INT, "description": "Retries the budget refused."},
+            "refused": _REFUSED,
+            "targets": {"type": "array", "items": _LB_TARGET},
+            "per_worker": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+}
+_CIRCUIT_BREAKER_STATUS = {
+    "type": "object",
+    "description": "Upstream name -> its circuit breakers, per target, over every worker.",
+    "additionalProperties": {
+        "type": "object",
+        "required": ["enabled", "state", "targets"],
+        "properties": {
+            "enabled": {"type": "boolean", "description": "A `breaker` is configured."},
+            "settings": {
+                "type": ["object", "null"],
+                "description": "failure_ratio, window (s), min_requests, open_for (s), "
+                "half_open_requests, failure_statuses.",
+            },
+            "state": {**_BREAKER_STATE, "description": "The most severe of any target."},
+            "limits": {
+                "type": "object",
+                "properties": {
+                    "max_requests": {"type": ["integer", "null"]},
+                    "max_pending": {"type": ["integer", "null"]},
+                    "max_retries": {"type": ["integer", "null"]},
+                    "refused": _REFUSED,
+                },
+            },
+            "targets": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["target", "state", "states", "per_worker"],
+                    "properties": {
+                        "target": {"type": "string"},
+                        "state": {
+                            **_BREAKER_STATE,
+                            "description": "The most severe of any worker.",
+                        },
+                        "states": {"type": "object", "properties": _BREAKER_COUNTS},
+                        "window_requests": {**_INT, "description": "In the rolling window."},
+                        "window_failures": _INT,
+                        "failure_ratio": {"type": ["number", "null"]},
+                        "opened_total": _INT,
+                        **_NEXT_PROBE,
+                        "per_worker": {"type": "array", "items": {"type": "object"}},
+                    },
+                },
+            },
+        },
+    },
+}
+
 OPERATIONS: list[Operation] = [
     Operation(
         "GET",
@@ -336,9 +494,9 @@ OPERATIONS: list[Operation] = [
         status.load_balancer,
         Permission.READ,
         "loadBalancerStatus",
-        "Upstream targets and their balancer state",
+        "Upstream targets: health, weight, load, latency, ejection and breaker state",
         "status",
-        data=_STATS,
+        data=_LOAD_BALANCER_STATUS,
         errors=_READ,
     ),
     Operation(
@@ -347,9 +505,9 @@ OPERATIONS: list[Operation] = [
         status.circuit_breakers,
         Permission.READ,
         "circuitBreakerStatus",
-        "Circuit breakers per upstream target",
+        "Circuit breakers per upstream target: state, counts, next probe time",
         "status",
-        data=_STATS,
+        data=_CIRCUIT_BREAKER_STATUS,
         errors=_READ,
     ),
     Operation(

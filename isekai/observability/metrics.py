@@ -37,12 +37,17 @@ from prometheus_client.registry import CollectorRegistry
 from isekai.observability import custom_metrics
 
 __all__ = [
+    "BREAKER_STATES",
     "CONTENT_TYPE",
     "OTHER",
+    "REFUSALS",
     "UNROUTED",
+    "ClusterState",
     "Gathered",
     "ReloadCounts",
+    "TargetState",
     "Totals",
+    "newest_checks",
     "render",
     "sum_workers",
 ]
@@ -53,6 +58,8 @@ UNROUTED = "_none"  # route label of requests no route matched
 UPSTREAM_ERROR_KINDS = ("connect", "timeout", "protocol", "unavailable")
 POLICY_COUNTS = ("answers", "errors", "timeouts")
 LOGS = ("access_log", "request_log")
+BREAKER_STATES = ("closed", "half_open", "open")  # least to most severe
+REFUSALS = ("no_target", "max_requests", "max_pending")  # why a cluster picked no target
 
 
 @dataclass
@@ -88,6 +95,159 @@ class _Pool:
     pool_timeouts: int = 0
     down_in: int = 0  # workers whose latest connect to the target failed
     seen_in: int = 0  # workers that have a pool for the target
+
+
+@dataclass
+class TargetState:
+    """One upstream target as several workers see it: the rows of `Cluster.target_stats`
+    (``Worker.stats()["targets"]``) added together. Counts of workers (``*_in``, ``breakers``)
+    say in how many workers a per-worker state holds; the other numbers are summed, but for
+    ``ewma`` (the mean over the workers that have a sample), ``ejected_for`` (the longest) and
+    ``next_probe_in`` (the soonest among the workers whose breaker is open)."""
+
+    weight: int = 0
+    workers: int = 0
+    healthy_in: int = 0  # workers whose target has no "unhealthy" verdict from the checker
+    selectable_in: int = 0
+    in_flight: int = 0
+    ewma_sum: float = 0.0  # milliseconds, over ewma_samples workers
+    ewma_samples: int = 0
+    ejected_in: int = 0
+    ejected_for: float = 0.0
+    ejections: int = 0
+    consecutive_failures: int = 0  # the most in one worker
+    breakers: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BREAKER_STATES, 0))
+    next_probe_in: float | None = None
+    opened: int = 0
+    window_requests: int = 0
+    window_failures: int = 0
+    requests: int = 0
+    failures: int = 0
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        """Add one worker's row."""
+        self.weight = max(self.weight, int(row.get("weight", 0)))
+        self.workers += 1
+        self.healthy_in += bool(row.get("healthy", True))
+        self.selectable_in += bool(row.get("selectable", False))
+        self.in_flight += row.get("in_flight", 0)
+        ewma = row.get("ewma_ms", 0.0)
+        if ewma > 0:
+            self.ewma_sum += ewma
+            self.ewma_samples += 1
+        if row.get("ejected"):
+            self.ejected_in += 1
+            self.ejected_for = max(self.ejected_for, row.get("ejected_for", 0.0))
+        self.ejections += row.get("ejections", 0)
+        self.consecutive_failures = max(
+            self.consecutive_failures, row.get("consecutive_failures", 0)
+        )
+        state = row.get("breaker", "closed")
+        self.breakers[state] = self.breakers.get(state, 0) + 1
+        if state == "open":
+            probe = row.get("next_probe_in", 0.0)
+            if self.next_probe_in is None or probe < self.next_probe_in:
+                self.next_probe_in = probe
+        self.opened += row.get("breaker_opened", 0)
+        self.window_requests += row.get("window_requests", 0)
+        self.window_failures += row.get("window_failures", 0)
+        self.requests += row.get("requests", 0)
+        self.failures += row.get("failures", 0)
+
+    def merge(self, other: TargetState) -> None:
+        """Add another target's sums (targets folded under one capped label)."""
+        self.weight = max(self.weight, other.weight)
+        for name in (
+            "workers",
+            "healthy_in",
+            "selectable_in",
+            "in_flight",
+            "ewma_sum",
+            "ewma_samples",
+            "ejected_in",
+            "ejections",
+            "opened",
+            "window_requests",
+            "window_failures",
+            "requests",
+            "failures",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.ejected_for = max(self.ejected_for, other.ejected_for)
+        self.consecutive_failures = max(self.consecutive_failures, other.consecutive_failures)
+        for state, count in other.breakers.items():
+            self.breakers[state] = self.breakers.get(state, 0) + count
+        if other.next_probe_in is not None and (
+            self.next_probe_in is None or other.next_probe_in < self.next_probe_in
+        ):
+            self.next_probe_in = other.next_probe_in
+
+    @property
+    def breaker(self) -> str:
+        """The most severe breaker state of any worker: open > half_open > closed."""
+        for state in reversed(BREAKER_STATES):
+            if self.breakers.get(state):
+                return state
+        return "closed"
+
+    @property
+    def ewma_ms(self) -> float | None:
+        """The mean EWMA latency (ms) over the workers that have a sample, None without."""
+        if not self.ewma_samples:
+            return None
+        return round(self.ewma_sum / self.ewma_samples, 3)
+
+
+@dataclass
+class ClusterState:
+    """One upstream's cluster numbers (``Worker.stats()["clusters"]``) added over workers;
+    ``panic_in`` counts the workers in panic mode."""
+
+    balancer: str = ""
+    workers: int = 0
+    in_flight: int = 0
+    panic_in: int = 0
+    retries: int = 0
+    retries_active: int = 0
+    retries_refused: int = 0
+    refused: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REFUSALS, 0))
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        self.balancer = self.balancer or row.get("balancer", "")
+        self.workers += 1
+        self.in_flight += row.get("in_flight", 0)
+        self.panic_in += bool(row.get("panic", False))
+        self.retries += row.get("retries", 0)
+        self.retries_active += row.get("retries_active", 0)
+        self.retries_refused += row.get("retries_refused", 0)
+        for reason, count in row.get("refused", {}).items():
+            self.refused[reason] = self.refused.get(reason, 0) + count
+
+    def merge(self, other: ClusterState) -> None:
+        for name in ("workers", "in_flight", "panic_in", "retries", "retries_active"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.retries_refused += other.retries_refused
+        for reason, count in other.refused.items():
+            self.refused[reason] = self.refused.get(reason, 0) + count
+
+
+def newest_checks(workers: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], Mapping[str, Any]]:
+    """(upstream, target) -> the active health check row (``extra["health_checks"]``) of
+    the worker that runs the checks. Should two workers ship one (the checker moved while the
+    scrape ran), the row with the most recent check wins."""
+    found: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for stats in workers:
+        for row in stats.get("extra", {}).get("health_checks", ()):
+            key = (row["upstream"], row["target"])
+            have = found.get(key)
+            if have is None or _age(row) < _age(have):
+                found[key] = row
+    return found
+
+
+def _age(row: Mapping[str, Any]) -> float:
+    age = row.get("last_check_age")
+    return float("inf") if age is None else age
 
 
 class Layout:
@@ -154,6 +314,9 @@ class Totals:
     logs: dict[str, dict[str, int]] = field(default_factory=dict)
     spans: dict[str, int] = field(default_factory=dict)
     custom: dict[str, Any] = field(default_factory=dict)  # custom_metrics.merge of the workers
+    targets: dict[tuple[str, str], TargetState] = field(default_factory=dict)
+    clusters: dict[str, ClusterState] = field(default_factory=dict)
+    checks: dict[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
 
 
 def _add_into(target: list[int], values: Sequence[int]) -> list[int]:
@@ -170,6 +333,7 @@ def _add_into(target: list[int], values: Sequence[int]) -> list[int]:
 
 def sum_workers(workers: Iterable[Mapping[str, Any]]) -> Totals:
     """Sum the ``Worker.stats()`` of several workers."""
+    workers = list(workers)
     totals = Totals()
     customs = []
     for stats in workers:
@@ -208,6 +372,11 @@ def sum_workers(workers: Iterable[Mapping[str, Any]]) -> Totals:
             pool.pool_timeouts += timeouts
             pool.down_in += bool(down)
             pool.seen_in += 1
+        for row in stats.get("targets", ()):
+            key = (row["upstream"], row["target"])
+            totals.targets.setdefault(key, TargetState()).add(row)
+        for row in stats.get("clusters", ()):
+            totals.clusters.setdefault(row["upstream"], ClusterState()).add(row)
         totals.tunnels += stats.get("tunnels", 0)
         extra = stats.get("extra", {})
         for log_name, counts in extra.get("logs", {}).items():
@@ -220,6 +389,7 @@ def sum_workers(workers: Iterable[Mapping[str, Any]]) -> Totals:
             customs.append(extra["custom_metrics"])
     if customs:
         totals.custom = custom_metrics.merge(customs)
+    totals.checks = newest_checks(workers)
     return totals
 
 
@@ -257,6 +427,10 @@ class _Text:
         self._templates: dict[str, str] = {}
 
     def family(self, name: str, kind: str, documentation: str) -> None:
+        # a counter's HELP and TYPE name its samples (``_total``), as the 0.0.4 text format
+        # and promtool expect
+        if kind == "counter" and not name.endswith("_total"):
+            name += "_total"
         doc = documentation.replace("\\", "\\\\").replace("\n", "\\n")
         self.parts.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
 
@@ -296,6 +470,8 @@ class _Text:
 
 def _merge_routes(totals: Totals, limit: int) -> tuple[dict[str, list[int]], dict[str, float]]:
     """Rows and latency sums by route label: past ``limit`` names, summed under "_other"."""
+    rows: dict[str, list[int]]
+    sums: dict[str, float]
     if len(totals.routes) <= limit:  # nothing to fold
         rows, sums = dict(totals.routes), dict(totals.route_sums)
         if "" in rows:
@@ -303,8 +479,8 @@ def _merge_routes(totals: Totals, limit: int) -> tuple[dict[str, list[int]], dic
         return rows, sums
     names = _capped((name for name in totals.routes if name), limit)
     names[""] = UNROUTED
-    rows: dict[str, list[int]] = {}
-    sums: dict[str, float] = {}
+    rows = {}
+    sums = {}
     for name, row in totals.routes.items():
         label = names[name]
         have = rows.get(label)
@@ -402,9 +578,17 @@ def _write_http(out: _Text, totals: Totals, limit: int) -> None:
     out.sample("isekai_websocket_tunnels", "", totals.tunnels)
 
 
-def _write_upstreams(out: _Text, totals: Totals, limit: int) -> None:
-    upstream_names = _capped([*totals.upstreams, *(name for name, _ in totals.pools)], limit)
-    target_names = _capped((target for _, target in totals.pools), limit)
+def _label_names(totals: Totals, limit: int) -> tuple[dict[str, str], dict[str, str]]:
+    """Upstream and target name -> label value, one cap for every family that has them."""
+    pairs = [*totals.pools, *totals.targets, *totals.checks]
+    upstreams = _capped([*totals.upstreams, *totals.clusters, *(u for u, _ in pairs)], limit)
+    targets = _capped((target for _, target in pairs), limit)
+    return upstreams, targets
+
+
+def _write_upstreams(
+    out: _Text, totals: Totals, upstream_names: Mapping[str, str], target_names: Mapping[str, str]
+) -> None:
     merged: dict[str, tuple[list[int], float]] = {}
     for name, buckets in totals.upstreams.items():
         label = upstream_names[name]
@@ -425,7 +609,7 @@ def _write_upstreams(out: _Text, totals: Totals, limit: int) -> None:
         )
     pools: dict[tuple[str, str], _Pool] = {}
     for (upstream, target), pool in totals.pools.items():
-        into = pools.setdefault((upstream_names[upstream], target_names[target]), _Pool())
+        summed = pools.setdefault((upstream_names[upstream], target_names[target]), _Pool())
         for name in (
             "idle",
             "active",
@@ -436,7 +620,7 @@ def _write_upstreams(out: _Text, totals: Totals, limit: int) -> None:
             "down_in",
             "seen_in",
         ):
-            setattr(into, name, getattr(into, name) + getattr(pool, name))
+            setattr(summed, name, getattr(summed, name) + getattr(pool, name))
     keys = sorted(pools)
     labels = {key: _labels(upstream=key[0], target=key[1]) for key in keys}
     out.family("isekai_upstream_connections", "gauge", "Upstream connections open, idle or active")
@@ -485,6 +669,174 @@ def _write_upstreams(out: _Text, totals: Totals, limit: int) -> None:
         out.sample(
             "isekai_upstream_target_reachable", labels[key], (seen - pools[key].down_in) / seen
         )
+
+
+def _write_targets(
+    out: _Text, totals: Totals, upstream_names: Mapping[str, str], target_names: Mapping[str, str]
+) -> None:
+    """Balancer, passive health (ejection) and circuit breaker state per target, retries and
+    refusals per upstream, and the active health checks."""
+    targets: dict[tuple[str, str], TargetState] = {}
+    for (upstream, target), seen in totals.targets.items():
+        key = (upstream_names[upstream], target_names[target])
+        into = targets.get(key)
+        if into is None:
+            into = targets[key] = TargetState()
+        into.merge(seen)
+    keys = sorted(targets)
+    labels = {key: _labels(upstream=key[0], target=key[1]) for key in keys}
+    per_target: tuple[tuple[str, str, str, Any], ...] = (
+        (
+            "isekai_upstream_target_in_flight",
+            "gauge",
+            "Requests in flight to the target, all workers",
+            lambda t: t.in_flight,
+        ),
+        (
+            "isekai_upstream_target_selectable",
+            "gauge",
+            "Workers in which the balancer may choose the target",
+            lambda t: t.selectable_in,
+        ),
+        (
+            "isekai_upstream_target_ejected",
+            "gauge",
+            "Workers in which outlier detection has ejected the target",
+            lambda t: t.ejected_in,
+        ),
+        (
+            "isekai_upstream_ejections",
+            "counter",
+            "Outlier ejections of the target (consecutive failures), all workers",
+            lambda t: t.ejections,
+        ),
+        (
+            "isekai_circuit_breaker_opened",
+            "counter",
+            "Times the target's circuit breaker opened, all workers",
+            lambda t: t.opened,
+        ),
+        (
+            "isekai_upstream_target_requests",
+            "counter",
+            "Attempts sent to the target (each try of a retried request counts)",
+            lambda t: t.requests,
+        ),
+        (
+            "isekai_upstream_target_failures",
+            "counter",
+            "Attempts to the target that failed: a 5xx, connect failure, reset or timeout",
+            lambda t: t.failures,
+        ),
+    )
+    for name, kind, documentation, get in per_target:
+        out.family(name, kind, documentation)
+        sample = name + "_total" if kind == "counter" else name
+        for key in keys:
+            out.sample(sample, labels[key], get(targets[key]))
+    out.family(
+        "isekai_circuit_breaker_state",
+        "gauge",
+        "Workers in which the target's circuit breaker is in each state",
+    )
+    for key in keys:
+        inner = labels[key][1:-1]
+        for breaker in BREAKER_STATES:
+            out.sample(
+                "isekai_circuit_breaker_state",
+                f'{{{inner},state="{breaker}"}}',
+                targets[key].breakers.get(breaker, 0),
+            )
+    out.family(
+        "isekai_upstream_ewma_seconds",
+        "gauge",
+        "Moving average of the time to the target's response head (mean of the workers "
+        "that have a sample)",
+    )
+    for key in keys:
+        ewma = targets[key].ewma_ms
+        if ewma is not None:
+            out.sample("isekai_upstream_ewma_seconds", labels[key], ewma / 1000.0)
+
+    clusters: dict[str, ClusterState] = {}
+    for upstream, numbers in totals.clusters.items():
+        label = upstream_names[upstream]
+        sums = clusters.get(label)
+        if sums is None:
+            sums = clusters[label] = ClusterState()
+        sums.merge(numbers)
+    names = sorted(clusters)
+    quoted = {name: _labels(upstream=name) for name in names}
+    per_upstream: tuple[tuple[str, str, str, Any], ...] = (
+        (
+            "isekai_upstream_retries",
+            "counter",
+            "Retries of upstream requests (the first try is not one)",
+            lambda c: c.retries,
+        ),
+        (
+            "isekai_upstream_retries_refused",
+            "counter",
+            "Retries wanted but refused by the retry budget or max_retries",
+            lambda c: c.retries_refused,
+        ),
+        (
+            "isekai_upstream_panic",
+            "gauge",
+            "Workers in which the upstream is in panic mode (healthy share below "
+            "panic_threshold: every target used)",
+            lambda c: c.panic_in,
+        ),
+    )
+    for name, kind, documentation, get in per_upstream:
+        out.family(name, kind, documentation)
+        sample = name + "_total" if kind == "counter" else name
+        for label in names:
+            out.sample(sample, quoted[label], get(clusters[label]))
+    out.family(
+        "isekai_upstream_refused",
+        "counter",
+        "Requests answered 503 without an upstream attempt: no_target (no selectable "
+        "target), max_requests, max_pending",
+    )
+    for label in names:
+        inner = quoted[label][1:-1]
+        for reason in REFUSALS:
+            out.sample(
+                "isekai_upstream_refused_total",
+                f'{{{inner},reason="{reason}"}}',
+                clusters[label].refused.get(reason, 0),
+            )
+
+    checks: dict[tuple[str, str], list[int]] = {}  # [healthy, verdicts, checks, failures]
+    for (upstream, target), row in totals.checks.items():
+        counts = checks.setdefault((upstream_names[upstream], target_names[target]), [0, 0, 0, 0])
+        healthy = row.get("healthy")
+        if healthy is not None:
+            counts[0] += bool(healthy)
+            counts[1] += 1
+        counts[2] += row.get("checks", 0)
+        counts[3] += row.get("failures", 0)
+    keys = sorted(checks)
+    labels = {key: _labels(upstream=key[0], target=key[1]) for key in keys}
+    out.family(
+        "isekai_upstream_target_healthy",
+        "gauge",
+        "Active health check verdict: 1 healthy, 0 unhealthy (upstreams with health checks)",
+    )
+    for key in keys:
+        if checks[key][1]:
+            out.sample("isekai_upstream_target_healthy", labels[key], checks[key][0])
+    out.family("isekai_health_checks", "counter", "Active health checks sent to the target")
+    for key in keys:
+        out.sample("isekai_health_checks_total", labels[key], checks[key][2])
+    out.family(
+        "isekai_health_check_failures",
+        "counter",
+        "Active health checks that failed (error, timeout or unexpected status)",
+    )
+    for key in keys:
+        out.sample("isekai_health_check_failures_total", labels[key], checks[key][3])
 
 
 def _write_policies(out: _Text, totals: Totals, limit: int) -> None:
@@ -551,7 +903,9 @@ def render(gathered: Gathered, max_label_values: int) -> bytes:
     out = _Text(totals.buckets)
     _write_process(out, gathered)
     _write_http(out, totals, max_label_values)
-    _write_upstreams(out, totals, max_label_values)
+    upstream_names, target_names = _label_names(totals, max_label_values)
+    _write_upstreams(out, totals, upstream_names, target_names)
+    _write_targets(out, totals, upstream_names, target_names)
     _write_policies(out, totals, max_label_values)
     _write_logs(out, totals)
     if totals.custom:

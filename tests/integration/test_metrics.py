@@ -350,3 +350,227 @@ def test_a_scrape_does_not_wait_long_for_a_stopped_worker(tmp_path):
     finally:
         os.kill(stopped, signal.SIGCONT)
         gw.stop()
+
+
+def _admin_json(port: int, path: str) -> dict:
+    status, body, _ = _get(port, path)
+    assert status == 200, body
+    reply = json.loads(body)
+    assert reply["success"] is True
+    return reply["data"]
+
+
+def _resilience_config(
+    tmp_path, live: int, dead: int, admin_port: int, metrics_port: int, workers: int, **keys: str
+) -> str:
+    """A gateway with the admin API and metrics listener, and upstream `flaky` (a live and a
+    dead target) with the resilience ``keys`` (YAML flow text each)."""
+    upstream = "".join(f", {key}: {text}" for key, text in keys.items())
+    return f"""
+        workers: {workers}
+        listeners: [{{name: public, bind: "127.0.0.1:0"}}]
+        admin: {{bind: "127.0.0.1:{admin_port}", auth: {{enabled: false}}}}
+        store: {{url: "sqlite:///{tmp_path}/admin.db"}}
+        observability:
+          metrics: {{bind: "127.0.0.1:{metrics_port}"}}
+        upstreams:
+          flaky: {{targets: ["127.0.0.1:{live}", "127.0.0.1:{dead}"]{upstream}}}
+        routes:
+          - {{name: flaky, match: {{path: "/flaky/*"}}, upstream: flaky, strip_prefix: /flaky}}
+    """
+
+
+def test_a_dead_target_is_ejected_and_its_breaker_opens_in_status_and_metrics(tmp_path):
+    admin_port, metrics_port, dead = _free_port(), _free_port(), _free_port()
+    with Upstream() as up:
+        live_target, dead_target = f"127.0.0.1:{up.port}", f"127.0.0.1:{dead}"
+        config = _resilience_config(
+            tmp_path,
+            up.port,
+            dead,
+            admin_port,
+            metrics_port,
+            1,
+            outlier="{consecutive_failures: 2, base_ejection: 60s}",
+            breaker="{failure_ratio: 0.5, window: 60s, min_requests: 2, open_for: 60s}",
+        )
+        gw = start_from_yaml(tmp_path, config)
+        try:
+            statuses = [_get(gw.port, "/flaky/bytes/10")[0] for _ in range(10)]
+            # round robin over two targets: the dead one takes two of the first four requests,
+            # fails twice (502, no retry configured), and is then ejected with its breaker open
+            assert sorted(statuses) == [200] * 8 + [502] * 2
+            assert statuses[4:] == [200] * 6
+            assert len(up.requests) == 8
+
+            flaky = _admin_json(admin_port, "/api/load-balancer/status")["flaky"]
+            assert flaky["balancer"] == "round_robin" and flaky["panic"] is False
+            assert flaky["retries"] == 0 and flaky["refused"]["no_target"] == 0
+            live, gone = flaky["targets"]
+            assert live["target"] == live_target and gone["target"] == dead_target
+            assert (live["requests"], live["failures"], live["selectable_in"]) == (8, 0, 1)
+            assert live["ewma_ms"] > 0 and live["breaker"]["state"] == "closed"
+            assert live["health"] == "unknown"  # no active checks configured
+            assert (gone["requests"], gone["failures"], gone["selectable_in"]) == (2, 2, 0)
+            assert gone["ejected_in"] == 1 and gone["ejections"] == 1
+            assert 0 < gone["ejected_for"] <= 60
+            assert gone["breaker"]["state"] == "open" and gone["breaker"]["open"] == 1
+            assert gone["breaker"]["opened_total"] == 1
+            assert 0 < gone["breaker"]["next_probe_in"] <= 60
+            assert gone["connect_failures"] == 2 and gone["reachable"] is False
+            (worker,) = gone["per_worker"]
+            assert worker["ejected"] is True and worker["breaker"] == "open"
+
+            breakers = _admin_json(admin_port, "/api/circuit-breaker/status")["flaky"]
+            assert breakers["enabled"] is True and breakers["state"] == "open"
+            assert breakers["settings"]["min_requests"] == 2
+            closed, opened = breakers["targets"]
+            assert closed["state"] == "closed" and closed["window_requests"] == 8
+            assert closed["failure_ratio"] == 0.0
+            assert opened["target"] == dead_target and opened["state"] == "open"
+            assert opened["states"] == {"closed": 0, "half_open": 0, "open": 1}
+            assert opened["opened_total"] == 1 and opened["next_probe_at"].endswith("Z")
+
+            samples = scrape(metrics_port)
+            gone_labels = {"upstream": "flaky", "target": dead_target}
+            live_labels = {"upstream": "flaky", "target": live_target}
+            assert value(samples, "isekai_upstream_target_requests_total", **live_labels) == 8
+            assert value(samples, "isekai_upstream_target_requests_total", **gone_labels) == 2
+            assert value(samples, "isekai_upstream_target_failures_total", **gone_labels) == 2
+            assert value(samples, "isekai_upstream_target_ejected", **gone_labels) == 1
+            assert value(samples, "isekai_upstream_ejections_total", **gone_labels) == 1
+            assert value(samples, "isekai_upstream_target_selectable", **gone_labels) == 0
+            assert value(samples, "isekai_upstream_target_selectable", **live_labels) == 1
+            state = "isekai_circuit_breaker_state"
+            assert value(samples, state, state="open", **gone_labels) == 1
+            assert value(samples, state, state="closed", **gone_labels) == 0
+            assert value(samples, state, state="closed", **live_labels) == 1
+            assert value(samples, "isekai_circuit_breaker_opened_total", **gone_labels) == 1
+            assert value(samples, "isekai_upstream_ewma_seconds", **live_labels) > 0
+            assert value(samples, "isekai_upstream_retries_total", upstream="flaky") == 0
+            assert value(samples, "isekai_upstream_panic", upstream="flaky") == 0
+            assert value(samples, "isekai_upstream_target_in_flight", **live_labels) == 0
+            assert (
+                value(
+                    samples,
+                    "isekai_http_requests_total",
+                    route="flaky",
+                    method="GET",
+                    status_class="5xx",
+                )
+                == 2
+            )
+            # each transition is logged once
+            output = gw.output()
+            assert output.count(f"target {dead_target}: ejected for") == 1
+            assert output.count(f"target {dead_target}: circuit breaker open") == 1
+        finally:
+            gw.stop()
+
+
+def test_retries_around_a_dead_target_tell_one_story_across_two_workers(tmp_path):
+    admin_port, metrics_port, dead = _free_port(), _free_port(), _free_port()
+    with Upstream() as up:
+        dead_target = f"127.0.0.1:{dead}"
+        config = _resilience_config(
+            tmp_path,
+            up.port,
+            dead,
+            admin_port,
+            metrics_port,
+            2,
+            retry="{attempts: 2, on: [connect_failure], backoff: 0s}",
+        )
+        gw = start_from_yaml(tmp_path, config)
+        try:
+            statuses = [_get(gw.port, "/flaky/bytes/10")[0] for _ in range(20)]
+            assert statuses == [200] * 20  # every failed attempt was retried on the live target
+            assert len(up.requests) == 20
+            flaky = _admin_json(admin_port, "/api/load-balancer/status")["flaky"]
+            live, gone = flaky["targets"]
+            assert live["requests"] == 20 and live["failures"] == 0
+            assert gone["failures"] == gone["requests"] == flaky["retries"] >= 1
+            assert gone["connect_failures"] == gone["failures"]
+            assert len(flaky["per_worker"]) == 2 and live["workers"] == 2
+            assert sum(w["retries"] for w in flaky["per_worker"]) == flaky["retries"]
+            samples = scrape(metrics_port)
+            retries = value(samples, "isekai_upstream_retries_total", upstream="flaky")
+            assert retries == flaky["retries"]
+            failures = value(
+                samples,
+                "isekai_upstream_target_failures_total",
+                upstream="flaky",
+                target=dead_target,
+            )
+            assert failures == retries
+            assert value(samples, "isekai_upstream_retries_refused_total", upstream="flaky") == 0
+            assert (
+                value(
+                    samples,
+                    "isekai_http_requests_total",
+                    route="flaky",
+                    method="GET",
+                    status_class="2xx",
+                )
+                == 20
+            )
+        finally:
+            gw.stop()
+
+
+def test_active_health_verdicts_show_in_status_and_metrics(tmp_path):
+    pytest.importorskip("isekai.upstream.health", reason="active health checks not built yet")
+    admin_port, metrics_port, dead = _free_port(), _free_port(), _free_port()
+    with Upstream() as up:
+        live_target, dead_target = f"127.0.0.1:{up.port}", f"127.0.0.1:{dead}"
+        config = _resilience_config(
+            tmp_path,
+            up.port,
+            dead,
+            admin_port,
+            metrics_port,
+            2,
+            health="{path: /status/204, interval: 200ms, timeout: 100ms, "
+            "healthy_threshold: 1, unhealthy_threshold: 1}",
+        )
+        gw = start_from_yaml(tmp_path, config)
+        try:
+
+            def verdicts() -> dict:
+                data = _admin_json(admin_port, "/api/load-balancer/status")["flaky"]
+                return {t["target"]: t for t in data["targets"]}
+
+            def settled() -> bool:
+                targets = verdicts()
+                return (
+                    targets[live_target]["health"] == "healthy"
+                    and targets[dead_target]["health"] == "unhealthy"
+                    and targets[dead_target]["selectable_in"] == 0  # the verdict reached both
+                    and targets[dead_target]["workers"] == 2
+                )
+
+            assert wait_for(settled, 15, interval=0.2)
+            statuses = [_get(gw.port, "/flaky/bytes/10")[0] for _ in range(10)]
+            assert statuses == [200] * 10  # the unhealthy target gets no request
+            assert sum(1 for r in up.requests if r["target"] == "/bytes/10") == 10
+            targets = verdicts()
+            live, gone = targets[live_target], targets[dead_target]
+            assert live["healthy"] is True and gone["healthy"] is False
+            assert live["health_check"]["checks"] >= 1
+            assert live["health_check"]["last_status"] == 204
+            assert gone["health_check"]["failures"] >= 1 and gone["health_check"]["last_error"]
+            assert gone["requests"] == 0 and live["requests"] == 10
+            assert [w["healthy"] for w in gone["per_worker"]] == [False, False]
+            samples = scrape(metrics_port)
+            live_labels = {"upstream": "flaky", "target": live_target}
+            gone_labels = {"upstream": "flaky", "target": dead_target}
+            assert value(samples, "isekai_upstream_target_healthy", **live_labels) == 1
+            assert value(samples, "isekai_upstream_target_healthy", **gone_labels) == 0
+            assert value(samples, "isekai_health_checks_total", **live_labels) >= 1
+            failures = value(samples, "isekai_health_check_failures_total", **gone_labels)
+            assert failures >= 1
+            assert value(samples, "isekai_health_checks_total", **gone_labels) >= failures
+            assert value(samples, "isekai_upstream_target_selectable", **gone_labels) == 0
+            assert value(samples, "isekai_upstream_target_selectable", **live_labels) == 2
+        finally:
+            gw.stop()

@@ -6,12 +6,14 @@ import datetime
 import logging
 
 import pytest
-from admin_helpers import ROUTE, admin, run
+from admin_helpers import BASE_YAML, ROUTE, admin, run
+from jsonschema import Draft202012Validator
 
 from isekai.admin import status as status_module
 from isekai.admin.context import StatusProviders
 from isekai.admin.http import parse_json
 from isekai.admin.logs import parse_time
+from isekai.admin.openapi import OPERATIONS
 from isekai.observability.metrics import Gathered
 
 
@@ -61,7 +63,14 @@ def test_status_reports_version_uptime_workers_config_version_and_counts(tmp_pat
     run(scenario())
 
 
-def _worker(pid: int, tunnels: int, pools: list[list]) -> dict:
+def _worker(
+    pid: int,
+    tunnels: int,
+    pools: list[list],
+    targets: list[dict] = (),
+    clusters: list[dict] = (),
+    checks: list[dict] | None = None,
+) -> dict:
     # the shape `Worker.stats()` ships (isekai/worker.py), as two workers would send it
     return {
         "pid": pid,
@@ -74,10 +83,54 @@ def _worker(pid: int, tunnels: int, pools: list[list]) -> dict:
             "policies": {},
         },
         "pools": pools,
+        "targets": list(targets),
+        "clusters": list(clusters),
         "tunnels": tunnels,
         "in_flight": 1,
-        "extra": {},
+        "extra": {} if checks is None else {"health_checks": checks},
     }
+
+
+def target_row(upstream: str, target: str, **changes) -> dict:
+    """One worker's row of a target (`Cluster.target_stats`): a quiet, closed target."""
+    row = {
+        "upstream": upstream,
+        "target": target,
+        "weight": 1,
+        "healthy": True,
+        "selectable": True,
+        "in_flight": 0,
+        "ewma_ms": 0.0,
+        "ejected": False,
+        "ejected_for": 0.0,
+        "ejections": 0,
+        "consecutive_failures": 0,
+        "breaker": "closed",
+        "next_probe_in": 0.0,
+        "breaker_opened": 0,
+        "window_requests": 0,
+        "window_failures": 0,
+        "requests": 0,
+        "failures": 0,
+    }
+    row.update(changes)
+    return row
+
+
+def cluster_row(upstream: str, **changes) -> dict:
+    """One worker's row of an upstream (`Cluster.stats`)."""
+    row = {
+        "upstream": upstream,
+        "balancer": "round_robin",
+        "in_flight": 0,
+        "panic": False,
+        "retries": 0,
+        "retries_active": 0,
+        "retries_refused": 0,
+        "refused": {"no_target": 0, "max_requests": 0, "max_pending": 0},
+    }
+    row.update(changes)
+    return row
 
 
 def test_stats_endpoints_sum_the_workers_and_show_each(tmp_path):
@@ -92,10 +145,7 @@ def test_stats_endpoints_sum_the_workers_and_show_each(tmp_path):
             expected=2,
         )
 
-    providers = StatusProviders(
-        gather=gather,
-        circuit_breakers=lambda: {"users": {"127.0.0.1:9001": "closed"}},
-    )
+    providers = StatusProviders(gather=gather)
 
     async def scenario():
         async with admin(tmp_path, status=providers, role="viewer") as api:
@@ -106,8 +156,13 @@ def test_stats_endpoints_sum_the_workers_and_show_each(tmp_path):
             assert (row["opened_total"], row["connect_failures"], row["pool_timeouts"]) == (9, 2, 1)
             assert row["reachable"] is True  # one worker still reaches it
             assert [w["pid"] for w in row["per_worker"]] == [11, 12]
-            cb = await api.get("/api/circuit-breaker/status")
-            assert cb.data == {"users": {"127.0.0.1:9001": "closed"}}
+            # workers that ship no target rows: nothing known, nothing made up
+            assert row["health"] == "unknown" and row["healthy"] is None
+            assert row["workers"] == 0 and row["ewma_ms"] is None
+            assert row["breaker"]["state"] == "closed" and row["breaker"]["next_probe_at"] is None
+            cb = (await api.get("/api/circuit-breaker/status")).data
+            assert cb["users"]["enabled"] is False and cb["users"]["state"] == "closed"
+            assert cb["users"]["targets"][0]["target"] == target
             ws = (await api.get("/api/websocket/stats")).data
             assert ws == {
                 "open_tunnels": 3,
@@ -116,6 +171,211 @@ def test_stats_endpoints_sum_the_workers_and_show_each(tmp_path):
             live = (await api.get("/api/status")).data["live"]
             assert live["connections"] == 4 and live["connections_accepted"] == 18
             assert live["in_flight"] == 2 and live["workers_answered"] == 2
+
+    run(scenario())
+
+
+TWO_TARGETS_YAML = BASE_YAML.replace(
+    'users: {targets: ["127.0.0.1:9001"]}',
+    'users: {targets: ["127.0.0.1:9001", "127.0.0.1:9002"]}\n  idle: {targets: ["[::1]:9003"]}',
+)
+GOOD, BAD = "127.0.0.1:9001", "127.0.0.1:9002"
+
+
+def _resilience_workers() -> list[dict]:
+    """Two workers that disagree: in worker 21 the bad target is ejected and its breaker open,
+    in worker 22 half-open; the good target answers both."""
+    first = _worker(
+        21,
+        0,
+        [["users", GOOD, 1, 1, 0, 2, 0, 0, False], ["users", BAD, 0, 0, 0, 0, 6, 0, True]],
+        targets=[
+            target_row("users", GOOD, in_flight=1, ewma_ms=12.0, requests=40, failures=1),
+            target_row(
+                "users",
+                BAD,
+                selectable=False,
+                ejected=True,
+                ejected_for=25.5,
+                ejections=1,
+                consecutive_failures=2,
+                breaker="open",
+                next_probe_in=12.25,
+                breaker_opened=1,
+                window_requests=0,
+                requests=6,
+                failures=6,
+            ),
+            target_row("idle", "[::1]:9003"),
+        ],
+        clusters=[
+            cluster_row(
+                "users",
+                in_flight=1,
+                retries=5,
+                retries_refused=1,
+                refused={"no_target": 2, "max_requests": 0, "max_pending": 1},
+            ),
+            cluster_row("idle"),
+        ],
+    )
+    second = _worker(
+        22,
+        0,
+        [["users", GOOD, 1, 0, 0, 1, 0, 0, False], ["users", BAD, 0, 0, 0, 0, 4, 0, True]],
+        targets=[
+            target_row("users", GOOD, in_flight=2, ewma_ms=18.0, requests=30),
+            target_row(
+                "users",
+                BAD,
+                ejected=True,
+                ejected_for=3.0,
+                ejections=1,
+                breaker="half_open",
+                breaker_opened=2,
+                window_requests=3,
+                window_failures=2,
+                requests=4,
+                failures=4,
+            ),
+            target_row("idle", "[::1]:9003"),
+        ],
+        clusters=[
+            cluster_row("users", in_flight=2, panic=True, retries=1, retries_active=1),
+            cluster_row("idle"),
+        ],
+    )
+    return [first, second]
+
+
+def described(path: str, data: dict) -> None:
+    """``data`` is valid by the OpenAPI document's schema of ``GET path``'s data."""
+    (operation,) = [op for op in OPERATIONS if op.method == "GET" and op.path == path]
+    Draft202012Validator(operation.data).validate(data)
+
+
+def test_load_balancer_status_sums_targets_state_over_the_workers(tmp_path):
+    async def gather():
+        return Gathered(workers=_resilience_workers(), expected=2)
+
+    async def scenario():
+        async with admin(
+            tmp_path, TWO_TARGETS_YAML, status=StatusProviders(gather=gather), role="viewer"
+        ) as api:
+            reply = await api.get("/api/load-balancer/status")
+            assert reply.status == 200 and reply.body["success"] is True
+            described("/api/load-balancer/status", reply.data)
+            users = reply.data["users"]
+            assert users["balancer"] == "round_robin" and users["health_checks"] is False
+            assert users["in_flight"] == 3 and users["panic"] is True and users["panic_in"] == 1
+            assert (users["retries"], users["retries_active"], users["retries_refused"]) == (
+                6,
+                1,
+                1,
+            )
+            assert users["refused"] == {"no_target": 2, "max_requests": 0, "max_pending": 1}
+            assert [w["pid"] for w in users["per_worker"]] == [21, 22]
+            assert users["per_worker"][1]["panic"] is True
+            good, bad = users["targets"]
+            assert good["target"] == GOOD and good["weight"] == 1
+            assert good["health"] == "unknown" and good["healthy"] is None  # no active checks
+            assert good["workers"] == 2 and good["selectable_in"] == 2
+            assert good["in_flight"] == 3 and good["ewma_ms"] == 15.0
+            assert good["ejected_in"] == 0 and good["breaker"]["state"] == "closed"
+            assert good["breaker"]["closed"] == 2 and good["breaker"]["next_probe_in"] is None
+            assert (good["requests"], good["failures"]) == (70, 1)
+            assert good["open"] == 3 and good["reachable"] is True
+            assert bad["selectable_in"] == 1 and bad["ejected_in"] == 2
+            assert bad["ejected_for"] == 25.5  # the longer of the two
+            assert bad["ejections"] == 2 and bad["consecutive_failures"] == 2
+            assert bad["ewma_ms"] is None  # no worker has a sample
+            breaker = bad["breaker"]
+            assert breaker["state"] == "open"  # open beats half-open
+            assert (breaker["closed"], breaker["half_open"], breaker["open"]) == (0, 1, 1)
+            assert breaker["next_probe_in"] == 12.25 and breaker["opened_total"] == 3
+            assert breaker["next_probe_at"].endswith("Z")
+            assert (bad["requests"], bad["failures"]) == (10, 10)
+            assert bad["connect_failures"] == 10 and bad["reachable"] is False
+            first, second = bad["per_worker"]
+            assert first["pid"] == 21 and first["breaker"] == "open"
+            assert first["next_probe_in"] == 12.25 and first["connect_failures"] == 6
+            assert second["breaker"] == "half_open" and second["next_probe_in"] is None
+            assert second["selectable"] is True and second["ejected"] is True
+            (idle,) = reply.data["idle"]["targets"]
+            assert idle["target"] == "[::1]:9003" and idle["workers"] == 2
+            assert idle["per_worker"] and idle["breaker"]["state"] == "closed"
+
+    run(scenario())
+
+
+def test_circuit_breaker_status_has_state_counts_and_next_probe(tmp_path):
+    async def gather():
+        return Gathered(workers=_resilience_workers(), expected=2)
+
+    async def scenario():
+        async with admin(
+            tmp_path, TWO_TARGETS_YAML, status=StatusProviders(gather=gather), role="viewer"
+        ) as api:
+            before = datetime.datetime.now(datetime.UTC)
+            reply = await api.get("/api/circuit-breaker/status")
+            assert reply.status == 200 and reply.body["success"] is True
+            described("/api/circuit-breaker/status", reply.data)
+            users = reply.data["users"]
+            assert users["state"] == "open"
+            assert users["limits"]["refused"] == {
+                "no_target": 2,
+                "max_requests": 0,
+                "max_pending": 1,
+            }
+            good, bad = users["targets"]
+            assert good == {
+                "target": GOOD,
+                "state": "closed",
+                "states": {"closed": 2, "half_open": 0, "open": 0},
+                "window_requests": 0,
+                "window_failures": 0,
+                "failure_ratio": None,
+                "opened_total": 0,
+                "next_probe_in": None,
+                "next_probe_at": None,
+                "per_worker": [
+                    {
+                        "pid": pid,
+                        "state": "closed",
+                        "window_requests": 0,
+                        "window_failures": 0,
+                        "opened_total": 0,
+                        "next_probe_in": None,
+                    }
+                    for pid in (21, 22)
+                ],
+            }
+            assert bad["state"] == "open"
+            assert bad["states"] == {"closed": 0, "half_open": 1, "open": 1}
+            assert (bad["window_requests"], bad["window_failures"]) == (3, 2)
+            assert bad["failure_ratio"] == round(2 / 3, 4)
+            assert bad["opened_total"] == 3 and bad["next_probe_in"] == 12.25
+            probe = datetime.datetime.fromisoformat(bad["next_probe_at"].replace("Z", "+00:00"))
+            assert (
+                before + datetime.timedelta(seconds=12)
+                <= probe
+                <= datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=13)
+            )
+            assert [w["state"] for w in bad["per_worker"]] == ["open", "half_open"]
+            assert reply.data["idle"]["state"] == "closed"
+            assert reply.data["idle"]["targets"][0]["target"] == "[::1]:9003"
+
+    run(scenario())
+
+
+def test_status_endpoints_show_upstreams_when_no_worker_answers_rows(tmp_path):
+    async def scenario():
+        async with admin(tmp_path, TWO_TARGETS_YAML, role="viewer") as api:
+            lb = (await api.get("/api/load-balancer/status")).data
+            assert [t["target"] for t in lb["users"]["targets"]] == [GOOD, BAD]
+            assert lb["users"]["in_flight"] == 0 and lb["users"]["panic"] is False
+            cb = (await api.get("/api/circuit-breaker/status")).data
+            assert cb["users"]["targets"][1]["states"] == {"closed": 0, "half_open": 0, "open": 0}
 
     run(scenario())
 
@@ -292,3 +552,97 @@ def test_status_module_version_is_the_package_version():
     import isekai
 
     assert status_module.__version__ is isekai.__version__
+
+
+CHECKED_YAML = BASE_YAML.replace(
+    'users: {targets: ["127.0.0.1:9001"]}',
+    """users:
+    targets: ["127.0.0.1:9001", {address: "127.0.0.1:9002", weight: 3}]
+    balancer: least_conn
+    health: {path: /healthz, interval: 2s}
+    breaker: {failure_ratio: 0.25, window: 5s, min_requests: 4, open_for: 7s}
+    max_requests: 50""",
+)
+
+
+def check_row(target: str, healthy: bool | None, **changes) -> dict:
+    """The active checker's row of a target (``extra["health_checks"]``)."""
+    row = {
+        "upstream": "users",
+        "target": target,
+        "healthy": healthy,
+        "checks": 10,
+        "failures": 0,
+        "consecutive_successes": 10,
+        "consecutive_failures": 0,
+        "last_status": 200,
+        "last_error": None,
+        "last_check_age": 0.4,
+    }
+    row.update(changes)
+    return row
+
+
+def test_status_endpoints_take_health_verdicts_and_settings_from_the_checker_and_config(
+    tmp_path,
+):
+    async def gather():
+        checks = [
+            check_row(GOOD, True),
+            check_row(
+                BAD,
+                False,
+                failures=4,
+                consecutive_successes=0,
+                consecutive_failures=4,
+                last_status=None,
+                last_error="connection refused",
+            ),
+        ]
+        rows = [
+            target_row("users", GOOD, ewma_ms=2.0),
+            target_row("users", BAD, weight=3, healthy=False, selectable=False),
+        ]
+        clusters = [cluster_row("users", balancer="least_conn")]
+        return Gathered(
+            workers=[
+                _worker(31, 0, [], rows, clusters, checks),  # the worker that runs the checks
+                _worker(32, 0, [], rows, clusters),
+            ],
+            expected=2,
+        )
+
+    async def scenario():
+        async with admin(
+            tmp_path, CHECKED_YAML, status=StatusProviders(gather=gather), role="viewer"
+        ) as api:
+            lb = (await api.get("/api/load-balancer/status")).data
+            described("/api/load-balancer/status", lb)
+            users = lb["users"]
+            assert users["balancer"] == "least_conn" and users["health_checks"] is True
+            good, bad = users["targets"]
+            assert good["health"] == "healthy" and good["healthy"] is True
+            assert good["health_check"]["checks"] == 10
+            assert bad["weight"] == 3 and bad["health"] == "unhealthy"
+            assert bad["health_check"]["last_error"] == "connection refused"
+            assert bad["health_check"]["consecutive_failures"] == 4
+            assert good["healthy_in"] == 2 and bad["healthy_in"] == 0
+            assert bad["selectable_in"] == 0 and [w["healthy"] for w in bad["per_worker"]] == [
+                False,
+                False,
+            ]
+            breakers = (await api.get("/api/circuit-breaker/status")).data
+            described("/api/circuit-breaker/status", breakers)
+            cb = breakers["users"]
+            assert cb["enabled"] is True
+            assert cb["settings"] == {
+                "failure_ratio": 0.25,
+                "window": 5.0,
+                "min_requests": 4,
+                "open_for": 7.0,
+                "half_open_requests": 3,
+                "failure_statuses": [500, 502, 503, 504],
+            }
+            assert cb["limits"]["max_requests"] == 50 and cb["limits"]["max_pending"] is None
+
+    run(scenario())

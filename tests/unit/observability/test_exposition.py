@@ -5,12 +5,17 @@ cover the merges a live test cannot arrange (different routes per worker, caps).
 
 from __future__ import annotations
 
+import shutil
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from isekai._core.counters import LATENCY_BUCKETS, METHODS, ROUTE_LAYOUT, STATUS_CLASSES
 from isekai.observability.metrics import Gathered, render, sum_workers
+from tests.support import services
 
 WIDTH = sum(size for _, size in ROUTE_LAYOUT)
 
@@ -152,3 +157,201 @@ def test_sum_workers_keeps_each_route_once():
     totals = sum_workers(_two_workers().workers)
     assert sorted(totals.routes) == ["", "api", "web"]
     assert totals.route_sums["api"] == 20.01
+
+
+def _target(upstream: str, target: str, **changes) -> dict:
+    # one worker's row of a target (`Cluster.target_stats`): a quiet, closed target
+    row = {
+        "upstream": upstream,
+        "target": target,
+        "weight": 1,
+        "healthy": True,
+        "selectable": True,
+        "in_flight": 0,
+        "ewma_ms": 0.0,
+        "ejected": False,
+        "ejected_for": 0.0,
+        "ejections": 0,
+        "consecutive_failures": 0,
+        "breaker": "closed",
+        "next_probe_in": 0.0,
+        "breaker_opened": 0,
+        "window_requests": 0,
+        "window_failures": 0,
+        "requests": 0,
+        "failures": 0,
+    }
+    row.update(changes)
+    return row
+
+
+def _cluster(upstream: str, **changes) -> dict:
+    row = {
+        "upstream": upstream,
+        "balancer": "p2c",
+        "in_flight": 0,
+        "panic": False,
+        "retries": 0,
+        "retries_active": 0,
+        "retries_refused": 0,
+        "refused": {"no_target": 0, "max_requests": 0, "max_pending": 0},
+    }
+    row.update(changes)
+    return row
+
+
+def _check(target: str, healthy: bool | None, checks: int, failures: int, age: float) -> dict:
+    return {
+        "upstream": "users",
+        "target": target,
+        "healthy": healthy,
+        "checks": checks,
+        "failures": failures,
+        "consecutive_successes": 0,
+        "consecutive_failures": 0,
+        "last_status": None,
+        "last_error": None,
+        "last_check_age": age,
+    }
+
+
+GOOD, BAD, NEW = "127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"
+
+
+def _resilient_workers() -> Gathered:
+    """Two workers of an upstream whose second target failed: ejected in both, its breaker
+    open in one and half-open in the other; active checks run in the first worker (a stale
+    row of the second, from before the checker moved, loses to the newer one)."""
+    first = _worker(1, {}, {})
+    first["targets"] = [
+        _target("users", GOOD, in_flight=2, ewma_ms=10.0, requests=50, failures=1),
+        _target(
+            "users",
+            BAD,
+            selectable=False,
+            ejected=True,
+            ejected_for=20.0,
+            ejections=2,
+            breaker="open",
+            next_probe_in=5.0,
+            breaker_opened=1,
+            requests=9,
+            failures=9,
+        ),
+        _target("users", NEW),
+    ]
+    first["clusters"] = [
+        _cluster(
+            "users",
+            in_flight=2,
+            retries=4,
+            retries_refused=1,
+            refused={"no_target": 3, "max_requests": 1, "max_pending": 0},
+        )
+    ]
+    first["extra"]["health_checks"] = [
+        _check(GOOD, True, 12, 1, 0.5),
+        _check(BAD, False, 12, 7, 0.5),
+        _check(NEW, None, 0, 0, None),
+    ]
+    second = _worker(2, {}, {})
+    second["targets"] = [
+        _target("users", GOOD, in_flight=1, ewma_ms=20.0, requests=30),
+        _target(
+            "users",
+            BAD,
+            ejected=True,
+            ejected_for=4.0,
+            ejections=1,
+            breaker="half_open",
+            breaker_opened=1,
+            requests=5,
+            failures=5,
+        ),
+        _target("users", NEW),
+    ]
+    second["clusters"] = [_cluster("users", in_flight=1, panic=True, retries=2)]
+    second["extra"]["health_checks"] = [_check(GOOD, False, 3, 3, 60.0)]
+    return Gathered(workers=[first, second], expected=2)
+
+
+def test_target_state_breakers_retries_and_checks_are_summed_over_workers():
+    samples = _samples(render(_resilient_workers(), 1000))
+    good = (("target", GOOD), ("upstream", "users"))
+    bad = (("target", BAD), ("upstream", "users"))
+    new = (("target", NEW), ("upstream", "users"))
+    users = (("upstream", "users"),)
+    assert samples["isekai_upstream_target_in_flight", good] == 3
+    assert samples["isekai_upstream_target_selectable", good] == 2
+    assert samples["isekai_upstream_target_selectable", bad] == 1
+    assert samples["isekai_upstream_target_ejected", bad] == 2
+    assert samples["isekai_upstream_target_ejected", good] == 0
+    assert samples["isekai_upstream_ejections_total", bad] == 3
+    assert samples["isekai_upstream_target_requests_total", good] == 80
+    assert samples["isekai_upstream_target_failures_total", good] == 1
+    assert samples["isekai_upstream_target_failures_total", bad] == 14
+    assert samples["isekai_upstream_ewma_seconds", good] == 0.015  # mean of 10 ms and 20 ms
+    assert ("isekai_upstream_ewma_seconds", bad) not in samples  # no sample in any worker
+    state = "isekai_circuit_breaker_state"
+    assert samples[state, (("state", "open"), *bad)] == 1
+    assert samples[state, (("state", "half_open"), *bad)] == 1
+    assert samples[state, (("state", "closed"), *bad)] == 0
+    assert samples[state, (("state", "closed"), *good)] == 2
+    assert samples["isekai_circuit_breaker_opened_total", bad] == 2
+    assert samples["isekai_upstream_retries_total", users] == 6
+    assert samples["isekai_upstream_retries_refused_total", users] == 1
+    assert samples["isekai_upstream_panic", users] == 1
+    refused = "isekai_upstream_refused_total"
+    assert samples[refused, (("reason", "no_target"), ("upstream", "users"))] == 3
+    assert samples[refused, (("reason", "max_requests"), ("upstream", "users"))] == 1
+    assert samples[refused, (("reason", "max_pending"), ("upstream", "users"))] == 0
+    # the checker's newest rows: worker 1's; a target without a verdict yet has no 1/0
+    assert samples["isekai_upstream_target_healthy", good] == 1
+    assert samples["isekai_upstream_target_healthy", bad] == 0
+    assert ("isekai_upstream_target_healthy", new) not in samples
+    assert samples["isekai_health_checks_total", good] == 12
+    assert samples["isekai_health_check_failures_total", bad] == 7
+    assert samples["isekai_health_checks_total", new] == 0
+
+
+def test_target_labels_past_the_cap_are_folded_under_other():
+    samples = _samples(render(_resilient_workers(), 1))
+    targets = {
+        dict(labels)["target"]
+        for (name, labels) in samples
+        if name == "isekai_upstream_target_requests_total"
+    }
+    assert targets == {GOOD, "_other"}
+    other = (("target", "_other"), ("upstream", "users"))
+    assert samples["isekai_upstream_target_requests_total", other] == 14
+    assert samples["isekai_upstream_target_ejected", other] == 2
+    assert samples["isekai_health_checks_total", other] == 12
+    assert samples["isekai_upstream_target_healthy", other] == 0
+    state = (("state", "open"), ("target", "_other"), ("upstream", "users"))
+    assert samples["isekai_circuit_breaker_state", state] == 1
+
+
+def test_workers_without_target_rows_add_no_target_series():
+    samples = _samples(render(_two_workers(), 1000))
+    assert not [k for k in samples if k[0].startswith("isekai_circuit_breaker")]
+    assert not [k for k in samples if k[0] == "isekai_upstream_target_in_flight"]
+
+
+def test_exposition_passes_promtool_check_metrics():
+    """promtool's linter: HELP on every family, counters named ``_total``, no duplicates."""
+    beside = Path(sys.executable).parent / "promtool"
+    promtool = str(beside) if beside.is_file() else shutil.which("promtool")
+    if not promtool:
+        services.unavailable("promtool not found: `make tools` (tests/tools.sh) installs it")
+    gathered = _two_workers()
+    resilient = _resilient_workers()
+    for worker, extra in zip(gathered.workers, resilient.workers, strict=True):
+        worker["targets"], worker["clusters"] = extra["targets"], extra["clusters"]
+        worker["extra"]["health_checks"] = extra["extra"]["health_checks"]
+    body = render(gathered, 1000)
+    proc = subprocess.run(
+        [promtool, "check", "metrics"], input=body, capture_output=True, timeout=60
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr).decode()
+    names = {name for name, _ in _samples(body)}
+    assert "isekai_upstream_target_healthy" in names and "isekai_http_requests_total" in names
