@@ -6,19 +6,70 @@ Strategy. A balancer sees its cluster's `Target`s and reads only C fields on a p
 `in_flight`, `ewma`. `choose(exchange, avoid)` returns a selectable target — preferring one other
 than `avoid` (the target a retried exchange just failed on) — or None when none is selectable
 (the cluster answers 503). Nothing here allocates per pick; draws use `fastrand`.
+
+Derived tables (prefix sums of the weights, the hash ring, the Maglev table) are built once in
+`rebuild`, from the weights and addresses; `selectable` changes never rebuild anything — a pick
+steps over unselectable targets instead. Balancers keep target *positions* in their own list
+(never `Target.index`, which the newest balancer built over a target owns).
+
+- `RoundRobin`: smooth weighted round robin (3:1 gives a a b a); equal weights rotate.
+- `LeastConn`: lowest in_flight/weight (compared by cross-multiplication); ties — all of them
+  when idle — are shared by smooth weighted round robin among the tied targets.
+- `Random`: a draw in proportion to weight (prefix sums + binary search; uniform index when the
+  weights are equal). A draw that lands on an unselectable target or `avoid` is redrawn a few
+  times, then an exact linear draw over the eligible targets takes over.
+- `PowerOfTwo`: two distinct targets drawn as `Random` does (the second from the weights without
+  the first), the lower in_flight/weight wins, ties to the first draw — so idle traffic splits
+  exactly in proportion to weight and load evens out in proportion to weight.
+- `Ewma`: as `PowerOfTwo` on cost = ewma * (in_flight + 1) / weight; a target without a sample
+  is costed at the mean EWMA of those with one (refreshed every MEAN_EVERY picks), so it gets
+  tried as an average target would be.
+- `ConsistentHash`: the exchange's key (`Exchange.hash_key`) hashed with `hash64` (FNV-1a with a
+  murmur-style finaliser: stable across processes, unlike Python's salted `hash()`). "ring": a
+  ketama-like ring of RING_POINTS_PER_WEIGHT points per unit of weight per target, placed by
+  hashing the target's address (so positions do not depend on list order), sorted, searched by
+  bisection; a key whose target is unselectable walks on to the next selectable point. "maglev":
+  a MAGLEV_SIZE (prime) lookup table filled by per-target permutations of the table, a target
+  claiming slots in proportion to its weight; an unselectable target's key is re-hashed
+  MAGLEV_RETRIES times, then goes to the next selectable target in list order. No key (or no
+  exchange): a weighted random draw.
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from libc.stdint cimport uint64_t
+from libc.stdint cimport int32_t, uint64_t
+from libc.stdlib cimport qsort
 
 from isekai._core.fastrand cimport next_below, next_random
 from isekai._core.target cimport Target
-from isekai._core.upstream cimport Exchange
+from isekai._core.upstream cimport HASH_CLIENT_IP, HASH_PATH, Exchange
 
 from posix.unistd cimport getpid
 
 cdef uint64_t GOLDEN = <uint64_t>0x9E3779B97F4A7C15ULL
 cdef uint64_t _seed_counter = GOLDEN
+
+cdef uint64_t FNV_OFFSET = <uint64_t>0xCBF29CE484222325ULL
+cdef uint64_t FNV_PRIME = <uint64_t>0x100000001B3ULL
+
+# A draw that lands on an unselectable target (or `avoid`) is redrawn this many times before an
+# exact linear draw over the eligible targets.
+cdef int DRAW_TRIES = 4
+# Ewma: picks between two computations of the mean EWMA that an untried target is costed at.
+cdef unsigned int MEAN_EVERY = 64
+# Ewma: the EWMA assumed (seconds) when no target has a sample yet (costs are only compared).
+cdef double DEFAULT_EWMA = 0.001
+
+RING_POINTS_PER_WEIGHT = 160
+MAX_RING_POINTS = 131072               # the ring's size is capped: weights scale down beyond it
+MAGLEV_SIZE = 65537                    # prime; more entries per target = a finer weight split
+MAGLEV_RETRIES = 4
+cdef Py_ssize_t _RING_PER_WEIGHT = RING_POINTS_PER_WEIGHT
+cdef Py_ssize_t _RING_MAX = MAX_RING_POINTS
+cdef uint64_t _MAGLEV_SIZE = MAGLEV_SIZE
+cdef int _MAGLEV_RETRIES = MAGLEV_RETRIES
+
+ALGORITHMS = ("ring", "maglev")
 
 
 cdef uint64_t _seed() noexcept:
@@ -27,6 +78,47 @@ cdef uint64_t _seed() noexcept:
     cdef uint64_t x = _seed_counter ^ (<uint64_t>getpid() << 32)
     return x if x != 0 else 1
 
+
+# -- hashing ------------------------------------------------------------------------------------
+
+cdef inline uint64_t mix64(uint64_t h) noexcept nogil:
+    """A 64-bit avalanche finaliser (xor-shift-multiply)."""
+    h ^= h >> 33
+    h *= <uint64_t>0xFF51AFD7ED558CCDULL
+    h ^= h >> 33
+    h *= <uint64_t>0xC4CEB9FE1A85EC53ULL
+    h ^= h >> 33
+    return h
+
+
+cdef inline uint64_t hash64(const unsigned char* data, Py_ssize_t size, uint64_t seed) noexcept nogil:
+    """FNV-1a over `data`, started from a seed-dependent basis, then `mix64`: the same value in
+    every process and on every run."""
+    cdef uint64_t h = FNV_OFFSET ^ mix64(seed)
+    cdef Py_ssize_t i
+    for i in range(size):
+        h ^= data[i]
+        h *= FNV_PRIME
+    return mix64(h ^ <uint64_t>size)
+
+
+cdef inline uint64_t hash_of(bytes data, uint64_t seed) noexcept:
+    return hash64(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), seed)
+
+
+def hash_bytes(bytes data, uint64_t seed=0):
+    """The 64-bit hash consistent hashing uses (stable across processes)."""
+    return hash_of(data, seed)
+
+
+cdef inline Target _fallback(Target avoid):
+    """What a pick returns when no target other than `avoid` is selectable."""
+    if avoid is not None and avoid.selectable:
+        return avoid
+    return None
+
+
+# -- base ---------------------------------------------------------------------------------------
 
 cdef class Balancer:
     """Picks the target an exchange goes to. Subclasses implement `choose`."""
@@ -58,6 +150,43 @@ cdef class Balancer:
         """Fix the random draws (tests)."""
         self.rng = value if value != 0 else 1
 
+    def pick_loop(self, list exchanges, Py_ssize_t count, Py_ssize_t hold=0):
+        """`count` picks in one C loop, cycling through `exchanges` (None items allowed), for
+        benchmarks. With `hold` > 0 each picked target's in_flight is raised until `hold` later
+        picks have been made (load for least_conn / p2c / ewma), then lowered again. Returns the
+        number of picks that found no target."""
+        cdef Py_ssize_t i, slot = 0, e = 0, ne = len(exchanges), misses = 0
+        cdef Target target, old
+        cdef object item
+        cdef list held = [None] * hold if hold > 0 else None
+        if ne == 0:
+            raise ValueError("pick_loop needs at least one exchange (or None)")
+        for i in range(count):
+            item = exchanges[e]
+            e += 1
+            if e == ne:
+                e = 0
+            target = self.choose(<Exchange>item, None)
+            if target is None:
+                misses += 1
+            elif hold > 0:
+                target.in_flight += 1
+                item = held[slot]
+                if item is not None:
+                    old = <Target>item
+                    old.in_flight -= 1
+                held[slot] = target
+                slot += 1
+                if slot == hold:
+                    slot = 0
+        if held is not None:
+            for item in held:
+                if item is not None:
+                    (<Target>item).in_flight -= 1
+        return misses
+
+
+# -- round robin --------------------------------------------------------------------------------
 
 cdef class RoundRobin(Balancer):
     """Smooth weighted round robin: each pick adds every selectable target's weight to its
@@ -73,6 +202,7 @@ cdef class RoundRobin(Balancer):
         cdef Py_ssize_t i
         if self.current != NULL:
             PyMem_Free(self.current)
+            self.current = NULL
         self.current = <long long*>PyMem_Malloc(max(self.n, 1) * sizeof(long long))
         if self.current == NULL:
             raise MemoryError()
@@ -86,8 +216,8 @@ cdef class RoundRobin(Balancer):
         return 0
 
     cpdef Target choose(self, Exchange exchange, Target avoid):
-        cdef Target target, best = None, fallback = None
-        cdef Py_ssize_t i, at
+        cdef Target target, fallback = None
+        cdef Py_ssize_t i, at, best = -1
         cdef long long total = 0
         cdef long long* current = self.current
         if self.equal:
@@ -113,12 +243,478 @@ cdef class RoundRobin(Balancer):
                 continue
             current[i] += target.weight
             total += target.weight
-            if best is None or current[i] > current[best.index]:
+            if best < 0 or current[i] > current[best]:
+                best = i
+        if best < 0:
+            return fallback
+        current[best] -= total
+        return <Target>self.targets[best]
+
+
+# -- least connections --------------------------------------------------------------------------
+
+cdef class LeastConn(Balancer):
+    """The selectable target with the fewest exchanges in flight per unit of weight; ties (all
+    targets, when idle) are shared by smooth weighted round robin among the tied targets."""
+
+    def __dealloc__(self):
+        if self.current != NULL:
+            PyMem_Free(self.current)
+
+    cdef int rebuild(self) except -1:
+        cdef Py_ssize_t i
+        if self.current != NULL:
+            PyMem_Free(self.current)
+            self.current = NULL
+        self.current = <long long*>PyMem_Malloc(max(self.n, 1) * sizeof(long long))
+        if self.current == NULL:
+            raise MemoryError()
+        for i in range(self.n):
+            self.current[i] = 0
+        return 0
+
+    cpdef Target choose(self, Exchange exchange, Target avoid):
+        cdef Target target, best = None, fallback = None
+        cdef Py_ssize_t i, ties = 0, chosen = -1, best_at = 0
+        cdef long long lhs, rhs, total = 0
+        cdef long long* current = self.current
+        for i in range(self.n):
+            target = <Target>self.targets[i]
+            if not target.selectable:
+                continue
+            if target is avoid:
+                fallback = target
+                continue
+            if best is None:
                 best = target
+                best_at = i
+                ties = 1
+                continue
+            lhs = <long long>target.in_flight * best.weight
+            rhs = <long long>best.in_flight * target.weight
+            if lhs < rhs:
+                best = target
+                best_at = i
+                ties = 1
+            elif lhs == rhs:
+                ties += 1
         if best is None:
             return fallback
-        current[best.index] -= total
-        return best
+        if ties == 1:
+            return best
+        for i in range(best_at, self.n):
+            target = <Target>self.targets[i]
+            if not target.selectable or target is avoid:
+                continue
+            if <long long>target.in_flight * best.weight != <long long>best.in_flight * target.weight:
+                continue
+            current[i] += target.weight
+            total += target.weight
+            if chosen < 0 or current[i] > current[chosen]:
+                chosen = i
+        current[chosen] -= total
+        return <Target>self.targets[chosen]
+
+
+# -- weighted draws: random, power of two choices, ewma -----------------------------------------
+
+cdef class WeightedDraw(Balancer):
+
+    def __dealloc__(self):
+        if self.cumulative != NULL:
+            PyMem_Free(self.cumulative)
+
+    cdef int rebuild(self) except -1:
+        cdef Py_ssize_t i
+        cdef Target target
+        if self.cumulative != NULL:
+            PyMem_Free(self.cumulative)
+            self.cumulative = NULL
+        self.cumulative = <long long*>PyMem_Malloc(max(self.n, 1) * sizeof(long long))
+        if self.cumulative == NULL:
+            raise MemoryError()
+        self.total = 0
+        self.equal = True
+        for i in range(self.n):
+            target = <Target>self.targets[i]
+            self.total += target.weight
+            self.cumulative[i] = self.total
+            if target.weight != (<Target>self.targets[0]).weight:
+                self.equal = False
+        if self.total >= (<long long>1 << 31):
+            raise ValueError("the targets' weights add up to too much")
+        return 0
+
+    cdef Py_ssize_t draw_index(self, Py_ssize_t exclude) noexcept:
+        """A position drawn in proportion to the weights, never `exclude` (-1: none); n > 1
+        when `exclude` is given."""
+        cdef long long r, w
+        cdef Py_ssize_t i, lo, hi, mid
+        cdef long long* cumulative = self.cumulative
+        if self.equal:
+            if exclude < 0:
+                return next_below(&self.rng, self.n)
+            i = next_below(&self.rng, self.n - 1)
+            return i + 1 if i >= exclude else i
+        if exclude < 0:
+            r = next_below(&self.rng, <Py_ssize_t>self.total)
+        else:
+            w = cumulative[exclude] - (cumulative[exclude - 1] if exclude > 0 else 0)
+            r = next_below(&self.rng, <Py_ssize_t>(self.total - w))
+            if r >= cumulative[exclude] - w:
+                r += w
+        # the first position whose cumulative weight exceeds r
+        lo = 0
+        hi = self.n - 1
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if cumulative[mid] > r:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    cdef Target draw(self, Target avoid, Target exclude):
+        cdef Py_ssize_t ex = -1, i
+        cdef int tries
+        cdef Target target
+        if exclude is not None:
+            if self.n == 1:
+                return None
+            # `exclude` came from this balancer's own list: find its position cheaply
+            ex = exclude.index
+            if ex >= self.n or <object>self.targets[ex] is not exclude:
+                for i in range(self.n):
+                    if <object>self.targets[i] is exclude:
+                        ex = i
+                        break
+        for tries in range(DRAW_TRIES):
+            i = self.draw_index(ex)
+            target = <Target>self.targets[i]
+            if target.selectable and target is not avoid:
+                return target
+        return self.draw_scan(avoid, exclude)
+
+    cdef Target draw_scan(self, Target avoid, Target exclude):
+        """An exact weighted draw over the eligible targets, in two linear passes."""
+        cdef Py_ssize_t i
+        cdef long long total = 0, r
+        cdef Target target
+        for i in range(self.n):
+            target = <Target>self.targets[i]
+            if target.selectable and target is not avoid and target is not exclude:
+                total += target.weight
+        if total == 0:
+            return None
+        r = next_below(&self.rng, <Py_ssize_t>total)
+        for i in range(self.n):
+            target = <Target>self.targets[i]
+            if target.selectable and target is not avoid and target is not exclude:
+                if r < target.weight:
+                    return target
+                r -= target.weight
+        return None
+
+
+cdef class Random(WeightedDraw):
+    """A selectable target drawn in proportion to its weight."""
+
+    cpdef Target choose(self, Exchange exchange, Target avoid):
+        cdef Target target = self.draw(avoid, None)
+        if target is None:
+            return _fallback(avoid)
+        return target
+
+
+cdef class PowerOfTwo(WeightedDraw):
+    """Power of two choices: of two distinct targets drawn in proportion to weight, the one
+    with fewer exchanges in flight per unit of weight (ties: the first drawn)."""
+
+    cpdef Target choose(self, Exchange exchange, Target avoid):
+        cdef Target a = self.draw(avoid, None)
+        cdef Target b
+        if a is None:
+            return _fallback(avoid)
+        b = self.draw(avoid, a)
+        if b is None:
+            return a
+        if <long long>b.in_flight * a.weight < <long long>a.in_flight * b.weight:
+            return b
+        return a
+
+
+cdef class Ewma(WeightedDraw):
+    """Power of two choices on latency: cost = EWMA of the time to the response head, times
+    (in_flight + 1), divided by weight. A target with no sample yet costs the mean EWMA of the
+    targets that have one."""
+
+    def __init__(self, list targets, **options):
+        self.since_mean = MEAN_EVERY
+        Balancer.__init__(self, targets, **options)
+
+    cdef double cost(self, Target target):
+        cdef double e = target.ewma
+        cdef double total = 0
+        cdef Py_ssize_t i, known = 0
+        cdef Target other
+        if e <= 0:
+            if self.since_mean >= MEAN_EVERY:
+                for i in range(self.n):
+                    other = <Target>self.targets[i]
+                    if other.ewma > 0:
+                        total += other.ewma
+                        known += 1
+                self.known_mean = total / known if known else DEFAULT_EWMA
+                self.since_mean = 0
+            e = self.known_mean
+        return e * (target.in_flight + 1) / target.weight
+
+    cpdef Target choose(self, Exchange exchange, Target avoid):
+        cdef Target a = self.draw(avoid, None)
+        cdef Target b
+        self.since_mean += 1
+        if a is None:
+            return _fallback(avoid)
+        b = self.draw(avoid, a)
+        if b is None:
+            return a
+        if self.cost(b) < self.cost(a):
+            return b
+        return a
+
+
+# -- consistent hashing -------------------------------------------------------------------------
+
+cdef int _ring_order(const void* a, const void* b) noexcept nogil:
+    cdef const RingPoint* x = <const RingPoint*>a
+    cdef const RingPoint* y = <const RingPoint*>b
+    if x.hash != y.hash:
+        return -1 if x.hash < y.hash else 1
+    if x.position != y.position:
+        return -1 if x.position < y.position else 1
+    return 0
+
+
+cdef inline Py_ssize_t _reduce(uint64_t h, uint64_t size) noexcept nogil:
+    """h mapped onto [0, size) by multiply-shift (size < 2**32)."""
+    return <Py_ssize_t>(((h >> 32) * size) >> 32)
+
+
+cdef class ConsistentHash(WeightedDraw):
+    """The same key goes to the same target; when a target leaves, only its keys move."""
+
+    def __init__(self, list targets, int hash_source=HASH_CLIENT_IP, hash_name=b"",
+                 str algorithm="ring", **options):
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown hash algorithm {algorithm!r} (ring or maglev)")
+        if hash_source < HASH_CLIENT_IP or hash_source > HASH_PATH:
+            raise ValueError(f"unknown hash source {hash_source}")
+        if isinstance(hash_name, str):
+            hash_name = hash_name.encode("ascii")
+        if not isinstance(hash_name, bytes):
+            raise TypeError("hash_name is bytes")
+        self.hash_source = hash_source
+        self.hash_name = hash_name.lower()
+        self.algorithm = algorithm
+        self.maglev = algorithm == "maglev"
+        Balancer.__init__(self, targets, **options)
+
+    def __dealloc__(self):
+        if self.ring != NULL:
+            PyMem_Free(self.ring)
+        if self.table != NULL:
+            PyMem_Free(self.table)
+
+    @property
+    def size(self):
+        """Points on the ring ("ring"), entries in the table ("maglev")."""
+        return _MAGLEV_SIZE if self.maglev else self.points
+
+    cdef int rebuild(self) except -1:
+        WeightedDraw.rebuild(self)
+        if self.maglev:
+            return self.build_table()
+        return self.build_ring()
+
+    cdef int build_ring(self) except -1:
+        cdef Py_ssize_t i, j, count, total = 0, at = 0
+        cdef double scale = 1.0
+        cdef Target target
+        cdef bytes address
+        cdef RingPoint* ring
+        if self.total * _RING_PER_WEIGHT > _RING_MAX:
+            scale = <double>_RING_MAX / (self.total * _RING_PER_WEIGHT)
+        counts = []
+        for i in range(self.n):
+            target = <Target>self.targets[i]
+            count = max(1, <Py_ssize_t>(target.weight * _RING_PER_WEIGHT * scale))
+            counts.append(count)
+            total += count
+        ring = <RingPoint*>PyMem_Malloc(total * sizeof(RingPoint))
+        if ring == NULL:
+            raise MemoryError()
+        for i in range(self.n):
+            target = <Target>self.targets[i]
+            address = target.address.encode("utf-8")
+            count = counts[i]
+            for j in range(count):
+                ring[at].hash = hash_of(address, <uint64_t>(j + 1))
+                ring[at].position = i
+                at += 1
+        qsort(ring, total, sizeof(RingPoint), _ring_order)
+        if self.ring != NULL:
+            PyMem_Free(self.ring)
+        self.ring = ring
+        self.points = total
+        return 0
+
+    cdef int build_table(self) except -1:
+        """Maglev: each target walks its own permutation of the table (offset and skip from
+        its address) and claims the next free entry when its turn comes; a target gets a turn
+        in proportion to its weight (credit += weight per round, a claim costs the largest
+        weight). Targets take turns in address order, so the table depends on the set of
+        (address, weight), not on the list order."""
+        cdef uint64_t size = _MAGLEV_SIZE
+        cdef Py_ssize_t i, k, p, filled = 0, slot
+        cdef long long max_weight = 0
+        cdef Target target
+        cdef bytes address
+        cdef int32_t* table
+        cdef uint64_t* offset
+        cdef uint64_t* skip
+        cdef uint64_t* step
+        cdef long long* credit
+        cdef Py_ssize_t* order
+        if <uint64_t>self.n > size:
+            raise ValueError(f"maglev takes at most {size} targets")
+        table = <int32_t*>PyMem_Malloc(size * sizeof(int32_t))
+        offset = <uint64_t*>PyMem_Malloc(self.n * sizeof(uint64_t))
+        skip = <uint64_t*>PyMem_Malloc(self.n * sizeof(uint64_t))
+        step = <uint64_t*>PyMem_Malloc(self.n * sizeof(uint64_t))
+        credit = <long long*>PyMem_Malloc(self.n * sizeof(long long))
+        order = <Py_ssize_t*>PyMem_Malloc(self.n * sizeof(Py_ssize_t))
+        try:
+            if (table == NULL or offset == NULL or skip == NULL or step == NULL
+                    or credit == NULL or order == NULL):
+                raise MemoryError()
+            by_address = sorted([((<Target>self.targets[p]).address, p) for p in range(self.n)])
+            for k in range(self.n):
+                p = by_address[k][1]
+                order[k] = p
+                target = <Target>self.targets[p]
+                address = target.address.encode("utf-8")
+                offset[k] = hash_of(address, <uint64_t>0x6D61676C) % size
+                skip[k] = hash_of(address, <uint64_t>0x736B6970) % (size - 1) + 1
+                step[k] = 0
+                credit[k] = 0
+                if target.weight > max_weight:
+                    max_weight = target.weight
+            for i in range(<Py_ssize_t>size):
+                table[i] = -1
+            while filled < <Py_ssize_t>size:
+                for k in range(self.n):
+                    credit[k] += (<Target>self.targets[order[k]]).weight
+                    if credit[k] < max_weight:
+                        continue
+                    credit[k] -= max_weight
+                    while True:
+                        slot = <Py_ssize_t>((offset[k] + step[k] * skip[k]) % size)
+                        step[k] += 1
+                        if table[slot] < 0:
+                            break
+                    table[slot] = <int32_t>order[k]
+                    filled += 1
+                    if filled == <Py_ssize_t>size:
+                        break
+        except BaseException:
+            PyMem_Free(table)
+            raise
+        finally:
+            PyMem_Free(offset)
+            PyMem_Free(skip)
+            PyMem_Free(step)
+            PyMem_Free(credit)
+            PyMem_Free(order)
+        if self.table != NULL:
+            PyMem_Free(self.table)
+        self.table = table
+        return 0
+
+    cpdef Target choose(self, Exchange exchange, Target avoid):
+        cdef bytes key
+        cdef Target target
+        cdef uint64_t h
+        if exchange is None:
+            key = None
+        else:
+            key = exchange.hash_key(self.hash_source, self.hash_name)
+        if key is None:
+            target = self.draw(avoid, None)
+            return _fallback(avoid) if target is None else target
+        h = hash64(<const unsigned char*>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), 0)
+        if self.maglev:
+            return self.by_table(h, avoid)
+        return self.by_ring(h, avoid)
+
+    cdef Target by_ring(self, uint64_t h, Target avoid):
+        cdef RingPoint* ring = self.ring
+        cdef Py_ssize_t lo = 0, hi = self.points, mid, k, at
+        cdef Target target, fallback = None
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if ring[mid].hash < h:
+                lo = mid + 1
+            else:
+                hi = mid
+        at = lo if lo < self.points else 0
+        for k in range(self.points):
+            target = <Target>self.targets[ring[at].position]
+            if target.selectable:
+                if target is not avoid:
+                    return target
+                fallback = target
+            at += 1
+            if at == self.points:
+                at = 0
+        return fallback
+
+    cdef Target by_table(self, uint64_t h, Target avoid):
+        cdef int32_t* table = self.table
+        cdef Py_ssize_t first = table[_reduce(h, _MAGLEV_SIZE)], at
+        cdef Target target = <Target>self.targets[first]
+        cdef Target fallback = None
+        cdef int i
+        if target.selectable and target is not avoid:
+            return target
+        for i in range(1, _MAGLEV_RETRIES + 1):
+            target = <Target>self.targets[table[_reduce(mix64(h + <uint64_t>i * GOLDEN), _MAGLEV_SIZE)]]
+            if target.selectable and target is not avoid:
+                return target
+        at = first
+        for i in range(self.n):
+            at += 1
+            if at == self.n:
+                at = 0
+            target = <Target>self.targets[at]
+            if target.selectable:
+                if target is not avoid:
+                    return target
+                fallback = target
+        return fallback
+
+    def owner(self, bytes key):
+        """The target `key` maps to when every target is selectable (tests, debugging)."""
+        cdef uint64_t h = hash_of(key, 0)
+        cdef Py_ssize_t lo = 0, hi = self.points, mid
+        if self.maglev:
+            return self.targets[self.table[_reduce(h, _MAGLEV_SIZE)]]
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if self.ring[mid].hash < h:
+                lo = mid + 1
+            else:
+                hi = mid
+        return self.targets[self.ring[lo if lo < self.points else 0].position]
 
 
 cdef class KeyedExchange(Exchange):
