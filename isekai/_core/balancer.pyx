@@ -42,7 +42,7 @@ from libc.stdlib cimport qsort
 
 from isekai._core.fastrand cimport next_below, next_random
 from isekai._core.target cimport Target
-from isekai._core.upstream cimport HASH_CLIENT_IP, HASH_PATH, Exchange
+from isekai._core.upstream cimport HASH_CLIENT_IP, HASH_COOKIE, HASH_HEADER, HASH_PATH, Exchange
 
 from posix.unistd cimport getpid
 
@@ -70,6 +70,13 @@ cdef uint64_t _MAGLEV_SIZE = MAGLEV_SIZE
 cdef int _MAGLEV_RETRIES = MAGLEV_RETRIES
 
 ALGORITHMS = ("ring", "maglev")
+# `hash_on` kinds -> `Exchange.hash_key` sources (HashSource of upstream.pxd)
+HASH_SOURCES = {
+    "client_ip": HASH_CLIENT_IP,
+    "header": HASH_HEADER,
+    "cookie": HASH_COOKIE,
+    "path": HASH_PATH,
+}
 
 
 cdef uint64_t _seed() noexcept:
