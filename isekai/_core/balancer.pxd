@@ -1,3 +1,4 @@
+from cpython.object cimport PyObject
 from libc.stdint cimport int32_t, uint64_t
 
 from isekai._core.target cimport Target
@@ -33,11 +34,11 @@ cdef class WeightedDraw(Balancer):
     cdef long long total                 # sum of the weights
     cdef bint equal                      # all weights equal: a uniform index, no search
 
-    # A selectable target other than `avoid` and `exclude`, drawn in proportion to weight;
-    # None when there is none.
-    cdef Target draw(self, Target avoid, Target exclude)
+    # The position of a selectable target other than `avoid` and the one at position `exclude`
+    # (-1: none), drawn in proportion to weight; -1 when there is none.
+    cdef Py_ssize_t draw(self, Target avoid, Py_ssize_t exclude)
     cdef Py_ssize_t draw_index(self, Py_ssize_t exclude) noexcept
-    cdef Target draw_scan(self, Target avoid, Target exclude)
+    cdef Py_ssize_t draw_scan(self, Target avoid, Py_ssize_t exclude)
 
 
 cdef class Random(WeightedDraw):
@@ -52,7 +53,7 @@ cdef class Ewma(WeightedDraw):
     cdef double known_mean               # mean EWMA of the targets that have one (cached)
     cdef unsigned int since_mean         # picks since known_mean was computed
 
-    cdef double cost(self, Target target)
+    cdef double cost(self, PyObject* target) noexcept
 
 
 ctypedef struct RingPoint:

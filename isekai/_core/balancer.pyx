@@ -37,6 +37,7 @@ steps over unselectable targets instead. Balancers keep target *positions* in th
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.object cimport PyObject
 from libc.stdint cimport int32_t, uint64_t
 from libc.stdlib cimport qsort
 
@@ -45,6 +46,11 @@ from isekai._core.target cimport Target
 from isekai._core.upstream cimport HASH_CLIENT_IP, HASH_COOKIE, HASH_HEADER, HASH_PATH, Exchange
 
 from posix.unistd cimport getpid
+
+
+cdef extern from "Python.h":
+    ctypedef struct PyListObject:
+        PyObject** ob_item
 
 cdef uint64_t GOLDEN = <uint64_t>0x9E3779B97F4A7C15ULL
 cdef uint64_t _seed_counter = GOLDEN
@@ -116,6 +122,16 @@ cdef inline uint64_t hash_of(bytes data, uint64_t seed) noexcept:
 def hash_bytes(bytes data, uint64_t seed=0):
     """The 64-bit hash consistent hashing uses (stable across processes)."""
     return hash_of(data, seed)
+
+
+# The loops over targets read them as borrowed pointers (`_items`): `(<Target>p).field` costs no
+# reference counting; only the target returned is a new reference.
+cdef inline PyObject** _items(list targets) noexcept:
+    return (<PyListObject*>targets).ob_item
+
+
+cdef inline bint _eligible(PyObject* p, PyObject* avoid) noexcept:
+    return (<Target>p).selectable and p != avoid
 
 
 cdef inline Target _fallback(Target avoid):
@@ -223,7 +239,9 @@ cdef class RoundRobin(Balancer):
         return 0
 
     cpdef Target choose(self, Exchange exchange, Target avoid):
-        cdef Target target, fallback = None
+        cdef PyObject** items = _items(self.targets)
+        cdef PyObject* p
+        cdef PyObject* skip = <PyObject*>avoid
         cdef Py_ssize_t i, at, best = -1
         cdef long long total = 0
         cdef long long* current = self.current
@@ -232,30 +250,23 @@ cdef class RoundRobin(Balancer):
                 at = self.next_index + i
                 if at >= self.n:
                     at -= self.n
-                target = <Target>self.targets[at]
-                if not target.selectable:
-                    continue
-                if target is avoid and self.n > 1:
-                    fallback = target
-                    continue
-                self.next_index = at + 1 if at + 1 < self.n else 0
-                return target
-            return fallback
+                p = items[at]
+                if _eligible(p, skip):
+                    self.next_index = at + 1 if at + 1 < self.n else 0
+                    return <Target>p
+            return _fallback(avoid)
         for i in range(self.n):
-            target = <Target>self.targets[i]
-            if not target.selectable:
+            p = items[i]
+            if not _eligible(p, skip):
                 continue
-            if target is avoid:
-                fallback = target
-                continue
-            current[i] += target.weight
-            total += target.weight
+            current[i] += (<Target>p).weight
+            total += (<Target>p).weight
             if best < 0 or current[i] > current[best]:
                 best = i
         if best < 0:
-            return fallback
+            return _fallback(avoid)
         current[best] -= total
-        return <Target>self.targets[best]
+        return <Target>items[best]
 
 
 # -- least connections --------------------------------------------------------------------------
@@ -281,46 +292,41 @@ cdef class LeastConn(Balancer):
         return 0
 
     cpdef Target choose(self, Exchange exchange, Target avoid):
-        cdef Target target, best = None, fallback = None
-        cdef Py_ssize_t i, ties = 0, chosen = -1, best_at = 0
-        cdef long long lhs, rhs, total = 0
+        cdef PyObject** items = _items(self.targets)
+        cdef PyObject* p
+        cdef PyObject* skip = <PyObject*>avoid
+        cdef Py_ssize_t i, ties = 0, chosen = -1, best = -1
+        cdef long long lhs, rhs, total = 0, best_load = 0, best_weight = 1
         cdef long long* current = self.current
         for i in range(self.n):
-            target = <Target>self.targets[i]
-            if not target.selectable:
+            p = items[i]
+            if not _eligible(p, skip):
                 continue
-            if target is avoid:
-                fallback = target
-                continue
-            if best is None:
-                best = target
-                best_at = i
-                ties = 1
-                continue
-            lhs = <long long>target.in_flight * best.weight
-            rhs = <long long>best.in_flight * target.weight
-            if lhs < rhs:
-                best = target
-                best_at = i
+            lhs = <long long>(<Target>p).in_flight * best_weight
+            rhs = best_load * (<Target>p).weight
+            if best < 0 or lhs < rhs:
+                best = i
+                best_load = (<Target>p).in_flight
+                best_weight = (<Target>p).weight
                 ties = 1
             elif lhs == rhs:
                 ties += 1
-        if best is None:
-            return fallback
+        if best < 0:
+            return _fallback(avoid)
         if ties == 1:
-            return best
-        for i in range(best_at, self.n):
-            target = <Target>self.targets[i]
-            if not target.selectable or target is avoid:
+            return <Target>items[best]
+        for i in range(best, self.n):
+            p = items[i]
+            if not _eligible(p, skip):
                 continue
-            if <long long>target.in_flight * best.weight != <long long>best.in_flight * target.weight:
+            if <long long>(<Target>p).in_flight * best_weight != best_load * (<Target>p).weight:
                 continue
-            current[i] += target.weight
-            total += target.weight
+            current[i] += (<Target>p).weight
+            total += (<Target>p).weight
             if chosen < 0 or current[i] > current[chosen]:
                 chosen = i
         current[chosen] -= total
-        return <Target>self.targets[chosen]
+        return <Target>items[chosen]
 
 
 # -- weighted draws: random, power of two choices, ewma -----------------------------------------
@@ -381,56 +387,47 @@ cdef class WeightedDraw(Balancer):
                 lo = mid + 1
         return lo
 
-    cdef Target draw(self, Target avoid, Target exclude):
-        cdef Py_ssize_t ex = -1, i
+    cdef Py_ssize_t draw(self, Target avoid, Py_ssize_t exclude):
+        cdef PyObject** items = _items(self.targets)
+        cdef PyObject* skip = <PyObject*>avoid
+        cdef Py_ssize_t i
         cdef int tries
-        cdef Target target
-        if exclude is not None:
-            if self.n == 1:
-                return None
-            # `exclude` came from this balancer's own list: find its position cheaply
-            ex = exclude.index
-            if ex >= self.n or <object>self.targets[ex] is not exclude:
-                for i in range(self.n):
-                    if <object>self.targets[i] is exclude:
-                        ex = i
-                        break
+        if exclude >= 0 and self.n == 1:
+            return -1
         for tries in range(DRAW_TRIES):
-            i = self.draw_index(ex)
-            target = <Target>self.targets[i]
-            if target.selectable and target is not avoid:
-                return target
+            i = self.draw_index(exclude)
+            if _eligible(items[i], skip):
+                return i
         return self.draw_scan(avoid, exclude)
 
-    cdef Target draw_scan(self, Target avoid, Target exclude):
+    cdef Py_ssize_t draw_scan(self, Target avoid, Py_ssize_t exclude):
         """An exact weighted draw over the eligible targets, in two linear passes."""
+        cdef PyObject** items = _items(self.targets)
+        cdef PyObject* skip = <PyObject*>avoid
         cdef Py_ssize_t i
         cdef long long total = 0, r
-        cdef Target target
         for i in range(self.n):
-            target = <Target>self.targets[i]
-            if target.selectable and target is not avoid and target is not exclude:
-                total += target.weight
+            if i != exclude and _eligible(items[i], skip):
+                total += (<Target>items[i]).weight
         if total == 0:
-            return None
+            return -1
         r = next_below(&self.rng, <Py_ssize_t>total)
         for i in range(self.n):
-            target = <Target>self.targets[i]
-            if target.selectable and target is not avoid and target is not exclude:
-                if r < target.weight:
-                    return target
-                r -= target.weight
-        return None
+            if i != exclude and _eligible(items[i], skip):
+                if r < (<Target>items[i]).weight:
+                    return i
+                r -= (<Target>items[i]).weight
+        return -1
 
 
 cdef class Random(WeightedDraw):
     """A selectable target drawn in proportion to its weight."""
 
     cpdef Target choose(self, Exchange exchange, Target avoid):
-        cdef Target target = self.draw(avoid, None)
-        if target is None:
+        cdef Py_ssize_t i = self.draw(avoid, -1)
+        if i < 0:
             return _fallback(avoid)
-        return target
+        return <Target>_items(self.targets)[i]
 
 
 cdef class PowerOfTwo(WeightedDraw):
@@ -438,16 +435,22 @@ cdef class PowerOfTwo(WeightedDraw):
     with fewer exchanges in flight per unit of weight (ties: the first drawn)."""
 
     cpdef Target choose(self, Exchange exchange, Target avoid):
-        cdef Target a = self.draw(avoid, None)
-        cdef Target b
-        if a is None:
+        cdef PyObject** items
+        cdef PyObject* a
+        cdef PyObject* b
+        cdef Py_ssize_t i = self.draw(avoid, -1), j
+        if i < 0:
             return _fallback(avoid)
-        b = self.draw(avoid, a)
-        if b is None:
-            return a
-        if <long long>b.in_flight * a.weight < <long long>a.in_flight * b.weight:
-            return b
-        return a
+        j = self.draw(avoid, i)
+        items = _items(self.targets)
+        a = items[i]
+        if j < 0:
+            return <Target>a
+        b = items[j]
+        if (<long long>(<Target>b).in_flight * (<Target>a).weight
+                < <long long>(<Target>a).in_flight * (<Target>b).weight):
+            return <Target>b
+        return <Target>a
 
 
 cdef class Ewma(WeightedDraw):
@@ -459,35 +462,40 @@ cdef class Ewma(WeightedDraw):
         self.since_mean = MEAN_EVERY
         Balancer.__init__(self, targets, **options)
 
-    cdef double cost(self, Target target):
-        cdef double e = target.ewma
+    cdef double cost(self, PyObject* target) noexcept:
+        cdef double e = (<Target>target).ewma
         cdef double total = 0
         cdef Py_ssize_t i, known = 0
-        cdef Target other
+        cdef PyObject** items
         if e <= 0:
             if self.since_mean >= MEAN_EVERY:
+                items = _items(self.targets)
                 for i in range(self.n):
-                    other = <Target>self.targets[i]
-                    if other.ewma > 0:
-                        total += other.ewma
+                    if (<Target>items[i]).ewma > 0:
+                        total += (<Target>items[i]).ewma
                         known += 1
                 self.known_mean = total / known if known else DEFAULT_EWMA
                 self.since_mean = 0
             e = self.known_mean
-        return e * (target.in_flight + 1) / target.weight
+        return e * ((<Target>target).in_flight + 1) / (<Target>target).weight
 
     cpdef Target choose(self, Exchange exchange, Target avoid):
-        cdef Target a = self.draw(avoid, None)
-        cdef Target b
+        cdef PyObject** items
+        cdef PyObject* a
+        cdef PyObject* b
+        cdef Py_ssize_t i = self.draw(avoid, -1), j
         self.since_mean += 1
-        if a is None:
+        if i < 0:
             return _fallback(avoid)
-        b = self.draw(avoid, a)
-        if b is None:
-            return a
+        j = self.draw(avoid, i)
+        items = _items(self.targets)
+        a = items[i]
+        if j < 0:
+            return <Target>a
+        b = items[j]
         if self.cost(b) < self.cost(a):
-            return b
-        return a
+            return <Target>b
+        return <Target>a
 
 
 # -- consistent hashing -------------------------------------------------------------------------
@@ -649,15 +657,15 @@ cdef class ConsistentHash(WeightedDraw):
 
     cpdef Target choose(self, Exchange exchange, Target avoid):
         cdef bytes key
-        cdef Target target
+        cdef Py_ssize_t i
         cdef uint64_t h
         if exchange is None:
             key = None
         else:
             key = exchange.hash_key(self.hash_source, self.hash_name)
         if key is None:
-            target = self.draw(avoid, None)
-            return _fallback(avoid) if target is None else target
+            i = self.draw(avoid, -1)
+            return _fallback(avoid) if i < 0 else <Target>_items(self.targets)[i]
         h = hash64(<const unsigned char*>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), 0)
         if self.maglev:
             return self.by_table(h, avoid)
@@ -665,8 +673,10 @@ cdef class ConsistentHash(WeightedDraw):
 
     cdef Target by_ring(self, uint64_t h, Target avoid):
         cdef RingPoint* ring = self.ring
+        cdef PyObject** items = _items(self.targets)
+        cdef PyObject* skip = <PyObject*>avoid
+        cdef PyObject* p
         cdef Py_ssize_t lo = 0, hi = self.points, mid, k, at
-        cdef Target target, fallback = None
         while lo < hi:
             mid = (lo + hi) >> 1
             if ring[mid].hash < h:
@@ -675,39 +685,36 @@ cdef class ConsistentHash(WeightedDraw):
                 hi = mid
         at = lo if lo < self.points else 0
         for k in range(self.points):
-            target = <Target>self.targets[ring[at].position]
-            if target.selectable:
-                if target is not avoid:
-                    return target
-                fallback = target
+            p = items[ring[at].position]
+            if _eligible(p, skip):
+                return <Target>p
             at += 1
             if at == self.points:
                 at = 0
-        return fallback
+        return _fallback(avoid)
 
     cdef Target by_table(self, uint64_t h, Target avoid):
         cdef int32_t* table = self.table
+        cdef PyObject** items = _items(self.targets)
+        cdef PyObject* skip = <PyObject*>avoid
+        cdef PyObject* p
         cdef Py_ssize_t first = table[_reduce(h, _MAGLEV_SIZE)], at
-        cdef Target target = <Target>self.targets[first]
-        cdef Target fallback = None
         cdef int i
-        if target.selectable and target is not avoid:
-            return target
+        p = items[first]
+        if _eligible(p, skip):
+            return <Target>p
         for i in range(1, _MAGLEV_RETRIES + 1):
-            target = <Target>self.targets[table[_reduce(mix64(h + <uint64_t>i * GOLDEN), _MAGLEV_SIZE)]]
-            if target.selectable and target is not avoid:
-                return target
+            p = items[table[_reduce(mix64(h + <uint64_t>i * GOLDEN), _MAGLEV_SIZE)]]
+            if _eligible(p, skip):
+                return <Target>p
         at = first
         for i in range(self.n):
             at += 1
             if at == self.n:
                 at = 0
-            target = <Target>self.targets[at]
-            if target.selectable:
-                if target is not avoid:
-                    return target
-                fallback = target
-        return fallback
+            if _eligible(items[at], skip):
+                return <Target>items[at]
+        return _fallback(avoid)
 
     def owner(self, bytes key):
         """The target `key` maps to when every target is selectable (tests, debugging)."""
