@@ -618,9 +618,11 @@ cdef class ConsistentHash(WeightedDraw):
                 order[k] = p
                 target = <Target>self.targets[p]
                 address = target.address.encode("utf-8")
+                # slot j of its permutation is (offset + j * skip) % size; `step` holds the
+                # next one, advanced by adding skip (mod size)
                 offset[k] = hash_of(address, <uint64_t>0x6D61676C) % size
                 skip[k] = hash_of(address, <uint64_t>0x736B6970) % (size - 1) + 1
-                step[k] = 0
+                step[k] = offset[k]
                 credit[k] = 0
                 if target.weight > max_weight:
                     max_weight = target.weight
@@ -633,8 +635,10 @@ cdef class ConsistentHash(WeightedDraw):
                         continue
                     credit[k] -= max_weight
                     while True:
-                        slot = <Py_ssize_t>((offset[k] + step[k] * skip[k]) % size)
-                        step[k] += 1
+                        slot = <Py_ssize_t>step[k]
+                        step[k] += skip[k]
+                        if step[k] >= size:
+                            step[k] -= size
                         if table[slot] < 0:
                             break
                     table[slot] = <int32_t>order[k]
