@@ -36,9 +36,9 @@ cdef class WeightedDraw(Balancer):
 
     # The position of a selectable target other than `avoid` and the one at position `exclude`
     # (-1: none), drawn in proportion to weight; -1 when there is none.
-    cdef Py_ssize_t draw(self, Target avoid, Py_ssize_t exclude)
+    cdef Py_ssize_t draw(self, Target avoid, Py_ssize_t exclude) noexcept
     cdef Py_ssize_t draw_index(self, Py_ssize_t exclude) noexcept
-    cdef Py_ssize_t draw_scan(self, Target avoid, Py_ssize_t exclude)
+    cdef Py_ssize_t draw_scan(self, Target avoid, Py_ssize_t exclude) noexcept
 
 
 cdef class Random(WeightedDraw):

@@ -387,7 +387,7 @@ cdef class WeightedDraw(Balancer):
                 lo = mid + 1
         return lo
 
-    cdef Py_ssize_t draw(self, Target avoid, Py_ssize_t exclude):
+    cdef Py_ssize_t draw(self, Target avoid, Py_ssize_t exclude) noexcept:
         cdef PyObject** items = _items(self.targets)
         cdef PyObject* skip = <PyObject*>avoid
         cdef Py_ssize_t i
@@ -400,7 +400,7 @@ cdef class WeightedDraw(Balancer):
                 return i
         return self.draw_scan(avoid, exclude)
 
-    cdef Py_ssize_t draw_scan(self, Target avoid, Py_ssize_t exclude):
+    cdef Py_ssize_t draw_scan(self, Target avoid, Py_ssize_t exclude) noexcept:
         """An exact weighted draw over the eligible targets, in two linear passes."""
         cdef PyObject** items = _items(self.targets)
         cdef PyObject* skip = <PyObject*>avoid
