@@ -39,7 +39,6 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from libc.stdint cimport int32_t, uint64_t
-from libc.stdlib cimport qsort
 
 from isekai._core.fastrand cimport next_below, next_random
 from isekai._core.target cimport Target
@@ -500,13 +499,36 @@ cdef class Ewma(WeightedDraw):
 
 # -- consistent hashing -------------------------------------------------------------------------
 
-cdef int _ring_order(const void* a, const void* b) noexcept nogil:
-    cdef const RingPoint* x = <const RingPoint*>a
-    cdef const RingPoint* y = <const RingPoint*>b
-    if x.hash != y.hash:
-        return -1 if x.hash < y.hash else 1
-    if x.position != y.position:
-        return -1 if x.position < y.position else 1
+cdef int _sort_ring(RingPoint* ring, Py_ssize_t count) except -1:
+    """Sort by hash: an LSD radix sort, 8 passes of 8 bits. Stable, so points of equal hash
+    stay in position order (they were made in that order)."""
+    cdef RingPoint* tmp = <RingPoint*>PyMem_Malloc(max(count, 1) * sizeof(RingPoint))
+    cdef RingPoint* src = ring
+    cdef RingPoint* dst = tmp
+    cdef RingPoint* swap
+    cdef Py_ssize_t[256] starts
+    cdef Py_ssize_t i, at, c
+    cdef int shift, b
+    if tmp == NULL:
+        raise MemoryError()
+    for shift in range(0, 64, 8):
+        for b in range(256):
+            starts[b] = 0
+        for i in range(count):
+            starts[(src[i].hash >> shift) & 0xFF] += 1
+        at = 0
+        for b in range(256):
+            c = starts[b]
+            starts[b] = at
+            at += c
+        for i in range(count):
+            b = (src[i].hash >> shift) & 0xFF
+            dst[starts[b]] = src[i]
+            starts[b] += 1
+        swap = src
+        src = dst
+        dst = swap
+    PyMem_Free(tmp)  # an even number of passes: the sorted points are back in `ring`
     return 0
 
 
@@ -576,7 +598,11 @@ cdef class ConsistentHash(WeightedDraw):
                 ring[at].hash = hash_of(address, <uint64_t>(j + 1))
                 ring[at].position = i
                 at += 1
-        qsort(ring, total, sizeof(RingPoint), _ring_order)
+        try:
+            _sort_ring(ring, total)
+        except BaseException:
+            PyMem_Free(ring)
+            raise
         if self.ring != NULL:
             PyMem_Free(self.ring)
         self.ring = ring

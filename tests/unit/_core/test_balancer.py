@@ -429,3 +429,22 @@ def test_options_for_algorithm_and_other_balancers():
 def test_parse_hash_on_rejects(bad):
     with pytest.raises(ValueError):
         parse_hash_on(bad)
+
+
+def test_consistent_hash_ring_matches_its_definition():
+    """The ring is 160·weight points per target at hash_bytes(address, j) for j = 1.., sorted;
+    a key belongs to the first point at or after its hash (wrapping)."""
+    import bisect
+
+    ts = targets([1, 2, 3])
+    b = ConsistentHash(ts, algorithm="ring")
+    points = sorted(
+        (hash_bytes(t.address.encode(), j), i)
+        for i, t in enumerate(ts)
+        for j in range(1, 160 * t.weight + 1)
+    )
+    hashes = [h for h, _ in points]
+    assert b.size == len(points)
+    for key in KEYS[:3000]:
+        at = bisect.bisect_left(hashes, hash_bytes(key.key)) % len(points)
+        assert b.owner(key.key) is ts[points[at][1]] is b.pick(key)
