@@ -12,6 +12,7 @@ standard deviations for the random balancers; round robin and idle least_conn ar
 
 from __future__ import annotations
 
+import bisect
 import os
 import subprocess
 import sys
@@ -434,8 +435,6 @@ def test_parse_hash_on_rejects(bad):
 def test_consistent_hash_ring_matches_its_definition():
     """The ring is 160·weight points per target at hash_bytes(address, j) for j = 1.., sorted;
     a key belongs to the first point at or after its hash (wrapping)."""
-    import bisect
-
     ts = targets([1, 2, 3])
     b = ConsistentHash(ts, algorithm="ring")
     points = sorted(
