@@ -20,7 +20,7 @@ from isekai._core.target import Target
 from isekai.upstream.balancer import make_balancer
 
 LOOPS = 200_000
-REPEATS = 9
+REPEATS = 15
 SIZES = (3, 10, 100)
 CASES = (
     ("round_robin", {}),
