@@ -118,7 +118,7 @@ cdef inline uint64_t hash_of(bytes data, uint64_t seed) noexcept:
     return hash64(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), seed)
 
 
-def hash_bytes(bytes data, uint64_t seed=0):
+def hash_bytes(bytes data not None, uint64_t seed=0):
     """The 64-bit hash consistent hashing uses (stable across processes)."""
     return hash_of(data, seed)
 
@@ -183,6 +183,9 @@ cdef class Balancer:
         cdef list held = [None] * hold if hold > 0 else None
         if ne == 0:
             raise ValueError("pick_loop needs at least one exchange (or None)")
+        for item in exchanges:
+            if item is not None and not isinstance(item, Exchange):
+                raise TypeError(f"not an exchange: {item!r}")
         for i in range(count):
             item = exchanges[e]
             e += 1
@@ -746,7 +749,7 @@ cdef class ConsistentHash(WeightedDraw):
                 return <Target>items[at]
         return _fallback(avoid)
 
-    def owner(self, bytes key):
+    def owner(self, bytes key not None):
         """The target `key` maps to when every target is selectable (tests, debugging)."""
         cdef uint64_t h = hash_of(key, 0)
         cdef Py_ssize_t lo = 0, hi = self.points, mid
