@@ -6,6 +6,7 @@
 router        Router.match ns/op on 10 and 10,000 routes (bench_router.py)
 parse         DownstreamProtocol: head parse + route + direct response, ns/request (bench_parse.py)
 ip set        IpSet lookups, 10 and 10,000 networks, ns/lookup (bench_iptrie.py)
+balancers     each balancer's pick with 3, 10 and 100 targets, ns/pick (bench_balancers.py)
 policies      the same request as parse with each hot policy family on the route (bench_families.py)
 instructions  callgrind instructions per proxied request: direct, nginx, HAProxy, Isekai, and
               Isekai with the small_get_policies chain (instructions.py,
@@ -22,6 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent.parent), str(HERE)]  # the repo's isekai, then the bench modules
 
+import bench_balancers  # noqa: E402
 import bench_families  # noqa: E402
 import bench_iptrie  # noqa: E402
 import bench_parse  # noqa: E402
@@ -49,6 +51,10 @@ def main(argv=None) -> int:
     for size, case, ns in bench_iptrie.results():
         if "C loop" in case:
             rows.append(("IpSet lookup", f"{size}: {case}", f"{ns:,.0f} ns"))
+
+    print("balancers ...", flush=True)
+    for name, size, median, _best in bench_balancers.results():
+        rows.append(("balancer pick", f"{name}, {size} targets", f"{median:,.0f} ns"))
 
     print("policies ...", flush=True)
     for case, ns in bench_families.results():

@@ -2,19 +2,37 @@
 
 A balancer is built per cluster from the cluster's `Target`s and answers, for every proxied
 request, which selectable target it goes to (`isekai._core.balancer`: C classes, no Python call
-per request).
+per request). Only ``consistent_hash`` takes options: what to hash (``hash_on``) and how
+(``hash_algorithm``).
 """
 
 from __future__ import annotations
 
-from isekai._core.balancer import Balancer, RoundRobin
+from isekai._core.balancer import (
+    ALGORITHMS,
+    HASH_SOURCES,
+    Balancer,
+    ConsistentHash,
+    Ewma,
+    LeastConn,
+    PowerOfTwo,
+    Random,
+    RoundRobin,
+)
 from isekai._core.target import Target
 from isekai.config import defaults
 
 DEFAULT_BALANCER = defaults.BALANCER
+DEFAULT_HASH_ON = "client_ip"
+DEFAULT_HASH_ALGORITHM = "ring"
 
 BALANCERS: dict[str, type[Balancer]] = {
     "round_robin": RoundRobin,
+    "least_conn": LeastConn,
+    "p2c": PowerOfTwo,
+    "consistent_hash": ConsistentHash,
+    "ewma": Ewma,
+    "random": Random,
 }
 
 
@@ -28,6 +46,44 @@ def make_balancer(name: str, targets: list[Target], **options: object) -> Balanc
     return cls(targets, **options)
 
 
+def _text(value: object) -> object:
+    """An enum member's value, anything else as is."""
+    return getattr(value, "value", value)
+
+
+def parse_hash_on(hash_on: object) -> tuple[int, bytes]:
+    """``client_ip`` | ``path`` | ``header:NAME`` | ``cookie:NAME`` (None: ``client_ip``) ->
+    (HashSource, lower-case name bytes; b"" for client_ip and path). ValueError otherwise."""
+    text = _text(hash_on)
+    if text is None:
+        text = DEFAULT_HASH_ON
+    if not isinstance(text, str):
+        raise ValueError(f"hash_on must be a string, not {text!r}")
+    kind, sep, name = text.strip().partition(":")
+    kind = kind.strip().lower()
+    name = name.strip()
+    if kind in ("client_ip", "path"):
+        if sep:
+            raise ValueError(f"hash_on {text!r}: {kind} takes no name")
+        return HASH_SOURCES[kind], b""
+    if kind in ("header", "cookie"):
+        if not name:
+            raise ValueError(f"hash_on {text!r}: {kind}:NAME needs a name")
+        try:
+            raw = name.lower().encode("ascii")
+        except UnicodeEncodeError:
+            raise ValueError(f"hash_on {text!r}: the name is not ASCII") from None
+        return HASH_SOURCES[kind], raw
+    raise ValueError(f"hash_on {text!r}: expected client_ip, path, header:NAME or cookie:NAME")
+
+
 def options_for(upstream: object) -> dict[str, object]:
-    """The balancer options an upstream's settings give (consistent hashing's key)."""
-    return {}
+    """The balancer options an upstream's settings give: {} except for ``consistent_hash``,
+    whose ``hash_on`` and ``hash_algorithm`` become hash_source, hash_name and algorithm."""
+    if _text(getattr(upstream, "balancer", DEFAULT_BALANCER)) != "consistent_hash":
+        return {}
+    source, name = parse_hash_on(getattr(upstream, "hash_on", None))
+    algorithm = _text(getattr(upstream, "hash_algorithm", None)) or DEFAULT_HASH_ALGORITHM
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"hash_algorithm {algorithm!r}: expected one of {', '.join(ALGORITHMS)}")
+    return {"hash_source": source, "hash_name": name, "algorithm": algorithm}
