@@ -554,7 +554,7 @@ cdef class ConsistentHash(WeightedDraw):
         if not isinstance(hash_name, bytes):
             raise TypeError("hash_name is bytes")
         self.hash_source = hash_source
-        self.hash_name = hash_name.lower()
+        self.hash_name = hash_name.lower() if hash_source == HASH_HEADER else hash_name
         self.algorithm = algorithm
         self.maglev = algorithm == "maglev"
         Balancer.__init__(self, targets, **options)

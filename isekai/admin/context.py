@@ -13,7 +13,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,11 +37,6 @@ __all__ = [
 log = logging.getLogger("isekai.admin")
 
 ApplyConfig = Callable[[Config, list[Change] | None], Awaitable[None]]
-Stats = Callable[[], Mapping[str, Any]]
-
-
-def _empty() -> Mapping[str, Any]:
-    return {}
 
 
 async def _nothing_gathered() -> Gathered:
@@ -53,14 +48,12 @@ class StatusProviders:
     """Callables the status endpoints read; each is called once per request, on the loop.
 
     ``config_version`` is the version of the snapshot the workers run. ``gather()`` returns
-    every worker's live statistics (`Gathered`); ``circuit_breakers`` returns a JSON-compatible
-    mapping, shown as it is under ``data``.
+    every worker's live statistics (`Gathered`).
     """
 
     workers: Callable[[], int] = lambda: 1
     config_version: Callable[[], int] = lambda: 1
     gather: Callable[[], Awaitable[Gathered]] = _nothing_gathered
-    circuit_breakers: Stats = _empty
 
 
 @dataclass(eq=False)

@@ -53,7 +53,8 @@ def _text(value: object) -> object:
 
 def parse_hash_on(hash_on: object) -> tuple[int, bytes]:
     """``client_ip`` | ``path`` | ``header:NAME`` | ``cookie:NAME`` (None: ``client_ip``) ->
-    (HashSource, lower-case name bytes; b"" for client_ip and path). ValueError otherwise."""
+    (HashSource, name bytes: a header name lower-case, a cookie name as written (cookie names
+    are case-sensitive); b"" for client_ip and path). ValueError otherwise."""
     text = _text(hash_on)
     if text is None:
         text = DEFAULT_HASH_ON
@@ -70,7 +71,7 @@ def parse_hash_on(hash_on: object) -> tuple[int, bytes]:
         if not name:
             raise ValueError(f"hash_on {text!r}: {kind}:NAME needs a name")
         try:
-            raw = name.lower().encode("ascii")
+            raw = (name.lower() if kind == "header" else name).encode("ascii")
         except UnicodeEncodeError:
             raise ValueError(f"hash_on {text!r}: the name is not ASCII") from None
         return HASH_SOURCES[kind], raw

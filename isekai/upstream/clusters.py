@@ -116,9 +116,7 @@ class ClusterRegistry:
             address = address_of(spec.host, spec.port)
             target = self._targets.get((name, address))
             if target is None:
-                target = self._targets[(name, address)] = Target(
-                    name, address, pool, spec.weight
-                )
+                target = self._targets[(name, address)] = Target(name, address, pool, spec.weight)
                 target.healthy = self._verdicts.get((name, address), True)
             target.pool = pool
             target.weight = spec.weight

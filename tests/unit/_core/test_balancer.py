@@ -402,7 +402,7 @@ def test_consistent_hash_options_checked():
         ("client_ip", "client_ip", b""),
         ("path", "path", b""),
         ("header:X-User", "header", b"x-user"),
-        ("cookie:Session", "cookie", b"session"),
+        ("cookie:Session", "cookie", b"Session"),
     ],
 )
 def test_options_for_hash_sources(hash_on, source, name):
