@@ -18,7 +18,8 @@ independent mechanisms, all per worker and all in C fields of the `Target`:
   transport failures always do) -> after `open_for`, half-open: `half_open_requests` probes
   (never more at once) -> closed when all succeed, open again when one fails.
 
-Active health verdicts arrive from the checker (`set_health`). Which targets the balancer may
+Active health verdicts arrive from the checker (`set_health`); a target the checker finds healthy
+again is no longer ejected (Envoy's default). Which targets the balancer may
 choose (`Target.selectable`) is recomputed only when one of these changes (`refresh`), never per
 pick: healthy, not ejected, and the breaker closed (or half-open with a probe slot free). Below
 `panic_threshold` (the share of healthy, non-ejected targets) health and ejection are ignored, as
@@ -339,6 +340,13 @@ cdef class Cluster:
                     target.healthy = healthy
                     log.warning("upstream %s target %s: health check says %s", self.name,
                                 address, "healthy" if healthy else "unhealthy")
+                    if healthy and target.ejected_until != 0.0:
+                        # a passing active check outranks the passive verdict (as Envoy does)
+                        target.ejected_until = 0.0
+                        target.consecutive_failures = 0
+                        target.quiet_since = monotonic()
+                        log.warning("upstream %s target %s: ejection lifted by the health "
+                                    "check", self.name, address)
                     self.refresh()
                 return True
         return False

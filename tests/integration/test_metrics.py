@@ -3,47 +3,17 @@ traffic through real gateway processes (one worker and two), exact values."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
-import socket
 import time
 
 import psutil
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.gateway import start_from_yaml, wait_for
+from tests.support.observe import admin_json, free_port, get, scrape, value
 from tests.support.upstream import Upstream
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _get(port: int, path: str, method: str = "GET") -> tuple[int, bytes, dict[str, str]]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request(method, path)
-        response = conn.getresponse()
-        return response.status, response.read(), dict(response.getheaders())
-    finally:
-        conn.close()
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a scrape: (sample name, sorted labels) -> value."""
-    status, body, headers = _get(port, "/metrics")
-    assert status == 200, body
-    assert headers["Content-Type"].startswith("text/plain")
-    samples = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for sample in family.samples:
-            samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
-    return samples
 
 
 def serving_workers(gw, metrics_port: int) -> list[int]:
@@ -54,10 +24,6 @@ def serving_workers(gw, metrics_port: int) -> list[int]:
         if metrics_port not in ports:
             found.append(pid)
     return found
-
-
-def value(samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def _config(upstream_port: int, metrics_port: int, workers: int, extra: str = "") -> str:
@@ -82,23 +48,23 @@ def _config(upstream_port: int, metrics_port: int, workers: int, extra: str = ""
 def _traffic(port: int) -> None:
     # known traffic, spread over fresh connections so that both workers take some
     for _ in range(5):
-        assert _get(port, "/app/bytes/100")[0] == 200
+        assert get(port, "/app/bytes/100")[0] == 200
     for _ in range(3):
-        assert _get(port, "/app/status/503")[0] == 503
+        assert get(port, "/app/status/503")[0] == 503
     for _ in range(4):
-        assert _get(port, "/hello")[0] == 200
+        assert get(port, "/hello")[0] == 200
     for _ in range(2):
-        assert _get(port, "/hello", "POST")[0] == 200
+        assert get(port, "/hello", "POST")[0] == 200
     for _ in range(6):
-        assert _get(port, "/nowhere")[0] == 404
-    assert _get(port, "/hello", "DELETE")[0] == 405
+        assert get(port, "/nowhere")[0] == 404
+    assert get(port, "/hello", "DELETE")[0] == 405
     for _ in range(2):
-        assert _get(port, "/denied")[0] == 403
+        assert get(port, "/denied")[0] == 403
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_scrape_sums_every_worker_exactly(tmp_path, workers):
-    metrics_port = _free_port()
+    metrics_port = free_port()
     with Upstream() as up:
         gw = start_from_yaml(tmp_path, _config(up.port, metrics_port, workers))
         try:
@@ -148,11 +114,11 @@ def test_a_scrape_sums_every_worker_exactly(tmp_path, workers):
 
 
 def test_status_endpoints_show_live_numbers_summed_and_per_worker(tmp_path):
-    admin_port = _free_port()
+    admin_port = free_port()
     with Upstream() as up:
         gw = start_from_yaml(
             tmp_path,
-            _config(up.port, _free_port(), 2)
+            _config(up.port, free_port(), 2)
             + f"""
         admin: {{bind: "127.0.0.1:{admin_port}", auth: {{enabled: false}}}}
         store: {{url: "sqlite:///{tmp_path}/admin.db"}}
@@ -160,29 +126,29 @@ def test_status_endpoints_show_live_numbers_summed_and_per_worker(tmp_path):
         )
         try:
             _traffic(gw.port)
-            status, body, _ = _get(admin_port, "/api/status")
+            status, body, _ = get(admin_port, "/api/status")
             live = json.loads(body)["data"]["live"]
             assert status == 200
             assert live["workers_answered"] == 2 and live["requests"] == 23
             pids = {w["pid"] for w in live["per_worker"]}
             assert len(pids) == 2 and pids < set(gw.workers())  # (the admin process is the third)
             assert sum(w["requests"] for w in live["per_worker"]) == 23
-            status, body, _ = _get(admin_port, "/api/load-balancer/status")
+            status, body, _ = get(admin_port, "/api/load-balancer/status")
             (target,) = json.loads(body)["data"]["app"]["targets"]
             assert target["target"] == f"127.0.0.1:{up.port}" and target["reachable"] is True
             assert target["opened_total"] == sum(w["opened_total"] for w in target["per_worker"])
             assert len(target["per_worker"]) == 2
-            status, body, _ = _get(admin_port, "/api/websocket/stats")
+            status, body, _ = get(admin_port, "/api/websocket/stats")
             data = json.loads(body)["data"]
             assert data["open_tunnels"] == 0 and len(data["per_worker"]) == 2
             # the admin listener serves /metrics too, with the same numbers
-            status, body, _ = _get(admin_port, "/metrics")
+            status, body, _ = get(admin_port, "/metrics")
             assert status == 200
             assert (
                 b'isekai_http_requests_total{route="hello",method="POST",status_class="2xx"} 2\n'
                 in body
             )
-            status, body, _ = _get(admin_port, "/health/ready")
+            status, body, _ = get(admin_port, "/health/ready")
             ready = json.loads(body)["data"]
             assert status == 200 and ready["checks"]["workers"] == {
                 "ok": True,
@@ -194,7 +160,7 @@ def test_status_endpoints_show_live_numbers_summed_and_per_worker(tmp_path):
 
 
 def test_worker_restarts_and_reloads_are_counted(tmp_path):
-    metrics_port = _free_port()
+    metrics_port = free_port()
     with Upstream() as up:
         gw = start_from_yaml(tmp_path, _config(up.port, metrics_port, 2))
         try:
@@ -222,7 +188,7 @@ def test_worker_restarts_and_reloads_are_counted(tmp_path):
 
 
 def test_label_values_are_capped_with_an_other_bucket(tmp_path):
-    metrics_port = _free_port()
+    metrics_port = free_port()
     routes = "\n".join(
         f"          - {{name: r{i}, match: {{path: /r{i}}}, respond: {{body: x}}}}"
         for i in range(5)
@@ -240,7 +206,7 @@ def test_label_values_are_capped_with_an_other_bucket(tmp_path):
     try:
         for i in range(5):
             for _ in range(i + 1):
-                assert _get(gw.port, f"/r{i}")[0] == 200
+                assert get(gw.port, f"/r{i}")[0] == 200
         samples = scrape(metrics_port)
         requests = {
             dict(labels)["route"]: v
@@ -253,7 +219,7 @@ def test_label_values_are_capped_with_an_other_bucket(tmp_path):
 
 
 def test_metrics_off_records_nothing_and_serves_404(tmp_path):
-    admin_port = _free_port()
+    admin_port = free_port()
     gw = start_from_yaml(
         tmp_path,
         f"""
@@ -266,18 +232,18 @@ def test_metrics_off_records_nothing_and_serves_404(tmp_path):
         """,
     )
     try:
-        assert _get(gw.port, "/hello")[0] == 200
-        status, body, _ = _get(admin_port, "/metrics")
+        assert get(gw.port, "/hello")[0] == 200
+        status, body, _ = get(admin_port, "/metrics")
         assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
-        status, body, _ = _get(admin_port, "/api/status")
+        status, body, _ = get(admin_port, "/api/status")
         assert json.loads(body)["data"]["live"]["requests"] == 0
     finally:
         gw.stop()
 
 
 def test_readiness_fails_when_an_upstream_is_below_its_share(tmp_path):
-    metrics_port = _free_port()
-    dead = _free_port()  # nothing listens there
+    metrics_port = free_port()
+    dead = free_port()  # nothing listens there
     with Upstream() as up:
         gw = start_from_yaml(
             tmp_path,
@@ -295,10 +261,10 @@ def test_readiness_fails_when_an_upstream_is_below_its_share(tmp_path):
             """,
         )
         try:
-            status, body, _ = _get(metrics_port, "/health/ready")
+            status, body, _ = get(metrics_port, "/health/ready")
             assert status == 200, body  # nothing tried yet: reachable until a connect fails
-            assert _get(gw.port, "/gone/x")[0] == 502
-            status, body, _ = _get(metrics_port, "/health/ready")
+            assert get(gw.port, "/gone/x")[0] == 502
+            status, body, _ = get(metrics_port, "/health/ready")
             reply = json.loads(body)
             assert status == 503 and reply["error"]["code"] == "not_ready"
             shares = reply["error"]["checks"]["upstreams"]["upstreams"]
@@ -325,7 +291,7 @@ def test_readiness_fails_when_an_upstream_is_below_its_share(tmp_path):
 
 
 def test_a_scrape_does_not_wait_long_for_a_stopped_worker(tmp_path):
-    metrics_port = _free_port()
+    metrics_port = free_port()
     gw = start_from_yaml(
         tmp_path,
         f"""
@@ -345,19 +311,11 @@ def test_a_scrape_does_not_wait_long_for_a_stopped_worker(tmp_path):
         assert value(samples, "isekai_workers") == 1
         assert value(samples, "isekai_workers_expected") == 2
         assert took < 5
-        status, body, _ = _get(metrics_port, "/health/ready")
+        status, body, _ = get(metrics_port, "/health/ready")
         assert status == 503 and json.loads(body)["error"]["checks"]["workers"]["answered"] == 1
     finally:
         os.kill(stopped, signal.SIGCONT)
         gw.stop()
-
-
-def _admin_json(port: int, path: str) -> dict:
-    status, body, _ = _get(port, path)
-    assert status == 200, body
-    reply = json.loads(body)
-    assert reply["success"] is True
-    return reply["data"]
 
 
 def _resilience_config(
@@ -381,7 +339,7 @@ def _resilience_config(
 
 
 def test_a_dead_target_is_ejected_and_its_breaker_opens_in_status_and_metrics(tmp_path):
-    admin_port, metrics_port, dead = _free_port(), _free_port(), _free_port()
+    admin_port, metrics_port, dead = free_port(), free_port(), free_port()
     with Upstream() as up:
         live_target, dead_target = f"127.0.0.1:{up.port}", f"127.0.0.1:{dead}"
         config = _resilience_config(
@@ -396,14 +354,14 @@ def test_a_dead_target_is_ejected_and_its_breaker_opens_in_status_and_metrics(tm
         )
         gw = start_from_yaml(tmp_path, config)
         try:
-            statuses = [_get(gw.port, "/flaky/bytes/10")[0] for _ in range(10)]
+            statuses = [get(gw.port, "/flaky/bytes/10")[0] for _ in range(10)]
             # round robin over two targets: the dead one takes two of the first four requests,
             # fails twice (502, no retry configured), and is then ejected with its breaker open
             assert sorted(statuses) == [200] * 8 + [502] * 2
             assert statuses[4:] == [200] * 6
             assert len(up.requests) == 8
 
-            flaky = _admin_json(admin_port, "/api/load-balancer/status")["flaky"]
+            flaky = admin_json(admin_port, "/api/load-balancer/status")["flaky"]
             assert flaky["balancer"] == "round_robin" and flaky["panic"] is False
             assert flaky["retries"] == 0 and flaky["refused"]["no_target"] == 0
             live, gone = flaky["targets"]
@@ -421,7 +379,7 @@ def test_a_dead_target_is_ejected_and_its_breaker_opens_in_status_and_metrics(tm
             (worker,) = gone["per_worker"]
             assert worker["ejected"] is True and worker["breaker"] == "open"
 
-            breakers = _admin_json(admin_port, "/api/circuit-breaker/status")["flaky"]
+            breakers = admin_json(admin_port, "/api/circuit-breaker/status")["flaky"]
             assert breakers["enabled"] is True and breakers["state"] == "open"
             assert breakers["settings"]["min_requests"] == 2
             closed, opened = breakers["targets"]
@@ -469,7 +427,7 @@ def test_a_dead_target_is_ejected_and_its_breaker_opens_in_status_and_metrics(tm
 
 
 def test_retries_around_a_dead_target_tell_one_story_across_two_workers(tmp_path):
-    admin_port, metrics_port, dead = _free_port(), _free_port(), _free_port()
+    admin_port, metrics_port, dead = free_port(), free_port(), free_port()
     with Upstream() as up:
         dead_target = f"127.0.0.1:{dead}"
         config = _resilience_config(
@@ -483,10 +441,10 @@ def test_retries_around_a_dead_target_tell_one_story_across_two_workers(tmp_path
         )
         gw = start_from_yaml(tmp_path, config)
         try:
-            statuses = [_get(gw.port, "/flaky/bytes/10")[0] for _ in range(20)]
+            statuses = [get(gw.port, "/flaky/bytes/10")[0] for _ in range(20)]
             assert statuses == [200] * 20  # every failed attempt was retried on the live target
             assert len(up.requests) == 20
-            flaky = _admin_json(admin_port, "/api/load-balancer/status")["flaky"]
+            flaky = admin_json(admin_port, "/api/load-balancer/status")["flaky"]
             live, gone = flaky["targets"]
             assert live["requests"] == 20 and live["failures"] == 0
             assert gone["failures"] == gone["requests"] == flaky["retries"] >= 1
@@ -520,7 +478,7 @@ def test_retries_around_a_dead_target_tell_one_story_across_two_workers(tmp_path
 
 def test_active_health_verdicts_show_in_status_and_metrics(tmp_path):
     pytest.importorskip("isekai.upstream.health", reason="active health checks not built yet")
-    admin_port, metrics_port, dead = _free_port(), _free_port(), _free_port()
+    admin_port, metrics_port, dead = free_port(), free_port(), free_port()
     with Upstream() as up:
         live_target, dead_target = f"127.0.0.1:{up.port}", f"127.0.0.1:{dead}"
         config = _resilience_config(
@@ -537,7 +495,7 @@ def test_active_health_verdicts_show_in_status_and_metrics(tmp_path):
         try:
 
             def verdicts() -> dict:
-                data = _admin_json(admin_port, "/api/load-balancer/status")["flaky"]
+                data = admin_json(admin_port, "/api/load-balancer/status")["flaky"]
                 return {t["target"]: t for t in data["targets"]}
 
             def settled() -> bool:
@@ -550,7 +508,7 @@ def test_active_health_verdicts_show_in_status_and_metrics(tmp_path):
                 )
 
             assert wait_for(settled, 15, interval=0.2)
-            statuses = [_get(gw.port, "/flaky/bytes/10")[0] for _ in range(10)]
+            statuses = [get(gw.port, "/flaky/bytes/10")[0] for _ in range(10)]
             assert statuses == [200] * 10  # the unhealthy target gets no request
             assert sum(1 for r in up.requests if r["target"] == "/bytes/10") == 10
             targets = verdicts()

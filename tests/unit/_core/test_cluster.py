@@ -260,3 +260,12 @@ def test_cluster_in_flight_counts_picks_until_release():
         cluster.release_target(target)
     assert a.in_flight == b.in_flight == cluster.in_flight == 0
     assert a.requests == 2 and a.failures == 0
+
+
+def test_cluster_passing_health_check_lifts_an_ejection():
+    cluster, (a, b) = make(2, outlier_failures=1, base_ejection=30.0)
+    cluster.set_health(a.address, False)
+    cluster.report_outcome(a, "timeout", 0, 0.5, 1.0)
+    assert a.ejected_until == 31.0 and not a.selectable
+    cluster.set_health(a.address, True)
+    assert a.ejected_until == 0.0 and a.selectable
