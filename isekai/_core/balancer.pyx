@@ -150,10 +150,10 @@ cdef class Balancer:
         cdef Py_ssize_t i
         if not targets:
             raise ValueError("a balancer needs at least one target")
-        self.targets = targets
-        self.n = len(targets)
+        self.targets = list(targets)  # its own list: `n` and the C tables follow this one
+        self.n = len(self.targets)
         for i in range(self.n):
-            target = targets[i]
+            target = self.targets[i]
             target.index = i
         self.rng = _seed()
         self.rebuild()

@@ -73,19 +73,22 @@ cdef class Cluster:
     cdef readonly long long retries_refused    # a retry wanted but budget / max_retries said no
     cdef long long refused[N_REFUSALS]
     cdef public int refusal                    # why the last pick answered None
+    cdef readonly long long picked_epoch       # the last pick's probe epoch (0: not a probe)
     cdef uint64_t rng
 
     cdef Target pick(self, Exchange exchange, Target avoid)
     cdef Target _refuse(self, int why)
     cdef Py_ssize_t _pending(self)
     cdef int release(self, Target target) except -1
-    cdef int report(self, Target target, int outcome, int status, double elapsed, double now) except -1
+    cdef int report(self, Target target, int outcome, int status, double elapsed, double now,
+                    long long probe) except -1
     cdef bint retry_wanted(self, int outcome, int status) noexcept
     cdef bint retry_allowed(self) noexcept
     cdef int retry_started(self) except -1
     cdef int retry_ended(self) except -1
     cdef double retry_delay(self, int attempt) noexcept
     cdef int refresh(self) except -1
+    cdef int changed(self, Target target) except -1
     cdef int tick(self, double now) except -1
     cdef int _eject(self, Target target, double now) except -1
     cdef int _trip(self, Target target, double now, str why) except -1

@@ -119,10 +119,13 @@ cdef class Cluster:
             return self._refuse(REFUSE_MAX_PENDING)
         target.in_flight += 1
         self.in_flight += 1
+        self.picked_epoch = 0
         if target.breaker == BREAKER_HALF_OPEN:
+            # a probe: only its own report may count for the half-open breaker
+            self.picked_epoch = target.epoch
             target.probes_in_flight += 1
             if target.probes_in_flight + target.probe_successes >= self.half_open_requests:
-                self.refresh()
+                self.changed(target)
         return target
 
     cdef Target _refuse(self, int why):
@@ -143,14 +146,20 @@ cdef class Cluster:
         return 0
 
     cdef int report(self, Target target, int outcome, int status, double elapsed,
-                    double now) except -1:
+                    double now, long long probe) except -1:
+        """How an attempt went; `probe` is the epoch `pick` gave it (`picked_epoch`): a
+        request picked before the breaker went half-open, or in an earlier half-open period,
+        is not a probe."""
         cdef bint failed, breaker_failed
+        cdef bint is_probe = (probe != 0 and target.breaker == BREAKER_HALF_OPEN
+                              and probe == target.epoch)
         cdef double w
         cdef long long requests, failures
+        if is_probe and target.probes_in_flight > 0:
+            target.probes_in_flight -= 1
         if outcome == OUTCOME_CANCELLED:
-            if target.breaker == BREAKER_HALF_OPEN and target.probes_in_flight > 0:
-                target.probes_in_flight -= 1
-                self.refresh()
+            if is_probe:
+                self.changed(target)
             return 0
         target.requests += 1
         if outcome == OUTCOME_OK:
@@ -180,8 +189,8 @@ cdef class Cluster:
                 target.consecutive_failures = 0
         if self.failure_ratio > 0.0:
             if target.breaker == BREAKER_HALF_OPEN:
-                if target.probes_in_flight > 0:
-                    target.probes_in_flight -= 1
+                if not is_probe:
+                    return 0  # picked before this half-open period: says nothing now
                 if breaker_failed:
                     self._trip(target, now, "a half-open probe failed")
                 else:
@@ -192,7 +201,7 @@ cdef class Cluster:
                         log.warning("upstream %s target %s: circuit breaker closed (%d probes "
                                     "succeeded)", self.name, target.address,
                                     target.probe_successes)
-                    self.refresh()
+                    self.changed(target)
             elif target.breaker == BREAKER_CLOSED:
                 target.window_add(now, self.window / WINDOW_BUCKETS, breaker_failed)
                 if breaker_failed:
@@ -219,7 +228,7 @@ cdef class Cluster:
         target.consecutive_failures = 0
         log.warning("upstream %s target %s: ejected for %gs after %d consecutive failures",
                     self.name, target.address, duration, self.outlier_failures)
-        self.refresh()
+        self.changed(target)
         return 0
 
     cdef int _trip(self, Target target, double now, str why) except -1:
@@ -232,7 +241,7 @@ cdef class Cluster:
         target.window_clear()
         log.warning("upstream %s target %s: circuit breaker open for %gs: %s",
                     self.name, target.address, self.open_for, why)
-        self.refresh()
+        self.changed(target)
         return 0
 
     cdef int tick(self, double now) except -1:
@@ -251,6 +260,7 @@ cdef class Cluster:
                 target.quiet_since = now
             if target.breaker == BREAKER_OPEN and now >= target.probe_at:
                 target.breaker = BREAKER_HALF_OPEN
+                target.epoch += 1
                 target.probes_in_flight = 0
                 target.probe_successes = 0
                 changed = True
@@ -258,6 +268,15 @@ cdef class Cluster:
                             self.name, target.address, self.half_open_requests)
         if changed:
             self.refresh()
+        return 0
+
+    cdef int changed(self, Target target) except -1:
+        """`target`'s state changed: recompute what is selectable in the cluster that owns it
+        now (an older cluster still finishing requests of an older snapshot shares the
+        `Target` with the newest one, whose settings decide)."""
+        if target.owner is None or target.owner is self:
+            return self.refresh()
+        target.owner.recompute()
         return 0
 
     cdef int refresh(self) except -1:
@@ -359,15 +378,41 @@ cdef class Cluster:
         """Recompute which targets are selectable (after settings changed)."""
         self.refresh()
 
+    def reset_breakers(self):
+        """Close every target's breaker (the upstream no longer has one)."""
+        cdef Target target
+        for target in self.targets:
+            if target.breaker != BREAKER_CLOSED:
+                log.warning("upstream %s target %s: circuit breaker closed (breaker removed)",
+                            self.name, target.address)
+            target.breaker = BREAKER_CLOSED
+            target.probes_in_flight = 0
+            target.probe_successes = 0
+            target.window_clear()
+        self.refresh()
+
+    def reset_ejections(self):
+        """End every ejection (the upstream no longer has outlier detection)."""
+        cdef Target target
+        for target in self.targets:
+            target.ejected_until = 0.0
+            target.ejections = 0
+            target.consecutive_failures = 0
+        self.refresh()
+
     def pick_target(self, Exchange exchange=None, Target avoid=None):
         """`pick` from Python (tests, benchmarks): a Target or None (see `refusal_name`)."""
         return self.pick(exchange, avoid)
 
     def report_outcome(self, Target target, str outcome, int status=0, double elapsed=0.0,
-                       double now=-1.0):
-        """`report` from Python (tests): ``outcome`` is one of `OUTCOMES`."""
+                       double now=-1.0, long long probe=-1):
+        """`report` from Python (tests): ``outcome`` is one of `OUTCOMES`; ``probe`` the
+        epoch `pick_target` gave (`picked_epoch`; -1: a probe of the current half-open period
+        if the breaker is half-open)."""
+        if probe < 0:
+            probe = target.epoch if target.breaker == BREAKER_HALF_OPEN else 0
         self.report(target, OUTCOMES.index(outcome), status, elapsed,
-                    monotonic() if now < 0 else now)
+                    monotonic() if now < 0 else now, probe)
 
     def release_target(self, Target target):
         self.release(target)

@@ -160,6 +160,7 @@ cdef class ProxyRequest(Exchange):
     cdef Target target
     cdef Target failed_target
     cdef bint reported
+    cdef long long probe           # the half-open epoch when this attempt is a breaker probe
     cdef bint sent
     cdef int attempt
     cdef bint retrying

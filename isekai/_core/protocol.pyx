@@ -285,7 +285,7 @@ cdef class ProxyRequest(Exchange):
         else:
             now = monotonic()
         self.cluster.report(self.target, outcome, status,
-                            now - self.upstream_at if self.sent else 0.0, now)
+                            now - self.upstream_at if self.sent else 0.0, now, self.probe)
         if outcome != OUTCOME_OK and outcome != OUTCOME_CANCELLED:
             self.failed_target = self.target
         return 0
@@ -298,7 +298,7 @@ cdef class ProxyRequest(Exchange):
         self.target = None
         if not self.reported:
             self.reported = True
-            self.cluster.report(target, OUTCOME_CANCELLED, 0, 0.0, 0.0)
+            self.cluster.report(target, OUTCOME_CANCELLED, 0, 0.0, 0.0, self.probe)
         self.cluster.release(target)
         return 0
 
@@ -390,6 +390,7 @@ cdef class ProxyRequest(Exchange):
                 conn.exchange = None
                 conn.keep_alive = False
                 conn.close()
+                proto.resume(PAUSE_UPSTREAM)
                 return 0
         # The upstream protocol already sorted the fields into ready-to-join parts; take them.
         cdef list out = conn.headers
@@ -1274,6 +1275,14 @@ cdef class DownstreamProtocol:
         req.route = route
         req.params = found[1]
         req.read_timeout = route.read_timeout
+        if req.pending and route.cluster is not None and route.cluster.attempts > 1:
+            # body that arrived before the request was routed (pipelined): kept for a retry
+            # like the rest (`on_body`)
+            if req.pending_size > route.cluster.max_body:
+                req.replay_lost = True
+            else:
+                req.replay = list(req.pending)
+                req.replay_size = req.pending_size
         if req.upgrade is not None and req.connection_upgrade and route.websocket:
             req.wants_upgrade = True
             req.close_after = True  # anything but a 101 ends the connection
@@ -1388,6 +1397,7 @@ cdef class DownstreamProtocol:
             return req.upstream_failed(FAIL_UNAVAILABLE, REFUSAL_REASONS[cluster.refusal])
         req.cluster = cluster
         req.target = target
+        req.probe = cluster.picked_epoch
         req.reported = False
         req.sent = False
         req.attempt += 1

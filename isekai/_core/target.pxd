@@ -22,6 +22,7 @@ cdef class Target:
     cdef public Pool pool                # None only in balancer tests and benchmarks
     cdef public int weight               # >= 1
     cdef public int index                # position in its cluster's target list
+    cdef public object owner             # the newest Cluster holding it (set by the registry)
     cdef public bint selectable          # the balancer may choose it (kept by the cluster)
     # load, for least_conn / p2c / ewma (in_flight: exchanges picked and not yet over)
     cdef public int in_flight
@@ -39,6 +40,7 @@ cdef class Target:
     cdef public int breaker              # BreakerState
     cdef public double opened_at
     cdef public double probe_at          # open: when half-open probes may start
+    cdef public long long epoch          # half-open periods so far (tells probes apart)
     cdef public int probes_in_flight
     cdef public int probe_successes
     cdef public long long opened_total

@@ -8,6 +8,7 @@ class Target:
     pool: Pool | None
     weight: int
     index: int
+    owner: object
     selectable: bool
     in_flight: int
     ewma: float
@@ -21,6 +22,7 @@ class Target:
     breaker: int
     opened_at: float
     probe_at: float
+    epoch: int
     probes_in_flight: int
     probe_successes: int
     opened_total: int

@@ -551,7 +551,8 @@ cdef class Pool:
             waiter = self._unpark()
             if waiter is None:
                 break
-            waiter.upstream_failed(FAIL_CONNECT, "upstream pool closed by a reload")
+            # not the target's fault (no verdict on it): 503, try again
+            waiter.upstream_failed(FAIL_UNAVAILABLE, "upstream pool closed by a reload")
         for conn in list(self.idle):
             conn.close()
         self.idle.clear()

@@ -238,6 +238,18 @@ def _is_host_name(host: str) -> bool:
     return True
 
 
+def _is_ipv6(text: str) -> bool:
+    """An IPv6 address without a zone ID: what goes on the wire (Host, authority) must be
+    visible ASCII, and a zone (``%eth0``) means nothing to another host anyway."""
+    if "%" in text:
+        return False
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_address(text: str, *, bind: bool = False) -> tuple[str, int]:
     """Split ``host:port`` into ``(host, port)``; IPv6 goes in brackets (``[::1]:8080``).
 
@@ -250,10 +262,8 @@ def parse_address(text: str, *, bind: bool = False) -> tuple[str, int]:
         host, bracket, rest = text[1:].partition("]")
         if not bracket:
             raise ValueError(f"bad address {text!r}: missing ']' after the IPv6 address")
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"bad address {text!r}: {host!r} is not an IPv6 address") from None
+        if not _is_ipv6(host):
+            raise ValueError(f"bad address {text!r}: {host!r} is not an IPv6 address")
         if not rest.startswith(":"):
             raise ValueError(f"bad address {text!r}: missing ':port' (write like {example})")
         port_text = rest[1:]
@@ -281,10 +291,8 @@ def check_host_port(text: str) -> str:
     """A ``Host`` header value: a host name, IPv4 or ``[IPv6]`` address, with an optional
     ``:port`` (1..65535); returned as written."""
     if text.startswith("[") and text.endswith("]"):
-        try:
-            ipaddress.IPv6Address(text[1:-1])
-        except ValueError:
-            raise ValueError(f"bad host {text!r}: {text[1:-1]!r} is not an IPv6 address") from None
+        if not _is_ipv6(text[1:-1]):
+            raise ValueError(f"bad host {text!r}: {text[1:-1]!r} is not an IPv6 address")
         return text
     if ":" not in text:
         if not _is_host_name(text.lower()):
@@ -593,10 +601,8 @@ def parse_origin(text: str) -> str:
     if host.startswith("["):
         if wildcard:
             raise ValueError(f"bad origin {text!r}: '*.' cannot precede an IPv6 address")
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            raise ValueError(f"bad origin {text!r}: {host!r} is not an IPv6 address") from None
+        if not _is_ipv6(host[1:-1]):
+            raise ValueError(f"bad origin {text!r}: {host!r} is not an IPv6 address")
     elif "*" in host or not _is_host_name(host):
         raise ValueError(
             f"bad origin {text!r}: {host!r} is not a host name (a wildcard is only allowed as "

@@ -123,6 +123,8 @@ class ClusterRegistry:
             members.append(target)
         balancer = make_balancer(upstream.balancer, members, **options_for(upstream))
         cluster = Cluster(name, balancer, upstream.balancer)
+        for target in members:
+            target.owner = cluster  # the newest cluster decides what is selectable
         configure(cluster, upstream)
         cluster.config = upstream
         if self._counters is not None:
@@ -218,13 +220,17 @@ def configure(cluster: Cluster, upstream: Upstream) -> None:
     cluster.max_pending = upstream.max_pending or 0
     cluster.max_retries = upstream.max_retries or 0
     outlier = upstream.outlier
-    if outlier is not None:
+    if outlier is None:
+        cluster.reset_ejections()  # (targets keep their state across upstream changes)
+    else:
         cluster.outlier_failures = outlier.consecutive_failures
         cluster.base_ejection = outlier.base_ejection
         cluster.max_ejection = outlier.max_ejection
         cluster.max_ejection_share = outlier.max_ejection_percent / 100.0
     breaker = upstream.breaker
-    if breaker is not None:
+    if breaker is None:
+        cluster.reset_breakers()
+    else:
         cluster.failure_ratio = breaker.failure_ratio
         cluster.window = breaker.window
         cluster.min_requests = breaker.min_requests

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import socket
 import textwrap
 import threading
@@ -16,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.support.chaos_upstream import ChaosUpstream, wait_until
+from tests.support.client import connect, read_responses
 from tests.support.gateway import start_from_yaml
 from tests.support.observe import admin_json, free_port, scrape, value
 from tests.support.upstream import Upstream
@@ -376,7 +378,7 @@ def test_resilience_two_workers_three_upstreams_tell_one_story(tmp_path, chaos):
                       unhealthy_threshold: 2}}
             outlier: {{consecutive_failures: 3, base_ejection: 1s}}
             retry: {{attempts: 3, on: [connect_failure, reset, timeout, 502, 503, 504],
-                    backoff: 5ms, budget: 1.0, per_try_timeout: 500ms}}
+                    backoff: 5ms, budget: 1.0, per_try_timeout: 1s}}
         routes:
           - {{name: app, match: {{path: "/*"}}, upstream: app}}
         """,
@@ -554,5 +556,75 @@ def test_resilience_max_pending_answers_503(tmp_path):
             for thread in slow:
                 thread.join(10)
             assert results == [200, 200]
+        finally:
+            gw.stop()
+
+
+@pytest.mark.parametrize("framing", ["chunked", "length"])
+def test_resilience_pipelined_body_is_replayed_whole(tmp_path, chaos, framing):
+    failing = chaos("failing")
+    failing.set_mode("fail")
+    body = (
+        b"Transfer-Encoding: chunked\r\n\r\nb\r\nhello world\r\n0\r\n\r\n"
+        if framing == "chunked"
+        else b"Content-Length: 11\r\n\r\nhello world"
+    )
+    with Upstream() as good:
+        gw = gateway(
+            tmp_path,
+            indent(f"""
+            targets: ["{failing.address}", "127.0.0.1:{good.port}"]
+            retry: {{attempts: 2, on: [503], backoff: 1ms, budget: 1.0}}
+        """),
+        )
+        try:
+            with connect(gw.port) as sock:  # the PUT's body arrives before it is routed
+                sock.sendall(
+                    b"GET /echo/1 HTTP/1.1\r\nHost: x\r\n\r\n"
+                    b"PUT /echo/2 HTTP/1.1\r\nHost: x\r\n" + body
+                )
+                answers = read_responses(sock, 2)
+            assert [status for status, _, _ in answers] == [200, 200]
+            put = json.loads(answers[1][2])
+            assert put["method"] == "PUT" and put["body_length"] == 11
+            assert failing.counts()["/echo/2"] == 1  # tried there first, then replayed whole
+        finally:
+            gw.stop()
+
+
+def test_resilience_reload_closing_a_pool_is_not_the_targets_fault(tmp_path):
+    with Upstream() as up:
+        text = f"""
+            workers: 1
+            listeners: [{{name: public, bind: "127.0.0.1:0"}}]
+            upstreams:
+              app: {{targets: ["127.0.0.1:{up.port}"], max_connections: 1,
+                     outlier: {{consecutive_failures: 1, base_ejection: 60s}}, connect_timeout: 5s}}
+            routes:
+              - {{name: app, match: {{path: "/*"}}, upstream: app}}
+        """
+        gw = start_from_yaml(tmp_path, text)
+        try:
+            results: list[int] = []
+            threads = [
+                threading.Thread(target=lambda p=p: results.append(call(gw.port, path=p)[0]))
+                for p in ("/slow/800", "/slow/10")
+            ]
+            threads[0].start()
+            assert wait_until(lambda: len(up.requests) == 1, 5)
+            threads[1].start()  # parked: the one connection is busy
+            time.sleep(0.3)
+            mark = gw.mark()
+            gw.config_path.write_text(
+                textwrap.dedent(text).replace("connect_timeout: 5s", "connect_timeout: 4s")
+                + "\nadmin: {enabled: false}\n"
+            )
+            gw.send_signal(signal.SIGHUP)
+            assert gw.wait_for_log(r"version 2", 10, mark)
+            for thread in threads:
+                thread.join(10)
+            assert sorted(results) == [200, 503]  # the parked one: its pool was replaced
+            assert call(gw.port, path="/echo")[0] == 200  # and the target was not ejected
+            assert "ejected" not in "".join(gw.log[mark:])
         finally:
             gw.stop()

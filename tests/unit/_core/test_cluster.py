@@ -269,3 +269,61 @@ def test_cluster_passing_health_check_lifts_an_ejection():
     assert a.ejected_until == 31.0 and not a.selectable
     cluster.set_health(a.address, True)
     assert a.ejected_until == 0.0 and a.selectable
+
+
+def test_cluster_requests_picked_before_half_open_are_not_probes():
+    cluster, (target,) = make(**BREAKER)
+    old = [cluster.pick_target() for _ in range(3)]  # picked while closed
+    assert cluster.picked_epoch == 0
+    for _ in range(10):
+        attempt(cluster, "connect_failure", 0, now=1.0)
+    cluster.update(31.0)
+    assert target.breaker == 2
+    probes = [cluster.pick_target() for _ in range(3)]
+    epoch = cluster.picked_epoch
+    assert epoch == target.epoch == 1
+    for request in old:  # their answers arrive now: no verdict for the half-open breaker
+        cluster.report_outcome(request, "ok", 200, 0.01, 31.1, probe=0)
+        cluster.release_target(request)
+    assert target.breaker == 2 and target.probe_successes == 0
+    assert cluster.pick_target() is None  # the three probe slots are still taken
+    cluster.report_outcome(probes[0], "ok", 503, 0.01, 31.2, probe=epoch)
+    assert target.breaker == 1  # a real probe failed: open again
+
+
+def test_cluster_probe_of_an_earlier_half_open_period_does_not_count():
+    cluster, (target,) = make(**BREAKER)
+    for _ in range(10):
+        attempt(cluster, "connect_failure", 0, now=1.0)
+    cluster.update(31.0)
+    stale = cluster.pick_target()
+    stale_epoch = cluster.picked_epoch
+    cluster.report_outcome(cluster.pick_target(), "reset", 0, 0.01, 31.1, probe=stale_epoch)
+    cluster.update(61.2)  # open again, then half-open: a new period
+    assert target.breaker == 2 and target.epoch == stale_epoch + 1
+    cluster.report_outcome(stale, "ok", 200, 0.01, 61.3, probe=stale_epoch)
+    assert target.probe_successes == 0
+
+
+def test_cluster_breaker_and_ejection_reset_when_the_upstream_drops_them():
+    cluster, (target,) = make(outlier_failures=1, base_ejection=30.0, **BREAKER)
+    for _ in range(10):
+        cluster.report_outcome(target, "timeout", 0, 0.01, 1.0)
+    assert target.breaker == 1 and target.ejected_until != 0.0
+    cluster.reset_breakers()
+    assert target.breaker == 0 and target.ejected_until != 0.0 and not target.selectable
+    cluster.reset_ejections()
+    assert target.ejected_until == 0.0 and target.selectable
+
+
+def test_cluster_state_change_in_an_older_cluster_recomputes_the_newest():
+    targets = [Target("app", "127.0.0.1:9000"), Target("app", "127.0.0.1:9001")]
+    old = Cluster("app", RoundRobin(targets))
+    new = Cluster("app", RoundRobin(targets))
+    new.panic_threshold = 1.0  # the newest settings: panic below 100 % healthy
+    for target in targets:
+        target.owner = new
+    old.outlier_failures = 1
+    old.report_outcome(targets[0], "connect_failure", 0, 0.01, 1.0)  # an old request's answer
+    assert targets[0].ejected_until != 0.0
+    assert new.panic and targets[0].selectable  # decided by the newest cluster's settings

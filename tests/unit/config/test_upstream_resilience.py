@@ -556,3 +556,14 @@ def test_upstream_resilience_patterns_accept_what_the_parsers_accept(check, patt
     for text in bad:
         with pytest.raises(ValueError):
             check(text)
+
+
+@pytest.mark.parametrize("zone", ["%x\r\nX-Injected: yes\r\nY", "%eth0", "%\u20ac"])
+def test_upstream_ipv6_zone_ids_never_reach_the_wire(zone):
+    """A zone ID (``%...``) is refused in a health check's Host and in a target: it could carry
+    CR/LF into a request head, and means nothing to another host."""
+    host = json.dumps(f"[fe80::1{zone}]")
+    target = json.dumps(f"[fe80::1{zone}]:80")
+    health = f'targets: ["127.0.0.1:80"]\nhealth: {{path: /h, host: {host}}}\n'
+    assert "is not an IPv6 address" in _error(health)
+    assert "is not an IPv6 address" in _error(f"targets: [{target}]\n")
