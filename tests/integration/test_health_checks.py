@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import threading
 import time
 
 import psutil
@@ -20,54 +19,25 @@ from isekai.process.channel import decode_stats, encode_stats
 from tests.integration.test_control_plane import ADMIN_ENV, Admin
 from tests.integration.test_control_plane import gateway_yaml as control_plane_yaml
 from tests.support.gateway import Gateway, connection_owners, wait_for
+from tests.support.upstream import ServerThread
 from tests.support.worker import ThreadedWorker, get
 
 ELECTED = r"isekai\.master\[\d+\]: worker (\d+) runs the active health checks"
 INTERVAL = 0.2  # seconds between two probes of one target, as configured below
 
 
-class HealthUpstream:
+class HealthUpstream(ServerThread):
     """A keep-alive HTTP/1.1 upstream on 127.0.0.1 in a thread of its own: ``GET /healthz``
     answers ``health_status`` and is counted in ``probes``; any other request answers 200 with
     the upstream's name and is counted in ``requests``."""
 
     def __init__(self, name: str) -> None:
+        super().__init__()
         self.name = name
-        self.port = 0
         self.health_status = 200
         self.probes = 0
         self.probe_agents: set[str] = set()
         self.requests = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._ready = threading.Event()
-        self._server: asyncio.base_events.Server | None = None
-
-    def __enter__(self) -> HealthUpstream:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("upstream did not start")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._loop.call_soon_threadsafe(self._stop)
-        self._thread.join(10)
-
-    def _stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in asyncio.all_tasks(self._loop):
-            task.cancel()
-        self._loop.call_soon(self._loop.stop)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._handle, "127.0.0.1", 0)
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
 
     @property
     def address(self) -> str:

@@ -326,9 +326,13 @@ def test_resilience_weighted_round_robin_through_the_gateway(tmp_path, chaos):
         gw.stop()
 
 
+def _three(chaos) -> str:
+    """Three chaos upstreams a, b and c, as a YAML list's items."""
+    return ", ".join(f'"{chaos(name).address}"' for name in ("a", "b", "c"))
+
+
 def test_resilience_consistent_hash_sticks_across_workers(tmp_path, chaos):
-    ups = [chaos(name) for name in ("a", "b", "c")]
-    targets = ", ".join(f'"{up.address}"' for up in ups)
+    targets = _three(chaos)
     gw = gateway(
         tmp_path,
         indent(f"""
@@ -467,8 +471,7 @@ def test_resilience_two_workers_three_upstreams_tell_one_story(tmp_path, chaos):
     ],
 )
 def test_resilience_consistent_hash_key_sources(tmp_path, chaos, hash_on, request_for):
-    ups = [chaos(name) for name in ("a", "b", "c")]
-    targets = ", ".join(f'"{up.address}"' for up in ups)
+    targets = _three(chaos)
     gw = gateway(
         tmp_path,
         indent(f"""
@@ -491,8 +494,7 @@ def test_resilience_consistent_hash_key_sources(tmp_path, chaos, hash_on, reques
 
 
 def test_resilience_consistent_hash_on_client_ip_keeps_one_client_on_one_target(tmp_path, chaos):
-    ups = [chaos(name) for name in ("a", "b", "c")]
-    targets = ", ".join(f'"{up.address}"' for up in ups)
+    targets = _three(chaos)
     gw = gateway(
         tmp_path,
         indent(f"""

@@ -41,19 +41,18 @@ def payload_digest(n: int) -> str:
     return digest.hexdigest()
 
 
-class Upstream:
-    """Start with `with Upstream() as up:`; `up.port`, `up.connections`, `up.requests`."""
+class ServerThread:
+    """An asyncio server on 127.0.0.1 port 0 in a thread of its own; subclasses write
+    `_handle(reader, writer)`. Start with `with`; `port` once started."""
 
     def __init__(self) -> None:
         self.port = 0
-        self.connections = 0
-        self.requests: list[dict] = []
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._ready = threading.Event()
         self._server: asyncio.base_events.Server | None = None
 
-    def __enter__(self) -> Upstream:
+    def __enter__(self):
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("upstream did not start")
@@ -78,6 +77,18 @@ class Upstream:
         self.port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
         self._loop.run_forever()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class Upstream(ServerThread):
+    """Start with `with Upstream() as up:`; `up.port`, `up.connections`, `up.requests`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connections = 0
+        self.requests: list[dict] = []
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
