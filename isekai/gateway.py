@@ -163,20 +163,25 @@ def update_snapshot(
     router, cores, policies = snapshot.router, snapshot.cores, snapshot.policies
     listeners = dict(snapshot.listeners)
     old_routes = {route.name: route for route in snapshot.config.routes if route.name in cores}
-    for change in changes:
+    # each change is applied as the item stands in ``config`` (a later change of the same batch
+    # may have changed or removed it again: the final state is what the snapshot must show),
+    # upstreams first, so that every route finds the cluster its final state names
+    final_routes = {route.name: route for route in config.routes}
+    for change in sorted(changes, key=lambda change: _APPLY_ORDER[change.kind]):
         if change.kind == "policy":
             _rechain(change.name, config, cores, listeners, policies)
             continue
         if change.kind == "upstream":
-            cluster = registry.update(change.name, change.item)
-            if cluster is None:
+            upstream = config.upstreams.get(change.name)
+            cluster = registry.update(change.name, upstream)
+            if cluster is None or upstream is None:
                 continue  # unused: validated
             for route in config.routes:  # point the routes that use it at the new cluster
                 core = cores.get(route.name)  # (one not built yet is, by its own change)
                 if core is not None and route.upstream == change.name:
                     core.cluster = cluster
                     core.read_timeout = (
-                        route.timeout if route.timeout is not None else change.item.read_timeout
+                        route.timeout if route.timeout is not None else upstream.read_timeout
                     )
             continue
         old = old_routes.pop(change.name, None)
@@ -184,7 +189,7 @@ def update_snapshot(
         if old is not None:
             router.remove(old.match.host, old.match.methods, old.match.pattern)
             dropped = cores.pop(change.name).chain
-        route = change.item
+        route = final_routes.get(change.name)
         if route is not None:
             core = _core_route(route, config, registry.clusters, counters, policies)
             cores[route.name] = core
@@ -192,6 +197,9 @@ def update_snapshot(
             old_routes[route.name] = route
         policies.release(dropped)  # after the new chain took what it keeps
     return Snapshot(config, router, version, cores, listeners, policies)
+
+
+_APPLY_ORDER = {"upstream": 0, "policy": 1, "route": 2}
 
 
 def _uses(items: tuple, name: str) -> bool:

@@ -127,3 +127,50 @@ def test_gateway_update_snapshot_answers_like_a_fresh_build(ops, batch):
         fresh_registry.close()
     finally:
         loop.close()
+
+
+def _replay(ops: list[tuple[str, str, dict | None]]) -> None:
+    """Apply ``ops`` to the file config as one batch; the snapshot answers as a fresh build."""
+    loop = asyncio.new_event_loop()
+    try:
+        base = validate_dynamic(FILE, "gw.yaml")
+        index = ConfigIndex(base, ["file-route"])
+        live_registry, fresh_registry = ClusterRegistry(loop), ClusterRegistry(loop)
+        snapshot = build_snapshot(base, live_registry, Counters())
+        pending = []
+        for kind, name, doc in ops:
+            payload = {**doc, "name": name} if kind == "route" and doc is not None else doc
+            pending.append(index.prepare(kind, name, payload))
+            config = index.commit([pending[-1]])
+        snapshot = update_snapshot(snapshot, config, pending, live_registry, Counters(), 2)
+        fresh = build_snapshot(config, fresh_registry, Counters(), 2)
+        assert _answers(snapshot) == _answers(fresh)
+    finally:
+        loop.close()
+
+
+P = {"type": "headers", "request": {"set": {"X-A": "1"}}}
+
+
+def test_gateway_update_batch_applies_each_item_as_it_ends_up():
+    # the route's first version names a policy that the batch removes again
+    route = {"match": {"path": "/x"}, "upstream": "users"}
+    _replay(
+        [
+            ("policy", "p", P),
+            ("route", "a", {**route, "policies": ["p"]}),
+            ("route", "a", {**route, "policies": []}),
+            ("policy", "p", None),
+        ]
+    )
+
+
+def test_gateway_update_batch_builds_upstreams_before_the_routes_naming_them():
+    # the route's final version names an upstream made later in the same batch
+    _replay(
+        [
+            ("route", "a", {"match": {"path": "/x"}, "upstream": "users"}),
+            ("upstream", "app", {"targets": ["127.0.0.1:9002"]}),
+            ("route", "a", {"match": {"path": "/x"}, "upstream": "app"}),
+        ]
+    )
