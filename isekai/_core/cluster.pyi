@@ -68,7 +68,8 @@ class Cluster:
         outcome: str,
         status: int = ...,
         elapsed: float = ...,
-        now: float = ..., probe: int = ...,
+        now: float = ...,
+        probe: int = ...,
     ) -> None: ...
     def release_target(self, target: Target) -> None: ...
     def start_retry(self) -> bool: ...
