@@ -477,7 +477,6 @@ def test_retries_around_a_dead_target_tell_one_story_across_two_workers(tmp_path
 
 
 def test_active_health_verdicts_show_in_status_and_metrics(tmp_path):
-    pytest.importorskip("isekai.upstream.health", reason="active health checks not built yet")
     admin_port, metrics_port, dead = free_port(), free_port(), free_port()
     with Upstream() as up:
         live_target, dead_target = f"127.0.0.1:{up.port}", f"127.0.0.1:{dead}"
