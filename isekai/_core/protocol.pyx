@@ -274,8 +274,8 @@ cdef class ProxyRequest(Exchange):
 
     cdef int report_attempt(self, int outcome, int status) except -1:
         """Tell the cluster how this attempt went (once per attempt). Its latency runs from
-        the head sent upstream to the response head (`now`: when the response arrived; 0:
-        read the clock)."""
+        the head sent upstream to the response head: the time the response's bytes arrived
+        (the clock is read only for a failure)."""
         cdef double now
         if self.target is None or self.reported:
             return 0
