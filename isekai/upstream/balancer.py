@@ -21,10 +21,11 @@ from isekai._core.balancer import (
 )
 from isekai._core.target import Target
 from isekai.config import defaults
+from isekai.config.schema import Upstream
 
 DEFAULT_BALANCER = defaults.BALANCER
-DEFAULT_HASH_ON = "client_ip"
-DEFAULT_HASH_ALGORITHM = "ring"
+DEFAULT_HASH_ON = defaults.HASH_ON
+DEFAULT_HASH_ALGORITHM = defaults.HASH_ALGORITHM
 
 BALANCERS: dict[str, type[Balancer]] = {
     "round_robin": RoundRobin,
@@ -46,18 +47,11 @@ def make_balancer(name: str, targets: list[Target], **options: object) -> Balanc
     return cls(targets, **options)
 
 
-def _text(value: object) -> object:
-    """An enum member's value, anything else as is."""
-    return getattr(value, "value", value)
-
-
 def parse_hash_on(hash_on: object) -> tuple[int, bytes]:
     """``client_ip`` | ``path`` | ``header:NAME`` | ``cookie:NAME`` (None: ``client_ip``) ->
     (HashSource, name bytes: a header name lower-case, a cookie name as written (cookie names
     are case-sensitive); b"" for client_ip and path). ValueError otherwise."""
-    text = _text(hash_on)
-    if text is None:
-        text = DEFAULT_HASH_ON
+    text = DEFAULT_HASH_ON if hash_on is None else hash_on
     if not isinstance(text, str):
         raise ValueError(f"hash_on must be a string, not {text!r}")
     kind, sep, name = text.strip().partition(":")
@@ -78,13 +72,13 @@ def parse_hash_on(hash_on: object) -> tuple[int, bytes]:
     raise ValueError(f"hash_on {text!r}: expected client_ip, path, header:NAME or cookie:NAME")
 
 
-def options_for(upstream: object) -> dict[str, object]:
+def options_for(upstream: Upstream) -> dict[str, object]:
     """The balancer options an upstream's settings give: {} except for ``consistent_hash``,
     whose ``hash_on`` and ``hash_algorithm`` become hash_source, hash_name and algorithm."""
-    if _text(getattr(upstream, "balancer", DEFAULT_BALANCER)) != "consistent_hash":
+    if upstream.balancer != "consistent_hash":
         return {}
-    source, name = parse_hash_on(getattr(upstream, "hash_on", None))
-    algorithm = _text(getattr(upstream, "hash_algorithm", None)) or DEFAULT_HASH_ALGORITHM
+    source, name = parse_hash_on(upstream.hash_on)
+    algorithm = upstream.hash_algorithm or DEFAULT_HASH_ALGORITHM
     if algorithm not in ALGORITHMS:
         raise ValueError(f"hash_algorithm {algorithm!r}: expected one of {', '.join(ALGORITHMS)}")
     return {"hash_source": source, "hash_name": name, "algorithm": algorithm}

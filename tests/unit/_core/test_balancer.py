@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from types import SimpleNamespace
 
 import pytest
 
@@ -34,6 +33,8 @@ from isekai._core.balancer import (
     hash_bytes,
 )
 from isekai._core.target import Target
+from isekai.config.schema import Target as TargetSpec
+from isekai.config.schema import Upstream
 from isekai.upstream.balancer import BALANCERS, make_balancer, options_for, parse_hash_on
 
 PICKS = 30_000
@@ -395,6 +396,12 @@ def test_consistent_hash_options_checked():
 # -- options from the upstream settings ----------------------------------------------------------
 
 
+def _upstream(**settings: object) -> Upstream:
+    """An upstream as the loader makes it, consistent_hash unless told otherwise."""
+    fields = {"balancer": "consistent_hash", "hash_on": None, "hash_algorithm": "ring"}
+    return Upstream(name="app", targets=(TargetSpec("127.0.0.1", 9000),), **{**fields, **settings})
+
+
 @pytest.mark.parametrize(
     ("hash_on", "source", "name"),
     [
@@ -406,7 +413,7 @@ def test_consistent_hash_options_checked():
     ],
 )
 def test_options_for_hash_sources(hash_on, source, name):
-    upstream = SimpleNamespace(balancer="consistent_hash", hash_on=hash_on)
+    upstream = _upstream(hash_on=hash_on)
     options = options_for(upstream)
     assert options == {"hash_source": HASH_SOURCES[source], "hash_name": name, "algorithm": "ring"}
     b = make_balancer("consistent_hash", targets([1, 1, 1]), **options)
@@ -417,13 +424,13 @@ def test_options_for_hash_sources(hash_on, source, name):
 
 
 def test_options_for_algorithm_and_other_balancers():
-    maglev = SimpleNamespace(balancer="consistent_hash", hash_algorithm="maglev")
+    maglev = _upstream(hash_algorithm="maglev")
     assert options_for(maglev)["algorithm"] == "maglev"
-    assert options_for(SimpleNamespace(balancer="consistent_hash"))["algorithm"] == "ring"
-    assert options_for(SimpleNamespace(balancer="least_conn", hash_on="path")) == {}
-    assert options_for(SimpleNamespace()) == {}
+    assert options_for(_upstream())["algorithm"] == "ring"
+    assert options_for(_upstream(balancer="least_conn", hash_on=None)) == {}
+    assert options_for(_upstream(balancer="round_robin")) == {}
     with pytest.raises(ValueError):
-        options_for(SimpleNamespace(balancer="consistent_hash", hash_algorithm="jump"))
+        options_for(_upstream(hash_algorithm="jump"))
 
 
 @pytest.mark.parametrize("bad", ["header", "header:", "cookie: ", "path:x", "query:q", "ip", 5])
