@@ -1286,7 +1286,9 @@ cdef class DownstreamProtocol:
         if req.upgrade is not None and req.connection_upgrade and route.websocket:
             req.wants_upgrade = True
             req.close_after = True  # anything but a 101 ends the connection
-        if req.has_length and req.content_length > route.max_body_size:
+        if ((req.has_length and req.content_length > route.max_body_size)
+                or req.bytes_in > route.max_body_size):
+            # (bytes_in: a chunked body that arrived before its request was routed)
             req.close_after = True
             return self.send_error(req, 413, "request body too large")
         if route.chain or lchain:

@@ -284,3 +284,20 @@ def test_edge_head_and_broken_chunk_in_one_read_is_a_502(raw_gateway):
         sock.sendall(b"GET /api/broken HTTP/1.1\r\nHost: x\r\n\r\n")
         data = read_all(sock, 2.0)
     assert data.startswith(b"HTTP/1.1 502"), data
+
+
+def test_edge_pipelined_chunked_body_over_the_limit_gets_413(raw_gateway):
+    up, gw = raw_gateway()
+    chunk = b"x" * 2048  # over the 1 KiB limit, all of it read before the PUT is routed
+    with connect(gw.port) as sock:
+        sock.sendall(
+            b"GET /api/first HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"PUT /api/second HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n" % len(chunk)
+            + chunk
+            + b"\r\n0\r\n\r\n"
+        )
+        replies = read_all(sock, 2.0)
+    assert replies.startswith(b"HTTP/1.1 200")
+    assert b"HTTP/1.1 413" in replies and replies.endswith(b"<EOF>")
+    assert [line.split()[1] for line in up.lines] == [b"/first"]  # the PUT never went upstream
