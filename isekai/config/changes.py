@@ -177,6 +177,11 @@ class ConfigIndex:
     def _prepare_upstream(self, name: str, doc: Mapping[str, Any] | None) -> Change:
         if doc is not None:
             upstream = read_document(Upstream, doc, f"upstreams.{name}", extra={"name": name})
+            found = rules.admin_target(upstream, self.config.admin)
+            if found is not None:
+                raise ConfigError(
+                    found[1], path=f"upstreams.{name}.targets[{found[0]}]", file=API_SOURCE
+                )
             return Change("upstream", name, upstream)
         users = self.users.get(name)
         if users:

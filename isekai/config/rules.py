@@ -84,6 +84,41 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+_METADATA = (ipaddress.ip_address("fd00:ec2::254"),)  # (169.254.169.254 is link-local)
+
+
+def is_internal(host: str) -> bool:
+    """Whether ``host`` (a target's host, as parsed) is a link-local or cloud metadata address:
+    what a target must not be unless its upstream says ``allow_internal``."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name: what it resolves to is not known here
+    return address.is_link_local or address in _METADATA
+
+
+def admin_target(upstream: Any, admin: Any) -> tuple[int, str] | None:
+    """(index, message) of a target of ``upstream`` that is the admin listener's own address
+    (the admin API would be reachable through the data plane), or None."""
+    if admin is None:  # not in the file: the defaults
+        enabled, host, port, bind = (
+            defaults.ADMIN_ENABLED,
+            defaults.ADMIN_HOST,
+            defaults.ADMIN_PORT,
+            defaults.ADMIN_BIND,
+        )
+    else:
+        enabled, host, port, bind = admin.enabled, admin.host, admin.port, admin.bind
+    if not enabled:
+        return None
+    any_host = host in ("0.0.0.0", "::", "")
+    local = any_host or is_loopback(host)
+    for i, target in enumerate(upstream.targets):
+        if target.port == port and (target.host == host or (local and is_loopback(target.host))):
+            return i, f"{target.address} is the admin listener ({bind}): not a target"
+    return None
+
+
 def listener(values: dict[str, Any], where: Where) -> None:
     values["host"], values["port"] = units.parse_address(values["bind"], bind=True)
     _unique_policies(values, where)
@@ -107,6 +142,14 @@ def upstream(values: dict[str, Any], where: Where) -> None:
     if idle > most:
         message = f"cannot be more than max_connections ({most})"
         raise where.error("max_keepalive_connections", message)
+    if not values.get("allow_internal", False):
+        for i, target in enumerate(values.get("targets", ())):
+            if is_internal(target.host):
+                message = (
+                    f"{target.host} is a link-local or cloud metadata address; set "
+                    "allow_internal: true if this upstream really is there"
+                )
+                raise where.item_error("targets", i, message)
     balancer = values.get("balancer", defaults.BALANCER)
     if balancer == "consistent_hash":
         values.setdefault("hash_on", defaults.HASH_ON)
@@ -296,6 +339,10 @@ def config(values: dict[str, Any], where: Where) -> None:
                 raise where.of(item).error("match", message, cls=RouteConflictError)
         same_shape.append(item)
     upstreams = values.get("upstreams", {})
+    for item in upstreams.values():
+        found = admin_target(item, values.get("admin"))
+        if found is not None:
+            raise where.of(item).item_error("targets", found[0], found[1])
     for item in routes:
         if item.upstream is not None and item.upstream not in upstreams:
             raise where.of(item).error("upstream", missing_upstream(item.upstream, upstreams))

@@ -277,6 +277,12 @@ class Upstream:
         minimum=1,
         default_doc="no limit",
     )
+    allow_internal: bool = setting(
+        "bool",
+        "Allow targets at link-local and cloud metadata addresses (`169.254.0.0/16`, "
+        "`fe80::/10`, `fd00:ec2::254`), refused otherwise.",
+        default=False,
+    )
     health: HealthCheck | None = setting(
         "object",
         "Active health checks: probe every target, once for the whole gateway.",

@@ -137,6 +137,10 @@ BAD = {
         },
         "upstream.health.timeout",
     ),
+    "cloud metadata address": (
+        {"targets": ["127.0.0.1:9002", "169.254.169.254:80"]},
+        "upstream.targets[1]",
+    ),
 }
 
 

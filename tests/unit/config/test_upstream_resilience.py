@@ -567,3 +567,33 @@ def test_upstream_ipv6_zone_ids_never_reach_the_wire(zone):
     health = f'targets: ["127.0.0.1:80"]\nhealth: {{path: /h, host: {host}}}\n'
     assert "is not an IPv6 address" in _error(health)
     assert "is not an IPv6 address" in _error(f"targets: [{target}]\n")
+
+
+@pytest.mark.parametrize(
+    "address", ["169.254.169.254:80", "169.254.1.1:8080", "[fe80::1]:80", "[fd00:ec2::254]:80"]
+)
+def test_upstream_link_local_and_metadata_targets_need_allow_internal(address):
+    message = _error(f'targets: ["127.0.0.1:80", "{address}"]\n')
+    assert "upstreams.users.targets[1]" in message and "allow_internal" in message
+    upstream = _upstream(f'targets: ["{address}"]\nallow_internal: true\n')
+    assert upstream.allow_internal is True
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:9080", "localhost:9080", "[::1]:9080"])
+def test_upstream_target_may_not_be_the_admin_listener(address):
+    message = _error(f'targets: ["{address}"]\n')  # the admin listener's default 127.0.0.1:9080
+    assert "upstreams.users.targets[0]" in message and "is the admin listener" in message
+    text = f'admin: {{enabled: false}}\nupstreams:\n  users: {{targets: ["{address}"]}}\n'
+    assert load_config_text(text, "gw.yaml").upstreams["users"].targets[0].port == 9080
+
+
+def test_upstream_admin_listener_target_refused_through_the_api_path():
+    from isekai.config.changes import ConfigIndex
+    from isekai.config.loader import validate_dynamic
+
+    base = validate_dynamic('upstreams:\n  users: {targets: ["127.0.0.1:9001"]}\n', "gw.yaml")
+    index = ConfigIndex(base, [])
+    with pytest.raises(ConfigError) as caught:
+        index.prepare("upstream", "sneaky", {"targets": ["127.0.0.1:9002", "localhost:9080"]})
+    assert caught.value.path == "upstreams.sneaky.targets[1]"
+    assert "is the admin listener (127.0.0.1:9080)" in str(caught.value)
