@@ -630,3 +630,24 @@ def test_resilience_reload_closing_a_pool_is_not_the_targets_fault(tmp_path):
             assert "ejected" not in "".join(gw.log[mark:])
         finally:
             gw.stop()
+
+
+@pytest.mark.parametrize(("overall", "expected"), [("", 200), (", overall_timeout: 200ms", 504)])
+def test_resilience_overall_timeout_stops_retries(tmp_path, chaos, overall, expected):
+    frozen, good = chaos("frozen"), chaos("good")
+    gw = gateway(
+        tmp_path,
+        indent(f"""
+        targets: ["{frozen.address}", "{good.address}"]
+        retry: {{attempts: 2, on: [timeout], backoff: 1ms, budget: 1.0,
+                 per_try_timeout: 300ms{overall}}}
+    """),
+    )
+    try:
+        frozen.freeze()
+        # the first try goes to the frozen target (round robin starts there) and times out;
+        # within the overall timeout it is retried on the good one, past it the client gets 504
+        assert call(gw.port)[0] == expected
+    finally:
+        frozen.thaw()
+        gw.stop()

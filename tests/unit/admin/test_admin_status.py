@@ -15,6 +15,7 @@ from isekai.admin.http import parse_json
 from isekai.admin.logs import parse_time
 from isekai.admin.openapi import OPERATIONS
 from isekai.observability.metrics import Gathered
+from tests.support.worker_stats import cluster_row, target_row
 
 
 def test_health_is_public_and_in_the_envelope(tmp_path):
@@ -89,48 +90,6 @@ def _worker(
         "in_flight": 1,
         "extra": {} if checks is None else {"health_checks": checks},
     }
-
-
-def target_row(upstream: str, target: str, **changes) -> dict:
-    """One worker's row of a target (`Cluster.target_stats`): a quiet, closed target."""
-    row = {
-        "upstream": upstream,
-        "target": target,
-        "weight": 1,
-        "healthy": True,
-        "selectable": True,
-        "in_flight": 0,
-        "ewma_ms": 0.0,
-        "ejected": False,
-        "ejected_for": 0.0,
-        "ejections": 0,
-        "consecutive_failures": 0,
-        "breaker": "closed",
-        "next_probe_in": 0.0,
-        "breaker_opened": 0,
-        "window_requests": 0,
-        "window_failures": 0,
-        "requests": 0,
-        "failures": 0,
-    }
-    row.update(changes)
-    return row
-
-
-def cluster_row(upstream: str, **changes) -> dict:
-    """One worker's row of an upstream (`Cluster.stats`)."""
-    row = {
-        "upstream": upstream,
-        "balancer": "round_robin",
-        "in_flight": 0,
-        "panic": False,
-        "retries": 0,
-        "retries_active": 0,
-        "retries_refused": 0,
-        "refused": {"no_target": 0, "max_requests": 0, "max_pending": 0},
-    }
-    row.update(changes)
-    return row
 
 
 def test_stats_endpoints_sum_the_workers_and_show_each(tmp_path):

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from isekai._core.counters import LATENCY_BUCKETS, METHODS, ROUTE_LAYOUT, STATUS_CLASSES
 from isekai.observability.metrics import Gathered, render, sum_workers
 from tests.support import services
+from tests.support.worker_stats import cluster_row, target_row
 
 WIDTH = sum(size for _, size in ROUTE_LAYOUT)
 
@@ -159,47 +160,6 @@ def test_sum_workers_keeps_each_route_once():
     assert totals.route_sums["api"] == 20.01
 
 
-def _target(upstream: str, target: str, **changes) -> dict:
-    # one worker's row of a target (`Cluster.target_stats`): a quiet, closed target
-    row = {
-        "upstream": upstream,
-        "target": target,
-        "weight": 1,
-        "healthy": True,
-        "selectable": True,
-        "in_flight": 0,
-        "ewma_ms": 0.0,
-        "ejected": False,
-        "ejected_for": 0.0,
-        "ejections": 0,
-        "consecutive_failures": 0,
-        "breaker": "closed",
-        "next_probe_in": 0.0,
-        "breaker_opened": 0,
-        "window_requests": 0,
-        "window_failures": 0,
-        "requests": 0,
-        "failures": 0,
-    }
-    row.update(changes)
-    return row
-
-
-def _cluster(upstream: str, **changes) -> dict:
-    row = {
-        "upstream": upstream,
-        "balancer": "p2c",
-        "in_flight": 0,
-        "panic": False,
-        "retries": 0,
-        "retries_active": 0,
-        "retries_refused": 0,
-        "refused": {"no_target": 0, "max_requests": 0, "max_pending": 0},
-    }
-    row.update(changes)
-    return row
-
-
 def _check(target: str, healthy: bool | None, checks: int, failures: int, age: float) -> dict:
     return {
         "upstream": "users",
@@ -224,8 +184,8 @@ def _resilient_workers() -> Gathered:
     row of the second, from before the checker moved, loses to the newer one)."""
     first = _worker(1, {}, {})
     first["targets"] = [
-        _target("users", GOOD, in_flight=2, ewma_ms=10.0, requests=50, failures=1),
-        _target(
+        target_row("users", GOOD, in_flight=2, ewma_ms=10.0, requests=50, failures=1),
+        target_row(
             "users",
             BAD,
             selectable=False,
@@ -238,11 +198,12 @@ def _resilient_workers() -> Gathered:
             requests=9,
             failures=9,
         ),
-        _target("users", NEW),
+        target_row("users", NEW),
     ]
     first["clusters"] = [
-        _cluster(
+        cluster_row(
             "users",
+            balancer="p2c",
             in_flight=2,
             retries=4,
             retries_refused=1,
@@ -256,8 +217,8 @@ def _resilient_workers() -> Gathered:
     ]
     second = _worker(2, {}, {})
     second["targets"] = [
-        _target("users", GOOD, in_flight=1, ewma_ms=20.0, requests=30),
-        _target(
+        target_row("users", GOOD, in_flight=1, ewma_ms=20.0, requests=30),
+        target_row(
             "users",
             BAD,
             ejected=True,
@@ -268,9 +229,9 @@ def _resilient_workers() -> Gathered:
             requests=5,
             failures=5,
         ),
-        _target("users", NEW),
+        target_row("users", NEW),
     ]
-    second["clusters"] = [_cluster("users", in_flight=1, panic=True, retries=2)]
+    second["clusters"] = [cluster_row("users", balancer="p2c", in_flight=1, panic=True, retries=2)]
     second["extra"]["health_checks"] = [_check(GOOD, False, 3, 3, 60.0)]
     return Gathered(workers=[first, second], expected=2)
 
