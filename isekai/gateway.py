@@ -17,11 +17,14 @@ from isekai._core.http import response_head
 from isekai._core.protocol import CoreRoute
 from isekai._core.router import Router
 from isekai.chains import PolicySet
+from isekai.config import defaults
 from isekai.config.changes import Change
+from isekai.config.consumers import IdentityHeaders
 from isekai.config.policies import PolicySpec, plugin_family
 from isekai.config.schema import Config, Route
 from isekai.errors import ConfigError
 from isekai.policies import BUILDERS
+from isekai.policies.environment import PolicyEnvironment
 from isekai.upstream.clusters import ClusterRegistry
 
 _TEMPLATE_PART = re.compile(r"\{(\*|[A-Za-z_][A-Za-z0-9_]*)\}")
@@ -44,15 +47,34 @@ class Snapshot:
     policies: PolicySet
 
 
-def build_policy(spec: PolicySpec) -> object:
-    """A policy instance for ``spec``: a built-in family, or one registered or installed."""
+def build_policy(spec: PolicySpec, env: PolicyEnvironment | None = None) -> object:
+    """A policy instance for ``spec``: a built-in family (given the worker's ``env``), or one
+    registered or installed (given its config only)."""
     build = BUILDERS.get(spec.type)
     if build is None:
         family = plugin_family(spec.type)
         if family is None:  # validated configs name known types only
             raise ConfigError(f"unknown policy type {spec.type!r}")
-        build = family.policy
-    return build(spec.options)
+        return family.policy(spec.options)
+    return build(spec.options, env if env is not None else PolicyEnvironment())
+
+
+def stripped_headers(config: Config) -> set[bytes]:
+    """Lower-case names of the request fields removed from every client request before any
+    policy runs: the headers that carry a resolved identity upstream (`X-Consumer-ID`, and
+    every name a credential policy's ``upstream_headers`` lists), so that only the gateway
+    can set them."""
+    names = {defaults.CONSUMER_HEADER.lower().encode()}
+    specs = [*config.policies.values()]
+    for owner in (*config.routes, *config.listeners):
+        specs.extend(item for item in owner.policies if isinstance(item, PolicySpec))
+    for spec in specs:
+        headers = getattr(spec.options, "upstream_headers", None)
+        if isinstance(headers, IdentityHeaders):
+            if headers.consumer:
+                names.add(headers.consumer.lower().encode())
+            names.update(header.lower().encode() for _, header in headers.claims)
+    return names
 
 
 def compile_rewrite(template: str) -> tuple[tuple[bytes, str | None], ...]:

@@ -31,10 +31,18 @@ from isekai.config.changes import Change, apply_changes
 from isekai.config.reload import config_from_message, keep_running
 from isekai.config.schema import Config
 from isekai.errors import ConfigError
-from isekai.gateway import Snapshot, build_policy, build_snapshot, release, update_snapshot
+from isekai.gateway import (
+    Snapshot,
+    build_policy,
+    build_snapshot,
+    release,
+    stripped_headers,
+    update_snapshot,
+)
 from isekai.observability import custom_metrics
 from isekai.observability.request_log_feed import LogFeed
 from isekai.observability.tracing import open_tracer
+from isekai.policies.environment import PolicyEnvironment
 from isekai.policies.metrics import REGISTRY
 from isekai.process.channel import decode_changes, encode_stats, open_channel, send_message
 from isekai.process.signals import Signals
@@ -63,7 +71,11 @@ class Worker:
         self.loop = loop
         self.counters = Counters()
         self.registry = ClusterRegistry(loop, self.counters)
-        self.policies = PolicySet(self.counters, build_policy)
+        # what policy instances share in this worker (consumers, HTTP and Redis clients)
+        self.policy_env = PolicyEnvironment(loop)
+        self.policies = PolicySet(
+            self.counters, functools.partial(build_policy, env=self.policy_env)
+        )
         self.snapshot: Snapshot = build_snapshot(
             config, self.registry, self.counters, version, self.policies
         )
@@ -88,7 +100,10 @@ class Worker:
         # name -> callable returning JSON-compatible numbers: parts of this worker's statistics
         # that live outside `_core` (log writers, exporters, custom metrics); shipped with the
         # counters to whoever aggregates the workers (isekai.observability)
-        self.stats_providers: dict[str, Callable[[], Mapping[str, Any] | list[Any]]] = {}
+        # (the policy environment's dict: policy families add theirs to it)
+        self.stats_providers: dict[str, Callable[[], Mapping[str, Any] | list[Any]]] = (
+            self.policy_env.stats_providers
+        )
         # the active health checks, in the one worker that runs them (`run_health_checks`)
         self.health: HealthChecker | None = None
         # spans of sampled requests; made here, in the serving process (after the fork)
@@ -102,6 +117,10 @@ class Worker:
     def _apply_limits(self, config: Config) -> None:
         limits = config.limits
         state = self.state
+        # who requests belong to, for the credential policies; and the identity headers no
+        # client may send (`stripped_headers`)
+        self.policy_env.consumers.update(config.consumers)
+        state.stripped = stripped_headers(config)
         state.max_request_line = limits.max_request_line
         state.max_header_bytes = limits.max_header_bytes
         state.max_header_count = limits.max_header_count
@@ -151,6 +170,7 @@ class Worker:
             return self.swap(config, version)
         self.snapshot = snapshot
         self._set_listener_chains(snapshot)
+        self._apply_limits(config)
         if self.health is not None:
             self.health.update(config.upstreams)
         return snapshot
@@ -331,6 +351,8 @@ class Worker:
             proto.shutdown()
         self.registry.close()
         self.policies.close()
+        if self.loop.is_running():  # shared HTTP and Redis clients of the policies
+            self.loop.create_task(self.policy_env.aclose())
         if self.tracer is not None:
             self.tracer.shutdown()  # exports what is queued, within the export timeout
 

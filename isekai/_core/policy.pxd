@@ -38,6 +38,8 @@ cdef class CorePolicy:
     cdef public bint completes    # has a completion phase
     cdef public bint is_async     # the request phase is a coroutine (slow path)
     cdef public double deadline   # seconds an async request phase may take, then 503
+    cdef public long long body_limit  # the request phase reads the body, up to this many
+                                      # bytes (0: it does not; the route then never buffers)
 
     cdef object request(self, object req)
     cdef int response(self, object req, ResponseHead head) except -1

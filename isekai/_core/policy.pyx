@@ -9,7 +9,11 @@ written, in reverse order) and `complete` (after the last byte; never fails the 
 families are `cdef class` subclasses whose phases are C calls; anything written in Python goes
 through the one adapter, `PythonPolicy`. An `async def` request phase marks the policy
 `is_async`: `protocol` then hands the request to the slow path the worker installed (one Task),
-which calls back when the coroutine is done.
+which calls back when the coroutine is done. A synchronous request phase may also return an
+awaitable instead of an answer (a cache miss that needs I/O): the request goes to the slow path
+the same way, for this request only, so a policy that usually answers from memory stays inline.
+A policy with `body_limit` > 0 reads the request body (`req.body`): its route's request phase
+waits for the whole body (at most that many bytes, else 413) before the chain runs.
 
 `ResponseHead` edits the flat list of head parts the upstream side already builds
 ([name, b": ", value, b"\r\n", ...]), so a route without response policies pays nothing and one
@@ -347,6 +351,9 @@ cdef class PythonPolicy(CorePolicy):
         self.completes = self._on_complete is not None
         self.is_async = self.requests and inspect.iscoroutinefunction(self._on_request)
         self.name = type(target).__name__
+        self.body_limit = getattr(target, "body_limit", 0) or 0
+        if self.body_limit < 0:
+            raise ValueError(f"{type(target).__name__}.body_limit must be >= 0")
 
     cdef object request(self, object req):
         return self._on_request(req)

@@ -69,7 +69,8 @@ cdef class ServerState:
     cdef public long long access_dropped # access-log records lost to a full buffer
     cdef public long long access_kept    # records buffered with `access` set, ever
     cdef uint64_t rng                    # xorshift64* state of the access-log sampling
-    cdef public object run_async     # the slow path: run_async(req, policy, index)
+    cdef public object run_async     # the slow path: run_async(req, policy, index, awaitable)
+    cdef public set stripped         # lower-case request field names dropped from every request
     cdef ResponseHead head           # reused by every response phase (one at a time)
     # tracing (isekai/_core/tracecontext.pyx): on, the ratio's bound for new traces, and the
     # callable that makes the spans of a sampled request (isekai/observability/tracing.py)
@@ -169,6 +170,12 @@ cdef class ProxyRequest(Exchange):
     cdef list replay
     cdef long long replay_size
     cdef bint replay_lost
+    # a chain with a policy that reads the body (`CorePolicy.body_limit`): the most body bytes
+    # it takes, whether the request phase waits for the rest of the body, and the body as
+    # received (decoded from chunks), which `body` joins
+    cdef long long body_wanted
+    cdef bint waiting_body
+    cdef list body_parts
 
     cdef bint can_answer(self)
     cdef int report_attempt(self, int outcome, int status) except -1
@@ -241,6 +248,8 @@ cdef class DownstreamProtocol:
     cdef int _keep(self, ProxyRequest req, double latency) except -1
     cdef int start_tunnel(self, ProxyRequest req, UpstreamProtocol conn) except -1
     cdef int run_policies(self, ProxyRequest req, Py_ssize_t i) except -1
+    cdef int _await_body(self, ProxyRequest req) except -1
+    cdef int _body_complete(self, ProxyRequest req) except -1
     cdef int _proceed(self, ProxyRequest req) except -1
     cdef int _not_allowed(self, ProxyRequest req, bytes allow) except -1
     cdef int _policy_failed(self, ProxyRequest req, CorePolicy policy, object exc) except -1

@@ -165,6 +165,7 @@ cdef class ServerState:
         self.access_kept = 0
         self.seed_sampling(0)
         self.run_async = None
+        self.stripped = None
         self.head = ResponseHead.__new__(ResponseHead)
 
     def take_request_log(self):
@@ -582,6 +583,14 @@ cdef class ProxyRequest(Exchange):
         return tuple(out)
 
     @property
+    def body(self):
+        """The whole request body (bytes, decoded from chunks) for a policy whose
+        `body_limit` made the route wait for it; None on routes that do not."""
+        if self.body_parts is None:
+            return None
+        return b"".join(self.body_parts)
+
+    @property
     def client_ip(self):
         """The client's address (str): the peer, or with `trusted_proxies` the address the
         trusted proxies in front of us forwarded (X-Forwarded-For, read from the right)."""
@@ -742,6 +751,36 @@ cdef int _check_answer(object answer) except -1:
     if type(answer) is not Answer:  # a subclass may present other fields than it was made with
         check_answer_headers(answer.headers)
     return 0
+
+
+cdef bint _wants_body(ProxyRequest req):
+    """Whether a policy of `req`'s chain reads the body; sets `body_wanted` (the smallest
+    limit of those that do). A request without a body needs no wait."""
+    cdef CorePolicy policy
+    cdef long long wanted = 0
+    for policy in req.chain:
+        if policy.body_limit > 0 and (wanted == 0 or policy.body_limit < wanted):
+            wanted = policy.body_limit
+    if wanted == 0:
+        return False
+    req.body_wanted = wanted
+    if not req.chunked and not (req.has_length and req.content_length > 0):
+        req.body_parts = []  # no body: `body` is b""
+        return False
+    return True
+
+
+cdef list _unframed(list pending, bint chunked):
+    """Body bytes from pending chunks (`chunk_frame` framing when `chunked`)."""
+    cdef list out = []
+    cdef Py_ssize_t at
+    for chunk in pending:
+        if chunked:
+            at = (<bytes>chunk).find(b"\r\n")
+            out.append((<bytes>chunk)[at + 2:len(chunk) - 2])
+        else:
+            out.append(chunk)
+    return out
 
 
 cdef bytes _json_text(bytes value):
@@ -1135,6 +1174,8 @@ cdef class DownstreamProtocol:
             req.request_id = next_request_id()
         if req.conn_tokens:
             req.headers = _drop_listed(req.headers, req.conn_tokens)
+        if self.state.stripped:
+            req.headers = _drop_listed(req.headers, self.state.stripped)
         if req.host is None and req.http11:
             self._fail_parse(400, "missing Host header")
         if req.chunked and not req.http11:
@@ -1176,6 +1217,12 @@ cdef class DownstreamProtocol:
                 req.conn = None
             self.send_error(req, 413, "request body too large")
             return
+        if req.body_parts is not None:
+            if req.bytes_in > req.body_wanted:
+                req.close_after = True
+                self.send_error(req, 413, "request body too large for this route's policies")
+                return
+            req.body_parts.append(body)
         chunk = chunk_frame(body) if req.chunked else body
         if (req.route is not None and req.route.cluster is not None
                 and req.route.cluster.attempts > 1 and not req.replay_lost):
@@ -1197,7 +1244,7 @@ cdef class DownstreamProtocol:
             else:
                 req.pending.append(chunk)
             req.pending_size += n
-            if req.pending_size > PENDING_LIMIT:
+            if req.pending_size > PENDING_LIMIT and not req.waiting_body:
                 self.pause(PAUSE_PENDING)
 
     def on_message_complete(self):
@@ -1221,6 +1268,8 @@ cdef class DownstreamProtocol:
                     req.pending = []
         if req.response_done and req is self.active:
             self.retire(req)
+        elif req.waiting_body and not req.response_done:
+            self._body_complete(req)
 
     # -- serving -------------------------------------------------------------------------------
 
@@ -1298,8 +1347,38 @@ cdef class DownstreamProtocol:
                 req.chain = lchain
             else:
                 req.chain = lchain + route.chain
+            if _wants_body(req):
+                return self._await_body(req)
             return self.run_policies(req, 0)
         return self._proceed(req)
+
+    cdef int _await_body(self, ProxyRequest req) except -1:
+        """A policy of the chain reads the body: hold the request phase until all of it is
+        here (at most `body_wanted` bytes: 413 past it). What arrived before the request was
+        routed (pipelined) is taken from the pending chunks."""
+        if req.has_length and req.content_length > req.body_wanted:
+            req.close_after = True
+            return self.send_error(req, 413, "request body too large for this route's policies")
+        req.body_parts = _unframed(req.pending, req.chunked) if req.pending else []
+        if req.bytes_in > req.body_wanted:
+            req.close_after = True
+            return self.send_error(req, 413, "request body too large for this route's policies")
+        if req.message_complete:
+            return self.run_policies(req, 0)
+        req.waiting_body = True
+        if req.expect_continue and req.http11:
+            req.expect_continue = False  # answered here, not again when proxied
+            self.transport.write(CONTINUE)
+        self.resume(PAUSE_PENDING)  # the whole body is wanted; `body_wanted` bounds it
+        return 0
+
+    cdef int _body_complete(self, ProxyRequest req) except -1:
+        req.waiting_body = False
+        try:
+            self.run_policies(req, 0)
+        except Exception as error:
+            self.internal_error(req, error, False)
+        return 0
 
     cdef int run_policies(self, ProxyRequest req, Py_ssize_t i) except -1:
         """The request phase from policy `i` on: inline until an async policy hands the
@@ -1314,11 +1393,17 @@ cdef class DownstreamProtocol:
                 if policy.is_async:
                     if self.state.run_async is None:
                         raise RuntimeError("no slow path for async policies in this worker")
-                    self.state.run_async(req, policy, i)
+                    self.state.run_async(req, policy, i, None)
                     return 0
                 try:
                     answer = policy.request(req)
-                    if answer is not None:
+                    if answer is not None and type(answer) is not Answer:
+                        if hasattr(answer, "__await__"):
+                            # the answer needs I/O: the slow path awaits it (this request only)
+                            if self.state.run_async is None:
+                                raise RuntimeError("no slow path for async policies")
+                            self.state.run_async(req, policy, i, answer)
+                            return 0
                         _check_answer(answer)
                 except Exception as error:
                     return self._policy_failed(req, policy, error)

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import ClassVar
 
 from isekai.config import defaults, rules, units
+from isekai.config.consumers import Consumer
 from isekai.config.meta import Setting, item, setting
 from isekai.config.observability import Observability, RouteAccessLog
 from isekai.config.policies import PolicySpec
@@ -653,6 +654,15 @@ class Config:
         default_factory=_no_policies,
         item=item("object", cls=PolicySpec),
         key_field="name",
+        default_doc="none",
+    )
+    consumers: tuple[Consumer, ...] = setting(
+        "list",
+        "Who requests belong to, once a credential policy (`jwt`, `api_key`, `hmac`, ...) "
+        "identified them.",
+        default=(),
+        item=item("object", cls=Consumer),
+        unique_name="consumer",
         default_doc="none",
     )
     routes: tuple[Route, ...] = setting(

@@ -44,7 +44,7 @@ def compile_origins(origins: Any) -> tuple[bool, frozenset[str], tuple[Pattern, 
     return any_origin, frozenset(exact), tuple(patterns)
 
 
-def build(config: Any) -> CorsPolicy:
+def build(config: Any, env: Any = None) -> CorsPolicy:
     """A `CorsPolicy` from a `CorsConfig`."""
     any_origin, exact, patterns = compile_origins(config.origins)
     return CorsPolicy(

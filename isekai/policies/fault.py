@@ -98,7 +98,7 @@ class FaultDelay(FaultAbort):
         return None
 
 
-def build(config: Any) -> FaultAbort:
+def build(config: Any, env: Any = None) -> FaultAbort:
     """A `FaultAbort` (abort only, synchronous) or `FaultDelay` (delay, maybe abort; async)."""
     abort, delay = config.abort, config.delay
     if delay is None:

@@ -61,6 +61,6 @@ def compile_edits(edits: Any) -> HeaderEdits:
     )
 
 
-def build(config: Any) -> HeadersPolicy:
+def build(config: Any, env: Any = None) -> HeadersPolicy:
     """A `HeadersPolicy` from a `HeadersConfig`."""
     return HeadersPolicy(compile_edits(config.request), compile_edits(config.response))

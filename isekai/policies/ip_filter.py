@@ -8,7 +8,7 @@ from isekai._core.families import IpFilterPolicy
 from isekai._core.iptrie import IpSet
 
 
-def build(config: Any) -> IpFilterPolicy:
+def build(config: Any, env: Any = None) -> IpFilterPolicy:
     """An `IpFilterPolicy` from an `IpFilterConfig`: deny wins; with `allow`, only it passes."""
     allow = IpSet(config.allow) if config.allow else None
     deny = IpSet(config.deny) if config.deny else None

@@ -180,6 +180,6 @@ class MetricsPolicy:
                 self.registry.release(definition)
 
 
-def build(config: MetricsConfig) -> MetricsPolicy:
+def build(config: MetricsConfig, env: Any = None) -> MetricsPolicy:
     """A `MetricsPolicy` counting into this process's `REGISTRY`."""
     return MetricsPolicy(config, REGISTRY)

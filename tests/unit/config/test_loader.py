@@ -456,7 +456,7 @@ MISTAKES = {
         observabilty: {}
         """,
         "gw.yaml:2: observabilty: unknown key 'observabilty' (did you mean 'observability'?); "
-        "allowed keys: listeners, upstreams, policies, routes, limits, workers, "
+        "allowed keys: listeners, upstreams, policies, consumers, routes, limits, workers, "
         "shutdown_timeout, trusted_proxies, pid_file, admin, store, observability",
     ),
     "unknown nested key": (

@@ -1,0 +1,109 @@
+"""What the built-in policy families share inside one worker: `PolicyEnvironment`.
+
+A family's builder gets the worker's environment beside its config (``build(config, env)``):
+the consumer directory (`ConsumerDirectory`: the consumers of the running config, with the
+indexes the credential families keep over them), and connections that many policy instances
+share and that must live as long as the worker, not one instance: one HTTP client session
+(JWKS, OIDC discovery, token introspection) and one Redis client per URL (nonces, and later
+rate limits). Both are made on first use, on the worker's running loop, and closed with the
+worker (`aclose`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ["ConsumerDirectory", "PolicyEnvironment"]
+
+log = logging.getLogger("isekai.policies")
+
+
+class ConsumerDirectory:
+    """The consumers of the running config by name, followed on every snapshot.
+
+    ``update(consumers)`` replaces the set (each item has a ``name``); indexes that other
+    modules keep over it (credential lookups) register with ``on_update(callback)`` and are
+    rebuilt from the same items, so a request never sees a consumer and an index that
+    disagree. ``version`` grows with every update that changed something.
+    """
+
+    def __init__(self) -> None:
+        self._by_name: Mapping[str, Any] = MappingProxyType({})
+        self._items: tuple[Any, ...] = ()
+        self._listeners: list[Callable[[tuple[Any, ...]], None]] = []
+        self.version = 0
+
+    def update(self, consumers: Iterable[Any]) -> None:
+        items = tuple(consumers)
+        if items == self._items:
+            return
+        self._items = items
+        self._by_name = MappingProxyType({item.name: item for item in items})
+        self.version += 1
+        for callback in self._listeners:
+            callback(items)
+
+    def on_update(self, callback: Callable[[tuple[Any, ...]], None]) -> None:
+        """Call ``callback(items)`` now and after every change."""
+        self._listeners.append(callback)
+        callback(self._items)
+
+    def get(self, name: str) -> Any | None:
+        return self._by_name.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._items)
+
+
+class PolicyEnvironment:
+    """Shared by every policy instance of one worker (see the module's text)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop
+        self.consumers = ConsumerDirectory()
+        # name -> callable returning JSON-compatible numbers, shipped with the worker's
+        # statistics (the worker merges these into its own `stats_providers`)
+        self.stats_providers: dict[str, Callable[[], Any]] = {}
+        self._http: Any = None
+        self._redis: dict[str, Any] = {}
+
+    def http(self) -> Any:
+        """The worker's `aiohttp.ClientSession` (made on first use; call it on the loop)."""
+        if self._http is None or self._http.closed:
+            import aiohttp
+
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=10), raise_for_status=False
+            )
+        return self._http
+
+    def redis(self, url: str) -> Any:
+        """One `redis.asyncio.Redis` client per URL for the worker (made on first use)."""
+        client = self._redis.get(url)
+        if client is None:
+            import redis.asyncio as redis_asyncio
+
+            client = self._redis[url] = redis_asyncio.Redis.from_url(url)
+        return client
+
+    async def aclose(self) -> None:
+        """Close what was opened (the worker is stopping)."""
+        if self._http is not None:
+            with contextlib.suppress(Exception):
+                await self._http.close()
+            self._http = None
+        for client in self._redis.values():
+            with contextlib.suppress(Exception):
+                await client.aclose()
+        self._redis.clear()
