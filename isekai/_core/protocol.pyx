@@ -1297,6 +1297,8 @@ cdef class DownstreamProtocol:
             if lchain:  # the listener's policies see every request on it, routed or not
                 req.no_route = 404
                 req.chain = lchain
+                if _wants_body(req):
+                    return self._await_body(req)
                 return self.run_policies(req, 0)
             return self.send_error(req, 404, "no route matches this request")
         route = found[0]
@@ -1319,6 +1321,8 @@ cdef class DownstreamProtocol:
                     req.no_route = 405
                     req.allow = found[1]
                     req.chain = lchain
+                    if _wants_body(req):
+                        return self._await_body(req)
                     return self.run_policies(req, 0)
                 return self._not_allowed(req, found[1])
         req.route = route
