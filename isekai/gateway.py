@@ -59,7 +59,7 @@ def build_policy(spec: PolicySpec, env: PolicyEnvironment | None = None) -> obje
     return build(spec.options, env if env is not None else PolicyEnvironment())
 
 
-def stripped_headers(config: Config) -> set[bytes]:
+def stripped_headers(config: Config) -> tuple[bytes, ...]:
     """Lower-case names of the request fields removed from every client request before any
     policy runs: the headers that carry a resolved identity upstream (`X-Consumer-ID`, and
     every name a credential policy's ``upstream_headers`` lists), so that only the gateway
@@ -74,7 +74,7 @@ def stripped_headers(config: Config) -> set[bytes]:
             if headers.consumer:
                 names.add(headers.consumer.lower().encode())
             names.update(header.lower().encode() for _, header in headers.claims)
-    return names
+    return tuple(sorted(names))
 
 
 def compile_rewrite(template: str) -> tuple[tuple[bytes, str | None], ...]:
