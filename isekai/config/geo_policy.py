@@ -76,6 +76,8 @@ def check_database(path: str) -> None:
     what is wrong when it cannot be used."""
     import maxminddb  # only where a geo_filter is configured
 
+    if os.path.isdir(path):
+        raise ValueError(f"cannot open the GeoIP database {path}: a folder, not a file")
     try:
         reader = maxminddb.open_database(path, maxminddb.MODE_AUTO)
     except FileNotFoundError:
