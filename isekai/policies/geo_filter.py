@@ -69,7 +69,9 @@ class GeoFilter:
         self.cache_size = config.cache_size
         self.refused = Answer.error(403, "client country not allowed", "geo_filter")
         self.unknown_refused = Answer.error(403, "client country unknown", "geo_filter")
+        self.unavailable = Answer.error(503, "country database not available", "geo_filter")
         self.lookups = 0  # database reads (cache misses)
+        self.closed = False
 
     def country(self, address: str) -> str | None:
         """The country of client ``address`` (None: not in the database, or not an IP)."""
@@ -81,9 +83,14 @@ class GeoFilter:
             ip = ipaddress.ip_address(address)
             if ip.version == 6 and ip.ipv4_mapped is not None:  # a dual-stack listener's IPv4
                 ip = ip.ipv4_mapped
-            code = country_of(self.reader.get(ip))
-        except ValueError:  # not an address; an IPv6 one in an IPv4-only database
-            code = None
+        except ValueError:  # not an address
+            ip = None
+        code = None
+        if ip is not None:
+            try:
+                code = country_of(self.reader.get(ip))
+            except ValueError:  # an IPv6 address in an IPv4-only database
+                code = None
         if self.cache_size:
             if len(self.cache) >= self.cache_size:
                 self.cache.clear()  # bounded: start over rather than track recency
@@ -91,6 +98,10 @@ class GeoFilter:
         return code
 
     def on_request(self, req: Any) -> Any:
+        if self.closed:
+            # a request that held the chain while a reload replaced this instance (it waited
+            # on an earlier policy's slow path): its reader is gone, and no guess is made
+            return self.unavailable
         code = self.country(req.client_ip)
         if code is None:
             return None if self.unknown_allowed else self.unknown_refused
@@ -101,6 +112,7 @@ class GeoFilter:
         return None
 
     def close(self) -> None:
+        self.closed = True
         self.cache.clear()
         self.reader.close()
 

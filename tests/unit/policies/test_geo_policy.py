@@ -366,3 +366,10 @@ def test_geo_policy_reader_closed_and_replaced_file_makes_a_new_instance(folder)
     policies.release(chain)  # the old instance is closed: its reader too
     assert len(policies) == 1
     policies.close()
+
+
+def test_geo_policy_after_close_answers_503(folder):
+    policy = geo(folder, deny=("XX",))
+    assert decide(policy, "198.51.100.1")[0] == "pass"
+    policy.close()
+    assert decide(policy, "198.51.100.1") == (503, "country database not available", "geo_filter")
