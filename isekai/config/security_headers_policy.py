@@ -9,6 +9,7 @@ sends, each value checked against its header's grammar, so the runtime only copi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,6 +27,7 @@ __all__ = [
     "hsts_value",
 ]
 
+_HSTS = re.compile(r"max-age=\d+(\s*;\s*(includesubdomains|preload))*", re.I)
 HSTS_PRELOAD_MIN_AGE = 31_536_000  # a year: what browsers' preload lists ask for
 
 REFERRER_POLICIES = (
@@ -40,7 +42,7 @@ REFERRER_POLICIES = (
 )
 """The W3C Referrer Policy tokens (https://www.w3.org/TR/referrer-policy/)."""
 
-# key -> (header name, the accepted values (None: any header value), how they are written)
+# key -> (header name, the accepted values as sent (None: any header value))
 _HEADERS: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "hsts": ("Strict-Transport-Security", None),
     "csp": ("Content-Security-Policy", None),
@@ -181,8 +183,12 @@ def _one(key: str, value: Any, where: Where) -> str | None:
             message = f"{value!r} is not one of: {', '.join(choices)} (or false)"
             raise where.error(key, message)
         return by_case[value.lower()]
-    if key == "hsts" and not value.lower().startswith("max-age="):
-        raise where.error(key, "a Strict-Transport-Security value starts with max-age=")
+    if key == "hsts" and not _HSTS.fullmatch(value):
+        message = (
+            "expected a Strict-Transport-Security value like "
+            "'max-age=31536000; includeSubDomains; preload' (RFC 6797)"
+        )
+        raise where.error(key, message)
     return value
 
 
@@ -198,7 +204,8 @@ def _security_headers(values: dict[str, Any], where: Where) -> None:
     values["fields"] = fields
 
 
-def _value_schema(choices: tuple[str, ...] | None, extra: list[Any] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+def _value_schema(choices: tuple[str, ...] | None) -> dict[str, Any]:
+    """A header's value in the JSON Schema: text (one of ``choices``, any case) or false."""
     text: dict[str, Any] = {"type": "string", "pattern": units.HEADER_VALUE_PATTERN, "minLength": 1}
     if choices is not None:  # any case, as the loader reads them
         words = (
@@ -206,7 +213,7 @@ def _value_schema(choices: tuple[str, ...] | None, extra: list[Any] = ()) -> dic
             for choice in choices
         )
         text = {"type": "string", "pattern": f"^({'|'.join(words)})$"}
-    return {"oneOf": [text, {"const": False}, *extra]}
+    return {"oneOf": [text, {"const": False}]}
 
 
 _HSTS_OBJECT = {

@@ -86,8 +86,8 @@ def test_security_headers_overrides():
     assert dict(hsts.fields)["Strict-Transport-Security"] == (
         "max-age=31536000; includeSubDomains; preload"
     )
-    written = options("{type: security_headers, hsts: 'max-age=600'}")
-    assert dict(written.fields)["Strict-Transport-Security"] == "max-age=600"
+    written = options("{type: security_headers, hsts: 'max-age=600 ; Preload'}")
+    assert dict(written.fields)["Strict-Transport-Security"] == "max-age=600 ; Preload"
 
 
 @pytest.mark.parametrize(
@@ -131,7 +131,11 @@ def test_security_headers_overrides():
         ),
         (
             "{type: security_headers, hsts: 'includeSubDomains'}",
-            "policies.s.hsts: a Strict-Transport-Security value starts with max-age=",
+            "policies.s.hsts: expected a Strict-Transport-Security value like",
+        ),
+        (
+            "{type: security_headers, hsts: 'max-age=soon'}",
+            "policies.s.hsts: expected a Strict-Transport-Security value like",
         ),
         ("{type: security_headers, hsts: {}}", "policies.s.hsts: needs max_age"),
         (
