@@ -130,7 +130,7 @@ def type_of(setting: Setting) -> str:
         return "number"
     if kind == "duration" and setting.minimum == 0:
         return "duration (zero allowed)"
-    if kind in ("string", "ref"):
+    if kind in ("string", "ref") or (kind == "json" and setting.what):
         what = setting.what or "a string"
         return what.split(" ", 1)[1] if what.startswith(("a ", "an ")) else what
     return _PLAIN_TYPES[kind]
