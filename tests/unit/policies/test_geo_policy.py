@@ -220,7 +220,11 @@ def test_geo_config_the_header_is_stripped_from_every_client_request(folder):
         "  - {name: r, match: {path: /}, respond: {status: 200},\n"
         "     policies: [{type: geo_filter, database: geo/c.mmdb}]}\n",
     )
-    assert set(stripped_headers(load_config(path))) >= {b"x-geo", b"x-country-code", b"x-consumer-id"}
+    assert set(stripped_headers(load_config(path))) >= {
+        b"x-geo",
+        b"x-country-code",
+        b"x-consumer-id",
+    }
 
 
 # -- the policy ---------------------------------------------------------------------------------
