@@ -66,7 +66,8 @@ class PostgresOAuth(OAuthStore):
     async def list_oauth_clients(self) -> list[OAuthClient]:
         async with self._connection() as conn:
             rows = await conn.fetch(
-                f'SELECT {CLIENT_COLUMNS} FROM oauth_clients ORDER BY created_at, client_id COLLATE "C"'
+                f"SELECT {CLIENT_COLUMNS} FROM oauth_clients "
+                'ORDER BY created_at, client_id COLLATE "C"'
             )
         return [client_from_row(row) for row in rows]
 

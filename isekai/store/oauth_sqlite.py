@@ -31,6 +31,7 @@ from isekai.store.oauth import (
 
 __all__ = ["SQLiteOAuth"]
 
+
 def _marks(columns: str) -> str:
     return ", ".join("?" * len(columns.split(",")))
 
