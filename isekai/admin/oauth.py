@@ -71,6 +71,7 @@ MAX_TOKEN_LENGTH = 8192
 REALM = 'Basic realm="isekai-oauth"'
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 KEYS = web.AppKey("isekai_oauth_keys", KeyRing)
+PRUNE_EVERY = 600.0  # seconds between two prunings of expired revocations and refresh tokens
 
 _SCOPE_TOKEN = re.compile(SCOPE_TOKEN)
 _CLIENT_ID = re.compile(CLIENT_ID_PATTERN)
@@ -142,6 +143,16 @@ def issuer(ctx: AdminContext, request: web.Request) -> str:
         host = "127.0.0.1"
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}"
+
+
+async def _prune_now_and_then(ctx: AdminContext, keys: KeyRing) -> None:
+    # expired refresh tokens and revoked jtis go, at most once per PRUNE_EVERY per process
+    now = time.time()
+    if now - keys.pruned_at >= PRUNE_EVERY:
+        keys.pruned_at = now
+        removed = await ctx.store.prune_oauth(now)
+        if removed:
+            log.info("OAuth: forgot %d expired tokens and keys", removed)
 
 
 def _longest_ttl(settings: AdminOAuth, clients: Iterable[OAuthClient]) -> float:
@@ -376,13 +387,14 @@ async def token(request: web.Request, ctx: AdminContext, settings: AdminOAuth) -
     """``POST /oauth/token``: an access token for the client credentials or a refresh token."""
     form = await _form(request)
     client = await _client(ctx, request, form)
+    await _prune_now_and_then(ctx, request.app[KEYS])
     grant = form.get("grant_type")
     if not grant:
         raise errors.InvalidRequestError(description="missing grant_type")
     if grant not in GRANT_TYPES:
-        raise errors.UnsupportedGrantTypeError(
-            description=f"grant_type must be one of {', '.join(GRANT_TYPES)}"
-        )
+        unsupported = errors.UnsupportedGrantTypeError(grant[:64])
+        unsupported.description = f"grant_type must be one of {', '.join(GRANT_TYPES)}"
+        raise unsupported
     if grant not in client.grant_types:
         raise errors.UnauthorizedClientError(
             description=f"the client may not use the {grant} grant"

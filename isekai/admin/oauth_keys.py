@@ -102,6 +102,7 @@ class KeyRing:
         self._active: dict[str, tuple[float, ActiveKey]] = {}
         self._published: tuple[float, list[SigningKey]] | None = None
         self._lock = asyncio.Lock()
+        self.pruned_at = 0.0  # when expired tokens were last pruned (`oauth` does it)
 
     async def active(self, algorithm: str, passphrase: str | None) -> ActiveKey:
         """The key to sign with, made and stored first when there is none."""
