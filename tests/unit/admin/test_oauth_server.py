@@ -278,16 +278,15 @@ def test_revocation_and_introspection(tmp_path):
 
             # a resource server (another client) may introspect access tokens
             rs = await register(api, name="resource-server")
-            by_rs = await form(
-                api, "/oauth/introspect", {"token": access}, basic(rs["client_id"], rs["client_secret"])
-            )
+            rs_auth = basic(rs["client_id"], rs["client_secret"])
+            by_rs = await form(api, "/oauth/introspect", {"token": access}, rs_auth)
             assert by_rs.body["active"] is True
             # but not another client's refresh tokens
             rt_by_rs = await form(
                 api,
                 "/oauth/introspect",
                 {"token": refresh_token},
-                basic(rs["client_id"], rs["client_secret"]),
+                rs_auth,
             )
             assert rt_by_rs.body == {"active": False}
 
@@ -302,9 +301,7 @@ def test_revocation_and_introspection(tmp_path):
             assert no_auth.status == 401 and no_auth.body["error"] == "invalid_client"
 
             # someone else's revocation is accepted (200) and does nothing
-            other = await form(
-                api, "/oauth/revoke", {"token": access}, basic(rs["client_id"], rs["client_secret"])
-            )
+            other = await form(api, "/oauth/revoke", {"token": access}, rs_auth)
             assert other.status == 200
             assert (await form(api, "/oauth/introspect", {"token": access}, auth)).body["active"]
 
@@ -339,7 +336,7 @@ def test_revocation_and_introspection(tmp_path):
                 api,
                 "/oauth/introspect",
                 {"token": token2},
-                basic(rs["client_id"], rs["client_secret"]),
+                rs_auth,
             )
             assert after.body == {"active": False}
 
