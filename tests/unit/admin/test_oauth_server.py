@@ -431,3 +431,68 @@ def test_everything_is_404_while_the_server_is_off(tmp_path):
                 assert "admin.oauth.enabled" in reply.body["message"]
 
     run(scenario())
+
+
+def test_two_gateways_on_one_database_share_keys_clients_and_refresh_tokens(tmp_path):
+    """Two admin apps, each with its own store connection to one SQLite file."""
+
+    async def scenario():
+        from isekai.store import open_store
+
+        url = f"sqlite:///{tmp_path}/shared.db"
+        async with open_store(url) as store_a, open_store(url) as store_b:
+            async with (
+                admin(tmp_path, oauth_yaml("ES256"), store=store_a) as a,
+                admin(tmp_path, oauth_yaml("ES256"), store=store_b) as b,
+            ):
+                jwks_a, jwks_b = await asyncio.gather(
+                    a.as_role(None).get("/oauth/jwks.json"), b.as_role(None).get("/oauth/jwks.json")
+                )
+                assert jwks_a.body == jwks_b.body and len(jwks_a.body["keys"]) == 1
+
+                client = await register(a, grant_types=["client_credentials", "refresh_token"])
+                issued = await client_token(b, client)  # registered at a, served by b
+                assert issued.status == 200, issued
+                await verify_with_jwks(a, issued.body["access_token"])
+
+                given = issued.body["refresh_token"]
+                replies = await asyncio.gather(
+                    *(refresh(gateway, client, given) for gateway in (a, b, a, b))
+                )
+                assert sorted(r.status for r in replies) == [200, 400, 400, 400], replies
+
+    run(scenario())
+
+
+def test_introspection_never_fails_on_garbage(tmp_path):
+    import random
+
+    alphabet = "abcXYZ019-_.=+/~ \t{}\"'%\\" + "é€\u2028"
+
+    async def scenario():
+        async with admin(tmp_path, oauth_yaml()) as api:
+            client = await register(api)
+            auth = basic(client["client_id"], client["client_secret"])
+            real = (await client_token(api, client)).body["access_token"]
+            rng = random.Random(20261130)
+            samples = [
+                "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 200))) for _ in range(60)
+            ]
+            head, payload, signature = real.split(".")
+            samples += [
+                f"{head}.{payload}.{signature[::-1]}",
+                f"{head}.{payload}.",
+                f"{head}..{signature}",
+                f"e30.{payload}.{signature}",
+                "eyJhbGciOiJub25lIn0." + payload + ".",
+                base64.urlsafe_b64encode(b'{"alg":"HS256","kid":"x"}').decode() + f".{payload}.x",
+            ]
+            for sample in samples:
+                for path in ("/oauth/introspect", "/oauth/revoke"):
+                    reply = await form(api, path, {"token": sample}, auth)
+                    assert reply.status in (200, 400), (path, sample, reply)
+                    if path == "/oauth/introspect" and reply.status == 200:
+                        assert reply.body == {"active": False}, sample
+            assert (await form(api, "/oauth/introspect", {"token": real}, auth)).body["active"]
+
+    run(scenario())
