@@ -532,7 +532,10 @@ async def introspect(request: web.Request, ctx: AdminContext, settings: AdminOAu
 async def jwks(request: web.Request, ctx: AdminContext, settings: AdminOAuth) -> web.Response:
     """``GET /oauth/jwks.json``: the public signing keys (never a private part)."""
     keys = request.app[KEYS]
-    await keys.active(settings.signing_algorithm, settings.key_passphrase)  # one exists
+    try:
+        await keys.active(settings.signing_algorithm, settings.key_passphrase)  # one exists
+    except KeyUnavailable as exc:  # the public halves are published all the same
+        log.error("OAuth: %s", exc)
     return web.Response(
         text=dumps(await keys.jwks()),
         content_type="application/json",

@@ -496,3 +496,33 @@ def test_introspection_never_fails_on_garbage(tmp_path):
             assert (await form(api, "/oauth/introspect", {"token": real}, auth)).body["active"]
 
     run(scenario())
+
+
+def test_key_passphrase_encrypts_the_stored_key(tmp_path):
+    passphrase = "p" * 24
+    with_passphrase = oauth_yaml("ES256") + f'    key_passphrase: "{passphrase}"\n'
+    wrong_passphrase = oauth_yaml("ES256") + f'    key_passphrase: "{"q" * 24}"\n'
+
+    async def scenario():
+        from isekai.store import open_store
+
+        url = f"sqlite:///{tmp_path}/shared.db"
+        async with open_store(url) as store:
+            async with admin(tmp_path, with_passphrase, store=store) as api:
+                client = await register(api)
+                issued = await client_token(api, client)
+                assert issued.status == 200, issued
+                await verify_with_jwks(api, issued.body["access_token"])
+            (stored,) = await store.list_signing_keys()
+            assert stored.private_key.startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+
+            for yaml_text in (wrong_passphrase, oauth_yaml("ES256")):
+                async with admin(tmp_path, yaml_text, store=store) as other:
+                    refused = await client_token(other, client)
+                    assert refused.status == 503, refused
+                    assert refused.body["error"] == "temporarily_unavailable"
+                    assert passphrase not in refused.raw.decode()
+                    jwks = await other.as_role(None).get("/oauth/jwks.json")
+                    assert jwks.status == 200 and jwks.body["keys"][0]["kid"] == stored.kid
+
+    run(scenario())
