@@ -23,6 +23,13 @@ _TTL = {
     ],
 }
 _TIME = {"type": "string", "format": "date-time"}
+# a form parameter: no control characters (refused with invalid_request)
+_TEXT = {"type": "string", "pattern": r"^[^\x00-\x1f\x7f]*$", "maxLength": 8192}
+
+
+def _text(description: str) -> dict[str, Any]:
+    return {**_TEXT, "description": description}
+
 
 CLIENT_CREATE: dict[str, Any] = {
     "type": "object",
@@ -94,13 +101,14 @@ SIGNING_KEY: dict[str, Any] = {
 
 TOKEN_REQUEST: dict[str, Any] = {
     "type": "object",
+    "additionalProperties": False,
     "required": ["grant_type"],
     "properties": {
         "grant_type": _GRANT,
-        "scope": {"type": "string", "description": "Space-separated scopes."},
-        "refresh_token": {"type": "string"},
-        "client_id": {"type": "string", "description": "client_secret_post only."},
-        "client_secret": {"type": "string", "description": "client_secret_post only."},
+        "scope": _text("Space-separated scopes."),
+        "refresh_token": _text("For grant_type=refresh_token."),
+        "client_id": _text("client_secret_post only."),
+        "client_secret": _text("client_secret_post only."),
     },
 }
 
@@ -118,12 +126,13 @@ TOKEN_RESPONSE: dict[str, Any] = {
 
 TOKEN_FORM: dict[str, Any] = {
     "type": "object",
+    "additionalProperties": False,
     "required": ["token"],
     "properties": {
-        "token": {"type": "string"},
+        "token": _text("The token."),
         "token_type_hint": {"type": "string", "enum": ["access_token", "refresh_token"]},
-        "client_id": {"type": "string", "description": "client_secret_post only."},
-        "client_secret": {"type": "string", "description": "client_secret_post only."},
+        "client_id": _text("client_secret_post only."),
+        "client_secret": _text("client_secret_post only."),
     },
 }
 
