@@ -72,11 +72,10 @@ def _ttl(value: Any) -> float | None:
 
 
 def _wanted_version(request: web.Request) -> list[int] | None:
-    # a malformed If-Match matches no version: the precondition fails (412)
     try:
         return parse_if_match(request.headers.get("If-Match"))
     except ValueError as exc:
-        raise ApiError(412, "precondition_failed", str(exc)) from None
+        raise ApiError(400, "bad_request", str(exc)) from None
 
 
 async def _existing(ctx: AdminContext, request: web.Request) -> tuple[OAuthClient, int | None]:

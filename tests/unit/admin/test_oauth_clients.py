@@ -97,7 +97,7 @@ def test_client_ttl_and_secret_rotation(tmp_path):
             bad = await api.post(
                 f"/api/oauth/clients/{cid}/secret", None, headers={"If-Match": "x"}
             )
-            assert bad.status == 412 and "If-Match must be" in bad.body["message"]
+            assert bad.status == 400 and "If-Match must be" in bad.body["message"]
             viewer = await api.as_role("viewer").post(f"/api/oauth/clients/{cid}/secret")
             assert viewer.status == 403
             rotated = await api.post(
