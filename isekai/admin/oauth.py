@@ -55,8 +55,15 @@ __all__ = [
     "SCOPE_TOKEN",
     "enabled_config",
     "hash_secret",
+    "introspect",
     "issuer",
+    "jwks",
+    "longest_token_ttl",
+    "metadata",
     "new_secret",
+    "revoke",
+    "token",
+    "token_hash",
     "verify_secret",
 ]
 
