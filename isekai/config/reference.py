@@ -41,6 +41,7 @@ SECTIONS = {
     "Admin": ("admin", "admin"),
     "AdminAuth": ("auth", "admin-auth"),
     "RequestLogs": ("request logs", "request-logs"),
+    "AdminOAuth": ("oauth", "admin-oauth"),
     "Store": ("store", "store"),
     "Observability": ("observability", "observability"),
     "Metrics": ("metrics", "metrics"),
