@@ -17,9 +17,11 @@ token's ``exp``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import time
+import urllib.parse
 from typing import Any
 
 from isekai.policies.access import Requirement, claim_words
@@ -44,7 +46,10 @@ class IntrospectionPolicy:
         self.consumers = env.consumers
         self.url = config.introspection_url
         self.client_id = config.client_id
-        self.client_secret = config.client_secret
+        # client_secret_basic (RFC 6749 §2.3.1: each part form-urlencoded, then Basic)
+        user = urllib.parse.quote_plus(config.client_id)
+        password = urllib.parse.quote_plus(config.client_secret)
+        self._authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self.cache_ttl = config.cache_ttl
         self.timeout = config.timeout
         self.reader = TokenReader(config.token)
@@ -127,8 +132,7 @@ class IntrospectionPolicy:
         async with session.post(
             self.url,
             data={"token": token, "token_type_hint": "access_token"},
-            auth=aiohttp.BasicAuth(self.client_id, self.client_secret),
-            headers={"Accept": "application/json"},
+            headers={"Accept": "application/json", "Authorization": self._authorization},
             timeout=aiohttp.ClientTimeout(total=self.timeout),
             allow_redirects=False,
         ) as resp:
