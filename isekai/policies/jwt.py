@@ -243,17 +243,10 @@ class JwtPolicy:
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             return invalid("malformed kid")
-        candidates = self._candidates(kid, alg)
-        if isinstance(candidates, str):
-            return invalid(candidates)
-        if not candidates:
-            fetches = self._fetches(unknown_kid=kid is not None) if wait else []
-            if fetches:
-                return _Wait(fetches)
-            if any(not key_set.ready for key_set, _ in self.key_sets):
-                return self.challenges.unavailable("keys not available")
-            return invalid("unknown key id" if kid is not None else "no key for this algorithm")
-        failure = "signature verification failed"
+        found = self._candidates(kid, alg)
+        if isinstance(found, str):
+            return invalid(found)
+        candidates, named = found
         for candidate in candidates[:MAX_CANDIDATES]:
             try:
                 claims = pyjwt.decode(
@@ -274,10 +267,21 @@ class JwtPolicy:
                 return invalid("malformed token")
             self.verified += 1
             return self._verdict(claims, key, candidate.kid if candidate.kid else kid)
-        return invalid(failure)
+        if candidates and (named or kid is None):
+            return invalid("signature verification failed")
+        # the key is not at hand: a key set not fetched yet, or a kid it may have rotated in
+        fetches = self._fetches(unknown_kid=kid is not None) if wait else []
+        if fetches:
+            return _Wait(fetches)
+        if any(not key_set.ready for key_set, _ in self.key_sets):
+            return self.challenges.unavailable("keys not available")
+        if kid is None:
+            return invalid("no key for this algorithm")
+        return invalid("signature verification failed" if candidates else "unknown key id")
 
-    def _candidates(self, kid: str | None, alg: str) -> list[VerifyKey] | str:
-        """The keys that may verify a token (empty: not at hand); a str: refused."""
+    def _candidates(self, kid: str | None, alg: str) -> tuple[list[VerifyKey], bool] | str:
+        """The keys that may verify a token and whether its kid named one of them (empty:
+        not at hand); a str: refused."""
         if kid is not None:
             found = self.static_by_kid.get(kid)
             allowed: frozenset[str] | None = None
@@ -288,10 +292,20 @@ class JwtPolicy:
                         allowed = set_allows
                         break
             if found is None:
-                return []
+                # keys configured without a kid verify tokens naming any kid
+                return (
+                    [k for k in self.static if k.kid is None and alg in k.algorithms]
+                    + [
+                        k
+                        for key_set, allowed in self.key_sets
+                        for k in key_set.unnamed
+                        if alg in k.algorithms and (allowed is None or alg in allowed)
+                    ],
+                    False,
+                )
             if alg not in found.algorithms or (allowed is not None and alg not in allowed):
                 return "algorithm not allowed for this key"
-            return [found]
+            return [found], True
         keys = [k for k in self.static if alg in k.algorithms]
         for key_set, allowed in self.key_sets:
             keys.extend(
@@ -299,7 +313,7 @@ class JwtPolicy:
                 for k in key_set.keys()
                 if alg in k.algorithms and (allowed is None or alg in allowed)
             )
-        return keys
+        return keys, False
 
     def _fetches(self, *, unknown_kid: bool) -> list[asyncio.Task[bool]]:
         fetches = []
