@@ -92,7 +92,8 @@ def check_public_key(pem: str, algorithms: tuple[str, ...]) -> str | None:
     return None
 
 
-def _read_key_file(values: dict[str, Any], where: Where) -> None:
+def _read_key_file(values: dict[str, Any], where: Where) -> str:
+    """The PEM text of ``public_key_file`` (made absolute in ``values``)."""
     path = values["public_key_file"]
     if not os.path.isabs(path):
         source = getattr(where.builder, "source", "")
@@ -101,7 +102,7 @@ def _read_key_file(values: dict[str, Any], where: Where) -> None:
     try:
         with open(path, encoding="ascii") as f:
             values["public_key_file"] = os.path.normpath(path)
-            return f.read()  # type: ignore[return-value]
+            return f.read()
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise where.error("public_key_file", f"cannot read {path}: {reason}") from None

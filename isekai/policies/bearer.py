@@ -46,6 +46,8 @@ class TokenReader:
         if self.header is not None:
             value = req.header(self.header)
             if value is not None:
+                if self.bearer and value[:7] == "Bearer " and " " not in value[7:]:
+                    return value[7:], "header"  # the usual shape, without copies
                 if self.bearer:
                     scheme, _, rest = value.strip().partition(" ")
                     if scheme.lower() == "bearer" and rest.strip():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import time
@@ -94,9 +95,12 @@ class IntrospectionPolicy:
             task = self._inflight[key] = asyncio.get_running_loop().create_task(
                 self._introspect(token, key)
             )
-            task.add_done_callback(lambda _t, key=key: self._inflight.pop(key, None))
+            task.add_done_callback(functools.partial(self._done, key))
         verdict = await asyncio.shield(task)
         return self._admit(req, verdict, source)
+
+    def _done(self, key: bytes, _task: Any) -> None:
+        self._inflight.pop(key, None)
 
     def _admit(self, req: Any, verdict: Any, source: str | None) -> Any:
         if not isinstance(verdict, Verdict):

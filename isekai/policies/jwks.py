@@ -64,6 +64,7 @@ def static_key(config: Any) -> VerifyKey:
     else:
         with open(config.public_key_file, "rb") as f:
             pem = f.read()
+    key: Any
     if b"-----BEGIN CERTIFICATE-----" in pem:
         key = x509.load_pem_x509_certificate(pem).public_key()
     else:
@@ -102,7 +103,7 @@ def jwk_key(jwk: Any, allowed: frozenset[str] | None, origin: str) -> VerifyKey 
     algorithms = [a for a in jwk_algorithms(jwk) if allowed is None or a in allowed]
     if not algorithms:
         return None
-    maker = {"RSA": RSAAlgorithm, "EC": ECAlgorithm, "OKP": OKPAlgorithm}[jwk["kty"]]
+    maker: Any = {"RSA": RSAAlgorithm, "EC": ECAlgorithm, "OKP": OKPAlgorithm}[jwk["kty"]]
     try:
         key = maker.from_jwk(jwk)
     except Exception:

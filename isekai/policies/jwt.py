@@ -22,6 +22,8 @@ A valid token whose consumer claim names no configured consumer passes without a
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import time
 import weakref
 from typing import Any
@@ -43,6 +45,7 @@ from isekai.policies.jwks import (
 
 __all__ = ["JwtPolicy", "build"]
 
+_sha256 = hashlib.sha256
 MAX_CANDIDATES = 8  # keys tried for a token without kid
 NO_EXP_TTL = 300.0  # a token without exp (require_exp: false) is cached this long
 _ALGORITHMS = frozenset(JWT_ALGORITHMS)
@@ -122,14 +125,14 @@ class JwtPolicy:
         self._closed = False
         for key in config.keys:
             if key.jwks_url is not None:
-                key_set = shared_key_set(
+                make = functools.partial(
+                    KeySet,
                     env,
-                    "jwks",
                     key.jwks_url,
-                    lambda url=key.jwks_url: KeySet(
-                        env, url, refresh=config.jwks_refresh, min_refresh=config.jwks_min_refresh
-                    ),
+                    refresh=config.jwks_refresh,
+                    min_refresh=config.jwks_min_refresh,
                 )
+                key_set = shared_key_set(env, "jwks", key.jwks_url, make)
                 self._use(key_set, frozenset(key.algorithms) or None, config)
             else:
                 found = static_key(key)
@@ -139,18 +142,15 @@ class JwtPolicy:
         if config.discovery or not config.keys:
             issuer = config.issuer[0]
             url = issuer.rstrip("/") + "/.well-known/openid-configuration"
-            key_set = shared_key_set(
+            make = functools.partial(
+                KeySet,
                 env,
-                "oidc",
                 url,
-                lambda: KeySet(
-                    env,
-                    url,
-                    discovery_issuer=issuer,
-                    refresh=config.jwks_refresh,
-                    min_refresh=config.jwks_min_refresh,
-                ),
+                discovery_issuer=issuer,
+                refresh=config.jwks_refresh,
+                min_refresh=config.jwks_min_refresh,
             )
+            key_set = shared_key_set(env, "oidc", url, make)
             self._use(key_set, None, config)
         _live(env).add(self)
 
@@ -182,7 +182,7 @@ class JwtPolicy:
         if len(token) > self.max_token_size:
             self.refused += 1
             return self.challenges.invalid("token too large")
-        key = TokenCache.key(token)
+        key = _sha256(token.encode("latin-1", "replace")).digest()
         verdict = self.cache.get(key)
         if verdict is None:
             verdict = self._judge(token, key, wait=True)
