@@ -23,6 +23,7 @@ import json
 import logging
 import time
 import urllib.parse
+import weakref
 from typing import Any
 
 from isekai.policies.access import Requirement, claim_words
@@ -74,6 +75,8 @@ class IntrospectionPolicy:
         self.refused = 0
         self._inflight: dict[bytes, asyncio.Task[Any]] = {}
         self._last_logged = -1e18
+        self._closed = False
+        _live(env).add(self)
 
     def on_request(self, req: Any) -> Any:
         token, source = self.reader.read(req)
@@ -208,10 +211,39 @@ class IntrospectionPolicy:
         }
 
     def close(self) -> None:
+        self._closed = True
         for task in self._inflight.values():
             task.cancel()
         self._inflight.clear()
         self.cache.clear()
+
+
+_LIVE: weakref.WeakKeyDictionary[Any, weakref.WeakSet[IntrospectionPolicy]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _live(env: Any) -> weakref.WeakSet[IntrospectionPolicy]:
+    """The worker's live policies of this family; its ``oauth2_introspection`` statistics
+    (calls, failures, cache hits, refusals, summed) are reported with the worker's."""
+    found = _LIVE.get(env)
+    if found is None:
+        found = _LIVE[env] = weakref.WeakSet()
+        stats = getattr(env, "stats_providers", None)
+        if stats is not None:
+            stats["oauth2_introspection"] = functools.partial(_totals, found)
+    return found
+
+
+def _totals(policies: Any) -> dict[str, int]:
+    totals = {"policies": 0, "calls": 0, "failures": 0, "cache_hits": 0, "refused": 0}
+    for policy in list(policies):
+        if policy._closed:
+            continue
+        totals["policies"] += 1
+        for name, value in policy.stats().items():
+            totals[name] += value
+    return totals
 
 
 def build(config: Any, env: Any = None) -> IntrospectionPolicy:

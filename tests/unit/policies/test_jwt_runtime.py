@@ -145,6 +145,8 @@ def test_introspection_cache_ttl_expires(world):
     assert idp.hits["/introspect"] == before + 1
     policy = target(tw, "opaque")
     assert tw.call(lambda: policy.cache.hits) >= 1
+    stats = tw.call(tw.worker.stats_providers["oauth2_introspection"])
+    assert stats["calls"] >= 1 and stats["cache_hits"] >= 1
     time.sleep(1.1)  # cache_ttl: 1s
     idp.tokens["ttl-token"] = {"active": False}  # revoked meanwhile
     status, body = send(tw.port, "/opaque/x", "ttl-token")
