@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,8 @@ GROUPS = {
         "small_get_tracing_100pct",
         "small_get_access_log",
         "small_get_request_log",
-    )
+    ),
+    "jwt": ("small_get_jwt_cached", "small_get_jwt_uncached"),
 }
 
 
@@ -56,6 +58,9 @@ class Scenario:
     # measured interleaved with this scenario's Isekai rows (same run, same processes' rounds)
     # and reported as a ratio to them
     baseline: str | None = None
+    # Lua put before the wrk script (a `request` function varying each request), made once
+    lua: Callable[[], str] | None = None
+    probe_headers: tuple[str, ...] = ()  # sent with the probe request only (not by wrk)
 
 
 def scenarios() -> dict[str, Scenario]:
@@ -120,6 +125,7 @@ def scenarios() -> dict[str, Scenario]:
             )
         )
     out += observability_scenarios(small)
+    out += jwt_scenarios(small)
     out.append(
         Scenario(
             "c1000",
@@ -155,6 +161,39 @@ def observability_scenarios(small: int) -> list[Scenario]:
             baseline="small_get",
         )
         for variant, text in what.items()
+    ]
+
+
+def jwt_scenarios(small: int) -> list[Scenario]:
+    """small_get behind a ``jwt`` policy (RS256) against the plain small_get of the same run:
+    the same token on every request (the verified-token cache answers), and distinct tokens
+    (4× the policy's cache, so every request verifies a signature). Isekai only."""
+    from harness import jwt_tokens
+
+    bearer = f"Authorization: Bearer {jwt_tokens.token(0)}"
+    return [
+        Scenario(
+            "small_get_jwt_cached",
+            "/small",
+            "small_get with a jwt policy, the same RS256 token every request (cached)",
+            headers=(bearer,),
+            targets=("isekai",),
+            expect_len=small,
+            variant="jwt",
+            baseline="small_get",
+        ),
+        Scenario(
+            "small_get_jwt_uncached",
+            "/small",
+            f"small_get with a jwt policy, {jwt_tokens.ROTATION} distinct RS256 tokens in turn "
+            "(every request verifies a signature)",
+            targets=("isekai",),
+            expect_len=small,
+            variant="jwt",
+            baseline="small_get",
+            lua=jwt_tokens.rotation_lua,
+            probe_headers=(bearer,),
+        ),
     ]
 
 
@@ -231,7 +270,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "small_get, small_get_policies, get_16k, get_1m, post_4k, new_conn, routes_10, "
         "routes_10k, c1000; compared with small_get: small_get_metrics_off, "
         "small_get_tracing_0/_1pct/_100pct, small_get_access_log, small_get_request_log, "
-        "or the group `observability` for all of these",
+        "or the group `observability` for all of these; small_get_jwt_cached/_uncached "
+        "or the group `jwt`",
     )
     p.add_argument(
         "--targets",
@@ -275,6 +315,7 @@ class Bench:
         self.notes: list[str] = []
         self.backend = None
         self.sink = None  # the OTLP sink, started for tracing scenarios
+        self.lua: dict[str, str] = {}  # scenario -> its Lua part (made once per run)
 
     def note(self, text: str) -> None:
         print(f"  ! {text}", flush=True)
@@ -363,7 +404,13 @@ class Bench:
         """One request by hand before measuring: right status and body size, or a note."""
         body = b"x" * s.post if s.post else None
         try:
-            status, data = self.T.http_get(t.proc.port, s.path, "POST" if s.post else "GET", body)
+            status, data = self.T.http_get(
+                t.proc.port,
+                s.path,
+                "POST" if s.post else "GET",
+                body,
+                headers=(*s.headers, *s.probe_headers),
+            )
         except OSError as exc:
             self.note(f"{t.label} {s.name}: probe request failed: {exc}")
             return
@@ -386,7 +433,9 @@ class Bench:
         else:
             env.set_affinity(backend_pids, env.all_cores())
             os.sched_setaffinity(0, env.all_cores())
-        script = write_script(self.work, s.name, s.post)
+        if s.lua is not None and s.name not in self.lua:
+            self.lua[s.name] = s.lua()
+        script = write_script(self.work, s.name, s.post, self.lua.get(s.name))
         load = Load(s.path, s.connections, 1, s.headers, script)
         try:
             others = () if t.kind == "direct" else (self.backend.pid,)

@@ -39,9 +39,12 @@ wrk.headers["Content-Type"] = "application/octet-stream"
 BENCH_LINE = re.compile(r"^BENCH (.*)$", re.M)
 
 
-def write_script(work: Path, name: str, post_size: int | None = None) -> Path:
+def write_script(
+    work: Path, name: str, post_size: int | None = None, extra: str | None = None
+) -> Path:
+    """The wrk script of a scenario: ``extra`` Lua (a ``request`` function, say) first."""
     path = work / f"wrk-{name}.lua"
-    text = (POST_LUA.format(size=post_size) if post_size else "") + DONE_LUA
+    text = (extra or "") + (POST_LUA.format(size=post_size) if post_size else "") + DONE_LUA
     path.write_text(text)
     return path
 

@@ -13,6 +13,7 @@ variant edits that text so the scenario measures exactly one feature's cost agai
     access_log      a JSON access-log line per request, to a file in the run's work directory
     request_log     the admin process with a SQLite store in the work directory and
                     admin.request_logs.enabled: true (one row per request)
+    jwt             a jwt policy (RS256, an inline PEM key; harness/jwt_tokens.py) on every route
 
 Tracing variants export to the OTLP sink (otlp_sink.py) the harness starts, never to a real
 collector.
@@ -36,7 +37,7 @@ policies:
 POLICY_CHAIN = "[office, web_cors, tag]"
 
 TRACING_RATIOS = {"tracing_0": 0, "tracing_1pct": 0.01, "tracing_100pct": 1}
-NAMES = ("policies", "metrics_off", *TRACING_RATIOS, "access_log", "request_log")
+NAMES = ("policies", "metrics_off", *TRACING_RATIOS, "access_log", "request_log", "jwt")
 ADMIN_OFF = "admin: {enabled: false}"
 
 
@@ -68,6 +69,10 @@ def apply(conf: str, variant: str | None, work: Path, tag: str, sink_port: int |
         return conf
     if variant == "policies":
         return with_policies(conf)
+    if variant == "jwt":
+        from harness import jwt_tokens
+
+        return with_policies(conf, jwt_tokens.policy_yaml(), "[bench_jwt]")
     if variant == "metrics_off":
         return conf + "observability: {metrics: {enabled: false}}\n"
     if variant in TRACING_RATIOS:

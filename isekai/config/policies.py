@@ -31,6 +31,8 @@ from yaml.nodes import MappingNode, SequenceNode
 
 from isekai.config import defaults
 from isekai.config.geo_policy import GeoFilterConfig
+from isekai.config.introspection_policy import IntrospectionConfig
+from isekai.config.jwt_policy import JwtConfig
 from isekai.config.meta import item, setting
 from isekai.config.metrics_policy import MetricsConfig
 from isekai.config.rules import Where
@@ -393,7 +395,9 @@ _BUILTIN: dict[str, type] = {
         FaultConfig,
         GeoFilterConfig,
         HeadersConfig,
+        IntrospectionConfig,
         IpFilterConfig,
+        JwtConfig,
         MetricsConfig,
         SecurityHeadersConfig,
     )

@@ -18,7 +18,9 @@ from isekai.policies import (
     fault,
     geo_filter,
     headers,
+    introspection,
     ip_filter,
+    jwt,
     metrics,
     security_headers,
 )
@@ -32,6 +34,8 @@ BUILDERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
         "metrics": metrics.build,
         "geo_filter": geo_filter.build,
         "security_headers": security_headers.build,
+        "jwt": jwt.build,
+        "oauth2_introspection": introspection.build,
     }
 )
 
