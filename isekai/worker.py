@@ -119,6 +119,7 @@ class Worker:
         state = self.state
         # who requests belong to, for the credential policies; and the identity headers no
         # client may send (`stripped_headers`)
+        self.policy_env.security = config.security
         self.policy_env.consumers.update(config.consumers)
         state.stripped = stripped_headers(config)
         state.max_request_line = limits.max_request_line

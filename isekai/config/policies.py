@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 from yaml.nodes import MappingNode, SequenceNode
 
 from isekai.config import defaults
+from isekai.config.api_key_policy import ApiKeyConfig
 from isekai.config.meta import item, setting
 from isekai.config.metrics_policy import MetricsConfig
 from isekai.config.rules import Where
@@ -39,6 +40,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "REQUEST_MANAGED_HEADERS",
     "RESPONSE_MANAGED_HEADERS",
+    "ApiKeyConfig",
     "CorsConfig",
     "FaultAbort",
     "FaultConfig",
@@ -73,7 +75,8 @@ class PolicySpec:
 
     type: str = setting(
         "string",
-        "The policy family: `headers`, `cors`, `ip_filter`, `fault`, `metrics`, or a plugin's.",
+        "The policy family: `headers`, `cors`, `ip_filter`, `fault`, `metrics`, `api_key`, or a "
+        "plugin's.",
         what="a policy type",
     )
     options: Any = setting("json", "The family's settings.", yaml=False)
@@ -385,7 +388,14 @@ class FaultConfig:
 
 _BUILTIN: dict[str, type] = {
     cls.family: cls
-    for cls in (CorsConfig, FaultConfig, HeadersConfig, IpFilterConfig, MetricsConfig)
+    for cls in (
+        ApiKeyConfig,
+        CorsConfig,
+        FaultConfig,
+        HeadersConfig,
+        IpFilterConfig,
+        MetricsConfig,
+    )
 }
 _TYPE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _ENVELOPE = frozenset({"type", "deadline"})
