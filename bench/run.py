@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import env, variants
-from harness.variants import TRACING_RATIOS, with_policies  # noqa: F401 (micro/ imports it)
+from harness.variants import API_KEY, TRACING_RATIOS, with_policies  # noqa: F401 (micro/ imports it)
 
 ALL_TARGETS = ("direct", "isekai", "nginx", "haproxy")
 QUICK_SCENARIOS = ("small_get", "get_16k")
@@ -36,7 +36,8 @@ GROUPS = {
         "small_get_tracing_100pct",
         "small_get_access_log",
         "small_get_request_log",
-    )
+    ),
+    "auth": ("small_get_api_key",),
 }
 
 
@@ -120,6 +121,18 @@ def scenarios() -> dict[str, Scenario]:
             )
         )
     out += observability_scenarios(small)
+    out.append(
+        Scenario(
+            "small_get_api_key",
+            "/small",
+            "small_get with an api_key policy on the route (1,000 consumers, key in a header)",
+            headers=(f"X-API-Key: {API_KEY}",),
+            targets=("isekai",),
+            expect_len=small,
+            variant="api_key",
+            baseline="small_get",
+        )
+    )
     out.append(
         Scenario(
             "c1000",
@@ -363,7 +376,9 @@ class Bench:
         """One request by hand before measuring: right status and body size, or a note."""
         body = b"x" * s.post if s.post else None
         try:
-            status, data = self.T.http_get(t.proc.port, s.path, "POST" if s.post else "GET", body)
+            status, data = self.T.http_get(
+                t.proc.port, s.path, "POST" if s.post else "GET", body, headers=s.headers
+            )
         except OSError as exc:
             self.note(f"{t.label} {s.name}: probe request failed: {exc}")
             return

@@ -110,10 +110,22 @@ def start(name: str, argv: list[str], log: Path, port: int, cores=None, env=None
     return Proc(name, popen, log, port, **kw)
 
 
-def http_get(port: int, path: str, method: str = "GET", body: bytes | None = None, timeout=5.0):
+def http_get(
+    port: int,
+    path: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    timeout=5.0,
+    headers: tuple[str, ...] = (),
+):
+    """One request; ``headers`` as wrk takes them (``"Name: value"``)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    fields = {"Host": "bench.local"}
+    for line in headers:
+        name, _, value = line.partition(":")
+        fields[name.strip()] = value.strip()
     try:
-        conn.request(method, path, body=body, headers={"Host": "bench.local"})
+        conn.request(method, path, body=body, headers=fields)
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:
