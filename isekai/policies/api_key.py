@@ -19,7 +19,6 @@ worker); both are shipped with the worker's statistics as ``extra["api_keys"]``
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import time
@@ -49,6 +48,7 @@ class KeyIndex:
     def __init__(self, env: Any) -> None:
         self.env = env
         self.by_hash: dict[str, tuple[Any, Any, list[float]]] = {}
+        self.by_key: dict[str, tuple[Any, Any, list[float]]] = {}
         self.pepper: bytes = b""
         self.refused = dict.fromkeys(REFUSALS, 0)
         self._security: Any = object()  # the `Security` the index was built with
@@ -90,16 +90,24 @@ class KeyIndex:
                     continue
                 by_hash[digest] = (consumer, key, record)
         self.by_hash = by_hash
+        # keys seen and accepted since the last rebuild -> their entry: a repeat skips the
+        # HMAC. Only keys of the index get in (at most one per entry), so a client sending
+        # random keys cannot grow it.
+        self.by_key = {}
         self._usage = usage
 
     def lookup(self, key: str) -> tuple[Any, Any, list[float]] | None:
         """The ``(consumer, key, usage)`` that ``key`` (as the client sent it) belongs to."""
         if self.env.security is not self._security:  # a new snapshot changed the pepper
             self._rebuild(self._items)
-        digest = hmac.new(
-            self.pepper, key.encode("utf-8", "surrogateescape"), hashlib.sha256
-        ).hexdigest()
-        return self.by_hash.get(digest)
+        found = self.by_key.get(key)
+        if found is not None:
+            return found
+        digest = hmac.digest(self.pepper, key.encode("utf-8", "surrogateescape"), "sha256")
+        found = self.by_hash.get(digest.hex())
+        if found is not None and len(self.by_key) < len(self.by_hash):
+            self.by_key[key] = found
+        return found
 
     def stats(self) -> dict[str, Any]:
         """JSON-compatible: ``{"usage": {consumer: {key id: [requests, last_used_at]}},
