@@ -164,6 +164,7 @@ ACCESS_LOG_DEFAULT_FIELDS = (
     "status",
     "route",
     "upstream",
+    "consumer",
     "duration_ms",
     "bytes_in",
     "bytes_out",
