@@ -85,6 +85,12 @@ _LOG_PARAMETERS = (
         "schema": {"type": "string", "minLength": 1, "maxLength": 256},
     },
     {
+        "name": "consumer",
+        "in": "query",
+        "description": "The consumer a credential policy resolved; empty: requests without one.",
+        "schema": {"type": "string", "maxLength": 128},
+    },
+    {
         "name": "status",
         "in": "query",
         "schema": {"type": "integer", "minimum": 100, "maximum": 599},
@@ -119,6 +125,7 @@ _LOG_PARAMETERS = (
 _ROUTE_DATA = _ref("RouteResource")
 _UPSTREAM_DATA = _ref("UpstreamResource")
 _POLICY_DATA = _ref("PolicyResource")
+_CONSUMER_DATA = _ref("ConsumerResource")
 _READ = (401, 403)
 _WRITE = (400, 401, 403, 409, 413, 415, 422)
 
@@ -457,6 +464,7 @@ OPERATIONS: list[Operation] = [
     *_item_operations("route", items.handlers(items.ROUTE), _ROUTE_DATA),
     *_item_operations("upstream", items.handlers(items.UPSTREAM), _UPSTREAM_DATA),
     *_item_operations("policy", items.handlers(items.POLICY), _POLICY_DATA, "policies"),
+    *_item_operations("consumer", items.handlers(items.CONSUMER), _CONSUMER_DATA),
     Operation(
         "POST",
         "/api/consumers/{id}/keys",

@@ -165,6 +165,7 @@ ACCESS_LOG_DEFAULT_FIELDS = (
     "status",
     "route",
     "upstream",
+    "consumer",
     "duration_ms",
     "bytes_in",
     "bytes_out",
