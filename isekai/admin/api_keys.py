@@ -34,7 +34,7 @@ from aiohttp import web
 
 from isekai.admin.context import CTX, AdminContext
 from isekai.admin.http import ApiError, iso_time, ok, read_json
-from isekai.admin.items import _commit
+from isekai.admin.items import CONSUMER, _commit, _explain
 from isekai.admin.schemas import COMPONENTS, NAME_PATTERN, first_error
 from isekai.config import units
 from isekai.config.api_key_policy import PREFIX_LENGTH, key_hash, make_key
@@ -272,10 +272,8 @@ async def _change_keys(
             assert ctx.live is not None
             try:
                 prepared = ctx.live.prepare(KIND, name, doc)
-            except ConfigError as exc:  # e.g. a key id the consumer's other keys refuse
-                raise ApiError(
-                    422, "invalid", f"consumer {name!r}: {exc.message}", config_path=exc.path
-                ) from None
+            except ConfigError as exc:  # the loader's word on the new document
+                raise _explain(ctx, exc, CONSUMER, name) from None
             try:
                 stored = await ctx.store.replace_item(KIND, name, doc, if_version=item.version)
             except NotFound:
