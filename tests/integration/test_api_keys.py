@@ -268,7 +268,7 @@ listeners: [{{name: public, bind: "127.0.0.1:0"}}]
 admin:
   bind: "127.0.0.1:0"
   auth: {{jwt_secret: "api-keys-secret-api-keys-secret-0123"}}
-store: {{url: "sqlite:///{store}"}}
+store: {{url: "{store}"}}
 upstreams:
   app: {{targets: ["127.0.0.1:{upstream_port}"]}}
 policies:
@@ -323,11 +323,14 @@ class AdminClient:
             conn.close()
 
 
-def start_managed(tmp_path, upstream_port: int, *, workers: int = 2, name: str = "gw.yaml"):
+def start_managed(
+    tmp_path, upstream_port: int, *, workers: int = 2, name: str = "gw.yaml", store: str = ""
+):
     from tests.support.gateway import Gateway
 
     path = tmp_path / name
-    path.write_text(managed_yaml(upstream_port, str(tmp_path / "store.db"), workers))
+    store = store or f"sqlite:///{tmp_path / 'store.db'}"
+    path.write_text(managed_yaml(upstream_port, store, workers))
     return Gateway(path, env=ADMIN_ENV, startup_timeout=30)
 
 
@@ -528,11 +531,18 @@ def test_api_keys_usage_is_summed_over_the_workers(managed):
     assert usage["last_used_at"] == max(k["last_used_at"] for k in usage["keys"])
 
 
-def test_api_keys_two_gateways_making_keys_at_once_all_land(tmp_path, upstream):
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_api_keys_two_gateways_making_keys_at_once_all_land(
+    tmp_path, upstream, require_service, backend
+):
     import threading
+    import uuid
 
-    first = start_managed(tmp_path, upstream.port, workers=1, name="one.yaml")
-    second = start_managed(tmp_path, upstream.port, workers=1, name="two.yaml")
+    store = ""
+    if backend == "postgres":  # a schema of its own on the test database
+        store = f"{require_service('postgres')}?schema=isekai_keys_{uuid.uuid4().hex[:10]}"
+    first = start_managed(tmp_path, upstream.port, workers=1, name="one.yaml", store=store)
+    second = start_managed(tmp_path, upstream.port, workers=1, name="two.yaml", store=store)
     try:
         admins = [AdminClient(first), AdminClient(second)]
         status, body, _ = admins[0].call("POST", "/api/consumers", {"name": "shared"})
