@@ -314,6 +314,8 @@ class Totals:
     logs: dict[str, dict[str, int]] = field(default_factory=dict)
     spans: dict[str, int] = field(default_factory=dict)
     custom: dict[str, Any] = field(default_factory=dict)  # custom_metrics.merge of the workers
+    # (consumer, route, status_class) -> requests (`consumer_metrics`)
+    consumers: dict[tuple[str, str, str], int] = field(default_factory=dict)
     targets: dict[tuple[str, str], TargetState] = field(default_factory=dict)
     clusters: dict[str, ClusterState] = field(default_factory=dict)
     checks: dict[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
@@ -387,6 +389,10 @@ def sum_workers(workers: Iterable[Mapping[str, Any]]) -> Totals:
             totals.spans[key] = totals.spans.get(key, 0) + value
         if extra.get("custom_metrics"):
             customs.append(extra["custom_metrics"])
+        for row in extra.get("consumers", ()):
+            if len(row) == 4 and all(isinstance(text, str) for text in row[:3]):
+                key = (row[0], row[1], row[2])
+                totals.consumers[key] = totals.consumers.get(key, 0) + int(row[3])
     if customs:
         totals.custom = custom_metrics.merge(customs)
     totals.checks = newest_checks(workers)
@@ -879,6 +885,19 @@ def _write_logs(out: _Text, totals: Totals) -> None:
         )
 
 
+def _write_consumers(out: _Text, totals: Totals) -> None:
+    # bounded by the workers: configured consumers and routes only (`consumer_metrics`)
+    out.family(
+        "isekai_consumer_requests",
+        "counter",
+        "Requests on routes with a credential policy, by the consumer they resolved to "
+        '("" when none)',
+    )
+    for (consumer, route, status_class), count in sorted(totals.consumers.items()):
+        labels = _labels(consumer=consumer, route=route, status_class=status_class)
+        out.sample("isekai_consumer_requests_total", labels, count)
+
+
 class _Families:
     """A one-scrape prometheus-client collector over ready-made families."""
 
@@ -908,6 +927,7 @@ def render(gathered: Gathered, max_label_values: int) -> bytes:
     _write_targets(out, totals, upstream_names, target_names)
     _write_policies(out, totals, max_label_values)
     _write_logs(out, totals)
+    _write_consumers(out, totals)
     if totals.custom:
         _write_custom(out, totals.custom)
     return out.body()
