@@ -121,11 +121,10 @@ CONSUMER = {
     "properties": _CONSUMER_FIELDS,
 }
 CONSUMER_REPLACE = {
-    **CONSUMER,
+    **{key: value for key, value in CONSUMER.items() if key != "required"},
     "description": "A consumer; `name` may be left out (it is the one in the URL). Its keys "
     "are kept.",
     "examples": [{"tier": "free", "tags": ["trial"]}],
-    "required": [],
 }
 CONSUMER_KEY_VIEW = {
     "type": "object",

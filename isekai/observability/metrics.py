@@ -315,6 +315,8 @@ class Totals:
     spans: dict[str, int] = field(default_factory=dict)
     custom: dict[str, Any] = field(default_factory=dict)  # custom_metrics.merge of the workers
     api_key_refusals: dict[str, int] = field(default_factory=dict)  # reason -> count
+    # (consumer, route, status_class) -> requests (`consumer_metrics`)
+    consumers: dict[tuple[str, str, str], int] = field(default_factory=dict)
     targets: dict[tuple[str, str], TargetState] = field(default_factory=dict)
     clusters: dict[str, ClusterState] = field(default_factory=dict)
     checks: dict[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
@@ -390,6 +392,10 @@ def sum_workers(workers: Iterable[Mapping[str, Any]]) -> Totals:
             customs.append(extra["custom_metrics"])
         for reason, count in extra.get("api_keys", {}).get("refused", {}).items():
             totals.api_key_refusals[reason] = totals.api_key_refusals.get(reason, 0) + count
+        for row in extra.get("consumers", ()):
+            if len(row) == 4 and all(isinstance(text, str) for text in row[:3]):
+                key = (row[0], row[1], row[2])
+                totals.consumers[key] = totals.consumers.get(key, 0) + int(row[3])
     if customs:
         totals.custom = custom_metrics.merge(customs)
     totals.checks = newest_checks(workers)
@@ -899,6 +905,19 @@ def _write_logs(out: _Text, totals: Totals) -> None:
         )
 
 
+def _write_consumers(out: _Text, totals: Totals) -> None:
+    # bounded by the workers: configured consumers and routes only (`consumer_metrics`)
+    out.family(
+        "isekai_consumer_requests",
+        "counter",
+        "Requests on routes with a credential policy, by the consumer they resolved to "
+        '("" when none)',
+    )
+    for (consumer, route, status_class), count in sorted(totals.consumers.items()):
+        labels = _labels(consumer=consumer, route=route, status_class=status_class)
+        out.sample("isekai_consumer_requests_total", labels, count)
+
+
 class _Families:
     """A one-scrape prometheus-client collector over ready-made families."""
 
@@ -929,6 +948,7 @@ def render(gathered: Gathered, max_label_values: int) -> bytes:
     _write_policies(out, totals, max_label_values)
     _write_api_keys(out, totals)
     _write_logs(out, totals)
+    _write_consumers(out, totals)
     if totals.custom:
         _write_custom(out, totals.custom)
     return out.body()
