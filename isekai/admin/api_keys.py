@@ -55,7 +55,7 @@ GATHER_TIMEOUT = 3.0  # seconds the workers have to answer a usage request
 _DURATION = {
     "oneOf": [
         {"type": "string", "minLength": 1, "maxLength": 32},
-        {"type": "number", "exclusiveMinimum": 0},
+        {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_LIFETIME},
     ]
 }
 _TIME = {"type": ["string", "null"], "format": "date-time"}
@@ -329,9 +329,9 @@ async def create_key(request: web.Request) -> web.Response:
             old = next((key for key in keys if key.get("id") == body["rotate"]), None)
             if old is None:
                 raise ApiError(
-                    404,
-                    "not_found",
-                    f"consumer {name!r} has no key {body['rotate']!r} to rotate",
+                    422,
+                    "invalid",
+                    f"key.rotate: consumer {name!r} has no key {body['rotate']!r} to rotate",
                     path="key.rotate",
                 )
             end = now + (DEFAULT_GRACE if grace is None else grace)

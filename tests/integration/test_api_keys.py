@@ -408,7 +408,8 @@ def test_api_keys_admin_errors(managed):
     assert admin.call("GET", "/api/consumers/nobody/usage")[0] == 404
     assert admin.call("DELETE", "/api/consumers/acme/keys/none")[0] == 404
     status, body, _ = admin.call("POST", "/api/consumers/acme/keys", {"rotate": "none"})
-    assert status == 404 and "no key 'none' to rotate" in body["message"]
+    assert status == 422 and "no key 'none' to rotate" in body["message"]
+    assert body["error"]["path"] == "key.rotate"
     # bad bodies
     for bad, path in [
         ({"expires_in": "soon"}, "key.expires_in"),
