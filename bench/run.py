@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import env, variants
-from harness.variants import TRACING_RATIOS, with_policies  # noqa: F401 (micro/ imports it)
+from harness.variants import API_KEY, TRACING_RATIOS, with_policies  # noqa: F401 (micro/ imports it)
 
 ALL_TARGETS = ("direct", "isekai", "nginx", "haproxy")
 QUICK_SCENARIOS = ("small_get", "get_16k")
@@ -39,6 +39,7 @@ GROUPS = {
         "small_get_request_log",
     ),
     "jwt": ("small_get_jwt_cached", "small_get_jwt_uncached"),
+    "auth": ("small_get_api_key",),
 }
 
 
@@ -126,6 +127,18 @@ def scenarios() -> dict[str, Scenario]:
         )
     out += observability_scenarios(small)
     out += jwt_scenarios(small)
+    out.append(
+        Scenario(
+            "small_get_api_key",
+            "/small",
+            "small_get with an api_key policy on the route (1,000 consumers, key in a header)",
+            headers=(f"X-API-Key: {API_KEY}",),
+            targets=("isekai",),
+            expect_len=small,
+            variant="api_key",
+            baseline="small_get",
+        )
+    )
     out.append(
         Scenario(
             "c1000",

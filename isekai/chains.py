@@ -5,6 +5,9 @@ instance is kept for as long as some chain uses it, keyed by what it was built f
 policy by (name, type, config), an inline one by (owner, position, type, config). So a reload
 or an admin change that leaves a policy's config alone keeps its instance and its state; one
 no chain uses any more is ``close()``d.
+
+A chain that holds a credential policy starts with the worker's consumer tally, when there
+is one (`isekai.observability.consumer_metrics`): it counts requests per resolved consumer.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 from isekai._core.counters import Counters
 from isekai._core.policy import CorePolicy, PythonPolicy
 from isekai.config.policies import PolicySpec
+from isekai.observability.consumer_metrics import identifies
 
 __all__ = ["PolicySet", "as_core"]
 
@@ -33,9 +37,17 @@ class PolicySet:
     ``build(spec)`` makes a policy object from a `PolicySpec` (the families' table).
     """
 
-    def __init__(self, counters: Counters, build: Callable[[PolicySpec], Any]) -> None:
+    def __init__(
+        self, counters: Counters, build: Callable[[PolicySpec], Any], tally: Any = None
+    ) -> None:
         self.counters = counters
         self.build = build
+        # the consumer tally (an object with ``on_complete``), shared by every chain that
+        # holds a credential policy; never closed by `release`
+        self.tally: CorePolicy | None = None
+        if tally is not None:
+            self.tally = as_core(tally)
+            self.tally.name = self.tally.type_name = "consumer_tally"
         self._by_key: dict[Any, CorePolicy] = {}
         self._keys: dict[int, Any] = {}  # id(instance) -> key
         self._users: dict[int, int] = {}  # id(instance) -> chains holding it
@@ -54,6 +66,7 @@ class PolicySet:
         name exists). ``owner`` names inline items: ``routes.api``, ``listeners.public``.
         Each instance returned is held until `release` is given the chain."""
         policies = []
+        credentials = False
         for i, item in enumerate(items):
             if isinstance(item, str):
                 spec = named[item]
@@ -75,6 +88,10 @@ class PolicySet:
                 self._users[id(policy)] = 0
             self._users[id(policy)] += 1
             policies.append(policy)
+            credentials = credentials or identifies(spec)
+        if credentials and self.tally is not None:
+            # first: the complete phase reaches it even when a policy answers (401s count)
+            policies.insert(0, self.tally)
         return tuple(policies)
 
     def release(self, chain: Iterable[CorePolicy]) -> None:

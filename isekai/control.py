@@ -1,6 +1,7 @@
 """The control plane of one gateway instance: store, admin API, and applying their changes.
 
-Routes and upstreams come from the YAML file (read-only through the API) and from the store
+Routes, upstreams, policies and consumers come from the YAML file (read-only through the API)
+and from the store
 (created through the API). `ControlPlane` opens the store, builds the admin API's context,
 serves the API, and follows the store's change counter (PostgreSQL LISTEN/NOTIFY, or polling
 for SQLite), so several gateway instances sharing one database all apply a change.
@@ -45,7 +46,12 @@ STATS_TIMEOUT = 3.0  # seconds a scrape waits for the master's answer (it waits 
 
 
 def change_message(
-    text: str, source: str, routes: list[dict], upstreams: dict, policies: dict
+    text: str,
+    source: str,
+    routes: list[dict],
+    upstreams: dict,
+    policies: dict,
+    consumers: list[dict] | None = None,
 ) -> dict:
     """What a worker needs to rebuild the effective config (JSON-compatible)."""
     return {
@@ -55,6 +61,7 @@ def change_message(
         "routes": routes,
         "upstreams": upstreams,
         "policies": policies,
+        "consumers": consumers or [],
     }
 
 
@@ -119,7 +126,10 @@ class ControlPlane:
         """The `change_message` of the running config (a whole config, for a fresh start)."""
         routes, upstreams = await self.ctx.stored_documents()
         policies = await self.ctx.stored_policies()
-        return change_message(self.ctx.config_text, self.config.source, routes, upstreams, policies)
+        consumers = await self.ctx.stored_consumers()
+        return change_message(
+            self.ctx.config_text, self.config.source, routes, upstreams, policies, consumers
+        )
 
     async def reload(self, config: Config, text: str) -> None:
         """A new config file (SIGHUP): merge it with the store and apply; ConfigError keeps

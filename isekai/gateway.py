@@ -194,6 +194,8 @@ def update_snapshot(
     # upstreams first, so that every route finds the cluster its final state names
     final_routes = {route.name: route for route in config.routes}
     for change in sorted(changes, key=lambda change: _APPLY_ORDER[change.kind]):
+        if change.kind == "consumer":  # the worker's consumer directory follows config
+            continue
         if change.kind == "policy":
             _rechain(change.name, config, cores, listeners, policies)
             continue
@@ -225,7 +227,7 @@ def update_snapshot(
     return Snapshot(config, router, version, cores, listeners, policies)
 
 
-_APPLY_ORDER = {"upstream": 0, "policy": 1, "route": 2}
+_APPLY_ORDER = {"upstream": 0, "policy": 1, "route": 2, "consumer": 3}
 
 
 def _uses(items: tuple, name: str) -> bool:

@@ -40,6 +40,7 @@ from isekai.gateway import (
     update_snapshot,
 )
 from isekai.observability import custom_metrics
+from isekai.observability.consumer_metrics import ConsumerTally
 from isekai.observability.request_log_feed import LogFeed
 from isekai.observability.tracing import open_tracer
 from isekai.policies.environment import PolicyEnvironment
@@ -73,8 +74,12 @@ class Worker:
         self.registry = ClusterRegistry(loop, self.counters)
         # what policy instances share in this worker (consumers, HTTP and Redis clients)
         self.policy_env = PolicyEnvironment(loop)
+        # requests per resolved consumer, on routes with a credential policy
+        self.consumer_tally = ConsumerTally(self.policy_env.consumers)
         self.policies = PolicySet(
-            self.counters, functools.partial(build_policy, env=self.policy_env)
+            self.counters,
+            functools.partial(build_policy, env=self.policy_env),
+            self.consumer_tally,
         )
         self.snapshot: Snapshot = build_snapshot(
             config, self.registry, self.counters, version, self.policies
@@ -113,12 +118,14 @@ class Worker:
         if self.tracer is not None:
             self.stats_providers["tracing"] = self.tracer.stats
         self.stats_providers["custom_metrics"] = functools.partial(custom_metrics.export, REGISTRY)
+        self.stats_providers["consumers"] = self.consumer_tally.stats
 
     def _apply_limits(self, config: Config) -> None:
         limits = config.limits
         state = self.state
         # who requests belong to, for the credential policies; and the identity headers no
         # client may send (`stripped_headers`)
+        self.policy_env.security = config.security
         self.policy_env.consumers.update(config.consumers)
         state.stripped = stripped_headers(config)
         state.max_request_line = limits.max_request_line

@@ -118,9 +118,10 @@ def http_get(
     timeout=5.0,
     headers: tuple[str, ...] = (),
 ):
+    """One request; ``headers`` as wrk takes them (``"Name: value"``)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     fields = {"Host": "bench.local"}
-    for line in headers:  # "Name: value", as wrk takes them
+    for line in headers:
         name, _, value = line.partition(":")
         fields[name.strip()] = value.strip()
     try:

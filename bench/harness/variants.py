@@ -14,6 +14,8 @@ variant edits that text so the scenario measures exactly one feature's cost agai
     request_log     the admin process with a SQLite store in the work directory and
                     admin.request_logs.enabled: true (one row per request)
     jwt             a jwt policy (RS256, an inline PEM key; harness/jwt_tokens.py) on every route
+    api_key         an api_key policy on every route; wrk sends a consumer's key (one HMAC
+                    and one dict lookup per request, the key header removed, X-Consumer-ID set)
 
 Tracing variants export to the OTLP sink (otlp_sink.py) the harness starts, never to a real
 collector.
@@ -36,8 +38,18 @@ policies:
 """
 POLICY_CHAIN = "[office, web_cors, tag]"
 
+# small_get_api_key: the key wrk sends, and the consumer it belongs to (one of 1,000, so the
+# index is not trivially small)
+API_KEY = "isk_bench-key-0123456789abcdefghijklmnopqrstuvw"
+API_KEY_CONSUMERS = 1000
+API_KEY_YAML = (
+    'security: {api_key_pepper: "bench-pepper-0123456789abcdef"}\n'
+    "policies:\n"
+    "  keys: {type: api_key, header: X-API-Key}\n"
+)
+
 TRACING_RATIOS = {"tracing_0": 0, "tracing_1pct": 0.01, "tracing_100pct": 1}
-NAMES = ("policies", "metrics_off", *TRACING_RATIOS, "access_log", "request_log", "jwt")
+NAMES = ("policies", "metrics_off", *TRACING_RATIOS, "access_log", "request_log", "jwt", "api_key")
 ADMIN_OFF = "admin: {enabled: false}"
 
 
@@ -62,6 +74,16 @@ def with_policies(conf: str, policies: str = POLICIES_YAML, chain: str = POLICY_
     return policies + "\n".join(lines) + "\n"
 
 
+def api_key_conf(conf: str) -> str:
+    """`conf` with the `api_key` policy on every route and `API_KEY_CONSUMERS` consumers, the
+    last of which owns `API_KEY`."""
+    consumers = ["consumers:"]
+    for i in range(API_KEY_CONSUMERS - 1):
+        consumers.append(f'  - {{name: c{i}, keys: [{{id: k, key: "isk_other-{i:06d}-key-xyz"}}]}}')
+    consumers.append(f'  - {{name: bench, keys: [{{id: k, key: "{API_KEY}"}}]}}')
+    return with_policies(conf, API_KEY_YAML, "[keys]") + "\n".join(consumers) + "\n"
+
+
 def apply(conf: str, variant: str | None, work: Path, tag: str, sink_port: int | None) -> str:
     """`conf` (from `targets.isekai_conf`) changed as `variant` says; files go in `work`,
     named after `tag`; tracing exports to the OTLP sink on `sink_port`."""
@@ -73,6 +95,8 @@ def apply(conf: str, variant: str | None, work: Path, tag: str, sink_port: int |
         from harness import jwt_tokens
 
         return with_policies(conf, jwt_tokens.policy_yaml(), "[bench_jwt]")
+    if variant == "api_key":
+        return api_key_conf(conf)
     if variant == "metrics_off":
         return conf + "observability: {metrics: {enabled: false}}\n"
     if variant in TRACING_RATIOS:

@@ -1871,7 +1871,7 @@ cdef class DownstreamProtocol:
 # record (`access` false): the request log never reads them.
 RECORD_EXTRAS = ("trace_id", "span_id", "query", "referer", "host", "listener", "access")
 cdef enum:
-    LOG_FIELDS = 12 + 7
+    LOG_FIELDS = 13 + 7
 
 
 cdef inline double _uniform(ServerState state):
@@ -1952,6 +1952,7 @@ cdef tuple _log_record(DownstreamProtocol proto, ProxyRequest req, double latenc
     cdef CoreRoute route = req.route
     cdef tuple names = proto.state.log_headers
     cdef Py_ssize_t i, n = len(names)
+    cdef object consumer
     cdef tuple record = PyTuple_New(LOG_FIELDS + n)
     _put(record, 0, wall_clock())
     _put(record, 1, route.name if route is not None else None)
@@ -1966,18 +1967,23 @@ cdef tuple _log_record(DownstreamProtocol proto, ProxyRequest req, double latenc
     _put(record, 9, _text(proto.peer_ip))
     _put(record, 10, _text(req.user_agent, USER_AGENT_LIMIT))
     _put(record, 11, _text(req.request_id, REQUEST_ID_LIMIT))
-    _put(record, 12, req.trace_id)
+    # the consumer a credential policy resolved (`identify` sets ctx["consumer"]), or None
+    consumer = req._ctx.get("consumer") if req._ctx else None
+    if consumer is not None and type(consumer) is not str:
+        consumer = str(consumer)
+    _put(record, 12, consumer)
+    _put(record, 13, req.trace_id)
     if access:
-        _put(record, 13, req.span_id)
-        _put(record, 14, req.query)
-        _put(record, 15, req.get_header_joined(b"referer"))
-        _put(record, 16, req.host)
-        _put(record, 17, proto.listener.name if proto.listener is not None else None)
-        _put(record, 18, True)
+        _put(record, 14, req.span_id)
+        _put(record, 15, req.query)
+        _put(record, 16, req.get_header_joined(b"referer"))
+        _put(record, 17, req.host)
+        _put(record, 18, proto.listener.name if proto.listener is not None else None)
+        _put(record, 19, True)
         for i in range(n):
             _put(record, LOG_FIELDS + i, req.get_header_joined(<bytes>names[i]))
     else:
-        for i in range(13, LOG_FIELDS - 1):
+        for i in range(14, LOG_FIELDS - 1):
             _put(record, i, None)
         _put(record, LOG_FIELDS - 1, False)
         for i in range(LOG_FIELDS, LOG_FIELDS + n):

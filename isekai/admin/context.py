@@ -188,6 +188,16 @@ class AdminContext:
             if ("policy", item.name) not in skipped
         }
 
+    async def stored_consumers(self) -> list[dict[str, Any]]:
+        """The stored consumers in the running config, as documents (each with its
+        ``name``): what a whole-config message carries besides `stored_policies`."""
+        skipped = {(i.kind, i.name) for i in self.skipped}
+        return [
+            item.doc
+            for item in await self.store.list_items("consumer")
+            if ("consumer", item.name) not in skipped
+        ]
+
 
 CTX = web.AppKey("isekai_admin_context", AdminContext)  # the context in app[CTX]
 USER = web.RequestKey("isekai_admin_user", dict)  # request[USER]: the authenticated user

@@ -1,5 +1,6 @@
-"""Routes, upstreams and policies as API resources: ``/api/routes``, ``/api/upstreams`` and
-``/api/policies`` are the same six handlers (`handlers`) over a `Kind`.
+"""Routes, upstreams, policies and consumers as API resources: ``/api/routes``,
+``/api/upstreams``, ``/api/policies`` and ``/api/consumers`` are the same six handlers
+(`handlers`) over a `Kind`.
 
 Items come from two sources. ``file`` items are in the YAML file: listed, readable, never
 changed through the API (409). ``api`` items are stored (``isekai.store``) with a version that
@@ -12,6 +13,12 @@ A mistake is answered 422 with ``error.path`` relative to the submitted document
 (``route.match.path``, ``upstream.targets[0]``, ``policy.origins[1]``) when it lies there, else
 the path in the whole config (``routes[4].upstream``) and ``error.item`` naming the item it
 lies in.
+
+A consumer's ``keys`` are not changed here: they are made and revoked at
+``/api/consumers/{name}/keys``. A body with ``keys`` is refused (422, ``consumer.keys``), a
+replace keeps the stored keys, and every view shows a key as ``id``, ``prefix``,
+``created_at`` and ``expires_at`` only, never the key or its hash. Nothing in the config
+names a consumer, so deleting one is always allowed.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from isekai.errors import ConfigError
 from isekai.store import AlreadyExists, NotFound, VersionMismatch
 
 __all__ = [
+    "CONSUMER",
     "IF_MATCH_PATTERN",
     "POLICY",
     "ROUTE",
@@ -49,19 +57,22 @@ log = logging.getLogger("isekai.admin")
 
 @dataclass(frozen=True, slots=True)
 class Kind:
-    """``route``, ``upstream`` or ``policy``: how the API names, shows and checks items of
-    one kind."""
+    """``route``, ``upstream``, ``policy`` or ``consumer``: how the API names, shows and
+    checks items of one kind."""
 
-    name: str  # store kind and error prefix: route, upstream, policy
-    plural: str  # URL segment and config key: routes, upstreams, policies
+    name: str  # store kind and error prefix: route, upstream, policy, consumer
+    plural: str  # URL segment and config key: routes, upstreams, policies, consumers
     create_schema: str
     replace_schema: str
-    doc_has_name: bool  # a route doc holds its name; an upstream's or policy's is the YAML key
+    doc_has_name: bool  # a route's or consumer's doc holds its name; others' is the YAML key
 
 
 ROUTE = Kind("route", "routes", "Route", "RouteReplace", True)
 UPSTREAM = Kind("upstream", "upstreams", "Upstream", "UpstreamReplace", False)
 POLICY = Kind("policy", "policies", "Policy", "PolicyReplace", False)
+CONSUMER = Kind("consumer", "consumers", "Consumer", "ConsumerReplace", True)
+
+_KEY_FIELDS = ("id", "prefix", "created_at", "expires_at")  # what a view shows of a key
 
 
 # -- views -------------------------------------------------------------------------------------
@@ -70,20 +81,46 @@ POLICY = Kind("policy", "policies", "Policy", "PolicyReplace", False)
 def _file_items(ctx: AdminContext, kind: Kind) -> dict[str, dict[str, Any]]:
     if kind is POLICY:
         return ctx.file_policies()
+    if kind is CONSUMER:
+        return {consumer.name: _consumer_doc(consumer) for consumer in ctx.config.consumers}
     routes, upstreams = ctx.file_documents()
     if kind.doc_has_name:
         return {str(doc.get("name")): doc for doc in routes if isinstance(doc, dict)}
     return dict(upstreams)
 
 
-def _view_file(name: str, doc: dict[str, Any]) -> dict[str, Any]:
+def _consumer_doc(consumer: Any) -> dict[str, Any]:
+    # a file consumer as a document (validated values; its keys as `_shown` makes them)
+    doc: dict[str, Any] = {"name": consumer.name}
+    if consumer.tier is not None:
+        doc["tier"] = consumer.tier
+    if consumer.tags:
+        doc["tags"] = list(consumer.tags)
+    if consumer.keys:
+        doc["keys"] = [{key: getattr(k, key) for key in _KEY_FIELDS} for k in consumer.keys]
+    return doc
+
+
+def _shown(kind: str, doc: dict[str, Any]) -> dict[str, Any]:
+    # what a view may show of a document: a consumer's keys without the key or its hash
+    if kind != "consumer" or not isinstance(doc.get("keys"), list):
+        return doc
+    keys = [
+        {field: key.get(field) for field in _KEY_FIELDS}
+        for key in doc["keys"]
+        if isinstance(key, dict)
+    ]
+    return {**doc, "keys": keys}
+
+
+def _view_file(name: str, doc: dict[str, Any], kind: str = "") -> dict[str, Any]:
     return {
         "name": name,
         "source": "file",
         "version": None,
         "created_at": None,
         "updated_at": None,
-        "spec": doc,
+        "spec": _shown(kind, doc),
     }
 
 
@@ -94,7 +131,7 @@ def _view_stored(item: Any) -> dict[str, Any]:
         "version": item.version,
         "created_at": iso_time(item.created_at),
         "updated_at": iso_time(item.updated_at),
-        "spec": item.doc,
+        "spec": _shown(item.kind, item.doc),
     }
 
 
@@ -110,6 +147,7 @@ def _with_etag(item: Any, status: int = 200, **headers: str) -> web.Response:
 
 
 _LISTENER_PATH = re.compile(r"listeners\[(\d+)\].*", re.S)
+_CONSUMER_PATH = re.compile(r"consumers\[(\d+)\](.*)", re.S)
 _ENTITY_TAG = r'(?:W/)?"[\x21\x23-\x7e]*"'
 IF_MATCH_PATTERN = rf"^\s*(\*|{_ENTITY_TAG}(\s*,\s*{_ENTITY_TAG})*)\s*$"
 _IF_MATCH = re.compile(IF_MATCH_PATTERN)
@@ -188,7 +226,11 @@ def _explain(ctx: AdminContext, exc: ConfigError, kind: Kind, name: str) -> ApiE
     item: dict[str, Any] | None = None
     path = config_path = exc.path
     found = ROUTE_PATH.fullmatch(exc.path)
-    if found is not None and kind.doc_has_name:  # a route change: only its own document
+    consumer = _CONSUMER_PATH.fullmatch(exc.path)
+    if consumer is not None and kind is CONSUMER:  # only its own document
+        item = {"kind": "consumer", "name": name, "source": "api"}
+        path = f"consumer{consumer.group(2)}"
+    elif found is not None and kind.doc_has_name:  # a route change: only its own document
         item = {"kind": "route", "name": name, "source": "api"}
         path = f"route{found.group(2)}"
     elif found is not None:  # an upstream or policy change refused for a route that uses it
@@ -247,6 +289,26 @@ def _read_only(kind: Kind, name: str) -> ApiError:
     )
 
 
+def _refuse_keys(kind: Kind, body: Any) -> None:
+    # a consumer's keys are made and revoked at /api/consumers/{name}/keys only
+    if kind is CONSUMER and isinstance(body, dict) and "keys" in body:
+        raise ApiError(
+            422,
+            "invalid",
+            "consumer.keys: a consumer's keys cannot be set here; make one with "
+            "POST /api/consumers/{name}/keys and revoke one with "
+            "DELETE /api/consumers/{name}/keys/{id}",
+            path="consumer.keys",
+        )
+
+
+def _keep_keys(kind: Kind, doc: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    # a replaced consumer keeps the keys it has
+    if kind is CONSUMER and current.get("keys"):
+        return {**doc, "keys": current["keys"]}
+    return doc
+
+
 def _document(kind: Kind, name: str | None, body: Any, *, schema: str) -> tuple[str, dict]:
     # (name, doc as stored) from a request body; the name comes from the body or the URL
     if not isinstance(body, dict):
@@ -282,7 +344,7 @@ def _document(kind: Kind, name: str | None, body: Any, *, schema: str) -> tuple[
 
 async def list_items(request: web.Request, kind: Kind) -> web.Response:
     ctx: AdminContext = request.app[CTX]
-    views = [_view_file(name, doc) for name, doc in _file_items(ctx, kind).items()]
+    views = [_view_file(name, doc, kind.name) for name, doc in _file_items(ctx, kind).items()]
     views += [_view_stored(item) for item in await ctx.store.list_items(kind.name)]
     return ok(views)
 
@@ -292,7 +354,7 @@ async def get_item(request: web.Request, kind: Kind) -> web.Response:
     name = request.match_info["id"]
     file_items = _file_items(ctx, kind)
     if name in file_items:
-        return ok(_view_file(name, file_items[name]))
+        return ok(_view_file(name, file_items[name], kind.name))
     item = await ctx.store.get_item(kind.name, name)
     if item is None:
         raise ApiError(404, "not_found", f"no {kind.name} named {name!r}")
@@ -302,6 +364,7 @@ async def get_item(request: web.Request, kind: Kind) -> web.Response:
 async def create_item(request: web.Request, kind: Kind) -> web.Response:
     ctx: AdminContext = request.app[CTX]
     body = await read_json(request)
+    _refuse_keys(kind, body)
     name, doc = _document(kind, None, body, schema=kind.create_schema)
     if name in _file_items(ctx, kind):
         raise ApiError(
@@ -339,6 +402,7 @@ async def _replace(
             raise ApiError(404, "not_found", f"no {kind.name} named {name!r}")
         version = _check_precondition(request, current)
         body, doc = build(current.doc)
+        doc = _keep_keys(kind, doc, current.doc)
         change = _prepare(ctx, kind, name, doc)
         _check_schema(kind, schema, body)
         try:
@@ -364,6 +428,7 @@ async def replace_item(request: web.Request, kind: Kind) -> web.Response:
     if name in _file_items(ctx, kind):
         raise _read_only(kind, name)
     body = await read_json(request)
+    _refuse_keys(kind, body)
     _, doc = _document(kind, name, body, schema=kind.replace_schema)
     return await _replace(request, kind, name, lambda _current: (body, doc), kind.replace_schema)
 
@@ -381,8 +446,11 @@ async def patch_item(request: web.Request, kind: Kind) -> web.Response:
             f"{kind.name}: a merge patch must be a JSON object, got {type(patch).__name__}",
             path=kind.name,
         )
+    _refuse_keys(kind, patch)
 
     def build(current: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        if kind is CONSUMER:  # the keys are not the API's to change: checked without them
+            current = {key: value for key, value in current.items() if key != "keys"}
         merged = merge_patch(current, patch)
         if kind.doc_has_name and "name" not in merged:
             merged["name"] = name

@@ -1,8 +1,8 @@
 """The running config as the control plane keeps it: `LiveConfig`.
 
-It is the YAML file plus the stored routes, upstreams and policies that validate, held as a
-`ConfigIndex` (so one change is checked and applied without reading everything again), with
-the store revision it reflects and each stored item's version. Three ways it moves:
+It is the YAML file plus the stored routes, upstreams, policies and consumers that validate,
+held as a `ConfigIndex` (so one change is checked and applied without reading everything
+again), with the store revision it reflects and each stored item's version. Three ways it moves:
 
 - `load` (startup, SIGHUP): everything is read and validated as one config. A stored item the
   loader refuses is left out (`SkippedItem`, logged once) and the rest validated again, so one
@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from isekai.config.changes import Change, ConfigIndex
+from isekai.config.changes import Change, ConfigIndex, add_consumers
 from isekai.config.loader import API_SOURCE, file_documents, validate_dynamic
 from isekai.config.schema import Config
 from isekai.errors import ConfigError
@@ -40,14 +40,17 @@ _SYNC_ORDER = (
     ("route", True),
     ("policy", False),
     ("upstream", False),
+    ("consumer", True),  # nothing refers to consumers: their order does not matter
+    ("consumer", False),
 )
-_KINDS = ("route", "upstream", "policy")
+_KINDS = ("route", "upstream", "policy", "consumer")
 
 
 @dataclass(frozen=True, slots=True)
 class SkippedItem:
-    """A stored route, upstream or policy left out of the running config because it does not
-    validate against the file and the other items (``reason`` is the loader's message)."""
+    """A stored route, upstream, policy or consumer left out of the running config because it
+    does not validate against the file and the other items (``reason`` is the loader's
+    message)."""
 
     kind: str
     name: str
@@ -62,7 +65,7 @@ class LiveConfig:
         self.store = store
         self.file_config = config  # the YAML file alone, as loaded
         self.text = text
-        self.index = ConfigIndex(config, (route.name for route in config.routes))
+        self.index = _index(config, config)
         self.revision = -1
         self.versions: dict[tuple[str, str], int] = {}  # stored items in the index
         self.skipped: tuple[SkippedItem, ...] = ()
@@ -82,21 +85,23 @@ class LiveConfig:
         routes = await self.store.list_items("route")
         upstreams = await self.store.list_items("upstream")
         policies = await self.store.list_items("policy")
+        consumers = await self.store.list_items("consumer")
         loaded, skipped = whole_config(
             text,
             config.source,
             {item.name: item.doc for item in routes},
             {item.name: item.doc for item in upstreams},
             {item.name: item.doc for item in policies},
+            {item.name: item.doc for item in consumers},
         )
-        stored = (*routes, *upstreams, *policies)
+        stored = (*routes, *upstreams, *policies, *consumers)
         stored_versions = {(item.kind, item.name): item.version for item in stored}
         skipped = tuple(
             SkippedItem(i.kind, i.name, i.reason, stored_versions[i.kind, i.name]) for i in skipped
         )
         left_out = {(item.kind, item.name) for item in skipped}
         self.file_config, self.text = config, text
-        self.index = ConfigIndex(loaded, (route.name for route in config.routes))
+        self.index = _index(loaded, config)
         self.revision = revision
         self.versions = {
             (item.kind, item.name): item.version
@@ -177,6 +182,8 @@ class LiveConfig:
     def _in_file(self, kind: str, name: str) -> bool:
         if kind == "route":
             return name in self.index.file_routes
+        if kind == "consumer":
+            return name in self.index.file_consumers
         config = self.file_config
         return name in (config.upstreams if kind == "upstream" else config.policies)
 
@@ -201,18 +208,28 @@ class LiveConfig:
         self.skipped = skipped
 
 
+def _index(config: Config, file_config: Config) -> ConfigIndex:
+    return ConfigIndex(
+        config,
+        (route.name for route in file_config.routes),
+        (consumer.name for consumer in file_config.consumers),
+    )
+
+
 def whole_config(
     text: str,
     source: str,
     routes: dict[str, dict],
     upstreams: dict[str, dict],
     policies: dict[str, dict] | None = None,
+    consumers: dict[str, dict] | None = None,
 ) -> tuple[Config, tuple[SkippedItem, ...]]:
-    """The config file ``text`` plus the stored ``routes``, ``upstreams`` and ``policies``
-    that validate.
+    """The config file ``text`` plus the stored ``routes``, ``upstreams``, ``policies`` and
+    ``consumers`` that validate.
 
     A stored item the loader refuses is left out (and returned as skipped), then the rest is
-    validated again; a mistake in the file raises ``ConfigError``.
+    validated again; a mistake in the file raises ``ConfigError``. Stored consumers are read
+    one by one after the rest (`add_consumers`): nothing else depends on them.
     """
     items = {"route": dict(routes), "upstream": dict(upstreams), "policy": dict(policies or {})}
     file_routes = len(file_documents(text, source)[0])
@@ -226,6 +243,8 @@ def whole_config(
                 upstreams=items["upstream"],
                 policies=items["policy"],
             )
+            config, left_out = add_consumers(config, consumers or {})
+            skipped.extend(SkippedItem("consumer", name, reason) for name, reason in left_out)
             return config, tuple(skipped)
         except ConfigError as exc:
             found = stored_item_at(

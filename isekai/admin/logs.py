@@ -16,7 +16,7 @@ from isekai.store import RequestLogQuery
 
 __all__ = ["PARAMETERS", "parse_time", "query_logs"]
 
-PARAMETERS = ("route", "status", "status_class", "since", "until", "limit", "offset")
+PARAMETERS = ("route", "consumer", "status", "status_class", "since", "until", "limit", "offset")
 _STATUS_CLASS = re.compile(r"([1-5])(?:xx)?", re.I)
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
@@ -98,6 +98,11 @@ def _query(request: web.Request) -> RequestLogQuery:
         if not route or len(route) > 256:
             raise _bad("route", "expected a route name")
         values["route"] = route
+    if "consumer" in params:  # empty: requests no consumer was resolved for
+        consumer = params["consumer"]
+        if len(consumer) > 128:
+            raise _bad("consumer", "expected a consumer name (at most 128 characters)")
+        values["consumer"] = consumer
     if "status" in params:
         values["status"] = _integer("status", params["status"], 100, 599)
     if "status_class" in params:

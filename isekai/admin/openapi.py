@@ -19,7 +19,17 @@ from typing import Any
 
 from aiohttp import web
 
-from isekai.admin import auth, items, logs, oauth, oauth_clients, observe, schemas, status
+from isekai.admin import (
+    api_keys,
+    auth,
+    items,
+    logs,
+    oauth,
+    oauth_clients,
+    observe,
+    schemas,
+    status,
+)
 from isekai.admin.auth import Permission
 from isekai.admin.http import MERGE_PATCH_TYPE, dumps
 from isekai.admin.items import IF_MATCH_PATTERN
@@ -74,11 +84,25 @@ _USERNAME = {
     "required": True,
     "schema": {"type": "string", "pattern": USERNAME_PATTERN},
 }
+_CONSUMER_ID = {**_ID, "description": "The consumer's name."}
+_KEY_ID = {
+    "name": "key_id",
+    "in": "path",
+    "required": True,
+    "description": "The key's id.",
+    "schema": {"type": "string", "pattern": NAME_PATTERN},
+}
 _LOG_PARAMETERS = (
     {
         "name": "route",
         "in": "query",
         "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+    },
+    {
+        "name": "consumer",
+        "in": "query",
+        "description": "The consumer a credential policy resolved; empty: requests without one.",
+        "schema": {"type": "string", "maxLength": 128},
     },
     {
         "name": "status",
@@ -115,6 +139,7 @@ _LOG_PARAMETERS = (
 _ROUTE_DATA = _ref("RouteResource")
 _UPSTREAM_DATA = _ref("UpstreamResource")
 _POLICY_DATA = _ref("PolicyResource")
+_CONSUMER_DATA = _ref("ConsumerResource")
 _READ = (401, 403)
 _WRITE = (400, 401, 403, 409, 413, 415, 422)
 
@@ -629,6 +654,57 @@ OPERATIONS: list[Operation] = [
     *_item_operations("route", items.handlers(items.ROUTE), _ROUTE_DATA),
     *_item_operations("upstream", items.handlers(items.UPSTREAM), _UPSTREAM_DATA),
     *_item_operations("policy", items.handlers(items.POLICY), _POLICY_DATA, "policies"),
+    *_item_operations("consumer", items.handlers(items.CONSUMER), _CONSUMER_DATA),
+    Operation(
+        "POST",
+        "/api/consumers/{id}/keys",
+        api_keys.create_key,
+        Permission.WRITE,
+        "createApiKey",
+        "Make an API key (answered once, stored hashed), optionally rotating another",
+        "api keys",
+        body="ApiKeyCreate",
+        data=_ref("ApiKey"),
+        status=201,
+        errors=(*_WRITE, 404),
+        parameters=(_CONSUMER_ID,),
+    ),
+    Operation(
+        "GET",
+        "/api/consumers/{id}/keys",
+        api_keys.list_keys,
+        Permission.READ,
+        "listApiKeys",
+        "A consumer's API keys (ids, prefixes and times; never the keys)",
+        "api keys",
+        data={"type": "array", "items": _ref("ApiKey")},
+        errors=(*_READ, 404),
+        parameters=(_CONSUMER_ID,),
+    ),
+    Operation(
+        "DELETE",
+        "/api/consumers/{id}/keys/{key_id}",
+        api_keys.delete_key,
+        Permission.WRITE,
+        "revokeApiKey",
+        "Revoke an API key (refused by every worker within a second)",
+        "api keys",
+        data=_ref("ApiKey"),
+        errors=(*_READ, 404, 409, 422),
+        parameters=(_CONSUMER_ID, _KEY_ID),
+    ),
+    Operation(
+        "GET",
+        "/api/consumers/{id}/usage",
+        api_keys.usage,
+        Permission.READ,
+        "apiKeyUsage",
+        "Requests and last use per API key, summed over the workers",
+        "api keys",
+        data=_ref("ApiKeyUsage"),
+        errors=(*_READ, 404, 503),
+        parameters=(_CONSUMER_ID,),
+    ),
     Operation(
         "POST",
         "/api/users",

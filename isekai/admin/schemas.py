@@ -22,6 +22,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from isekai.admin.oauth_schemas import OAUTH_COMPONENTS
 from isekai.admin.roles import MAX_PASSWORD_BYTES, MIN_PASSWORD, ROLES
 from isekai.config import policies, units
+from isekai.config.consumers import Consumer
 from isekai.config.jsonschema import class_schema, classes
 from isekai.config.observability import RouteAccessLog
 from isekai.config.policies import PolicySpec
@@ -107,6 +108,35 @@ UPSTREAM_REPLACE = {
     "description": "An upstream; `name` may be left out (it is the one in the URL).",
     "examples": [{"targets": ["10.0.0.7:9000", "10.0.0.8:9000"], "read_timeout": "20s"}],
     "required": _UPSTREAM["required"],
+}
+
+# -- consumers: their keys are made and revoked at /api/consumers/{name}/keys, never set here --
+
+_CONSUMER = _config_schema(Consumer)
+_CONSUMER_FIELDS = {k: v for k, v in _CONSUMER["properties"].items() if k != "keys"}
+CONSUMER = {
+    **_CONSUMER,
+    "description": "A consumer as in the YAML `consumers` list, without `keys` (made and "
+    "revoked at `/api/consumers/{name}/keys`).",
+    "examples": [{"name": "acme", "tier": "premium", "tags": ["partner"]}],
+    "properties": _CONSUMER_FIELDS,
+}
+CONSUMER_REPLACE = {
+    **{key: value for key, value in CONSUMER.items() if key != "required"},
+    "description": "A consumer; `name` may be left out (it is the one in the URL). Its keys "
+    "are kept.",
+    "examples": [{"tier": "free", "tags": ["trial"]}],
+}
+CONSUMER_KEY_VIEW = {
+    "type": "object",
+    "description": "An API key as shown: never the key or its hash.",
+    "required": ["id"],
+    "properties": {
+        "id": {"type": "string"},
+        "prefix": {"type": ["string", "null"]},
+        "created_at": {"type": ["number", "null"], "description": "Unix seconds."},
+        "expires_at": {"type": ["number", "null"], "description": "Unix seconds; null: never."},
+    },
 }
 
 # -- policies: a union over the families (made again when a family is registered, `refresh`) --
@@ -216,6 +246,22 @@ POLICY_RESOURCE = {
     },
 }
 
+CONSUMER_RESOURCE = {
+    "type": "object",
+    "required": ["name", "source", "version", "spec"],
+    "properties": {
+        **RESOURCE_META,
+        "spec": {
+            "type": "object",
+            "description": "The consumer, with its name; its keys without key or hash.",
+            "properties": {
+                **_CONSUMER_FIELDS,
+                "keys": {"type": "array", "items": _ref("ConsumerKeyView")},
+            },
+        },
+    },
+}
+
 UPSTREAM_RESOURCE = {
     "type": "object",
     "required": ["name", "source", "version", "spec"],
@@ -301,6 +347,9 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     "Upstream": UPSTREAM,
     "UpstreamReplace": UPSTREAM_REPLACE,
     **_policy_components(),
+    "Consumer": CONSUMER,
+    "ConsumerReplace": CONSUMER_REPLACE,
+    "ConsumerKeyView": CONSUMER_KEY_VIEW,
     "MergePatch": MERGE_PATCH,
     "Login": LOGIN,
     "UserCreate": USER_CREATE,
@@ -308,6 +357,7 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     "RouteResource": ROUTE_RESOURCE,
     "UpstreamResource": UPSTREAM_RESOURCE,
     "PolicyResource": POLICY_RESOURCE,
+    "ConsumerResource": CONSUMER_RESOURCE,
     "User": USER,
     "Token": TOKEN,
     "Error": ERROR,

@@ -1,8 +1,8 @@
-"""One change to the routes, upstreams and policies of a validated config, checked and applied
-without reading the rest again.
+"""One change to the routes, upstreams, policies and consumers of a validated config, checked
+and applied without reading the rest again.
 
-The admin API changes one route, upstream or policy at a time. Validating the whole config for
-each change costs time in proportion to its size (seconds at 10,000 routes); instead a
+The admin API changes one route, upstream, policy or consumer at a time. Validating the whole
+config for each change costs time in proportion to its size (seconds at 10,000 routes); instead a
 `ConfigIndex` keeps what the cross-item rules need (routes by name, by host + path shape, the
 routes using each upstream, the listeners and routes using each named policy),
 `ConfigIndex.prepare` reads the changed document with the loader's own reader and checks it
@@ -12,9 +12,15 @@ against the index, and `ConfigIndex.commit` applies it. The result is the config
 and config paths (the changed item is placed last, as a full validation of the candidate
 places it), which the tests check against the full path on random sequences of changes.
 
-A `Change` carries the built item (``Route``/``Upstream``/``PolicySpec``, or None for a
-delete): it is what travels to the master and the workers, which apply it with
+A `Change` carries the built item (``Route``/``Upstream``/``PolicySpec``/``Consumer``, or None
+for a delete): it is what travels to the master and the workers, which apply it with
 `apply_changes` without validating again.
+
+Consumers are a list in YAML (``consumers:``, each with its ``name``); the stored ones follow
+the file's in ``Config.consumers``. Nothing in the config names a consumer, so the only
+cross-item rule is that a name is unique: a stored consumer may not take the name of one in
+the file (those are read-only through the API). `add_consumers` puts stored consumer documents
+after a validated config's own, for whole loads.
 """
 
 from __future__ import annotations
@@ -26,25 +32,26 @@ from types import MappingProxyType
 from typing import Any
 
 from isekai.config import metrics_policy, rules
+from isekai.config.consumers import Consumer
 from isekai.config.loader import read_document
 from isekai.config.nodes import API_SOURCE
 from isekai.config.policies import PolicySpec
 from isekai.config.schema import Config, Route, Upstream
 from isekai.errors import ConfigError, RouteConflictError
 
-__all__ = ["Change", "ConfigIndex", "apply_changes"]
+__all__ = ["Change", "ConfigIndex", "add_consumers", "apply_changes"]
 
-KINDS = ("route", "upstream", "policy")
+KINDS = ("route", "upstream", "policy", "consumer")
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """``item`` is the new route, upstream or policy (``PolicySpec``, its ``name`` set), or
-    None when it is deleted."""
+    """``item`` is the new route, upstream, policy (``PolicySpec``, its ``name`` set) or
+    consumer, or None when it is deleted."""
 
     kind: str
     name: str
-    item: Route | Upstream | PolicySpec | None
+    item: Route | Upstream | PolicySpec | Consumer | None
 
 
 def _is_metrics(item: Any) -> bool:
@@ -55,10 +62,15 @@ def apply_changes(config: Config, changes: Iterable[Change]) -> Config:
     """``config`` with ``changes`` applied in order (already validated: nothing is checked).
 
     A new or changed route goes last (where a whole validation of the candidate puts the
-    changed document); an upstream or a policy keeps its place.
+    changed document); an upstream, a policy or a consumer keeps its place (a new one goes
+    last).
     """
     routes = {route.name: route for route in config.routes}
-    named = {"upstream": dict(config.upstreams), "policy": dict(config.policies)}
+    named = {
+        "upstream": dict(config.upstreams),
+        "policy": dict(config.policies),
+        "consumer": {consumer.name: consumer for consumer in config.consumers},
+    }
     for change in changes:
         if change.kind == "route":
             routes.pop(change.name, None)  # a changed route goes last, as in `commit`
@@ -73,16 +85,49 @@ def apply_changes(config: Config, changes: Iterable[Change]) -> Config:
         routes=tuple(routes.values()),
         upstreams=MappingProxyType(named["upstream"]),
         policies=MappingProxyType(named["policy"]),
+        consumers=tuple(named["consumer"].values()),
     )
+
+
+def add_consumers(
+    config: Config, docs: Mapping[str, Mapping[str, Any]]
+) -> tuple[Config, list[tuple[str, str]]]:
+    """``config`` with the stored consumer documents ``docs`` (name -> document, with its
+    ``name``) after its own, and ``(name, reason)`` of each one left out: a document the
+    loader refuses, or a name the config has already (the file's consumers are read-only)."""
+    consumers = {consumer.name: consumer for consumer in config.consumers}
+    skipped: list[tuple[str, str]] = []
+    for name, doc in docs.items():
+        if name in consumers:
+            skipped.append((name, f"the config file defines consumer {name!r}, which is read-only"))
+            continue
+        try:
+            consumers[name] = read_document(Consumer, doc, f"consumers[{len(consumers)}]")
+        except ConfigError as exc:
+            skipped.append((name, str(exc)))
+            continue
+        if consumers[name].name != name:
+            del consumers[name]
+            skipped.append((name, f"its document names consumer {doc.get('name')!r}"))
+    if not docs:
+        return config, skipped
+    return dataclasses.replace(config, consumers=tuple(consumers.values())), skipped
 
 
 class ConfigIndex:
     """A validated config with what its cross-item rules look up, kept current change by
-    change. ``file_routes`` names the routes from the file (the rest were stored)."""
+    change. ``file_routes`` and ``file_consumers`` name the routes and consumers from the
+    file (the rest were stored)."""
 
-    def __init__(self, config: Config, file_routes: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        config: Config,
+        file_routes: Iterable[str] = (),
+        file_consumers: Iterable[str] = (),
+    ) -> None:
         self.config = config
         self.file_routes = frozenset(file_routes)
+        self.file_consumers = frozenset(file_consumers)
         self.routes: dict[str, Route] = {route.name: route for route in config.routes}
         self.by_shape: dict[tuple[str | None, str], list[Route]] = {}
         self.users: dict[str, dict[str, None]] = {}  # upstream -> route names, in order
@@ -103,12 +148,35 @@ class ConfigIndex:
         config (``file`` `API_SOURCE`, a path into the whole config); nothing is changed.
         """
         if kind not in KINDS:
-            raise ValueError(f"kind must be 'route', 'upstream' or 'policy', got {kind!r}")
+            raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
         if kind == "route":
             return self._prepare_route(name, doc)
         if kind == "policy":
             return self._prepare_policy(name, doc)
+        if kind == "consumer":
+            return self._prepare_consumer(name, doc)
         return self._prepare_upstream(name, doc)
+
+    def _prepare_consumer(self, name: str, doc: Mapping[str, Any] | None) -> Change:
+        # nothing in the config names a consumer: a delete is always allowed
+        names = [consumer.name for consumer in self.config.consumers]
+        index = names.index(name) if name in names else len(names)
+        if name in self.file_consumers:
+            raise ConfigError(
+                f"consumer {name!r} is defined in the config file, which is read-only",
+                path=f"consumers[{index}].name",
+                file=API_SOURCE,
+            )
+        if doc is None:
+            return Change("consumer", name, None)
+        consumer = read_document(Consumer, doc, f"consumers[{index}]")
+        if consumer.name != name:
+            raise ConfigError(
+                f"{consumer.name!r} is not {name!r}: a consumer cannot be renamed",
+                path=f"consumers[{index}].name",
+                file=API_SOURCE,
+            )
+        return Change("consumer", name, consumer)
 
     def _prepare_route(self, name: str, doc: Mapping[str, Any] | None) -> Change:
         old = self.routes.get(name)
@@ -230,7 +298,11 @@ class ConfigIndex:
             if change.item is not None:
                 self.routes[change.name] = change.item
                 self._link(change.item)
-        named = {"upstream": dict(self.config.upstreams), "policy": dict(self.config.policies)}
+        named: dict[str, dict[str, Any]] = {
+            "upstream": dict(self.config.upstreams),
+            "policy": dict(self.config.policies),
+            "consumer": {consumer.name: consumer for consumer in self.config.consumers},
+        }
         for change in changes:
             if change.kind in named:
                 if change.item is None:
@@ -242,6 +314,7 @@ class ConfigIndex:
             routes=tuple(self.routes.values()),
             upstreams=MappingProxyType(named["upstream"]),
             policies=MappingProxyType(named["policy"]),
+            consumers=tuple(named["consumer"].values()),
         )
         return self.config
 

@@ -77,6 +77,7 @@ POLICY_DEADLINE = 10.0  # an async request phase taking longer is answered 503
 CORS_METHODS = ("GET", "HEAD", "POST")
 CORS_MAX_AGE_LIMIT = 365 * 86400.0
 FAULT_PERCENT = 100.0
+API_KEY_PEPPER_MIN_LENGTH = 16  # characters of security.api_key_pepper, at least
 CONSUMER_HEADER = "X-Consumer-ID"  # the consumer's name, sent upstream by credential policies
 # the metrics policy (custom metrics): label sets kept per metric before "_other"; buckets
 METRIC_MAX_SERIES = 1000
@@ -164,6 +165,7 @@ ACCESS_LOG_DEFAULT_FIELDS = (
     "status",
     "route",
     "upstream",
+    "consumer",
     "duration_ms",
     "bytes_in",
     "bytes_out",

@@ -35,6 +35,7 @@ ACCESS_LOG_FIELDS = (
     "status",
     "route",
     "upstream",
+    "consumer",
     "duration_ms",
     "bytes_in",
     "bytes_out",

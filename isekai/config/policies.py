@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 from yaml.nodes import MappingNode, SequenceNode
 
 from isekai.config import defaults
+from isekai.config.api_key_policy import ApiKeyConfig
 from isekai.config.geo_policy import GeoFilterConfig
 from isekai.config.introspection_policy import IntrospectionConfig
 from isekai.config.jwt_policy import JwtConfig
@@ -43,6 +44,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "REQUEST_MANAGED_HEADERS",
     "RESPONSE_MANAGED_HEADERS",
+    "ApiKeyConfig",
     "CorsConfig",
     "FaultAbort",
     "FaultConfig",
@@ -78,7 +80,7 @@ class PolicySpec:
     type: str = setting(
         "string",
         "The policy family: `headers`, `cors`, `ip_filter`, `fault`, `metrics`, `geo_filter`, "
-        "`security_headers`, or a plugin's.",
+        "`security_headers`, `jwt`, `oauth2_introspection`, `api_key`, or a plugin's.",
         what="a policy type",
     )
     options: Any = setting("json", "The family's settings.", yaml=False)
@@ -400,6 +402,7 @@ _BUILTIN: dict[str, type] = {
         JwtConfig,
         MetricsConfig,
         SecurityHeadersConfig,
+        ApiKeyConfig,
     )
 }
 _TYPE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")

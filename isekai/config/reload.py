@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from isekai.config.changes import add_consumers
 from isekai.config.loader import load_config, load_config_text, validate_dynamic
 from isekai.config.schema import Config, Listener
 from isekai.errors import ConfigError
@@ -88,14 +89,20 @@ def warn_restart_needed(new: Config, running: Config, warned: dict[str, object])
 
 def config_from_message(message: dict) -> Config:
     """The effective config carried by a control-plane change message (file text + stored
-    documents: ``routes``, ``upstreams``, ``policies``), or by a plain reload message (file
-    text only)."""
+    documents: ``routes``, ``upstreams``, ``policies``, ``consumers``), or by a plain reload
+    message (file text only). The control plane sends only stored consumers that validate
+    against the file; one that does not (a file changed since) is left out, logged."""
     if "routes" not in message and "policies" not in message:
         return load_config_text(message["text"], message["source"])
-    return validate_dynamic(
+    config = validate_dynamic(
         message["text"],
         message["source"],
         routes=message.get("routes") or (),
         upstreams=message.get("upstreams") or None,
         policies=message.get("policies") or None,
     )
+    docs = {doc.get("name"): doc for doc in message.get("consumers") or ()}
+    config, skipped = add_consumers(config, docs)
+    for name, reason in skipped:
+        log.error("stored consumer %r left out: %s", name, reason)
+    return config

@@ -258,6 +258,16 @@ def admin_auth(values: dict[str, Any], where: Where) -> None:
         raise where.error("jwt_secret", message)
 
 
+def security(values: dict[str, Any], where: Where) -> None:
+    pepper = values.get("api_key_pepper")
+    if pepper is not None and len(pepper) < defaults.API_KEY_PEPPER_MIN_LENGTH:
+        message = (
+            f"must be at least {defaults.API_KEY_PEPPER_MIN_LENGTH} characters long, got "
+            f"{len(pepper)} (a long random secret, e.g. from `openssl rand -hex 32`)"
+        )
+        raise where.error("api_key_pepper", message)
+
+
 def admin(values: dict[str, Any], where: Where) -> None:
     if "bind" in values:
         values["host"], values["port"] = units.parse_address(values["bind"], bind=True)

@@ -40,6 +40,7 @@ __all__ = [
     "Route",
     "RouteLimits",
     "RouteMatch",
+    "Security",
     "Store",
     "Target",
     "Upstream",
@@ -610,6 +611,25 @@ class Store:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Security:
+    """Secrets of the gateway's own security features (credential policies)."""
+
+    api_key_pepper: str | None = setting(
+        "string",
+        "The server-side secret API keys are hashed with (HMAC-SHA256), at least 16 characters; "
+        "give it from the environment (`${API_KEY_PEPPER}`). Every gateway sharing a store "
+        "needs the same one. Unset: keys in the file still work (with a warning) but the admin "
+        "API makes no keys.",
+        default=None,
+        repr=False,
+        what="a secret string",
+        default_doc="none",
+    )
+
+    validate = staticmethod(rules.security)
+
+
 def _default_listeners() -> tuple[Listener, ...]:
     return (
         Listener(
@@ -727,6 +747,13 @@ class Config:
         default_factory=Store,
         cls=Store,
         default_doc="`sqlite:///isekai.db`",
+    )
+    security: Security = setting(
+        "object",
+        "Secrets of the credential policies (the API key pepper).",
+        default_factory=Security,
+        cls=Security,
+        default_doc="no pepper",
     )
     observability: Observability = setting(
         "object",

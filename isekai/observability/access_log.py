@@ -5,7 +5,8 @@ the worker's feed hands each list of records to `AccessLog.offer` (on the loop, 
 hand-over, never per request). Records the access log does not take (``access`` false: the
 route is off or was not sampled) ride along for the request log and are skipped here. The
 writer thread turns the rest into JSON lines (the configured ``fields`` in order; ``request_id``
-and ``trace_id`` always) or NCSA combined lines, and writes them to stdout or a file opened with
+and ``trace_id`` always; ``consumer`` is ``""`` when no credential policy resolved one) or NCSA
+combined lines (the consumer as the ``authuser``), and writes them to stdout or a file opened with
 O_APPEND, in whole lines per ``write`` (several workers share one file). Header values of
 ``Authorization``, ``Proxy-Authorization``, ``Cookie``, ``Set-Cookie`` and the ``redact`` list
 become ``"[redacted]"`` wherever they would appear. ``reopen()`` (SIGUSR1, after logrotate moved
@@ -89,6 +90,8 @@ class _Formatter:
             return _iso(record[0])
         if field == "duration_ms":
             return round(record[_AT[field]], 3)
+        if field == "consumer":  # "" when no credential policy resolved one
+            return record[_AT[field]] or ""
         if field == "query":  # `_core` keeps the "?"
             query = record[_AT[field]]
             return _text(query[1:]) if query else None
@@ -115,8 +118,11 @@ class _Formatter:
         when = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(record[0]))
         size = record[_AT["bytes_out"]]
         request = json.dumps(f"{record[_AT['method']]} {target} HTTP/1.1")
+        user = record[_AT["consumer"]]  # the consumer is the line's "authuser"
+        user = json.dumps(user)[1:-1].replace(" ", "\\x20") if user else "-"
         return (
-            f"{record[_AT['client_ip']] or '-'} - - [{when}] {request} {record[_AT['status']]} "
+            f"{record[_AT['client_ip']] or '-'} - {user} [{when}] {request} "
+            f"{record[_AT['status']]} "
             f"{size if size else '-'} {quoted('referer')} {quoted('user_agent')} "
             f"{quoted('request_id')} {quoted('trace_id')}\n"
         ).encode()

@@ -314,6 +314,9 @@ class Totals:
     logs: dict[str, dict[str, int]] = field(default_factory=dict)
     spans: dict[str, int] = field(default_factory=dict)
     custom: dict[str, Any] = field(default_factory=dict)  # custom_metrics.merge of the workers
+    api_key_refusals: dict[str, int] = field(default_factory=dict)  # reason -> count
+    # (consumer, route, status_class) -> requests (`consumer_metrics`)
+    consumers: dict[tuple[str, str, str], int] = field(default_factory=dict)
     targets: dict[tuple[str, str], TargetState] = field(default_factory=dict)
     clusters: dict[str, ClusterState] = field(default_factory=dict)
     checks: dict[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
@@ -387,6 +390,12 @@ def sum_workers(workers: Iterable[Mapping[str, Any]]) -> Totals:
             totals.spans[key] = totals.spans.get(key, 0) + value
         if extra.get("custom_metrics"):
             customs.append(extra["custom_metrics"])
+        for reason, count in extra.get("api_keys", {}).get("refused", {}).items():
+            totals.api_key_refusals[reason] = totals.api_key_refusals.get(reason, 0) + count
+        for row in extra.get("consumers", ()):
+            if len(row) == 4 and all(isinstance(text, str) for text in row[:3]):
+                key = (row[0], row[1], row[2])
+                totals.consumers[key] = totals.consumers.get(key, 0) + int(row[3])
     if customs:
         totals.custom = custom_metrics.merge(customs)
     totals.checks = newest_checks(workers)
@@ -855,6 +864,23 @@ def _write_policies(out: _Text, totals: Totals, limit: int) -> None:
             out.sample(f"isekai_policy_{what}_total", _labels(policy=label), merged[label][i])
 
 
+def _write_api_keys(out: _Text, totals: Totals) -> None:
+    # only when some worker has an `api_key` policy (the provider exists then)
+    if not totals.api_key_refusals:
+        return
+    out.family(
+        "isekai_api_key_refusals",
+        "counter",
+        "Requests refused by api_key policies, by reason (missing, unknown, expired)",
+    )
+    for reason in sorted(totals.api_key_refusals):
+        out.sample(
+            "isekai_api_key_refusals_total",
+            _labels(reason=reason),
+            totals.api_key_refusals[reason],
+        )
+
+
 def _write_logs(out: _Text, totals: Totals) -> None:
     out.family("isekai_log_records_written", "counter", "Log records written")
     for log_name in LOGS:
@@ -877,6 +903,19 @@ def _write_logs(out: _Text, totals: Totals) -> None:
         out.sample(
             "isekai_tracing_spans_total", _labels(result=result), totals.spans.get(result, 0)
         )
+
+
+def _write_consumers(out: _Text, totals: Totals) -> None:
+    # bounded by the workers: configured consumers and routes only (`consumer_metrics`)
+    out.family(
+        "isekai_consumer_requests",
+        "counter",
+        "Requests on routes with a credential policy, by the consumer they resolved to "
+        '("" when none)',
+    )
+    for (consumer, route, status_class), count in sorted(totals.consumers.items()):
+        labels = _labels(consumer=consumer, route=route, status_class=status_class)
+        out.sample("isekai_consumer_requests_total", labels, count)
 
 
 class _Families:
@@ -907,7 +946,9 @@ def render(gathered: Gathered, max_label_values: int) -> bytes:
     _write_upstreams(out, totals, upstream_names, target_names)
     _write_targets(out, totals, upstream_names, target_names)
     _write_policies(out, totals, max_label_values)
+    _write_api_keys(out, totals)
     _write_logs(out, totals)
+    _write_consumers(out, totals)
     if totals.custom:
         _write_custom(out, totals.custom)
     return out.body()

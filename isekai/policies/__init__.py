@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from isekai.policies import (
+    api_key,
     cors,
     fault,
     geo_filter,
@@ -36,6 +37,7 @@ BUILDERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
         "security_headers": security_headers.build,
         "jwt": jwt.build,
         "oauth2_introspection": introspection.build,
+        "api_key": api_key.build,
     }
 )
 

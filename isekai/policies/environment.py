@@ -72,6 +72,9 @@ class PolicyEnvironment:
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.loop = loop
         self.consumers = ConsumerDirectory()
+        # the running config's `security` section (isekai.config.schema.Security): the API key
+        # pepper; set by the worker on every snapshot, before the consumers
+        self.security: Any = None
         # name -> callable returning JSON-compatible numbers, shipped with the worker's
         # statistics (the worker merges these into its own `stats_providers`)
         self.stats_providers: dict[str, Callable[[], Any]] = {}

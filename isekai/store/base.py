@@ -1,10 +1,10 @@
 """The control-plane store contract: what every backend offers, and the values it trades in.
 
-A store keeps what the admin API changes at run time (routes, upstreams, policies), the admin
-accounts
-and the request logs. Items are versioned documents: each create, replace or delete bumps the
-item's ``version`` (optimistic concurrency through ``if_version``) and a store-wide ``revision``
-counter that gateways watch with ``wait_for_change`` to know when to rebuild their snapshot.
+A store keeps what the admin API changes at run time (routes, upstreams, policies, consumers),
+the admin accounts and the request logs. Items are versioned documents: each create, replace
+or delete bumps the item's ``version`` (optimistic concurrency through ``if_version``) and a
+store-wide ``revision`` counter that gateways watch with ``wait_for_change`` to know when to
+rebuild their snapshot.
 
 Backends: ``sqlite.SQLiteStore`` (the embedded default) and ``postgres.PostgresStore`` (for
 several gateways sharing one database). ``isekai.store.backends.open_store(url)`` picks one
@@ -38,7 +38,7 @@ __all__ = [
     "VersionMismatch",
 ]
 
-KINDS = ("route", "upstream", "policy")
+KINDS = ("route", "upstream", "policy", "consumer")
 
 # request-log columns in table order, with the Python type each value is coerced to
 LOG_COLUMNS: tuple[tuple[str, type], ...] = (
@@ -54,10 +54,17 @@ LOG_COLUMNS: tuple[tuple[str, type], ...] = (
     ("client_ip", str),
     ("user_agent", str),
     ("request_id", str),
+    ("consumer", str),  # the consumer a credential policy resolved the request to
 )
 LOG_KEYS = tuple(name for name, _ in LOG_COLUMNS)
 # longest text kept per request-log column; longer values are cut (logs must stay bounded)
-LOG_TEXT_LIMITS = {"path": 2048, "user_agent": 512, "route": 256, "upstream": 256}
+LOG_TEXT_LIMITS = {
+    "path": 2048,
+    "user_agent": 512,
+    "route": 256,
+    "upstream": 256,
+    "consumer": 128,
+}
 LOG_TEXT_DEFAULT_LIMIT = 128
 MAX_QUERY_LIMIT = 1000
 EXCLUSIVE_TIMEOUT = 10.0  # seconds a writer waits for the store's writer lock
@@ -103,10 +110,11 @@ class InvalidStoreURL(ConfigError, ValueError):
 
 @dataclass(frozen=True, slots=True)
 class StoredItem:
-    """One stored route, upstream or policy.
+    """One stored route, upstream, policy or consumer.
 
-    ``doc`` is the YAML mapping of the item: a route's includes its ``name``; an upstream's or
-    a policy's does not (in YAML the name is the mapping key). ``version`` starts at 1 and
+    ``doc`` is the YAML mapping of the item: a route's and a consumer's include its ``name``
+    (in YAML they are list items); an upstream's or a policy's does not (in YAML the name is
+    the mapping key). ``version`` starts at 1 and
     grows by one per change; ``created_at``/``updated_at`` are unix seconds.
     """
 
@@ -122,7 +130,8 @@ class StoredItem:
 class RequestLogQuery:
     """Which request logs to return: every given filter must hold.
 
-    ``status`` is exact; ``status_class`` 2 means 200-299; ``since``/``until`` bound ``ts``
+    ``status`` is exact; ``status_class`` 2 means 200-299; ``consumer`` is exact (``""``:
+    requests no consumer was resolved for); ``since``/``until`` bound ``ts``
     (``since <= ts < until``); ``limit`` (1-1000) and ``offset`` page through the rows.
     """
 
@@ -133,6 +142,7 @@ class RequestLogQuery:
     until: float | None = None
     limit: int = 50
     offset: int = 0
+    consumer: str | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.limit <= MAX_QUERY_LIMIT:
@@ -149,6 +159,10 @@ class RequestLogQuery:
         where: list[tuple[str, Any]] = []
         if self.route is not None:
             where.append(("route =", self.route))
+        if self.consumer == "":
+            where.append(("coalesce(consumer, '') =", ""))
+        elif self.consumer is not None:
+            where.append(("consumer =", self.consumer))
         if self.status is not None:
             where.append(("status =", self.status))
         if self.status_class is not None:
@@ -165,8 +179,8 @@ class Store(OAuthStore, abc.ABC):
     """A control-plane store. Call ``open()`` first (or use ``async with``), ``close()`` last.
 
     Every failure of the backend itself is raised as ``StoreError``; ``NotFound``,
-    ``AlreadyExists`` and ``VersionMismatch`` are its subclasses. ``kind`` is ``"route"``
-    or ``"upstream"`` (anything else is a ``ValueError``).
+    ``AlreadyExists`` and ``VersionMismatch`` are its subclasses. ``kind`` is one of
+    `KINDS` (anything else is a ``ValueError``).
     """
 
     url: str
@@ -302,6 +316,8 @@ def encode_doc(kind: str, name: str, doc: Mapping[str, Any]) -> str:
         raise ValueError(f"{kind} doc must be a mapping, got {type(doc).__name__}")
     if kind == "route" and "name" in doc and doc["name"] != name:
         raise ValueError(f"route doc names {doc['name']!r}, but it is stored as {name!r}")
+    if kind == "consumer" and "name" in doc and doc["name"] != name:
+        raise ValueError(f"consumer doc names {doc['name']!r}, but it is stored as {name!r}")
     if kind == "upstream" and "name" in doc:
         raise ValueError("an upstream doc has no 'name' key: the name is given separately")
     try:

@@ -98,6 +98,26 @@ SQLITE_MIGRATIONS: list[Migration] = [
         """,
     ),
     (
+        4,  # consumers: a fourth kind of item; the consumer a logged request resolved to
+        """
+        CREATE TABLE items_v4 (
+            kind TEXT NOT NULL CHECK (kind IN ('route', 'upstream', 'policy', 'consumer')),
+            name TEXT NOT NULL,
+            doc TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (kind, name)
+        );
+        INSERT INTO items_v4 (kind, name, doc, version, created_at, updated_at)
+            SELECT kind, name, doc, version, created_at, updated_at FROM items;
+        DROP TABLE items;
+        ALTER TABLE items_v4 RENAME TO items;
+        ALTER TABLE request_logs ADD COLUMN consumer TEXT;
+        CREATE INDEX request_logs_consumer_ts ON request_logs (consumer, ts);
+        """,
+    ),
+    (
         6,  # the OAuth2 authorization server: clients, signing keys, refresh tokens, revocations
         """
         CREATE TABLE oauth_clients (
@@ -198,6 +218,16 @@ POSTGRES_MIGRATIONS: list[Migration] = [
         ALTER TABLE items DROP CONSTRAINT IF EXISTS items_kind_check;
         ALTER TABLE items ADD CONSTRAINT items_kind_check
             CHECK (kind IN ('route', 'upstream', 'policy'));
+        """,
+    ),
+    (
+        4,  # consumers: a fourth kind of item; the consumer a logged request resolved to
+        """
+        ALTER TABLE items DROP CONSTRAINT IF EXISTS items_kind_check;
+        ALTER TABLE items ADD CONSTRAINT items_kind_check
+            CHECK (kind IN ('route', 'upstream', 'policy', 'consumer'));
+        ALTER TABLE request_logs ADD COLUMN consumer text;
+        CREATE INDEX request_logs_consumer_ts ON request_logs (consumer, ts);
         """,
     ),
     (

@@ -457,7 +457,7 @@ MISTAKES = {
         """,
         "gw.yaml:2: observabilty: unknown key 'observabilty' (did you mean 'observability'?); "
         "allowed keys: listeners, upstreams, policies, consumers, routes, limits, workers, "
-        "shutdown_timeout, trusted_proxies, pid_file, admin, store, observability",
+        "shutdown_timeout, trusted_proxies, pid_file, admin, store, security, observability",
     ),
     "unknown nested key": (
         """

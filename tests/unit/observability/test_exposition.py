@@ -316,3 +316,22 @@ def test_exposition_passes_promtool_check_metrics():
     assert proc.returncode == 0, (proc.stdout + proc.stderr).decode()
     names = {name for name, _ in _samples(body)}
     assert "isekai_upstream_target_healthy" in names and "isekai_http_requests_total" in names
+
+
+def test_consumer_requests_are_summed_over_workers():
+    gathered = _two_workers()
+    first, second = gathered.workers
+    first["extra"]["consumers"] = [["acme", "api", "2xx", 3], ["", "api", "4xx", 1]]
+    second["extra"]["consumers"] = [["acme", "api", "2xx", 2], ["globex", "web", "5xx", 1]]
+    second["extra"]["consumers"].append(["odd", "row"])  # a malformed row is ignored
+    samples = _samples(render(gathered, 1000))
+    name = "isekai_consumer_requests_total"
+
+    def counted(consumer: str, route: str, status_class: str) -> float:
+        labels = (("consumer", consumer), ("route", route), ("status_class", status_class))
+        return samples[name, labels]
+
+    assert counted("acme", "api", "2xx") == 5
+    assert counted("", "api", "4xx") == 1
+    assert counted("globex", "web", "5xx") == 1
+    assert len([key for key in samples if key[0] == name]) == 3

@@ -61,6 +61,7 @@ def log_row(ts: float, route: str = "users", status: int = 200, **extra: Any) ->
         "client_ip": "10.0.0.1",
         "user_agent": "curl/8.0",
         "request_id": f"req-{ts}",
+        "consumer": None,
     }
     row.update(extra)
     return row
@@ -97,6 +98,7 @@ class StoreContract:
             await store.insert_request_logs([log_row(1000.0)])  # a table v2 added
             assert (await store.query_request_logs(RequestLogQuery()))[1] == 1
             await store.create_item("policy", "p", {"type": "fault"})  # a kind v3 added
+            await store.create_item("consumer", "c", {"name": "c"})  # a kind v4 added
         assert await backend.applied_versions() == backend.all_versions
 
     @async_test
@@ -176,6 +178,26 @@ class StoreContract:
             assert (await store.get_item("upstream", "app")).doc == UPSTREAM
 
     @async_test
+    async def test_consumers_are_a_kind_of_their_own(self, backend):
+        consumer = {"name": "acme", "tier": "premium", "tags": ["partner"]}
+        async with open_store(backend.url) as store:
+            await store.create_item("policy", "acme", {"type": "fault"})
+            created = await store.create_item("consumer", "acme", consumer)
+            assert created.version == 1 and created.kind == "consumer"
+            assert (await store.get_item("consumer", "acme")).doc == consumer
+            assert [item.name for item in await store.list_items("consumer")] == ["acme"]
+            keys = [{"id": "k1", "hash": "ab" * 32, "prefix": "isk_ab12"}]
+            changed = await store.replace_item("consumer", "acme", {**consumer, "keys": keys})
+            assert changed.version == 2 and changed.doc["keys"] == keys
+            assert await store.list_versions("consumer") == {"acme": 2}
+            with pytest.raises(ValueError, match="stored as"):
+                await store.create_item("consumer", "other", consumer)
+            await store.delete_item("consumer", "acme", if_version=2)
+            assert await store.get_item("consumer", "acme") is None
+            assert (await store.get_item("policy", "acme")).doc == {"type": "fault"}
+            assert await store.revision() == 4
+
+    @async_test
     async def test_create_item_round_trips_nested_json(self, backend):
         doc = {
             "name": "ünïcode-✓",
@@ -190,7 +212,7 @@ class StoreContract:
     async def test_create_item_rejects_bad_kind_name_or_doc(self, backend):
         async with open_store(backend.url) as store:
             with pytest.raises(ValueError, match="kind"):
-                await store.create_item("consumer", "x", {})
+                await store.create_item("consumers", "x", {})
             with pytest.raises(ValueError, match="stored as"):
                 await store.create_item("route", "users", {**ROUTE, "name": "other"})
             with pytest.raises(ValueError, match="no 'name' key"):
@@ -451,6 +473,28 @@ class StoreContract:
             assert await ts(until=1001.0) == ([1000.0], 1)
             assert await ts(route="users", status_class=2, since=1000.5) == ([1001.0], 1)
             assert await ts(route="nope") == ([], 0)
+
+    @async_test
+    async def test_request_logs_record_and_filter_the_consumer(self, backend):
+        rows = [
+            log_row(1000.0, consumer="acme"),
+            log_row(1001.0, consumer="globex"),
+            log_row(1002.0),  # no consumer resolved
+            log_row(1003.0, "orders", consumer="acme"),
+        ]
+        async with open_store(backend.url) as store:
+            await store.insert_request_logs(rows)
+
+            async def ts(**query: Any) -> tuple[list[float], int]:
+                found, total = await store.query_request_logs(RequestLogQuery(**query))
+                return [row["ts"] for row in found], total
+
+            assert await ts(consumer="acme") == ([1003.0, 1000.0], 2)
+            assert await ts(consumer="acme", route="users") == ([1000.0], 1)
+            assert await ts(consumer="") == ([1002.0], 1)  # the anonymous ones
+            assert await ts(consumer="nobody") == ([], 0)
+            found, _ = await store.query_request_logs(RequestLogQuery(consumer="globex"))
+            assert found == [log_row(1001.0, consumer="globex")]
 
     @async_test
     async def test_request_logs_query_paginates_with_total(self, backend):

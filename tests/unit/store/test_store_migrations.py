@@ -65,13 +65,40 @@ def test_apply_sqlite_v3_allows_policies_and_keeps_items(conn):
     conn.execute("INSERT INTO items VALUES ('upstream', 'u', '{}', 3, 1.0, 2.0)")
     with pytest.raises(sqlite3.IntegrityError):
         conn.execute("INSERT INTO items VALUES ('policy', 'p', '{}', 1, 1.0, 1.0)")
-    assert apply_sqlite(conn) == [version for version, _ in SQLITE_MIGRATIONS[2:]]
+    assert apply_sqlite(conn, target=3) == [3]
     assert conn.execute("SELECT * FROM items").fetchall() == [("upstream", "u", "{}", 3, 1.0, 2.0)]
     conn.execute("INSERT INTO items VALUES ('policy', 'p', '{}', 1, 1.0, 1.0)")
     with pytest.raises(sqlite3.IntegrityError):
         conn.execute("INSERT INTO items VALUES ('consumer', 'c', '{}', 1, 1.0, 1.0)")
     with pytest.raises(sqlite3.IntegrityError):  # the primary key survived the copy
         conn.execute("INSERT INTO items VALUES ('policy', 'p', '{}', 1, 1.0, 1.0)")
+
+
+def _log_columns(conn) -> list[str]:
+    return [row[1] for row in conn.execute("PRAGMA table_info(request_logs)")]
+
+
+def test_apply_sqlite_v4_allows_consumers_and_logs_them(conn):
+    apply_sqlite(conn, target=3)
+    conn.execute("INSERT INTO items VALUES ('policy', 'p', '{}', 2, 1.0, 2.0)")
+    conn.execute("INSERT INTO request_logs (ts, route, status) VALUES (1.0, 'r', 200)")
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("INSERT INTO items VALUES ('consumer', 'c', '{}', 1, 1.0, 1.0)")
+    assert "consumer" not in _log_columns(conn)
+    assert apply_sqlite(conn, target=4) == [4]
+    assert conn.execute("SELECT * FROM items").fetchall() == [("policy", "p", "{}", 2, 1.0, 2.0)]
+    conn.execute("INSERT INTO items VALUES ('consumer', 'c', '{\"name\":\"c\"}', 1, 1.0, 1.0)")
+    with pytest.raises(sqlite3.IntegrityError):  # the primary key survived the copy
+        conn.execute("INSERT INTO items VALUES ('consumer', 'c', '{}', 1, 1.0, 1.0)")
+    with pytest.raises(sqlite3.IntegrityError):  # still a closed list of kinds
+        conn.execute("INSERT INTO items VALUES ('key', 'k', '{}', 1, 1.0, 1.0)")
+    assert _log_columns(conn)[-1] == "consumer"
+    # rows logged before the upgrade have no consumer; new ones may
+    assert conn.execute("SELECT route, consumer FROM request_logs").fetchall() == [("r", None)]
+    conn.execute("INSERT INTO request_logs (ts, route, consumer) VALUES (2.0, 'r', 'acme')")
+    assert conn.execute("SELECT consumer FROM request_logs WHERE consumer = 'acme'").fetchall() == [
+        ("acme",)
+    ]
 
 
 def test_apply_sqlite_rolls_back_a_failing_migration(conn):
