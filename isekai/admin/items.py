@@ -28,7 +28,7 @@ from isekai.admin.context import CTX, AdminContext
 from isekai.admin.http import PATCH_TYPES, ApiError, iso_time, ok, read_json
 from isekai.admin.live_config import ROUTE_PATH
 from isekai.admin.schemas import first_error
-from isekai.config.changes import Change
+from isekai.config.changes import Change, RouteShadowError
 from isekai.errors import ConfigError
 from isekai.store import AlreadyExists, NotFound, VersionMismatch
 
@@ -177,6 +177,15 @@ def _prepare(ctx: AdminContext, kind: Kind, name: str, doc: dict[str, Any] | Non
     assert ctx.live is not None
     try:
         return ctx.live.prepare(kind.name, name, doc)
+    except RouteShadowError as exc:  # admin.api_routes.may_shadow_yaml is false
+        raise ApiError(
+            409,
+            "shadows_file_route",
+            f"route {name!r} {exc.message}",
+            path="route.match",
+            route=exc.route,
+            source="file",
+        ) from None
     except ConfigError as exc:
         raise _explain(ctx, exc, kind, name) from None
 

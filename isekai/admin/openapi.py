@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from isekai.admin import auth, items, logs, observe, schemas, status
+from isekai.admin import audit, auth, items, logs, observe, schemas, status
 from isekai.admin.auth import Permission
 from isekai.admin.http import MERGE_PATCH_TYPE, dumps
 from isekai.admin.items import IF_MATCH_PATTERN
@@ -108,6 +108,28 @@ _LOG_PARAMETERS = (
     },
 )
 
+_AUDIT_PARAMETERS = (
+    *(
+        {
+            "name": name,
+            "in": "query",
+            "description": what,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+        }
+        for name, what in (
+            ("actor", "Records of this user's changes."),
+            ("kind", "Records of this kind of item: route, upstream, policy, user..."),
+            ("name", "Records of the item of this name."),
+        )
+    ),
+    {
+        "name": "since",
+        "in": "query",
+        "description": "Records at or after this time: ISO 8601 date-time or unix seconds.",
+        "schema": {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "number"}]},
+    },
+    *_LOG_PARAMETERS[-2:],  # limit, offset
+)
 _ROUTE_DATA = _ref("RouteResource")
 _UPSTREAM_DATA = _ref("UpstreamResource")
 _POLICY_DATA = _ref("PolicyResource")
@@ -433,7 +455,17 @@ OPERATIONS: list[Operation] = [
         "auth",
         body="Login",
         data=_ref("Token"),
-        errors=(400, 401, 413, 415, 422),
+        errors=(400, 401, 413, 415, 422, 429),
+    ),
+    Operation(
+        "POST",
+        "/api/auth/logout",
+        auth.logout,
+        Permission.READ,
+        "logout",
+        "End every token of the caller (its token version is bumped)",
+        "auth",
+        errors=(*_READ, 409),
     ),
     Operation(
         "GET",
@@ -449,6 +481,17 @@ OPERATIONS: list[Operation] = [
     *_item_operations("route", items.handlers(items.ROUTE), _ROUTE_DATA),
     *_item_operations("upstream", items.handlers(items.UPSTREAM), _UPSTREAM_DATA),
     *_item_operations("policy", items.handlers(items.POLICY), _POLICY_DATA, "policies"),
+    Operation(
+        "GET",
+        "/api/users",
+        auth.list_users,
+        Permission.USERS,
+        "listUsers",
+        "Every admin API user (never a password hash)",
+        "users",
+        data={"type": "array", "items": _ref("User")},
+        errors=_READ,
+    ),
     Operation(
         "POST",
         "/api/users",
@@ -486,6 +529,17 @@ OPERATIONS: list[Operation] = [
         data=_ref("User"),
         also=(201,),
         errors=(*_WRITE, 404),
+        parameters=(_USERNAME,),
+    ),
+    Operation(
+        "DELETE",
+        "/api/users/{username}",
+        auth.delete_user,
+        Permission.USERS,
+        "deleteUser",
+        "Delete a user (its tokens stop working); never the last admin (409)",
+        "users",
+        errors=(*_READ, 404, 409),
         parameters=(_USERNAME,),
     ),
     Operation(
@@ -533,6 +587,18 @@ OPERATIONS: list[Operation] = [
         errors=(400, *_READ),
         parameters=_LOG_PARAMETERS,
     ),
+    Operation(
+        "GET",
+        "/api/audit",
+        audit.query_audit,
+        Permission.USERS,
+        "auditLog",
+        "The audit trail of admin writes, newest first",
+        "audit",
+        data=_ref("AuditPage"),
+        errors=(400, *_READ),
+        parameters=_AUDIT_PARAMETERS,
+    ),
 ]
 
 
@@ -543,11 +609,13 @@ _ERROR_DESCRIPTIONS = {
     401: "No valid token",
     403: "The token's role may not do this",
     404: "No such item",
-    409: "The item is defined in the config file, or the name is taken",
+    409: "The item is defined in the config file, the name is taken, the route would shadow "
+    "a file route, or the change would leave no admin",
     412: "If-Match does not match the item's version",
     413: "The body is too large",
     415: "The body is not JSON",
     422: "The document is not a valid config item; error.path says where",
+    429: "Too many login attempts: wait Retry-After seconds",
     503: "The store is not reachable",
 }
 

@@ -97,6 +97,30 @@ SQLITE_MIGRATIONS: list[Migration] = [
         ALTER TABLE items_v3 RENAME TO items;
         """,
     ),
+    (
+        5,  # admin hardening: token versions, the audit log, login failure counters
+        """
+        ALTER TABLE users ADD COLUMN token_version INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE audit_log (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts REAL NOT NULL,
+            actor TEXT,
+            action TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            name TEXT,
+            before TEXT,
+            after TEXT,
+            client_ip TEXT,
+            request_id TEXT
+        );
+        CREATE INDEX audit_log_ts ON audit_log (ts);
+        CREATE TABLE login_failures (
+            key TEXT PRIMARY KEY,
+            window_start REAL NOT NULL,
+            count INTEGER NOT NULL
+        );
+        """,
+    ),
 ]
 
 POSTGRES_MIGRATIONS: list[Migration] = [
@@ -154,6 +178,30 @@ POSTGRES_MIGRATIONS: list[Migration] = [
         ALTER TABLE items DROP CONSTRAINT IF EXISTS items_kind_check;
         ALTER TABLE items ADD CONSTRAINT items_kind_check
             CHECK (kind IN ('route', 'upstream', 'policy'));
+        """,
+    ),
+    (
+        5,  # admin hardening: token versions, the audit log, login failure counters
+        """
+        ALTER TABLE users ADD COLUMN token_version integer NOT NULL DEFAULT 0;
+        CREATE TABLE audit_log (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            ts double precision NOT NULL,
+            actor text,
+            action text NOT NULL,
+            kind text NOT NULL,
+            name text,
+            before jsonb,
+            after jsonb,
+            client_ip text,
+            request_id text
+        );
+        CREATE INDEX audit_log_ts ON audit_log (ts);
+        CREATE TABLE login_failures (
+            key text PRIMARY KEY,
+            window_start double precision NOT NULL,
+            count integer NOT NULL
+        );
         """,
     ),
 ]
