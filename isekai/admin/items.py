@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from isekai.admin import audit
 from isekai.admin.context import CTX, AdminContext
 from isekai.admin.http import PATCH_TYPES, ApiError, iso_time, ok, read_json
 from isekai.admin.live_config import ROUTE_PATH
@@ -330,6 +331,7 @@ async def create_item(request: web.Request, kind: Kind) -> web.Response:
         except AlreadyExists:
             raise ApiError(409, "already_exists", f"{kind.name} {name!r} already exists") from None
         await _commit(ctx, change, item.version, f"{kind.name} {name!r} created")
+        await audit.record(request, "created", kind.name, name, None, doc)
     location = f"/api/{kind.plural}/{name}"
     return _with_etag(item, 201, Location=location)
 
@@ -364,6 +366,8 @@ async def _replace(
                 current_version=exc.current_version,
             ) from None
         await _commit(ctx, change, item.version, f"{kind.name} {name!r} changed (v{item.version})")
+        action = "patched" if request.method == "PATCH" else "replaced"
+        await audit.record(request, action, kind.name, name, current.doc, doc)
     return _with_etag(item)
 
 
@@ -425,6 +429,7 @@ async def delete_item(request: web.Request, kind: Kind) -> web.Response:
                 current_version=exc.current_version,
             ) from None
         await _commit(ctx, change, None, f"{kind.name} {name!r} deleted")
+        await audit.record(request, "deleted", kind.name, name, current.doc, None)
     return ok(message=f"{kind.name} {name!r} deleted")
 
 
