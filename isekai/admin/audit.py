@@ -26,12 +26,23 @@ from isekai.admin.logs import parse_time
 from isekai.admin.schemas import DEFAULT_LOG_LIMIT, MAX_LOG_LIMIT
 from isekai.store import AuditQuery, AuditRecord, StoreError
 
-__all__ = ["PARAMETERS", "REDACTED", "actor", "entry", "query_audit", "record", "redact"]
+__all__ = [
+    "FILTER_PATTERN",
+    "PARAMETERS",
+    "REDACTED",
+    "actor",
+    "entry",
+    "query_audit",
+    "record",
+    "redact",
+]
 
 log = logging.getLogger("isekai.admin")
 
 REDACTED = "[redacted]"
 PARAMETERS = ("actor", "kind", "name", "since", "limit", "offset")
+FILTER_PATTERN = r"^[^\x00-\x1f\x7f]{1,256}$"  # actor, kind and name filters
+_FILTER = re.compile(FILTER_PATTERN)
 # keys whose values are secrets wherever they appear in a document
 _SECRET_NAMES = frozenset(
     {
@@ -165,8 +176,8 @@ def _query(request: web.Request) -> AuditQuery:
     for name in ("actor", "kind", "name"):
         if name in params:
             text = params[name]
-            if not text or len(text) > 256:
-                raise _bad(name, "expected 1 to 256 characters")
+            if not _FILTER.fullmatch(text):
+                raise _bad(name, "expected 1 to 256 characters, no control characters")
             values[name] = text
     if "since" in params:
         try:

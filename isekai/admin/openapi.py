@@ -114,7 +114,12 @@ _AUDIT_PARAMETERS = (
             "name": name,
             "in": "query",
             "description": what,
-            "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+            "schema": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 256,
+                "pattern": audit.FILTER_PATTERN,
+            },
         }
         for name, what in (
             ("actor", "Records of this user's changes."),

@@ -77,7 +77,7 @@ def _taken(new: RouteMatch, old: RouteMatch) -> list[tuple[bytes, bytes, str]] |
     return moved
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(new=matches(), old=matches())
 def test_route_shadows_agrees_with_the_router(new, old):
     moved = _taken(new, old)
