@@ -35,7 +35,7 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-USER, PASSWORD = "bench", "control-plane-bench"
+USER, PASSWORD = "bench", "control-plane-secret"
 CONFIG = """\
 workers: {workers}
 listeners: [{{name: public, bind: "127.0.0.1:0"}}]

@@ -364,7 +364,7 @@ def _users_add(args: argparse.Namespace) -> int:
     password = _user_password(args)
     try:
         check_username(args.name)
-        check_password_rules(password)
+        check_password_rules(password, args.name)
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
     file = _setting(args.config, "ISEKAI_CONFIG")

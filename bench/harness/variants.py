@@ -55,7 +55,7 @@ ADMIN_OFF = "admin: {enabled: false}"
 
 # request_log: the admin process creates this user at its first start (it warns without one);
 # nobody logs in, auth is off on its loopback listener
-ADMIN_USER = {"ISEKAI_ADMIN_USERNAME": "bench", "ISEKAI_ADMIN_PASSWORD": "bench-password-unused"}
+ADMIN_USER = {"ISEKAI_ADMIN_USERNAME": "bench", "ISEKAI_ADMIN_PASSWORD": "gateway-secret-unused"}
 
 
 def environment(variant: str | None) -> dict[str, str]:

@@ -29,7 +29,7 @@ from harness import targets as T  # noqa: E402
 
 SETTLE = 1.5  # seconds before each dump: the writer catches up
 SECRET = "bench-secret-bench-secret-bench-secret-42"
-ADMIN_ENV = {"ISEKAI_ADMIN_USERNAME": "bench", "ISEKAI_ADMIN_PASSWORD": "bench-password-123"}
+ADMIN_ENV = {"ISEKAI_ADMIN_USERNAME": "bench", "ISEKAI_ADMIN_PASSWORD": "gateway-secret-123"}
 
 
 def logs_conf(store: str, request_logs: bool, plain_conf=T.isekai_conf):

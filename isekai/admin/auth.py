@@ -1,9 +1,17 @@
 """Admin users, passwords, tokens and roles.
 
-Passwords are kept as bcrypt hashes (salted, cost 12 by default). ``POST /api/auth/login``
-trades a username and password for a JWT (claims ``sub``, ``role``, ``iat``, ``exp``) signed
-with ``admin.auth.jwt_secret``; requests carry it as ``Authorization: Bearer <token>``. The
-role is read from the store on every request, so a changed role applies at once.
+Passwords are kept as bcrypt hashes (salted, cost 12 by default) and must follow the policy
+of `isekai.admin.passwords`. ``POST /api/auth/login`` trades a username and password for a JWT
+(claims ``sub``, ``role``, ``ver``, ``iat``, ``exp``) signed with ``admin.auth.jwt_secret``;
+requests carry it as ``Authorization: Bearer <token>``. Login attempts are counted in the
+store per username and per client address (``admin.auth.login_limits``): past the limit the
+answer is 429 with ``Retry-After``, whatever the password.
+
+The user is read from the store on every request: its role applies at once, and a token whose
+``ver`` is not the user's current ``token_version`` is refused. A password change, a role
+change, deleting the user and ``POST /api/auth/logout`` bump that version, so every token
+issued before stops working at once on every admin process and every gateway sharing the
+store.
 
 Roles, each including the ones below it: ``viewer`` reads, ``editor`` also changes routes
 and upstreams, ``admin`` also manages users.
@@ -13,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import re
 import time
@@ -23,9 +32,11 @@ import bcrypt
 import jwt
 from aiohttp import web
 
+from isekai.admin import audit
 from isekai.admin.context import CTX, USER, AdminContext
 from isekai.admin.http import ApiError, iso_time, ok, read_json
-from isekai.admin.roles import MAX_PASSWORD_BYTES, MIN_PASSWORD, RANK, ROLES
+from isekai.admin.passwords import check_password
+from isekai.admin.roles import RANK, ROLES
 from isekai.admin.schemas import USERNAME_PATTERN, first_error
 
 __all__ = [
@@ -65,12 +76,10 @@ def check_username(username: str) -> None:
         )
 
 
-def check_password_rules(password: str) -> None:
-    """``ValueError`` unless the password has 8 characters to 72 bytes."""
-    if len(password) < MIN_PASSWORD:
-        raise ValueError(f"the password must have at least {MIN_PASSWORD} characters")
-    if len(password.encode()) > MAX_PASSWORD_BYTES:
-        raise ValueError(f"the password must be at most {MAX_PASSWORD_BYTES} bytes (UTF-8)")
+def check_password_rules(password: str, username: str | None = None) -> None:
+    """``ValueError`` unless the password follows the policy (`passwords.check_password`:
+    12 characters to 72 bytes, not a common password, not containing the username)."""
+    check_password(password, username)
 
 
 def check_role(role: str) -> None:
@@ -79,8 +88,11 @@ def check_role(role: str) -> None:
 
 
 def hash_password(password: str, rounds: int = 12) -> str:
-    """A salted bcrypt hash of ``password`` (slow on purpose: call it off the event loop)."""
-    check_password_rules(password)
+    """A salted bcrypt hash of ``password`` (slow on purpose: call it off the event loop).
+
+    The policy is checked here too, without the username (callers check it with the
+    username first: `check_password_rules`)."""
+    check_password(password)
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode("ascii")
 
 
@@ -103,12 +115,20 @@ def _dummy_hash(rounds: int) -> str:
     return _dummy_hashes[rounds]
 
 
-def issue_token(ctx: AdminContext, username: str, role: str) -> tuple[str, int]:
-    """A signed JWT for the user and its expiry in unix seconds."""
+def issue_token(ctx: AdminContext, username: str, role: str, version: int = 0) -> tuple[str, int]:
+    """A signed JWT for the user (``version``: its current ``token_version``) and its expiry
+    in unix seconds."""
     auth = ctx.config.admin.auth
     now = int(time.time())
     expires = now + max(1, int(auth.jwt_expiry))
-    claims = {"sub": username, "role": role, "iat": now, "exp": expires, "iss": ISSUER}
+    claims = {
+        "sub": username,
+        "role": role,
+        "ver": version,
+        "iat": now,
+        "exp": expires,
+        "iss": ISSUER,
+    }
     return jwt.encode(claims, ctx.jwt_secret, algorithm=auth.jwt_algorithm), expires
 
 
@@ -132,7 +152,7 @@ async def authenticate(ctx: AdminContext, request: web.Request) -> dict[str, Any
             ctx.jwt_secret,
             algorithms=[auth.jwt_algorithm],
             issuer=ISSUER,
-            options={"require": ["exp", "iat", "sub", "role"]},
+            options={"require": ["exp", "iat", "sub", "role", "ver"]},
         )
     except jwt.ExpiredSignatureError:
         raise _unauthorized("the token has expired: log in again", "invalid_token") from None
@@ -142,6 +162,13 @@ async def authenticate(ctx: AdminContext, request: web.Request) -> dict[str, Any
     user = await ctx.store.get_user(username) if isinstance(username, str) else None
     if user is None:
         raise _unauthorized("the token's user does not exist", "invalid_token")
+    version = claims.get("ver")
+    if type(version) is not int or version != user.get("token_version", 0):
+        raise _unauthorized(
+            "the token was revoked (the user's password or role changed, or it logged out): "
+            "log in again",
+            "invalid_token",
+        )
     return {"username": user["username"], "role": user["role"]}
 
 
@@ -173,6 +200,29 @@ async def login(request: web.Request) -> web.Response:
     if problem is not None:
         raise ApiError(422, "invalid", f"{problem[0]}: {problem[1]}", path=problem[0])
     username, password = body["username"], body["password"]
+    limits = ctx.config.admin.auth.login_limits
+    # counted before the password is checked, whether the user exists or not: at most
+    # per_user guesses per window however many arrive at once, and a locked known user
+    # looks like a locked unknown one
+    user_key, ip_key = f"user:{username.lower()}", f"ip:{request.remote or '-'}"
+    wait = await ctx.store.take_login_attempt(
+        [(user_key, limits.per_user), (ip_key, limits.per_ip)], limits.window
+    )
+    if wait is not None:
+        retry = max(1, math.ceil(wait))
+        log.warning(
+            "admin login refused for %r from %s: too many attempts (%ds left)",
+            username,
+            request.remote,
+            retry,
+        )
+        raise ApiError(
+            429,
+            "too_many_attempts",
+            f"too many login attempts: try again in {retry} seconds",
+            headers={"Retry-After": str(retry)},
+            retry_after=retry,
+        )
     user = await ctx.store.get_user(username)
     if user is None:
         await _run(verify_password, password, _dummy_hash(ctx.bcrypt_rounds))
@@ -180,10 +230,13 @@ async def login(request: web.Request) -> web.Response:
     else:
         valid = await _run(verify_password, password, user["password_hash"])
     if not valid:
-        log.info("admin login failed for %r from %s", username[:64], request.remote)
+        log.info("admin login failed for %r from %s", username, request.remote)
+        await audit.record(request, "login_failed", "user", username)
         raise _unauthorized("wrong username or password")
-    token, expires = issue_token(ctx, user["username"], user["role"])
+    await ctx.store.login_succeeded([user_key], [ip_key])
+    token, expires = issue_token(ctx, user["username"], user["role"], user["token_version"])
     log.info("admin login: %r (%s)", user["username"], user["role"])
+    await audit.record(request, "login", "user", user["username"])
     return ok(
         {
             "token": token,
@@ -203,6 +256,23 @@ async def me(request: web.Request) -> web.Response:
     return ok({**user, "auth": True})
 
 
+async def logout(request: web.Request) -> web.Response:
+    """End every token of the caller (its ``token_version`` is bumped)."""
+    ctx: AdminContext = request.app[CTX]
+    user = request.get(USER)
+    if user is None:
+        raise ApiError(409, "auth_disabled", "authentication is off: there is no token to end")
+    from isekai.store import NotFound
+
+    record = audit.entry(request, "logout", "user", user["username"])
+    try:
+        await ctx.store.bump_token_version(user["username"], audit=record)
+    except NotFound:  # deleted meanwhile: its tokens are already refused
+        pass
+    audit.announce(record)
+    return ok(message=f"logged out: every token of {user['username']!r} is revoked")
+
+
 def _user_view(user: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "username": user["username"],
@@ -211,21 +281,41 @@ def _user_view(user: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _audit_view(user: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    # what the audit log keeps of a user: never the hash
+    return None if user is None else {"username": user["username"], "role": user["role"]}
+
+
+def _last_admin(username: str) -> ApiError:
+    return ApiError(
+        409,
+        "last_admin",
+        f"{username!r} is the last admin: make another user admin first",
+    )
+
+
+async def list_users(request: web.Request) -> web.Response:
+    ctx: AdminContext = request.app[CTX]
+    return ok([_user_view(user) for user in await ctx.store.list_users()])
+
+
 async def create_user(request: web.Request) -> web.Response:
     ctx: AdminContext = request.app[CTX]
     body = await read_json(request)
     _check_body("UserCreate", body, "user")
     username = body["username"]
     _check(check_username, username, "user.username")
-    _check(check_password_rules, body["password"], "user.password")
+    _check(lambda p: check_password_rules(p, username), body["password"], "user.password")
     password_hash = await _run(hash_password, body["password"], ctx.bcrypt_rounds)
     from isekai.store import AlreadyExists
 
+    after = {"username": username, "role": body["role"]}
+    record = audit.entry(request, "created", "user", username, None, after)
     try:
-        await ctx.store.create_user(username, password_hash, body["role"])
+        await ctx.store.create_user(username, password_hash, body["role"], audit=record)
     except AlreadyExists:
         raise ApiError(409, "already_exists", f"user {username!r} already exists") from None
-    log.info("admin user %r created with role %s", username, body["role"])
+    audit.announce(record)
     user = await ctx.store.get_user(username)
     location = f"/api/users/{username}"
     return ok(_user_view(user), status=201, headers={"Location": location})
@@ -251,14 +341,42 @@ async def update_user(request: web.Request) -> web.Response:
         _check(check_username, username, "user.username")
     password_hash = user["password_hash"] if user is not None else None
     if "password" in body:
-        _check(check_password_rules, body["password"], "user.password")
+        _check(lambda p: check_password_rules(p, username), body["password"], "user.password")
         password_hash = await _run(hash_password, body["password"], ctx.bcrypt_rounds)
     role = body.get("role", user["role"] if user is not None else None)
     assert password_hash is not None and role is not None
-    await ctx.store.set_user(username, password_hash, role)
-    log.info("admin user %r %s (role %s)", username, "updated" if user else "created", role)
+    name = user["username"] if user is not None else username
+    after = {"username": name, "role": role, "password_changed": "password" in body}
+    action = "replaced" if user is not None else "created"
+    record = audit.entry(request, action, "user", name, _audit_view(user), after)
+    from isekai.store import LastAdmin
+
+    try:
+        await ctx.store.set_user(username, password_hash, role, audit=record)
+    except LastAdmin:
+        raise _last_admin(name) from None
+    audit.announce(record)
     view = _user_view(await ctx.store.get_user(username))
     return ok(view, status=200 if user is not None else 201)
+
+
+async def delete_user(request: web.Request) -> web.Response:
+    ctx: AdminContext = request.app[CTX]
+    username = request.match_info["username"]
+    user = await ctx.store.get_user(username)
+    if user is None:
+        raise ApiError(404, "not_found", f"no user {username!r}")
+    from isekai.store import LastAdmin, NotFound
+
+    record = audit.entry(request, "deleted", "user", user["username"], _audit_view(user), None)
+    try:
+        await ctx.store.delete_user(username, audit=record)
+    except NotFound:
+        raise ApiError(404, "not_found", f"no user {username!r}") from None
+    except LastAdmin:
+        raise _last_admin(user["username"]) from None
+    audit.announce(record)
+    return ok(message=f"user {user['username']!r} deleted: its tokens no longer work")
 
 
 def _check_body(schema: str, body: Any, prefix: str) -> None:
@@ -298,7 +416,7 @@ async def ensure_initial_admin(
         )
         return None
     check_username(username)
-    check_password_rules(password)
+    check_password_rules(password, username)
     password_hash = await _run(hash_password, password, rounds)
     from isekai.store import AlreadyExists
 

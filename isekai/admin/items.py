@@ -31,11 +31,12 @@ from typing import Any
 
 from aiohttp import web
 
+from isekai.admin import audit
 from isekai.admin.context import CTX, AdminContext
 from isekai.admin.http import PATCH_TYPES, ApiError, iso_time, ok, read_json
 from isekai.admin.live_config import ROUTE_PATH
 from isekai.admin.schemas import first_error
-from isekai.config.changes import Change
+from isekai.config.changes import Change, RouteShadowError
 from isekai.errors import ConfigError
 from isekai.store import AlreadyExists, NotFound, VersionMismatch
 
@@ -215,6 +216,15 @@ def _prepare(ctx: AdminContext, kind: Kind, name: str, doc: dict[str, Any] | Non
     assert ctx.live is not None
     try:
         return ctx.live.prepare(kind.name, name, doc)
+    except RouteShadowError as exc:  # admin.api_routes.may_shadow_yaml is false
+        raise ApiError(
+            409,
+            "shadows_file_route",
+            f"route {name!r} {exc.message}",
+            path="route.match",
+            route=exc.route,
+            source="file",
+        ) from None
     except ConfigError as exc:
         raise _explain(ctx, exc, kind, name) from None
 
@@ -384,6 +394,7 @@ async def create_item(request: web.Request, kind: Kind) -> web.Response:
         except AlreadyExists:
             raise ApiError(409, "already_exists", f"{kind.name} {name!r} already exists") from None
         await _commit(ctx, change, item.version, f"{kind.name} {name!r} created")
+        await audit.record(request, "created", kind.name, name, None, doc)
     location = f"/api/{kind.plural}/{name}"
     return _with_etag(item, 201, Location=location)
 
@@ -419,6 +430,8 @@ async def _replace(
                 current_version=exc.current_version,
             ) from None
         await _commit(ctx, change, item.version, f"{kind.name} {name!r} changed (v{item.version})")
+        action = "patched" if request.method == "PATCH" else "replaced"
+        await audit.record(request, action, kind.name, name, current.doc, doc)
     return _with_etag(item)
 
 
@@ -484,6 +497,7 @@ async def delete_item(request: web.Request, kind: Kind) -> web.Response:
                 current_version=exc.current_version,
             ) from None
         await _commit(ctx, change, None, f"{kind.name} {name!r} deleted")
+        await audit.record(request, "deleted", kind.name, name, current.doc, None)
     return ok(message=f"{kind.name} {name!r} deleted")
 
 

@@ -114,8 +114,9 @@ class LiveConfig:
     # -- one change -------------------------------------------------------------------------
 
     def prepare(self, kind: str, name: str, doc: dict[str, Any] | None) -> Change:
-        """Check one change (``doc`` None: delete); ``ConfigError`` as a whole validation."""
-        return self.index.prepare(kind, name, doc)
+        """Check one change made through the API (``doc`` None: delete); ``ConfigError`` as a
+        whole validation, or ``RouteShadowError`` for a route over a file route's requests."""
+        return self.index.prepare(kind, name, doc, check_shadow=True)
 
     async def commit(self, change: Change, version: int | None) -> Config:
         """Apply a prepared change now stored at ``version`` (None: deleted)."""

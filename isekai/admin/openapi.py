@@ -21,6 +21,7 @@ from aiohttp import web
 
 from isekai.admin import (
     api_keys,
+    audit,
     auth,
     items,
     logs,
@@ -136,6 +137,33 @@ _LOG_PARAMETERS = (
     },
 )
 
+_AUDIT_PARAMETERS = (
+    *(
+        {
+            "name": name,
+            "in": "query",
+            "description": what,
+            "schema": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 256,
+                "pattern": audit.FILTER_PATTERN,
+            },
+        }
+        for name, what in (
+            ("actor", "Records of this user's changes."),
+            ("kind", "Records of this kind of item: route, upstream, policy, user..."),
+            ("name", "Records of the item of this name."),
+        )
+    ),
+    {
+        "name": "since",
+        "in": "query",
+        "description": "Records at or after this time: ISO 8601 date-time or unix seconds.",
+        "schema": {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "number"}]},
+    },
+    *_LOG_PARAMETERS[-2:],  # limit, offset
+)
 _ROUTE_DATA = _ref("RouteResource")
 _UPSTREAM_DATA = _ref("UpstreamResource")
 _POLICY_DATA = _ref("PolicyResource")
@@ -638,7 +666,17 @@ OPERATIONS: list[Operation] = [
         "auth",
         body="Login",
         data=_ref("Token"),
-        errors=(400, 401, 413, 415, 422),
+        errors=(400, 401, 413, 415, 422, 429),
+    ),
+    Operation(
+        "POST",
+        "/api/auth/logout",
+        auth.logout,
+        Permission.READ,
+        "logout",
+        "End every token of the caller (its token version is bumped)",
+        "auth",
+        errors=(*_READ, 409),
     ),
     Operation(
         "GET",
@@ -706,6 +744,17 @@ OPERATIONS: list[Operation] = [
         parameters=(_CONSUMER_ID,),
     ),
     Operation(
+        "GET",
+        "/api/users",
+        auth.list_users,
+        Permission.USERS,
+        "listUsers",
+        "Every admin API user (never a password hash)",
+        "users",
+        data={"type": "array", "items": _ref("User")},
+        errors=_READ,
+    ),
+    Operation(
         "POST",
         "/api/users",
         auth.create_user,
@@ -742,6 +791,17 @@ OPERATIONS: list[Operation] = [
         data=_ref("User"),
         also=(201,),
         errors=(*_WRITE, 404),
+        parameters=(_USERNAME,),
+    ),
+    Operation(
+        "DELETE",
+        "/api/users/{username}",
+        auth.delete_user,
+        Permission.USERS,
+        "deleteUser",
+        "Delete a user (its tokens stop working); never the last admin (409)",
+        "users",
+        errors=(*_READ, 404, 409),
         parameters=(_USERNAME,),
     ),
     Operation(
@@ -790,6 +850,18 @@ OPERATIONS: list[Operation] = [
         parameters=_LOG_PARAMETERS,
     ),
     *_OAUTH_OPERATIONS,
+    Operation(
+        "GET",
+        "/api/audit",
+        audit.query_audit,
+        Permission.USERS,
+        "auditLog",
+        "The audit trail of admin writes, newest first",
+        "audit",
+        data=_ref("AuditPage"),
+        errors=(400, *_READ),
+        parameters=_AUDIT_PARAMETERS,
+    ),
 ]
 
 
@@ -800,11 +872,13 @@ _ERROR_DESCRIPTIONS = {
     401: "No valid token",
     403: "The token's role may not do this",
     404: "No such item",
-    409: "The item is defined in the config file, or the name is taken",
+    409: "The item is defined in the config file, the name is taken, the route would shadow "
+    "a file route, or the change would leave no admin",
     412: "If-Match does not match the item's version",
     413: "The body is too large",
     415: "The body is not JSON",
     422: "The document is not a valid config item; error.path says where",
+    429: "Too many login attempts: wait Retry-After seconds",
     503: "The store is not reachable",
 }
 

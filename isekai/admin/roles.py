@@ -10,5 +10,5 @@ __all__ = ["MAX_PASSWORD_BYTES", "MIN_PASSWORD", "RANK", "ROLES"]
 
 ROLES = ("admin", "editor", "viewer")  # most powerful first
 RANK = {"viewer": 1, "editor": 2, "admin": 3}  # a role may do what every lower one may
-MIN_PASSWORD = 8
+MIN_PASSWORD = 12
 MAX_PASSWORD_BYTES = 72  # bcrypt ignores what is longer; refuse it instead

@@ -340,6 +340,36 @@ LOG_PAGE = {
     },
 }
 
+AUDIT_PAGE = {
+    "type": "object",
+    "required": ["items", "total", "limit", "offset"],
+    "properties": {
+        "items": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["id", "time", "actor", "action", "kind", "name"],
+                "properties": {
+                    "id": {"type": "integer"},
+                    "time": {"type": "string", "format": "date-time"},
+                    "actor": {"type": ["string", "null"], "description": "null: auth is off."},
+                    "action": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "name": {"type": ["string", "null"]},
+                    "before": {"description": "The item before (secrets redacted)."},
+                    "after": {"description": "The item after (secrets redacted)."},
+                    "client_ip": {"type": ["string", "null"]},
+                    "request_id": {"type": ["string", "null"]},
+                },
+            },
+        },
+        "total": {"type": "integer"},
+        "limit": {"type": "integer"},
+        "offset": {"type": "integer"},
+        "next_offset": {"type": ["integer", "null"]},
+    },
+}
+
 COMPONENTS: dict[str, dict[str, Any]] = {
     "Route": ROUTE,
     "RouteReplace": ROUTE_REPLACE,
@@ -364,6 +394,7 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     "Status": STATUS,
     "LogPage": LOG_PAGE,
     **OAUTH_COMPONENTS,
+    "AuditPage": AUDIT_PAGE,
 }
 
 _POLICY_NAMES = set(_policy_components())

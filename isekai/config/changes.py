@@ -39,7 +39,7 @@ from isekai.config.policies import PolicySpec
 from isekai.config.schema import Config, Route, Upstream
 from isekai.errors import ConfigError, RouteConflictError
 
-__all__ = ["Change", "ConfigIndex", "add_consumers", "apply_changes"]
+__all__ = ["Change", "ConfigIndex", "RouteShadowError", "add_consumers", "apply_changes"]
 
 KINDS = ("route", "upstream", "policy", "consumer")
 
@@ -52,6 +52,15 @@ class Change:
     kind: str
     name: str
     item: Route | Upstream | PolicySpec | Consumer | None
+
+
+class RouteShadowError(ConfigError):
+    """A route made through the admin API would take requests a file route gets now (and
+    ``admin.api_routes.may_shadow_yaml`` is false); ``route`` names the file route."""
+
+    def __init__(self, message: str, *, route: str, path: str, file: str | None) -> None:
+        super().__init__(message, path=path, file=file)
+        self.route = route
 
 
 def _is_metrics(item: Any) -> bool:
@@ -141,16 +150,29 @@ class ConfigIndex:
 
     # -- checking ---------------------------------------------------------------------------
 
-    def prepare(self, kind: str, name: str, doc: Mapping[str, Any] | None) -> Change:
+    def prepare(
+        self,
+        kind: str,
+        name: str,
+        doc: Mapping[str, Any] | None,
+        *,
+        check_shadow: bool = False,
+    ) -> Change:
         """Build and check one change: ``doc`` is the item's document (None: delete it).
 
         Raises ``ConfigError`` exactly as `validate_dynamic` would for the whole candidate
         config (``file`` `API_SOURCE`, a path into the whole config); nothing is changed.
+        With ``check_shadow`` (a change made through the admin API), a route that would take
+        requests from a file route (`rules.route_shadows`) raises `RouteShadowError` too,
+        unless ``admin.api_routes.may_shadow_yaml`` allows it.
         """
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
         if kind == "route":
-            return self._prepare_route(name, doc)
+            change = self._prepare_route(name, doc)
+            if check_shadow and change.item is not None:
+                self._check_shadow(change.item)
+            return change
         if kind == "policy":
             return self._prepare_policy(name, doc)
         if kind == "consumer":
@@ -214,6 +236,20 @@ class ConfigIndex:
             routes = [r for r in self.routes.values() if r.name != name]
             self._check_metrics(self.config.policies, [*routes, route], f"routes[{index}]")
         return Change("route", name, route)
+
+    def _check_shadow(self, route: Any) -> None:
+        admin = self.config.admin
+        if admin is not None and admin.api_routes.may_shadow_yaml:
+            return
+        index = len(self.routes) - (route.name in self.routes)
+        for other in self.routes.values():
+            if other.name in self.file_routes and rules.route_shadows(route.match, other.match):
+                raise RouteShadowError(
+                    rules.route_shadowed(route, other),
+                    route=other.name,
+                    path=f"routes[{index}].match",
+                    file=API_SOURCE,
+                )
 
     def _prepare_policy(self, name: str, doc: Mapping[str, Any] | None) -> Change:
         if doc is not None:

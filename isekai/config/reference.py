@@ -40,6 +40,8 @@ SECTIONS = {
     "Limits": ("limits", "limits"),
     "Admin": ("admin", "admin"),
     "AdminAuth": ("auth", "admin-auth"),
+    "LoginLimits": ("login limits", "login-limits"),
+    "AdminApiRoutes": ("api routes", "api-routes"),
     "RequestLogs": ("request logs", "request-logs"),
     "AdminOAuth": ("oauth", "admin-oauth"),
     "Store": ("store", "store"),

@@ -376,6 +376,152 @@ def routes_overlap(route: Any, other: Any) -> bool:
     return mine is None or theirs is None or bool(set(mine) & set(theirs))
 
 
+# -- shadowing: would a new route take requests another one gets now? -------------------------
+#
+# The router (isekai._core.router) tries host groups in order (the exact host, then wildcard
+# hosts longest suffix first, then routes for any host); the first group holding a route that
+# matches the path and accepts the method wins. Within a group the path is matched segment by
+# segment, a static segment before a {param} before a trailing '*', so of two patterns matching
+# one path the one that is static (or a param against a '*') where they first differ wins.
+# Routes of the same host and path shape share one leaf, where a route naming the method beats
+# one for any method, and GET answers HEAD unless HEAD is named by another route.
+
+_STATIC, _PARAM, _WILD = 0, 1, 2
+_ANY_HOST, _EXACT_HOST, _WILD_HOST = 0, 1, 2
+
+
+def _host_group(host: str | None) -> tuple[int, str]:
+    if host is None:
+        return _ANY_HOST, ""
+    text = host.lower()
+    text = text[:-1] if text.endswith(".") else text
+    if text.startswith("*."):
+        return _WILD_HOST, text[1:]  # the suffix, with its leading dot
+    return _EXACT_HOST, text
+
+
+def _host_first(new: str | None, old: str | None) -> bool | None:
+    # None: the same group; True: some Host reaches both and new's group is tried first
+    (new_kind, new_key), (old_kind, old_key) = _host_group(new), _host_group(old)
+    if (new_kind, new_key) == (old_kind, old_key):
+        return None
+    if old_kind == _ANY_HOST:
+        return True
+    if new_kind == _EXACT_HOST and old_kind == _WILD_HOST:
+        return new_key.endswith(old_key)
+    if new_kind == _WILD_HOST and old_kind == _WILD_HOST:
+        return len(new_key) > len(old_key) and new_key.endswith(old_key)
+    return False  # old's group comes first, or no Host reaches both
+
+
+def _segments(pattern: Any) -> list[tuple[int, str | None]]:
+    last = len(pattern.segments) - 1
+    return [
+        (_WILD, None)
+        if pattern.wildcard and i == last
+        else (_PARAM, None)
+        if part is None
+        else (_STATIC, part)
+        for i, part in enumerate(pattern.segments)
+    ]
+
+
+def _segment_meets(a: tuple[int, str | None], b: tuple[int, str | None]) -> bool:
+    # two non-wildcard segments can match one path segment ({param} needs a non-empty one)
+    (a_kind, a_text), (b_kind, b_text) = a, b
+    if a_kind == _STATIC and b_kind == _STATIC:
+        return a_text == b_text
+    if a_kind == _STATIC:
+        return a_text != ""
+    if b_kind == _STATIC:
+        return b_text != ""
+    return True
+
+
+def _paths_meet(a: list[tuple[int, str | None]], b: list[tuple[int, str | None]]) -> bool:
+    """Whether some request path matches both segment lists."""
+    for i in range(max(len(a), len(b))):
+        if i >= len(a) or i >= len(b):
+            return False  # different lengths (a '*' needs one more segment, maybe empty)
+        if a[i][0] == _WILD or b[i][0] == _WILD:
+            return True  # the other's segments from here on make a path the '*' matches
+        if not _segment_meets(a[i], b[i]):
+            return False
+    return True
+
+
+def _path_first(new: Any, old: Any) -> bool | None:
+    # None: the same shape (one leaf); True: some path both match goes to new first
+    a, b = _segments(new), _segments(old)
+    for i in range(max(len(a), len(b))):
+        if i >= len(a) or i >= len(b):
+            return False
+        (a_kind, _), (b_kind, _) = a[i], b[i]
+        if a_kind == _WILD and b_kind == _WILD:
+            return None
+        if a_kind != b_kind:
+            if a_kind > b_kind:
+                return False  # old is more specific where they first differ
+            if b_kind == _WILD:
+                return True  # old's '*' matches every path new's segments from here make
+            return _segment_meets(a[i], b[i]) and _paths_meet(a[i + 1 :], b[i + 1 :])
+        if not _segment_meets(a[i], b[i]):
+            return False
+    return None
+
+
+def _accepted(methods: Any) -> frozenset[str] | None:
+    # the methods a route answers in a leaf of its own (None: any); GET answers HEAD too
+    if methods is None:
+        return None
+    named = {method.upper() for method in methods}
+    return frozenset(named | {"HEAD"}) if "GET" in named else frozenset(named)
+
+
+def _methods_meet(new: Any, old: Any) -> bool:
+    a, b = _accepted(new), _accepted(old)
+    return a is None or b is None or bool(a & b)
+
+
+def _leaf_takes(new: Any, old: Any) -> bool:
+    # both in one leaf: does new get a method old answered alone?
+    if old is None:
+        return True  # new names methods (or ties: a conflict), and those go to it
+    if new is None:
+        return False  # old keeps the methods it names (and HEAD with its GET)
+    new_named = {method.upper() for method in new}
+    old_named = {method.upper() for method in old}
+    if new_named & old_named:
+        return True  # a tie: refused as a conflict anyway
+    return "GET" in old_named and "HEAD" not in old_named and "HEAD" in new_named
+
+
+def route_shadows(new: Any, old: Any) -> bool:
+    """Whether a router holding the routes matched by ``new`` and ``old`` (two `RouteMatch`
+    values) would send to ``new`` some request that ``old`` gets when ``new`` is not there:
+    a more specific path or host over requests ``old`` matches, or HEAD beside ``old``'s GET.
+    Method sets that cannot meet never shadow. Pure: the router's rules, not the router."""
+    host = _host_first(new.host, old.host)
+    if host is False:
+        return False
+    if host is True:
+        return _paths_meet(_segments(new.pattern), _segments(old.pattern)) and _methods_meet(
+            new.methods, old.methods
+        )
+    path = _path_first(new.pattern, old.pattern)
+    if path is None:
+        return _leaf_takes(new.methods, old.methods)
+    return path and _methods_meet(new.methods, old.methods)
+
+
+def route_shadowed(route: Any, other: Any) -> str:
+    return (
+        f"would take requests that file route {other.name!r} (path {other.match.path!r}"
+        f"{', host ' + repr(other.match.host) if other.match.host else ''}) gets now; "
+        "set admin.api_routes.may_shadow_yaml: true to allow it"
+    )
+
+
 def route_conflict(other: Any, position: int) -> str:
     return f"same host, path and methods as routes[{position}] ({other.name!r})"
 

@@ -27,12 +27,14 @@ from isekai.config.upstream import Breaker, HealthCheck, Outlier, Retry
 
 __all__ = [
     "Admin",
+    "AdminApiRoutes",
     "AdminAuth",
     "Breaker",
     "Config",
     "HealthCheck",
     "Limits",
     "Listener",
+    "LoginLimits",
     "Outlier",
     "RequestLogs",
     "Respond",
@@ -504,6 +506,48 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class LoginLimits:
+    """How many ``POST /api/auth/login`` attempts are allowed before 429.
+
+    Counted in the store (every admin process and every gateway sharing it count together),
+    in a fixed window that starts at a key's first attempt; a successful login clears the
+    username's count.
+    """
+
+    per_user: int = setting(
+        "int",
+        "Attempts per username (known or not) per window; then 429 with `Retry-After`, "
+        "even for the right password, until the window ends.",
+        default=defaults.LOGIN_LIMIT_PER_USER,
+        minimum=1,
+    )
+    per_ip: int = setting(
+        "int",
+        "Attempts per client address (the connection's peer) per window; then 429.",
+        default=defaults.LOGIN_LIMIT_PER_IP,
+        minimum=1,
+    )
+    window: float = setting(
+        "duration",
+        "How long a count lasts from the first attempt it counts.",
+        default=defaults.LOGIN_LIMIT_WINDOW,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AdminApiRoutes:
+    """What routes made through the admin API may do to the routes of the config file."""
+
+    may_shadow_yaml: bool = setting(
+        "bool",
+        "`false`: an API route that would take requests a file route now gets (a more "
+        "specific path, a more specific host, or HEAD beside its GET) is refused with 409 "
+        "naming that route.",
+        default=defaults.API_ROUTES_MAY_SHADOW_YAML,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class AdminAuth:
     """How the admin API authenticates: JWTs signed with ``jwt_secret``.
 
@@ -535,6 +579,13 @@ class AdminAuth:
         choices=defaults.JWT_ALGORITHMS,
         case="upper",
         unsupported="algorithm {value!r} is not supported (supported: {choices})",
+    )
+    login_limits: LoginLimits = setting(
+        "object",
+        "Login attempts allowed per username and per client address.",
+        default_factory=LoginLimits,
+        cls=LoginLimits,
+        default_doc="5 per user, 20 per address, per 15m",
     )
 
     validate = staticmethod(rules.admin_auth)
@@ -593,6 +644,13 @@ class Admin:
         default_factory=AdminOAuth,
         cls=AdminOAuth,
         default_doc="off",
+    )
+    api_routes: AdminApiRoutes = setting(
+        "object",
+        "What routes made through the API may do to the file's routes.",
+        default_factory=AdminApiRoutes,
+        cls=AdminApiRoutes,
+        default_doc="may not shadow them",
     )
 
     validate = staticmethod(rules.admin)

@@ -7,7 +7,10 @@
 from isekai.store.backends import open_store
 from isekai.store.base import (
     AlreadyExists,
+    AuditQuery,
+    AuditRecord,
     InvalidStoreURL,
+    LastAdmin,
     NotFound,
     RequestLogQuery,
     Store,
@@ -19,7 +22,10 @@ from isekai.store.request_log_writer import RequestLogWriter
 
 __all__ = [
     "AlreadyExists",
+    "AuditQuery",
+    "AuditRecord",
     "InvalidStoreURL",
+    "LastAdmin",
     "NotFound",
     "RequestLogQuery",
     "RequestLogWriter",

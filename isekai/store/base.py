@@ -29,6 +29,9 @@ __all__ = [
     "KINDS",
     "LOG_COLUMNS",
     "AlreadyExists",
+    "AuditQuery",
+    "AuditRecord",
+    "LastAdmin",
     "InvalidStoreURL",
     "NotFound",
     "RequestLogQuery",
@@ -104,6 +107,14 @@ class VersionMismatch(StoreError):
         super().__init__(f"{kind} {name!r} is at version {current_version}, not {expected}")
 
 
+class LastAdmin(StoreError):
+    """The change would leave the admin API without a user of role ``admin``."""
+
+    def __init__(self, username: str) -> None:
+        self.username = username
+        super().__init__(f"{username!r} is the last admin: make another user admin first")
+
+
 class InvalidStoreURL(ConfigError, ValueError):
     """``store.url`` is not a URL any backend understands (also a ``ValueError``)."""
 
@@ -172,6 +183,110 @@ class RequestLogQuery:
             where.append(("ts >=", float(self.since)))
         if self.until is not None:
             where.append(("ts <", float(self.until)))
+        return where
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One admin write: who (``actor``, a username or None when auth is off) did what
+    (``action``: ``created``, ``replaced``, ``patched``, ``deleted``, ``logout``, ``login``,
+    ``login_failed``...) to which item (``kind``, ``name``), with the item before and after
+    (JSON-compatible, secrets already redacted), from which client and request. ``time`` is
+    unix seconds; ``id`` is given by the store."""
+
+    time: float
+    actor: str | None
+    action: str
+    kind: str
+    name: str | None
+    before: Any = None
+    after: Any = None
+    client_ip: str | None = None
+    request_id: str | None = None
+    id: int | None = None
+
+    def encoded(self) -> tuple[Any, ...]:
+        """The row as stored: ``AUDIT_COLUMNS`` order, before/after as JSON text."""
+        return (
+            float(self.time),
+            _bounded(self.actor),
+            _bounded(self.action),
+            _bounded(self.kind),
+            _bounded(self.name, 256),
+            _json_or_none(self.before),
+            _json_or_none(self.after),
+            _bounded(self.client_ip),
+            _bounded(self.request_id),
+        )
+
+
+AUDIT_COLUMNS = (
+    "ts",
+    "actor",
+    "action",
+    "kind",
+    "name",
+    "before",
+    "after",
+    "client_ip",
+    "request_id",
+)
+
+
+def _bounded(value: str | None, limit: int = 128) -> str | None:
+    return None if value is None else str(value)[:limit]
+
+
+def _json_or_none(value: Any) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def audit_from_row(row: Any) -> AuditRecord:
+    """An `AuditRecord` from ``id`` + `AUDIT_COLUMNS` (before/after as JSON text)."""
+    id_, ts, actor, action, kind, name, before, after, client_ip, request_id = tuple(row)
+    return AuditRecord(
+        time=ts,
+        actor=actor,
+        action=action,
+        kind=kind,
+        name=name,
+        before=None if before is None else json.loads(before),
+        after=None if after is None else json.loads(after),
+        client_ip=client_ip,
+        request_id=request_id,
+        id=id_,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Which audit records to return, newest first: every given filter must hold
+    (``since`` bounds ``time`` from below, inclusive); ``limit`` (1-1000) and ``offset``."""
+
+    actor: str | None = None
+    kind: str | None = None
+    name: str | None = None
+    since: float | None = None
+    limit: int = 50
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= MAX_QUERY_LIMIT:
+            raise ValueError(f"limit must be from 1 to {MAX_QUERY_LIMIT}, got {self.limit}")
+        if self.offset < 0:
+            raise ValueError(f"offset must not be negative, got {self.offset}")
+
+    def conditions(self) -> list[tuple[str, Any]]:
+        """``(column op, value)`` pairs; backends add placeholders."""
+        where: list[tuple[str, Any]] = []
+        for column in ("actor", "kind", "name"):
+            value = getattr(self, column)
+            if value is not None:
+                where.append((f"{column} =", value))
+        if self.since is not None:
+            where.append(("ts >=", float(self.since)))
         return where
 
 
@@ -253,15 +368,67 @@ class Store(OAuthStore, abc.ABC):
 
     @abc.abstractmethod
     async def get_user(self, username: str) -> dict[str, Any] | None:
-        """``{"username", "password_hash", "role", "created_at"}`` or ``None``."""
+        """``{"username", "password_hash", "role", "created_at", "token_version"}`` or
+        ``None``."""
 
     @abc.abstractmethod
-    async def create_user(self, username: str, password_hash: str, role: str) -> None:
-        """Add a user; ``AlreadyExists`` if the username is taken."""
+    async def list_users(self) -> list[dict[str, Any]]:
+        """Every user as ``{"username", "role", "created_at", "token_version"}`` (no password
+        hashes), sorted by username."""
 
     @abc.abstractmethod
-    async def set_user(self, username: str, password_hash: str, role: str) -> None:
-        """Add or update a user (an update keeps ``created_at``)."""
+    async def create_user(
+        self, username: str, password_hash: str, role: str, *, audit: AuditRecord | None = None
+    ) -> None:
+        """Add a user; ``AlreadyExists`` if the username is taken. ``audit``, if given, is
+        recorded in the same transaction."""
+
+    @abc.abstractmethod
+    async def set_user(
+        self, username: str, password_hash: str, role: str, *, audit: AuditRecord | None = None
+    ) -> None:
+        """Add or update a user (an update keeps ``created_at``). An update that changes the
+        password hash or the role bumps ``token_version`` (older tokens stop working);
+        ``LastAdmin`` (and no change) if it would take the role ``admin`` from the last user
+        having it: counted and changed in one transaction, so two concurrent demotions
+        cannot leave none."""
+
+    @abc.abstractmethod
+    async def delete_user(self, username: str, *, audit: AuditRecord | None = None) -> None:
+        """Delete a user; ``NotFound``, or ``LastAdmin`` for the last admin (atomic, as for
+        ``set_user``)."""
+
+    @abc.abstractmethod
+    async def bump_token_version(self, username: str, *, audit: AuditRecord | None = None) -> int:
+        """Add one to the user's ``token_version`` (every token issued before stops working)
+        and return it; ``NotFound``."""
+
+    # -- admin audit log and login attempts -------------------------------------------------
+
+    @abc.abstractmethod
+    async def record_audit(self, record: AuditRecord) -> None:
+        """Append one audit record."""
+
+    @abc.abstractmethod
+    async def query_audit(self, q: AuditQuery) -> tuple[list[AuditRecord], int]:
+        """One page of matching audit records, newest first, and how many match in all."""
+
+    @abc.abstractmethod
+    async def take_login_attempt(
+        self, limits: list[tuple[str, int]], window: float
+    ) -> float | None:
+        """Count one login attempt against every ``(key, limit)`` (e.g. ``user:alice``,
+        ``ip:10.0.0.1``), each in a fixed window of ``window`` seconds from its first attempt.
+
+        Atomic across processes: when some key has already used its ``limit`` in its
+        current window nothing is counted and the seconds until that window ends are
+        returned (the caller answers 429); otherwise every key is counted and None is
+        returned."""
+
+    @abc.abstractmethod
+    async def login_succeeded(self, reset: list[str], refund: list[str]) -> None:
+        """A counted attempt succeeded: forget the ``reset`` keys' counts (the username) and
+        take the attempt back from the ``refund`` keys (the client address)."""
 
     @abc.abstractmethod
     async def count_users(self) -> int:

@@ -118,6 +118,30 @@ SQLITE_MIGRATIONS: list[Migration] = [
         """,
     ),
     (
+        5,  # admin hardening: token versions, the audit log, login failure counters
+        """
+        ALTER TABLE users ADD COLUMN token_version INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE audit_log (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts REAL NOT NULL,
+            actor TEXT,
+            action TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            name TEXT,
+            before TEXT,
+            after TEXT,
+            client_ip TEXT,
+            request_id TEXT
+        );
+        CREATE INDEX audit_log_ts ON audit_log (ts);
+        CREATE TABLE login_failures (
+            key TEXT PRIMARY KEY,
+            window_start REAL NOT NULL,
+            count INTEGER NOT NULL
+        );
+        """,
+    ),
+    (
         6,  # the OAuth2 authorization server: clients, signing keys, refresh tokens, revocations
         """
         CREATE TABLE oauth_clients (
@@ -228,6 +252,30 @@ POSTGRES_MIGRATIONS: list[Migration] = [
             CHECK (kind IN ('route', 'upstream', 'policy', 'consumer'));
         ALTER TABLE request_logs ADD COLUMN consumer text;
         CREATE INDEX request_logs_consumer_ts ON request_logs (consumer, ts);
+        """,
+    ),
+    (
+        5,  # admin hardening: token versions, the audit log, login failure counters
+        """
+        ALTER TABLE users ADD COLUMN token_version integer NOT NULL DEFAULT 0;
+        CREATE TABLE audit_log (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            ts double precision NOT NULL,
+            actor text,
+            action text NOT NULL,
+            kind text NOT NULL,
+            name text,
+            before jsonb,
+            after jsonb,
+            client_ip text,
+            request_id text
+        );
+        CREATE INDEX audit_log_ts ON audit_log (ts);
+        CREATE TABLE login_failures (
+            key text PRIMARY KEY,
+            window_start double precision NOT NULL,
+            count integer NOT NULL
+        );
         """,
     ),
     (

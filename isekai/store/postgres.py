@@ -25,16 +25,21 @@ from typing import Any
 
 from isekai.store import migrations
 from isekai.store.base import (
+    AUDIT_COLUMNS,
     EXCLUSIVE_POLL,
     EXCLUSIVE_TIMEOUT,
     LOG_KEYS,
     AlreadyExists,
+    AuditQuery,
+    AuditRecord,
+    LastAdmin,
     NotFound,
     RequestLogQuery,
     Store,
     StoredItem,
     StoreError,
     VersionMismatch,
+    audit_from_row,
     check_kind,
     check_user,
     check_version,
@@ -51,6 +56,13 @@ logger = logging.getLogger("isekai.store")
 
 _ITEM_COLUMNS = "kind, name, doc::text, version, created_at, updated_at"
 _LOG_COLUMNS = ", ".join(LOG_KEYS)
+_INSERT_AUDIT = (
+    f"INSERT INTO audit_log ({', '.join(AUDIT_COLUMNS)}) VALUES "
+    "($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8, $9)"
+)
+_AUDIT_SELECT = (
+    "id, ts, actor, action, kind, name, before::text, after::text, client_ip, request_id"
+)
 
 
 def _item(row: Any) -> StoredItem:
@@ -401,7 +413,7 @@ class PostgresStore(PostgresOAuth, Store):
     # serialise on a transaction-level advisory lock, so two spellings cannot both be created
 
     _FIND_USER = (
-        "SELECT username, password_hash, role, created_at FROM users "
+        "SELECT username, password_hash, role, created_at, token_version FROM users "
         "WHERE lower(username) = lower($1) ORDER BY created_at LIMIT 1"
     )
 
@@ -410,10 +422,36 @@ class PostgresStore(PostgresOAuth, Store):
             row = await conn.fetchrow(self._FIND_USER, username)
         return None if row is None else dict(row)
 
-    async def create_user(self, username: str, password_hash: str, role: str) -> None:
+    async def list_users(self) -> list[dict[str, Any]]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT username, role, created_at, token_version FROM users "
+                'ORDER BY lower(username) COLLATE "C"'
+            )
+        return [dict(row) for row in rows]
+
+    async def _lock_users(self, conn: Any) -> None:
+        # writers of users serialise on a transaction-level advisory lock: the last-admin
+        # count and the change it guards are one step
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key + 1)
+
+    @staticmethod
+    async def _check_admins_left(conn: Any, username: str) -> None:
+        admins = await conn.fetchval("SELECT count(*) FROM users WHERE role = 'admin'")
+        if admins <= 1:
+            raise LastAdmin(username)
+
+    @staticmethod
+    async def _audit(conn: Any, record: AuditRecord | None) -> None:
+        if record is not None:
+            await conn.execute(_INSERT_AUDIT, *record.encoded())
+
+    async def create_user(
+        self, username: str, password_hash: str, role: str, *, audit: AuditRecord | None = None
+    ) -> None:
         check_user(username, password_hash, role)
         async with self._connection(transaction=True) as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key + 1)
+            await self._lock_users(conn)
             if await conn.fetchrow(self._FIND_USER, username) is not None:
                 raise AlreadyExists("user", username)
             await conn.execute(
@@ -424,32 +462,127 @@ class PostgresStore(PostgresOAuth, Store):
                 role,
                 time.time(),
             )
+            await self._audit(conn, audit)
 
-    async def set_user(self, username: str, password_hash: str, role: str) -> None:
+    async def set_user(
+        self, username: str, password_hash: str, role: str, *, audit: AuditRecord | None = None
+    ) -> None:
         check_user(username, password_hash, role)
         async with self._connection(transaction=True) as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key + 1)
+            await self._lock_users(conn)
             found = await conn.fetchrow(self._FIND_USER, username)
             if found is not None:  # keeps the stored spelling and created_at
+                if found["role"] == "admin" and role != "admin":
+                    await self._check_admins_left(conn, found["username"])
+                bump = int(found["password_hash"] != password_hash or found["role"] != role)
                 await conn.execute(
-                    "UPDATE users SET password_hash = $1, role = $2 WHERE username = $3",
+                    "UPDATE users SET password_hash = $1, role = $2, "
+                    "token_version = token_version + $3 WHERE username = $4",
                     password_hash,
                     role,
+                    bump,
                     found["username"],
                 )
-                return
-            await conn.execute(
-                "INSERT INTO users (username, password_hash, role, created_at) "
-                "VALUES ($1, $2, $3, $4)",
+            else:
+                await conn.execute(
+                    "INSERT INTO users (username, password_hash, role, created_at) "
+                    "VALUES ($1, $2, $3, $4)",
+                    username,
+                    password_hash,
+                    role,
+                    time.time(),
+                )
+            await self._audit(conn, audit)
+
+    async def delete_user(self, username: str, *, audit: AuditRecord | None = None) -> None:
+        async with self._connection(transaction=True) as conn:
+            await self._lock_users(conn)
+            found = await conn.fetchrow(self._FIND_USER, username)
+            if found is None:
+                raise NotFound("user", username)
+            if found["role"] == "admin":
+                await self._check_admins_left(conn, found["username"])
+            await conn.execute("DELETE FROM users WHERE username = $1", found["username"])
+            await self._audit(conn, audit)
+
+    async def bump_token_version(self, username: str, *, audit: AuditRecord | None = None) -> int:
+        async with self._connection(transaction=True) as conn:
+            version = await conn.fetchval(
+                "UPDATE users SET token_version = token_version + 1 WHERE username = "
+                "(SELECT username FROM users WHERE lower(username) = lower($1) "
+                "ORDER BY created_at LIMIT 1) RETURNING token_version",
                 username,
-                password_hash,
-                role,
-                time.time(),
             )
+            if version is None:
+                raise NotFound("user", username)
+            await self._audit(conn, audit)
+        return version
 
     async def count_users(self) -> int:
         async with self._connection() as conn:
             return await conn.fetchval("SELECT count(*) FROM users")
+
+    # -- admin audit log and login attempts -------------------------------------------------
+
+    async def record_audit(self, record: AuditRecord) -> None:
+        async with self._connection() as conn:
+            await self._audit(conn, record)
+
+    async def query_audit(self, q: AuditQuery) -> tuple[list[AuditRecord], int]:
+        conditions = q.conditions()
+        where = (
+            " AND ".join(f"{condition} ${i}" for i, (condition, _) in enumerate(conditions, 1))
+            or "true"
+        )
+        params = [value for _, value in conditions]
+        n = len(params)
+        async with self._connection(transaction=True) as conn:
+            rows = await conn.fetch(
+                f"SELECT {_AUDIT_SELECT} FROM audit_log WHERE {where} "
+                f"ORDER BY ts DESC, id DESC LIMIT ${n + 1} OFFSET ${n + 2}",
+                *params,
+                q.limit,
+                q.offset,
+            )
+            total = await conn.fetchval(f"SELECT count(*) FROM audit_log WHERE {where}", *params)
+        return [audit_from_row(row) for row in rows], total
+
+    async def take_login_attempt(
+        self, limits: list[tuple[str, int]], window: float
+    ) -> float | None:
+        now = time.time()
+        async with self._connection(transaction=True) as conn:
+            # one counter update at a time across every gateway on the database
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key + 2)
+            await conn.execute("DELETE FROM login_failures WHERE window_start <= $1", now - window)
+            wait = 0.0
+            for key, limit in limits:
+                row = await conn.fetchrow(
+                    "SELECT window_start, count FROM login_failures WHERE key = $1", key
+                )
+                if row is not None and row["count"] >= limit:
+                    wait = max(wait, row["window_start"] + window - now)
+            if wait > 0:
+                return wait
+            for key, _ in limits:
+                await conn.execute(
+                    "INSERT INTO login_failures (key, window_start, count) VALUES ($1, $2, 1) "
+                    "ON CONFLICT (key) DO UPDATE SET count = login_failures.count + 1",
+                    key,
+                    now,
+                )
+        return None
+
+    async def login_succeeded(self, reset: list[str], refund: list[str]) -> None:
+        async with self._connection(transaction=True) as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self._lock_key + 2)
+            for key in reset:
+                await conn.execute("DELETE FROM login_failures WHERE key = $1", key)
+            for key in refund:
+                await conn.execute(
+                    "UPDATE login_failures SET count = greatest(count - 1, 0) WHERE key = $1",
+                    key,
+                )
 
     # -- request logs -----------------------------------------------------------------------
 

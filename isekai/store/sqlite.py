@@ -25,16 +25,21 @@ from typing import Any, TypeVar
 
 from isekai.store import migrations
 from isekai.store.base import (
+    AUDIT_COLUMNS,
     EXCLUSIVE_POLL,
     EXCLUSIVE_TIMEOUT,
     LOG_KEYS,
     AlreadyExists,
+    AuditQuery,
+    AuditRecord,
+    LastAdmin,
     NotFound,
     RequestLogQuery,
     Store,
     StoredItem,
     StoreError,
     VersionMismatch,
+    audit_from_row,
     check_kind,
     check_user,
     check_version,
@@ -51,6 +56,10 @@ T = TypeVar("T")
 _ITEM_COLUMNS = "kind, name, doc, version, created_at, updated_at"
 _LOG_COLUMNS = ", ".join(LOG_KEYS)
 _INSERT_LOG = f"INSERT INTO request_logs ({_LOG_COLUMNS}) VALUES ({', '.join('?' * len(LOG_KEYS))})"
+_INSERT_AUDIT = (
+    f"INSERT INTO audit_log ({', '.join(AUDIT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(AUDIT_COLUMNS))})"
+)
 _PURGE_CHUNK = 10_000  # rows per delete, so writers in other processes wait briefly
 
 
@@ -325,24 +334,49 @@ class SQLiteStore(SQLiteOAuth, Store):
 
     # usernames are ASCII (check_user) and compared case-insensitively: NOCASE folds ASCII
 
+    _USER_KEYS = ("username", "password_hash", "role", "created_at", "token_version")
+
     async def get_user(self, username: str) -> dict[str, Any] | None:
         def run() -> dict[str, Any] | None:
             row = self._find_user(self._connection(), username)
-            if row is None:
-                return None
-            return dict(zip(("username", "password_hash", "role", "created_at"), row, strict=True))
+            return None if row is None else dict(zip(self._USER_KEYS, row, strict=True))
+
+        return await self._run(run)
+
+    async def list_users(self) -> list[dict[str, Any]]:
+        def run() -> list[dict[str, Any]]:
+            rows = self._connection().execute(
+                "SELECT username, role, created_at, token_version FROM users "
+                "ORDER BY username COLLATE NOCASE"
+            )
+            keys = ("username", "role", "created_at", "token_version")
+            return [dict(zip(keys, row, strict=True)) for row in rows]
 
         return await self._run(run)
 
     @staticmethod
     def _find_user(conn: sqlite3.Connection, username: str) -> tuple[Any, ...] | None:
         return conn.execute(
-            "SELECT username, password_hash, role, created_at FROM users "
+            "SELECT username, password_hash, role, created_at, token_version FROM users "
             "WHERE username = ? COLLATE NOCASE ORDER BY created_at LIMIT 1",
             (username,),
         ).fetchone()
 
-    async def create_user(self, username: str, password_hash: str, role: str) -> None:
+    @staticmethod
+    def _check_admins_left(conn: sqlite3.Connection, username: str) -> None:
+        # inside the write transaction (BEGIN IMMEDIATE): no other writer counts meanwhile
+        admins = conn.execute("SELECT count(*) FROM users WHERE role = 'admin'").fetchone()[0]
+        if admins <= 1:
+            raise LastAdmin(username)
+
+    @staticmethod
+    def _audit(conn: sqlite3.Connection, record: AuditRecord | None) -> None:
+        if record is not None:
+            conn.execute(_INSERT_AUDIT, record.encoded())
+
+    async def create_user(
+        self, username: str, password_hash: str, role: str, *, audit: AuditRecord | None = None
+    ) -> None:
         check_user(username, password_hash, role)
 
         def run() -> None:
@@ -354,34 +388,141 @@ class SQLiteStore(SQLiteOAuth, Store):
                     "VALUES (?, ?, ?, ?)",
                     (username, password_hash, role, time.time()),
                 )
+                self._audit(conn, audit)
 
         await self._run(run)
 
-    async def set_user(self, username: str, password_hash: str, role: str) -> None:
+    async def set_user(
+        self, username: str, password_hash: str, role: str, *, audit: AuditRecord | None = None
+    ) -> None:
         check_user(username, password_hash, role)
 
         def run() -> None:
             with self._write() as conn:
                 found = self._find_user(conn, username)
                 if found is not None:  # keeps the stored spelling and created_at
+                    if found[2] == "admin" and role != "admin":
+                        self._check_admins_left(conn, found[0])
+                    bump = int(found[1] != password_hash or found[2] != role)
                     conn.execute(
-                        "UPDATE users SET password_hash = ?, role = ? WHERE username = ?",
-                        (password_hash, role, found[0]),
+                        "UPDATE users SET password_hash = ?, role = ?, "
+                        "token_version = token_version + ? WHERE username = ?",
+                        (password_hash, role, bump, found[0]),
                     )
-                    return
-                conn.execute(
-                    "INSERT INTO users (username, password_hash, role, created_at) "
-                    "VALUES (?, ?, ?, ?)",
-                    (username, password_hash, role, time.time()),
-                )
+                else:
+                    conn.execute(
+                        "INSERT INTO users (username, password_hash, role, created_at) "
+                        "VALUES (?, ?, ?, ?)",
+                        (username, password_hash, role, time.time()),
+                    )
+                self._audit(conn, audit)
 
         await self._run(run)
+
+    async def delete_user(self, username: str, *, audit: AuditRecord | None = None) -> None:
+        def run() -> None:
+            with self._write() as conn:
+                found = self._find_user(conn, username)
+                if found is None:
+                    raise NotFound("user", username)
+                if found[2] == "admin":
+                    self._check_admins_left(conn, found[0])
+                conn.execute("DELETE FROM users WHERE username = ?", (found[0],))
+                self._audit(conn, audit)
+
+        await self._run(run)
+
+    async def bump_token_version(self, username: str, *, audit: AuditRecord | None = None) -> int:
+        def run() -> int:
+            with self._write() as conn:
+                found = self._find_user(conn, username)
+                if found is None:
+                    raise NotFound("user", username)
+                conn.execute(
+                    "UPDATE users SET token_version = token_version + 1 WHERE username = ?",
+                    (found[0],),
+                )
+                self._audit(conn, audit)
+                return found[4] + 1
+
+        return await self._run(run)
 
     async def count_users(self) -> int:
         def run() -> int:
             return self._connection().execute("SELECT count(*) FROM users").fetchone()[0]
 
         return await self._run(run)
+
+    # -- admin audit log and login attempts -------------------------------------------------
+
+    async def record_audit(self, record: AuditRecord) -> None:
+        def run() -> None:
+            with self._write() as conn:
+                self._audit(conn, record)
+
+        await self._run(run)
+
+    async def query_audit(self, q: AuditQuery) -> tuple[list[AuditRecord], int]:
+        conditions = q.conditions()
+        where = " AND ".join(f"{condition} ?" for condition, _ in conditions) or "1"
+        params = [value for _, value in conditions]
+
+        def run() -> tuple[list[AuditRecord], int]:
+            conn = self._connection()
+            conn.execute("BEGIN")  # one snapshot for the page and the total
+            try:
+                rows = conn.execute(
+                    f"SELECT id, {', '.join(AUDIT_COLUMNS)} FROM audit_log WHERE {where} "
+                    "ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?",
+                    (*params, q.limit, q.offset),
+                ).fetchall()
+                total = conn.execute(
+                    f"SELECT count(*) FROM audit_log WHERE {where}", params
+                ).fetchone()[0]
+            finally:
+                conn.execute("COMMIT")
+            return [audit_from_row(row) for row in rows], total
+
+        return await self._run(run)
+
+    async def take_login_attempt(
+        self, limits: list[tuple[str, int]], window: float
+    ) -> float | None:
+        def run() -> float | None:
+            now = time.time()
+            with self._write() as conn:  # BEGIN IMMEDIATE: read and count as one step
+                conn.execute("DELETE FROM login_failures WHERE window_start <= ?", (now - window,))
+                wait = 0.0
+                for key, limit in limits:
+                    row = conn.execute(
+                        "SELECT window_start, count FROM login_failures WHERE key = ?", (key,)
+                    ).fetchone()
+                    if row is not None and row[1] >= limit:
+                        wait = max(wait, row[0] + window - now)
+                if wait > 0:
+                    return wait
+                for key, _ in limits:
+                    conn.execute(
+                        "INSERT INTO login_failures (key, window_start, count) VALUES (?, ?, 1) "
+                        "ON CONFLICT (key) DO UPDATE SET count = count + 1",
+                        (key, now),
+                    )
+                return None
+
+        return await self._run(run)
+
+    async def login_succeeded(self, reset: list[str], refund: list[str]) -> None:
+        def run() -> None:
+            with self._write() as conn:
+                for key in reset:
+                    conn.execute("DELETE FROM login_failures WHERE key = ?", (key,))
+                for key in refund:
+                    conn.execute(
+                        "UPDATE login_failures SET count = max(count - 1, 0) WHERE key = ?",
+                        (key,),
+                    )
+
+        await self._run(run)
 
     # -- request logs -----------------------------------------------------------------------
 

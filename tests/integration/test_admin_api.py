@@ -166,12 +166,12 @@ def test_admin_api_end_to_end(config_path):
         status, _, body = server.json(
             "POST",
             "/api/users",
-            {"username": "reader", "password": "reader password", "role": "viewer"},
+            {"username": "reader", "password": "quiet harbor lamp", "role": "viewer"},
             token,
         )
         assert status == 201
         status, _, body = server.json(
-            "POST", "/api/auth/login", {"username": "reader", "password": "reader password"}
+            "POST", "/api/auth/login", {"username": "reader", "password": "quiet harbor lamp"}
         )
         viewer = body["data"]["token"]
         assert server.json("GET", "/api/status", None, viewer)[2]["data"]["routes"] == 3

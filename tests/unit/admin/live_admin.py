@@ -7,12 +7,19 @@ import asyncio
 import threading
 from typing import Any
 
-from admin_helpers import PASSWORD, ROUNDS, make_config
+from admin_helpers import BASE_YAML, PASSWORD, ROUNDS, make_config
 
 from isekai.admin.app import AdminServer
 from isekai.admin.auth import hash_password, issue_token
 from isekai.admin.context import AdminContext
 from isekai.store import open_store
+
+# a fuzzer sends many wrong logins from one address: with the default limits every login would
+# soon be 429 with a Retry-After of minutes (the limits are tested in test_admin_security.py)
+LIVE_YAML = BASE_YAML.replace(
+    "jwt_expiry: 1h}",
+    "jwt_expiry: 1h, login_limits: {per_user: 1000000, per_ip: 1000000}}",
+)
 
 
 class LiveAdmin:
@@ -29,7 +36,7 @@ class LiveAdmin:
         self._store: Any = None
 
     async def _start(self) -> None:
-        config, text = make_config()
+        config, text = make_config(LIVE_YAML)
         self._store = open_store(f"sqlite:///{self.tmp_path}/live.db")
         await self._store.open()
         await self._store.create_user("admin", hash_password(PASSWORD, ROUNDS), "admin")

@@ -14,6 +14,7 @@ from isekai.admin.auth import (
     check_username,
     ensure_initial_admin,
     hash_password,
+    issue_token,
     verify_password,
 )
 from isekai.store import open_store
@@ -84,7 +85,14 @@ def test_rbac_without_a_token_is_401_with_a_bearer_challenge(tmp_path, group):
 
 def _token(claims: dict, secret: str = SECRET, algorithm: str = "HS256") -> str:
     now = int(time.time())
-    base = {"sub": "admin", "role": "admin", "iat": now, "exp": now + 60, "iss": ISSUER}
+    base = {
+        "sub": "admin",
+        "role": "admin",
+        "ver": 0,
+        "iat": now,
+        "exp": now + 60,
+        "iss": ISSUER,
+    }
     return jwt.encode({**base, **claims}, secret, algorithm=algorithm)
 
 
@@ -141,6 +149,9 @@ def test_auth_role_is_read_from_the_store_on_every_request(tmp_path):
             stored = await api.ctx.store.get_user("editor")
             await api.ctx.store.set_user("editor", stored["password_hash"], "viewer")
             reply = await api.post("/api/routes", {**ROUTE, "name": "second"})
+            assert reply.status == 401  # a role change revokes the tokens made before
+            token = issue_token(api.ctx, "editor", "viewer", stored["token_version"] + 1)[0]
+            reply = await api.post("/api/routes", {**ROUTE, "name": "second"}, token=token)
             assert reply.status == 403
 
     run(scenario())
@@ -230,7 +241,7 @@ def test_login_malformed_bodies(tmp_path):
 def test_users_create_get_update(tmp_path):
     async def scenario():
         async with admin(tmp_path) as api:
-            body = {"username": "carol", "password": "carol's password", "role": "viewer"}
+            body = {"username": "carol", "password": "purple tulip garden", "role": "viewer"}
             reply = await api.post("/api/users", body)
             assert reply.status == 201, reply
             assert reply.data["username"] == "carol" and reply.data["role"] == "viewer"
@@ -238,13 +249,13 @@ def test_users_create_get_update(tmp_path):
             assert (await api.post("/api/users", body)).status == 409
             stored = await api.ctx.store.get_user("carol")
             assert stored["password_hash"].startswith("$2")
-            assert verify_password("carol's password", stored["password_hash"])
+            assert verify_password("purple tulip garden", stored["password_hash"])
             reply = await api.get("/api/users/carol")
             assert reply.data["role"] == "viewer" and "password_hash" not in reply.raw.decode()
             reply = await api.put("/api/users/carol", {"role": "editor"})
             assert reply.status == 200 and reply.data["role"] == "editor"
             login = await api.post(
-                "/api/auth/login", {"username": "carol", "password": "carol's password"}
+                "/api/auth/login", {"username": "carol", "password": "purple tulip garden"}
             )
             assert login.data["user"]["role"] == "editor"
             reply = await api.put("/api/users/carol", {"password": "new password!"})
@@ -255,7 +266,8 @@ def test_users_create_get_update(tmp_path):
             assert login.status == 200
             assert (await api.get("/api/users/nobody")).status == 404
             assert (await api.put("/api/users/nobody", {"role": "viewer"})).status == 404
-            reply = await api.put("/api/users/dave", {"role": "viewer", "password": "dave pass!"})
+            body = {"role": "viewer", "password": "quiet river stone"}
+            reply = await api.put("/api/users/dave", body)
             assert reply.status == 201
 
     run(scenario())
@@ -264,9 +276,9 @@ def test_users_create_get_update(tmp_path):
 @pytest.mark.parametrize(
     "body, path",
     [
-        ({"username": "bad name", "password": "long enough", "role": "viewer"}, "user.username"),
+        ({"username": "bad name", "password": "long enough pw", "role": "viewer"}, "user.username"),
         ({"username": "eve", "password": "short", "role": "viewer"}, "user.password"),
-        ({"username": "eve", "password": "long enough", "role": "root"}, "user.role"),
+        ({"username": "eve", "password": "long enough pw", "role": "root"}, "user.role"),
         ({"username": "eve", "password": "é" * 40, "role": "viewer"}, "user.password"),
         ({"username": "eve", "role": "viewer"}, "user.password"),
     ],
@@ -289,11 +301,11 @@ def test_password_hashes_are_salted_bcrypt():
 
 
 def test_password_and_username_rules():
-    with pytest.raises(ValueError, match="at least 8"):
+    with pytest.raises(ValueError, match="at least 12"):
         check_password_rules("short")
     with pytest.raises(ValueError, match="at most 72 bytes"):
         check_password_rules("x" * 73)
-    check_password_rules("x" * 72)
+    check_password_rules("xy z!" * 14 + "xy")
     for bad in ("", "-x", "a b", "x" * 65, "a\n"):
         with pytest.raises(ValueError):
             check_username(bad)

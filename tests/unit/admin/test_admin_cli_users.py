@@ -61,7 +61,7 @@ def test_users_add_takes_the_password_from_the_environment(config_file, monkeypa
 def test_users_add_store_url_option_beats_the_config(config_file, tmp_path):
     path, _ = config_file
     other = f"sqlite:///{tmp_path}/other.db"
-    args = ["users", "add", "carol", "--role", "viewer", "--password", "long enough"]
+    args = ["users", "add", "carol", "--role", "viewer", "--password", "long enough pw"]
     assert main([*args, "-c", str(path), "--store-url", other]) == 0
     assert _user(other, "carol") is not None
 
@@ -69,10 +69,10 @@ def test_users_add_store_url_option_beats_the_config(config_file, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--role", "root", "--password", "long enough"], "invalid choice: 'root'"),
-        (["--role", "admin", "--password", "short"], "at least 8 characters"),
+        (["--role", "root", "--password", "long enough pw"], "invalid choice: 'root'"),
+        (["--role", "admin", "--password", "short"], "at least 12 characters"),
         (["--role", "admin"], "no password"),
-        (["--role", "admin", "--password", "long enough", "--password-stdin"], "one way"),
+        (["--role", "admin", "--password", "long enough pw", "--password-stdin"], "one way"),
     ],
 )
 def test_users_add_usage_errors_exit_2(config_file, capsys, monkeypatch, args, message):
@@ -83,12 +83,14 @@ def test_users_add_usage_errors_exit_2(config_file, capsys, monkeypatch, args, m
 
 
 def test_users_add_bad_name_and_bad_config(tmp_path, capsys):
-    assert main(["users", "add", "bad name", "--role", "admin", "--password", "long enough"]) == 2
+    assert (
+        main(["users", "add", "bad name", "--role", "admin", "--password", "long enough pw"]) == 2
+    )
     assert "bad username" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("store: {url: nope}\n")
     code = main(
-        ["users", "add", "x", "--role", "admin", "--password", "long enough", "-c", str(bad)]
+        ["users", "add", "x", "--role", "admin", "--password", "long enough pw", "-c", str(bad)]
     )
     assert code == 1
     assert "store.url" in capsys.readouterr().err

@@ -20,6 +20,9 @@ import pytest
 
 from isekai.store import (
     AlreadyExists,
+    AuditQuery,
+    AuditRecord,
+    LastAdmin,
     NotFound,
     RequestLogQuery,
     StoredItem,
@@ -406,7 +409,14 @@ class StoreContract:
             before = time.time()
             await store.create_user("admin", "$argon2id$hash", "admin")
             user = await store.get_user("admin")
-            assert set(user) == {"username", "password_hash", "role", "created_at"}
+            assert set(user) == {
+                "username",
+                "password_hash",
+                "role",
+                "created_at",
+                "token_version",
+            }
+            assert user["token_version"] == 0
             assert (user["username"], user["password_hash"], user["role"]) == (
                 "admin",
                 "$argon2id$hash",
@@ -583,8 +593,9 @@ class StoreContract:
                     await store.create_user(other, "hash-2", "viewer")
             found = await store.get_user("ADMIN")
             assert found is not None and found["username"] == "admin"
+            await store.create_user("root", "hash-0", "admin")
             await store.set_user("aDmIn", "hash-3", "editor")  # updates the one user
-            assert await store.count_users() == 1
+            assert await store.count_users() == 2
             found = await store.get_user("admin")
             assert (found["username"], found["password_hash"], found["role"]) == (
                 "admin",
@@ -617,3 +628,135 @@ class StoreContract:
             assert await store.list_versions("upstream") == {"app": 1}
             with pytest.raises(ValueError):
                 await store.list_versions("user")
+
+    # -- admin hardening: token versions, the last admin, the audit log, login attempts -----
+
+    @async_test
+    async def test_user_token_version_moves_with_password_and_role_changes(self, backend):
+        async with open_store(backend.url) as store:
+            await store.create_user("root", "h0", "admin")
+            await store.create_user("ops", "h1", "viewer")
+            await store.set_user("ops", "h1", "viewer")  # nothing changed: no bump
+            assert (await store.get_user("ops"))["token_version"] == 0
+            await store.set_user("ops", "h2", "viewer")
+            assert (await store.get_user("ops"))["token_version"] == 1
+            await store.set_user("OPS", "h2", "editor")
+            assert (await store.get_user("ops"))["token_version"] == 2
+            assert await store.bump_token_version("Ops") == 3
+            assert (await store.get_user("ops"))["token_version"] == 3
+            with pytest.raises(NotFound):
+                await store.bump_token_version("nobody")
+            listed = await store.list_users()
+            assert [u["username"] for u in listed] == ["ops", "root"]
+            assert all("password_hash" not in u for u in listed)
+
+    @async_test
+    async def test_last_admin_cannot_be_demoted_or_deleted(self, backend):
+        async with open_store(backend.url) as store:
+            await store.create_user("root", "h0", "admin")
+            await store.create_user("ops", "h1", "viewer")
+            with pytest.raises(LastAdmin):
+                await store.set_user("root", "h0", "editor")
+            with pytest.raises(LastAdmin):
+                await store.delete_user("ROOT")
+            assert (await store.get_user("root"))["role"] == "admin"
+            await store.delete_user("ops")
+            assert await store.get_user("ops") is None
+            with pytest.raises(NotFound):
+                await store.delete_user("ops")
+            await store.create_user("second", "h2", "admin")
+            await store.delete_user("root")  # another admin is left
+            assert [u["username"] for u in await store.list_users()] == ["second"]
+
+    @async_test
+    async def test_concurrent_demotions_of_the_last_two_admins_leave_one(self, backend):
+        async with open_store(backend.url) as one, open_store(backend.url) as two:
+            await one.create_user("a", "ha", "admin")
+            await one.create_user("b", "hb", "admin")
+            for _ in range(3):
+                results = await asyncio.gather(
+                    one.set_user("a", "ha", "viewer"),
+                    two.delete_user("b"),
+                    return_exceptions=True,
+                )
+                assert sum(r is None for r in results) == 1, results
+                assert all(isinstance(r, LastAdmin) for r in results if r is not None)
+                admins = [u for u in await one.list_users() if u["role"] == "admin"]
+                assert len(admins) == 1
+                # make two admins again for the next round
+                if await one.get_user("b") is None:
+                    await one.create_user("b", "hb", "admin")
+                await one.set_user("a", "ha", "admin")
+                await one.set_user("b", "hb", "admin")
+
+    @async_test
+    async def test_user_changes_write_their_audit_record_in_the_same_transaction(self, backend):
+        async with open_store(backend.url) as store:
+            record = AuditRecord(time.time(), "root", "created", "user", "ops", None, {"a": 1})
+            await store.create_user("ops", "h1", "viewer", audit=record)
+            with pytest.raises(AlreadyExists):
+                await store.create_user("ops", "h1", "viewer", audit=record)
+            with pytest.raises(NotFound):
+                await store.delete_user("ghost", audit=record)
+            items, total = await store.query_audit(AuditQuery())
+            assert total == 1 and items[0].name == "ops" and items[0].after == {"a": 1}
+
+    @async_test
+    async def test_audit_records_newest_first_filtered_and_paged(self, backend):
+        async with open_store(backend.url) as store:
+            base = time.time() - 100
+            for i in range(12):
+                await store.record_audit(
+                    AuditRecord(
+                        base + i,
+                        "alice" if i % 2 else "bob",
+                        "replaced",
+                        "route" if i % 3 else "upstream",
+                        f"item{i % 4}",
+                        {"v": i},
+                        {"v": i + 1, "nested": ["x", {"y": None}]},
+                        "127.0.0.1",
+                        f"req{i}",
+                    )
+                )
+            items, total = await store.query_audit(AuditQuery(limit=5))
+            assert total == 12 and [r.request_id for r in items] == [
+                f"req{i}" for i in range(11, 6, -1)
+            ]
+            assert items[0].id is not None and items[0].after["nested"] == ["x", {"y": None}]
+            items, total = await store.query_audit(AuditQuery(limit=5, offset=10))
+            assert [r.request_id for r in items] == ["req1", "req0"]
+            items, total = await store.query_audit(AuditQuery(actor="alice", kind="route"))
+            assert total == sum(1 for i in range(12) if i % 2 and i % 3)
+            assert all(r.actor == "alice" and r.kind == "route" for r in items)
+            items, total = await store.query_audit(AuditQuery(name="item1", since=base + 5))
+            assert [r.request_id for r in items] == ["req9", "req5"]
+            with pytest.raises(ValueError):
+                AuditQuery(limit=0)
+
+    @async_test
+    async def test_login_attempts_are_counted_per_key_across_stores(self, backend):
+        async with open_store(backend.url) as one, open_store(backend.url) as two:
+            limits = [("user:alice", 3), ("ip:10.0.0.1", 5)]
+            for store in (one, two, one):
+                assert await store.take_login_attempt(limits, 60.0) is None
+            wait = await two.take_login_attempt(limits, 60.0)
+            assert wait is not None and 0 < wait <= 60.0
+            # the address has 2 attempts left: another user from it is counted
+            assert await one.take_login_attempt([("user:bob", 3), ("ip:10.0.0.1", 5)], 60) is None
+            await one.login_succeeded(["user:alice"], ["ip:10.0.0.1"])
+            assert await two.take_login_attempt(limits, 60.0) is None
+            # a short window ends, and the count with it
+            assert await one.take_login_attempt([("user:carol", 1)], 0.2) is None
+            assert await one.take_login_attempt([("user:carol", 1)], 0.2) is not None
+            await asyncio.sleep(0.3)
+            assert await one.take_login_attempt([("user:carol", 1)], 0.2) is None
+
+    @async_test
+    async def test_concurrent_login_attempts_never_exceed_the_limit(self, backend):
+        async with open_store(backend.url) as one, open_store(backend.url) as two:
+            limits = [("user:x", 4), ("ip:1", 100)]
+            results = await asyncio.gather(
+                *((one, two)[i % 2].take_login_attempt(limits, 60.0) for i in range(12))
+            )
+            assert sum(r is None for r in results) == 4
