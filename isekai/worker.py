@@ -72,7 +72,7 @@ class Worker:
         self.counters = Counters()
         self.registry = ClusterRegistry(loop, self.counters)
         # what policy instances share in this worker (consumers, HTTP and Redis clients)
-        self.policy_env = PolicyEnvironment(loop)
+        self.policy_env = PolicyEnvironment(loop, workers=config.workers)
         self.policies = PolicySet(
             self.counters, functools.partial(build_policy, env=self.policy_env)
         )

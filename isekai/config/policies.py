@@ -9,7 +9,7 @@ made from it. The result is a `PolicySpec`: the type, the family's config instan
 (``options``), the name (None when inline) and the deadline.
 
 Families: the builtin ones below (``headers``, ``cors``, ``ip_filter``, ``fault``; ``metrics`` is
-in ``metrics_policy.py``), those
+in ``metrics_policy.py``, ``hmac`` in ``hmac_policy.py``), those
 registered in-process with `register_family`, and third-party ones found through the
 ``isekai.policies`` entry-point group (loaded once, on the first lookup). A family object has
 ``type`` (its name), ``config`` (its config class) and ``policy`` (what builds the runtime
@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 from yaml.nodes import MappingNode, SequenceNode
 
 from isekai.config import defaults
+from isekai.config.hmac_policy import HmacConfig
 from isekai.config.meta import item, setting
 from isekai.config.metrics_policy import MetricsConfig
 from isekai.config.rules import Where
@@ -45,6 +46,7 @@ __all__ = [
     "FaultDelay",
     "HeaderEdits",
     "HeadersConfig",
+    "HmacConfig",
     "IpFilterConfig",
     "MetricsConfig",
     "PolicySpec",
@@ -385,7 +387,7 @@ class FaultConfig:
 
 _BUILTIN: dict[str, type] = {
     cls.family: cls
-    for cls in (CorsConfig, FaultConfig, HeadersConfig, IpFilterConfig, MetricsConfig)
+    for cls in (CorsConfig, FaultConfig, HeadersConfig, HmacConfig, IpFilterConfig, MetricsConfig)
 }
 _TYPE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _ENVELOPE = frozenset({"type", "deadline"})

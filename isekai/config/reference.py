@@ -58,6 +58,8 @@ SECTIONS = {
     "FaultAbort": ("fault abort", "fault-abort"),
     "FaultDelay": ("fault delay", "fault-delay"),
     "MetricsConfig": ("metrics policy", "metrics-policy"),
+    "HmacConfig": ("hmac policy", "hmac-policy"),
+    "HmacKey": ("hmac key", "hmac-key"),
     "CustomCounter": ("metrics counter", "metrics-counter"),
     "CustomHistogram": ("metrics histogram", "metrics-histogram"),
 }

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from isekai.policies import cors, fault, headers, ip_filter, metrics
+from isekai.policies import cors, fault, headers, hmac, ip_filter, metrics
 
 BUILDERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
     {
@@ -22,6 +22,7 @@ BUILDERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
         "ip_filter": ip_filter.build,
         "fault": fault.build,
         "metrics": metrics.build,
+        "hmac": hmac.build,
     }
 )
 
