@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -32,7 +33,6 @@ from urllib.parse import parse_qsl, urlsplit
 
 from isekai.policies.hmac_fields import (
     FieldError,
-    Token,
     parse_dictionary,
     parse_parameters,
     serialize_inner_list,
@@ -80,6 +80,7 @@ _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
 _FORM_SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789*-._")
 _FIELD_NAME = frozenset("abcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~")
 MAX_QUERY_PARAMS = 256
+_LABEL = re.compile(r"[a-z*][a-z0-9_\-.*]{0,63}")
 
 
 class ComponentError(ValueError):
@@ -301,7 +302,7 @@ def sign_request(
     secret: bytes | str,
     alg: str | None = "hmac-sha256",
     components: Iterable[str] | None = None,
-    nonce: str | None = None,
+    nonce: str | bool = True,
     created: int | None = None,
     expires: int | None = None,
     tag: str | None = None,
@@ -311,13 +312,16 @@ def sign_request(
     """Sign a request: the header fields to add to it.
 
     ``components`` are identifiers as in the policy's config (default: ``@method``,
-    ``@target-uri`` and, with a body, ``content-digest``); ``nonce`` defaults to a random one,
-    ``created`` to now; ``alg`` is sent as the ``alg`` parameter (None: not sent; the
-    algorithm is still ``hmac-sha256`` then). With a non-empty ``body`` and no
-    ``Content-Digest`` in ``headers``, one is made (``digest`` algorithm) and returned too.
-    ``secret`` is the key itself (bytes, or text as UTF-8).
+    ``@target-uri`` and, with a body, ``content-digest``). ``nonce`` is a random one by
+    default (a string: that one; False: none); ``created`` is now by default. ``alg`` is sent
+    as the ``alg`` parameter (None: not sent; the MAC is ``hmac-sha256`` then). With a
+    non-empty ``body`` and no ``Content-Digest`` in ``headers``, one is made (``digest``
+    algorithm) and returned too. ``secret`` is the key itself (bytes, or text as UTF-8).
+    ``label`` names the signature in both fields.
     """
     algorithm = alg or "hmac-sha256"
+    if not _LABEL.fullmatch(label):
+        raise ValueError(f"a label is a structured-field key (lower case): {label!r}")
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r} (known: {', '.join(ALGORITHMS)})")
     pairs = list(headers.items() if isinstance(headers, Mapping) else headers)
@@ -332,7 +336,8 @@ def sign_request(
     if expires is not None:
         params["expires"] = expires
     params["keyid"] = keyid
-    params["nonce"] = secrets.token_urlsafe(16) if nonce is None else nonce
+    if nonce is not False:
+        params["nonce"] = secrets.token_urlsafe(16) if nonce is True else nonce
     if alg is not None:
         params["alg"] = alg
     if tag is not None:
@@ -342,6 +347,6 @@ def sign_request(
     base = signature_base(message, covered, params_text)
     key = secret.encode("utf-8") if isinstance(secret, str) else secret
     signature = mac(algorithm, key, base)
-    added["Signature-Input"] = f"{Token(label)}={params_text}"
+    added["Signature-Input"] = f"{label}={params_text}"
     added["Signature"] = f"{label}={serialize_item(signature)}"
     return added
