@@ -582,3 +582,26 @@ def test_redis_down_with_on_store_error_allow(run_gateway, upstream):
 def test_memory_store_warns_with_several_workers(run_gateway, upstream):
     gw = run_gateway(config_text(upstream.port, MEMORY_POLICY, workers=2))
     assert gw.wait_for_log(r"nonce_store: memory with 2 workers", 10)
+
+
+def test_isekai_sign_command_signs_for_the_gateway(gateway, capsys, monkeypatch, tmp_path):
+    from isekai.cli import main
+
+    monkeypatch.setenv("PARTNER_SECRET", SECRET)
+    url = f"http://127.0.0.1:{gateway.port}/echo/cli?x=1"
+    args = ["sign", "POST", url, "--keyid", "acme-1", "--secret-env", "PARTNER_SECRET"]
+    assert main([*args, "--data", "hello", "-H", "Content-Type: text/plain"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    headers = dict(line.split(": ", 1) for line in lines)
+    assert set(headers) == {"Content-Digest", "Signature-Input", "Signature"}
+    headers["Content-Type"] = "text/plain"
+    record = echoed(send(gateway.port, "POST", "/echo/cli?x=1", headers, b"hello"))
+    assert upstream_header(record, "X-Consumer-ID") == ["acme"]
+    # usage errors are exit code 2 with a message, never a traceback
+    monkeypatch.delenv("PARTNER_SECRET")
+    assert main(args) == 2
+    assert "set $PARTNER_SECRET" in capsys.readouterr().err
+    (tmp_path / "secret").write_text("not hex")
+    bad = ["sign", "GET", url, "--keyid", "k", "--secret-file", str(tmp_path / "secret")]
+    assert main([*bad, "--encoding", "hex"]) == 2
+    assert "not valid hex" in capsys.readouterr().err
