@@ -103,7 +103,7 @@ def _check_secret(values: dict[str, Any], where: Where, field: str) -> None:
 
 
 def _key(values: dict[str, Any], where: Where) -> None:
-    if not _KEYID.fullmatch(values["id"]):
+    if not _KEYID.fullmatch(values.get("id") or ""):
         raise where.error("id", "a key id is 1-256 visible ASCII characters or spaces")
     _check_secret(values, where, "secret")
 

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from isekai.policies.hmac_signing import sign_request
 from tests.support.gateway import Gateway, connection_owners, wait_for
 from tests.support.observe import free_port
+from tests.support.upstream import Upstream
 
 SECRET = "s3cret-for-the-acme-partner-0123"
 WIDE_SECRET = bytes(range(64))  # the hmac-sha512 key, written as hex in the config
@@ -74,9 +75,18 @@ def run_gateway(tmp_path):
         gw.stop()
 
 
-@pytest.fixture
-def gateway(run_gateway, upstream):
-    return run_gateway(config_text(upstream.port, MEMORY_POLICY))
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    """One gateway with the in-memory policy for the tests that only send requests (every
+    request signs with a fresh nonce, so they do not disturb each other)."""
+    with Upstream() as upstream:
+        path = tmp_path_factory.mktemp("hmac") / "gateway.yaml"
+        path.write_text(config_text(upstream.port, MEMORY_POLICY))
+        gw = Gateway(path, env={"HMAC_SECRET": SECRET})
+        try:
+            yield gw
+        finally:
+            gw.stop()
 
 
 def send(
