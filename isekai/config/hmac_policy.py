@@ -150,9 +150,13 @@ def _hmac(values: dict[str, Any], where: Where) -> None:
     elif any(values.get(k) is not None for k in ("keyid", "consumer")):
         field = "keyid" if values.get("keyid") is not None else "consumer"
         raise where.error(field, f"'{field}' goes with 'secret'; each of 'keys' has its own")
-    keyid = values.get("keyid")
-    if keyid is not None and not _KEYID.fullmatch(keyid):
-        raise where.error("keyid", "a key id is 1-256 visible ASCII characters or spaces")
+    for field in ("keyid", "tag"):
+        text = values.get(field)
+        if text is not None and not _KEYID.fullmatch(text):
+            raise where.error(field, f"a {field} is 1-256 visible ASCII characters or spaces")
+    prefix = values.get("redis_prefix")
+    if prefix is not None and not 1 <= len(prefix) <= 128:
+        raise where.error("redis_prefix", "a key prefix has 1-128 characters")
     skew = values.get("skew", DEFAULT_SKEW)
     ttl = values.get("nonce_ttl", DEFAULT_NONCE_TTL)
     if values.get("require_nonce", True) and ttl < 2 * skew:

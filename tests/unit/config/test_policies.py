@@ -266,7 +266,7 @@ REFUSED = {
     "unknown type": (
         "{type: oauth}",
         "policies.p.type: unknown policy type 'oauth' (known types: cors, fault, headers, "
-        "ip_filter, metrics)",
+        "hmac, ip_filter, metrics)",
     ),
     "missing type": ("{origins: ['*']}", "policies.p.type: missing required key 'type'"),
     "null type": ("{type: null}", "policies.p.type: 'type' needs a value"),
@@ -560,7 +560,15 @@ def plugins():
 
 def test_policies_a_registered_family_is_read_by_the_same_reader(plugins):
     policies.register_family(QuotaFamily())
-    assert policies.known_types() == ("cors", "fault", "headers", "ip_filter", "metrics", "quota")
+    assert policies.known_types() == (
+        "cors",
+        "fault",
+        "headers",
+        "hmac",
+        "ip_filter",
+        "metrics",
+        "quota",
+    )
     assert policies.config_class("quota") is QuotaConfig
     assert isinstance(policies.plugin_family("quota"), QuotaFamily)
     assert policies.plugin_family("cors") is None and policies.config_class("x") is None
@@ -573,7 +581,7 @@ def test_policies_a_registered_family_is_read_by_the_same_reader(plugins):
     assert "allowed keys: type, deadline, limit, window, keys" in policy_error(
         "{type: quota, limit: 1, burst: 2}"
     )
-    known = "known types: cors, fault, headers, ip_filter, metrics, quota"
+    known = "known types: cors, fault, headers, hmac, ip_filter, metrics, quota"
     assert known in policy_error("{type: x}")
     # the published schema knows it too
     schema = jsonschema.document_schema()

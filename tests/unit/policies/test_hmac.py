@@ -553,6 +553,8 @@ def test_config_reads_the_binding_shape():
             "'consumer' goes with 'secret'",
         ),
         ('{type: hmac, secret: "0123456789abcdef", max_body: 0}', "policies.signed.max_body"),
+        ('{type: hmac, secret: "0123456789abcdef", tag: "\\u00e9"}', "a tag is 1-256 visible"),
+        ('{type: hmac, secret: "0123456789abcdef", redis_prefix: ""}', "a key prefix has 1-128"),
     ],
 )
 def test_config_refusals_name_the_place(policy, message):
