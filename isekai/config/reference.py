@@ -60,6 +60,7 @@ SECTIONS = {
     "MetricsConfig": ("metrics policy", "metrics-policy"),
     "HmacConfig": ("hmac policy", "hmac-policy"),
     "HmacKey": ("hmac key", "hmac-key"),
+    "IdentityHeaders": ("identity headers", "identity-headers"),
     "CustomCounter": ("metrics counter", "metrics-counter"),
     "CustomHistogram": ("metrics histogram", "metrics-histogram"),
 }
