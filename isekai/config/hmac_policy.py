@@ -160,11 +160,12 @@ def _hmac(values: dict[str, Any], where: Where) -> None:
     skew = values.get("skew", DEFAULT_SKEW)
     ttl = values.get("nonce_ttl", DEFAULT_NONCE_TTL)
     if values.get("require_nonce", True) and ttl < 2 * skew:
+        field = "nonce_ttl" if where.has("nonce_ttl") else "skew"
         raise where.error(
-            "nonce_ttl",
-            f"must be at least twice skew ({2 * skew:g}s): a signature is accepted up to "
-            "skew before and after its created time, and a nonce forgotten sooner could be "
-            "replayed",
+            field,
+            f"nonce_ttl ({ttl:g}s) must be at least twice skew ({2 * skew:g}s): a signature "
+            "is accepted up to skew before and after its created time, and a nonce forgotten "
+            "sooner could be replayed",
         )
     if values.get("nonce_store") == "redis":
         url = values.get("redis_url")

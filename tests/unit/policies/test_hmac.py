@@ -519,7 +519,7 @@ def test_config_reads_the_binding_shape():
         ('{type: hmac, secret: "!!!", encoding: base64}', "not valid base64"),
         (
             '{type: hmac, secret: "0123456789abcdef", skew: 5m, nonce_ttl: 9m}',
-            "nonce_ttl: must be at least twice skew",
+            "nonce_ttl: nonce_ttl (540s) must be at least twice skew",
         ),
         ('{type: hmac, secret: "0123456789abcdef", nonce_store: redis}', "needs redis_url"),
         (
@@ -553,6 +553,7 @@ def test_config_reads_the_binding_shape():
             "'consumer' goes with 'secret'",
         ),
         ('{type: hmac, secret: "0123456789abcdef", max_body: 0}', "policies.signed.max_body"),
+        ('{type: hmac, secret: "0123456789abcdef", skew: 10m}', "skew: nonce_ttl (600s) must"),
         ('{type: hmac, secret: "0123456789abcdef", tag: "\\u00e9"}', "a tag is 1-256 visible"),
         ('{type: hmac, secret: "0123456789abcdef", redis_prefix: ""}', "a key prefix has 1-128"),
     ],
