@@ -171,8 +171,12 @@ def _hmac(values: dict[str, Any], where: Where) -> None:
         url = values.get("redis_url")
         if url is None:
             raise where.error("nonce_store", "nonce_store: redis needs redis_url")
-        scheme = urlsplit(url).scheme
-        if scheme not in REDIS_SCHEMES or (scheme != "unix" and not urlsplit(url).hostname):
+        try:
+            parts = urlsplit(url)
+            scheme, host = parts.scheme, parts.hostname
+        except ValueError:  # "redis://[" and the like
+            scheme = host = None
+        if scheme not in REDIS_SCHEMES or (scheme != "unix" and not host):
             raise where.error(
                 "redis_url", "expected redis://HOST[:PORT][/DB], rediss://... or unix://PATH"
             )

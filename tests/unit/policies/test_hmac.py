@@ -531,6 +531,10 @@ def test_config_reads_the_binding_shape():
             "is for nonce_store: redis",
         ),
         (
+            '{type: hmac, secret: "0123456789abcdef", nonce_store: redis, redis_url: "redis://["}',
+            "expected redis://HOST",
+        ),
+        (
             '{type: hmac, secret: "0123456789abcdef", required_components: ["@status"]}',
             "required_components[0]",
         ),
