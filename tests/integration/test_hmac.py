@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from isekai.policies.hmac_signing import sign_request
 from tests.support.gateway import Gateway, connection_owners, wait_for
 from tests.support.observe import free_port
+from tests.support.services import unavailable
 from tests.support.upstream import Upstream
 
 SECRET = "s3cret-for-the-acme-partner-0123"
@@ -514,7 +515,7 @@ def test_replay_to_another_worker_is_refused_with_redis(run_gateway, upstream, r
 def start_redis(port: int, workdir: Path) -> subprocess.Popen:
     server = shutil.which("redis-server")
     if server is None:
-        pytest.skip("redis-server is not installed")
+        unavailable("redis-server is not installed (the test starts a throwaway one)")
     proc = subprocess.Popen(
         [
             server,
