@@ -1,5 +1,5 @@
 """The ``isekai`` command: ``run`` the gateway, ``validate`` a config file, ``reload`` it,
-and manage admin API ``users``.
+manage admin API ``users``, and ``sign`` a request for an ``hmac`` policy.
 
 Every option has the name of the config key it sets (``--workers`` = ``workers``) and an
 ``ISEKAI_*`` environment variable used when the option is not given; the order of precedence
@@ -36,6 +36,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns the process exit code: 0 success, 1 a config error, 2 a usage error.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sign"]:  # its own parser; imported only when used (it loads the policies)
+        from isekai.policies.hmac_signing import main as sign
+
+        try:
+            return sign(argv[1:], prog="isekai sign")
+        except SystemExit as exc:  # --help or a usage error, already printed
+            return exc.code if isinstance(exc.code, int) else 2
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -127,6 +135,12 @@ def _parser() -> argparse.ArgumentParser:
         "--reference", action="store_true", help="print the Markdown key tables instead"
     )
     schema.set_defaults(handler=_schema)
+
+    commands.add_parser(
+        "sign",
+        help="print the header fields that sign a request for an hmac policy (RFC 9421)",
+        add_help=False,
+    )
 
     users = commands.add_parser(
         "users",

@@ -73,7 +73,7 @@ class Worker:
         self.counters = Counters()
         self.registry = ClusterRegistry(loop, self.counters)
         # what policy instances share in this worker (consumers, HTTP and Redis clients)
-        self.policy_env = PolicyEnvironment(loop)
+        self.policy_env = PolicyEnvironment(loop, workers=config.workers)
         # requests per resolved consumer, on routes with a credential policy
         self.consumer_tally = ConsumerTally(self.policy_env.consumers)
         self.policies = PolicySet(

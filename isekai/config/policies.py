@@ -9,7 +9,7 @@ made from it. The result is a `PolicySpec`: the type, the family's config instan
 (``options``), the name (None when inline) and the deadline.
 
 Families: the builtin ones below (``headers``, ``cors``, ``ip_filter``, ``fault``; ``metrics`` is
-in ``metrics_policy.py``), those
+in ``metrics_policy.py``, ``hmac`` in ``hmac_policy.py``), those
 registered in-process with `register_family`, and third-party ones found through the
 ``isekai.policies`` entry-point group (loaded once, on the first lookup). A family object has
 ``type`` (its name), ``config`` (its config class) and ``policy`` (what builds the runtime
@@ -32,6 +32,7 @@ from yaml.nodes import MappingNode, SequenceNode
 from isekai.config import defaults
 from isekai.config.api_key_policy import ApiKeyConfig
 from isekai.config.geo_policy import GeoFilterConfig
+from isekai.config.hmac_policy import HmacConfig
 from isekai.config.introspection_policy import IntrospectionConfig
 from isekai.config.jwt_policy import JwtConfig
 from isekai.config.meta import item, setting
@@ -51,6 +52,7 @@ __all__ = [
     "FaultDelay",
     "HeaderEdits",
     "HeadersConfig",
+    "HmacConfig",
     "IpFilterConfig",
     "MetricsConfig",
     "PolicySpec",
@@ -80,7 +82,7 @@ class PolicySpec:
     type: str = setting(
         "string",
         "The policy family: `headers`, `cors`, `ip_filter`, `fault`, `metrics`, `geo_filter`, "
-        "`security_headers`, `jwt`, `oauth2_introspection`, `api_key`, or a plugin's.",
+        "`security_headers`, `jwt`, `oauth2_introspection`, `api_key`, `hmac`, or a plugin's.",
         what="a policy type",
     )
     options: Any = setting("json", "The family's settings.", yaml=False)
@@ -398,6 +400,7 @@ _BUILTIN: dict[str, type] = {
         GeoFilterConfig,
         HeadersConfig,
         IntrospectionConfig,
+        HmacConfig,
         IpFilterConfig,
         JwtConfig,
         MetricsConfig,

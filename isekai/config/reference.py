@@ -61,6 +61,9 @@ SECTIONS = {
     "FaultAbort": ("fault abort", "fault-abort"),
     "FaultDelay": ("fault delay", "fault-delay"),
     "MetricsConfig": ("metrics policy", "metrics-policy"),
+    "HmacConfig": ("hmac policy", "hmac-policy"),
+    "HmacKey": ("hmac key", "hmac-key"),
+    "IdentityHeaders": ("identity headers", "identity-headers"),
     "CustomCounter": ("metrics counter", "metrics-counter"),
     "CustomHistogram": ("metrics histogram", "metrics-histogram"),
 }

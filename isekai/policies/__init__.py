@@ -19,6 +19,7 @@ from isekai.policies import (
     fault,
     geo_filter,
     headers,
+    hmac,
     introspection,
     ip_filter,
     jwt,
@@ -38,6 +39,7 @@ BUILDERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
         "jwt": jwt.build,
         "oauth2_introspection": introspection.build,
         "api_key": api_key.build,
+        "hmac": hmac.build,
     }
 )
 

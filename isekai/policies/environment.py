@@ -69,8 +69,10 @@ class ConsumerDirectory:
 class PolicyEnvironment:
     """Shared by every policy instance of one worker (see the module's text)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None, workers: int = 1) -> None:
         self.loop = loop
+        # how many workers serve the config (a family keeping state per worker may warn)
+        self.workers = workers
         self.consumers = ConsumerDirectory()
         # the running config's `security` section (isekai.config.schema.Security): the API key
         # pepper; set by the worker on every snapshot, before the consumers
