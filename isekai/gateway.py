@@ -20,6 +20,7 @@ from isekai.chains import PolicySet
 from isekai.config import defaults
 from isekai.config.changes import Change
 from isekai.config.consumers import IdentityHeaders
+from isekai.config.geo_policy import GeoFilterConfig
 from isekai.config.policies import PolicySpec, plugin_family
 from isekai.config.schema import Config, Route
 from isekai.errors import ConfigError
@@ -59,22 +60,25 @@ def build_policy(spec: PolicySpec, env: PolicyEnvironment | None = None) -> obje
     return build(spec.options, env if env is not None else PolicyEnvironment())
 
 
-def stripped_headers(config: Config) -> set[bytes]:
+def stripped_headers(config: Config) -> tuple[bytes, ...]:
     """Lower-case names of the request fields removed from every client request before any
     policy runs: the headers that carry a resolved identity upstream (`X-Consumer-ID`, and
-    every name a credential policy's ``upstream_headers`` lists), so that only the gateway
-    can set them."""
+    every name a credential policy's ``upstream_headers`` lists) and the country header of
+    every ``geo_filter`` policy, so that only the gateway can set them (on every route, with
+    or without those policies)."""
     names = {defaults.CONSUMER_HEADER.lower().encode()}
     specs = [*config.policies.values()]
     for owner in (*config.routes, *config.listeners):
         specs.extend(item for item in owner.policies if isinstance(item, PolicySpec))
     for spec in specs:
+        if isinstance(spec.options, GeoFilterConfig):
+            names.add(spec.options.header.lower().encode())
         headers = getattr(spec.options, "upstream_headers", None)
         if isinstance(headers, IdentityHeaders):
             if headers.consumer:
                 names.add(headers.consumer.lower().encode())
             names.update(header.lower().encode() for _, header in headers.claims)
-    return names
+    return tuple(sorted(names))
 
 
 def compile_rewrite(template: str) -> tuple[tuple[bytes, str | None], ...]:

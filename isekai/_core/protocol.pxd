@@ -70,7 +70,7 @@ cdef class ServerState:
     cdef public long long access_kept    # records buffered with `access` set, ever
     cdef uint64_t rng                    # xorshift64* state of the access-log sampling
     cdef public object run_async     # the slow path: run_async(req, policy, index, awaitable)
-    cdef public set stripped         # lower-case request field names dropped from every request
+    cdef public tuple stripped       # lower-case request field names dropped from every request
     cdef ResponseHead head           # reused by every response phase (one at a time)
     # tracing (isekai/_core/tracecontext.pyx): on, the ratio's bound for new traces, and the
     # callable that makes the spans of a sampled request (isekai/observability/tracing.py)

@@ -824,6 +824,25 @@ cdef bytes _forwarded_client(ServerState state, bytes xff, bytes peer):
     return found
 
 
+cdef list _drop_named(list parts, tuple names):
+    """`parts` without the fields named in `names` (lower-case), compared without allocating;
+    the same list when none is there (the usual case)."""
+    cdef Py_ssize_t i, n = len(parts)
+    cdef bint found = False
+    for i in range(0, n - 3, 4):
+        for lname in names:
+            if same_name(<bytes>parts[i], <bytes>lname):
+                found = True
+                break
+        if found:
+            break
+    if not found:
+        return parts
+    for lname in names:
+        parts = parts_drop(parts, <bytes>lname)
+    return parts
+
+
 cdef list _drop_listed(list parts, set tokens):
     """Remove the fields named in a Connection header (RFC 9110 §7.6.1) from flat
     [name, b": ", value, b"\r\n", ...] parts."""
@@ -1174,8 +1193,8 @@ cdef class DownstreamProtocol:
             req.request_id = next_request_id()
         if req.conn_tokens:
             req.headers = _drop_listed(req.headers, req.conn_tokens)
-        if self.state.stripped:
-            req.headers = _drop_listed(req.headers, self.state.stripped)
+        if self.state.stripped is not None:
+            req.headers = _drop_named(req.headers, self.state.stripped)
         if req.host is None and req.http11:
             self._fail_parse(400, "missing Host header")
         if req.chunked and not req.http11:
@@ -1297,6 +1316,8 @@ cdef class DownstreamProtocol:
             if lchain:  # the listener's policies see every request on it, routed or not
                 req.no_route = 404
                 req.chain = lchain
+                if _wants_body(req):
+                    return self._await_body(req)
                 return self.run_policies(req, 0)
             return self.send_error(req, 404, "no route matches this request")
         route = found[0]
@@ -1319,6 +1340,8 @@ cdef class DownstreamProtocol:
                     req.no_route = 405
                     req.allow = found[1]
                     req.chain = lchain
+                    if _wants_body(req):
+                        return self._await_body(req)
                     return self.run_policies(req, 0)
                 return self._not_allowed(req, found[1])
         req.route = route

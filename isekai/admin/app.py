@@ -20,6 +20,8 @@ from aiohttp import web
 from isekai.admin import auth, openapi
 from isekai.admin.context import CTX, REQUEST_ID, USER, AdminContext
 from isekai.admin.http import ApiError, fail, listen
+from isekai.admin.oauth import KEYS
+from isekai.admin.oauth_keys import KeyRing
 from isekai.admin.observe import SCRAPE, Scrape
 from isekai.config.loader import is_loopback
 from isekai.errors import ConfigError
@@ -141,6 +143,7 @@ def create_app(ctx: AdminContext) -> web.Application:
     app.router.add_get("/docs/openapi-3.0.json", openapi.openapi_30_json)
     app.router.add_static("/docs/static", openapi.swagger_ui_dir(), append_version=False)
     app[PERMISSIONS] = permissions
+    app[KEYS] = KeyRing(ctx.store)  # the OAuth2 server's signing keys (admin.oauth)
     return app
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from isekai.admin import auth, items, logs, observe, schemas, status
+from isekai.admin import auth, items, logs, oauth, oauth_clients, observe, schemas, status
 from isekai.admin.auth import Permission
 from isekai.admin.http import MERGE_PATCH_TYPE, dumps
 from isekai.admin.items import IF_MATCH_PATTERN
@@ -51,6 +51,10 @@ class Operation:
     if_match: bool = False
     links: dict[str, Any] = field(default_factory=dict)
     text: str | None = None  # a media type: the success body is that text, not the envelope
+    raw: dict[str, Any] | None = None  # the success body's schema as is (not the envelope)
+    form: str | None = None  # a form-encoded request body's schema in COMPONENTS
+    oauth_errors: tuple[int, ...] = ()  # errors answered as RFC 6749 JSON, not the envelope
+    security: tuple[dict[str, list[str]], ...] | None = None  # instead of the bearer token
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -386,6 +390,182 @@ _CIRCUIT_BREAKER_STATUS = {
     },
 }
 
+# -- the OAuth2 authorization server (admin.oauth; 404 while it is off) --------------------------
+
+_CLIENT_ID = {
+    "name": "client_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+}
+_OAUTH_CLIENT_AUTH = ({"oauthClient": []}, {})  # Basic, or client_secret in the form
+_OAUTH_OPERATIONS = [
+    Operation(
+        "POST",
+        "/oauth/token",
+        oauth.token,
+        Permission.PUBLIC,
+        "oauthToken",
+        "OAuth2 token endpoint: client_credentials and refresh_token grants (RFC 6749)",
+        "oauth",
+        form="OAuthTokenRequest",
+        raw=_ref("OAuthTokenResponse"),
+        errors=(404,),
+        oauth_errors=(400, 401),
+        security=_OAUTH_CLIENT_AUTH,
+    ),
+    Operation(
+        "POST",
+        "/oauth/revoke",
+        oauth.revoke,
+        Permission.PUBLIC,
+        "oauthRevoke",
+        "Revoke an access or refresh token (RFC 7009); 200 for unknown tokens too",
+        "oauth",
+        form="OAuthTokenForm",
+        raw={"type": "object"},
+        errors=(404,),
+        oauth_errors=(400, 401),
+        security=_OAUTH_CLIENT_AUTH,
+    ),
+    Operation(
+        "POST",
+        "/oauth/introspect",
+        oauth.introspect,
+        Permission.PUBLIC,
+        "oauthIntrospect",
+        "Whether a token is active, and its claims (RFC 7662)",
+        "oauth",
+        form="OAuthTokenForm",
+        raw=_ref("OAuthIntrospection"),
+        errors=(404,),
+        oauth_errors=(400, 401),
+        security=_OAUTH_CLIENT_AUTH,
+    ),
+    Operation(
+        "GET",
+        "/oauth/jwks.json",
+        oauth.jwks,
+        Permission.PUBLIC,
+        "oauthJwks",
+        "The public keys that verify access tokens (JWKS)",
+        "oauth",
+        raw=_ref("OAuthJWKS"),
+        errors=(404,),
+    ),
+    *(
+        Operation(
+            "GET",
+            path,
+            oauth.metadata,
+            Permission.PUBLIC,
+            operation_id,
+            summary,
+            "oauth",
+            raw=_ref("OAuthServerMetadata"),
+            errors=(404,),
+        )
+        for path, operation_id, summary in (
+            (
+                "/.well-known/oauth-authorization-server",
+                "oauthServerMetadata",
+                "Authorization server metadata (RFC 8414)",
+            ),
+            (
+                "/.well-known/openid-configuration",
+                "oauthOpenidConfiguration",
+                "The same metadata at the OpenID Connect discovery path",
+            ),
+        )
+    ),
+    Operation(
+        "GET",
+        "/api/oauth/clients",
+        oauth_clients.list_clients,
+        Permission.READ,
+        "listOAuthClients",
+        "List OAuth2 clients (never their secrets)",
+        "oauth",
+        data={"type": "array", "items": _ref("OAuthClient")},
+        errors=(*_READ, 404),
+    ),
+    Operation(
+        "POST",
+        "/api/oauth/clients",
+        oauth_clients.create_client,
+        Permission.WRITE,
+        "createOAuthClient",
+        "Register an OAuth2 client; its client_secret is in this answer only",
+        "oauth",
+        body="OAuthClientCreate",
+        data=_ref("OAuthClient"),
+        status=201,
+        errors=(*_WRITE, 404),
+        etag=True,
+    ),
+    Operation(
+        "GET",
+        "/api/oauth/clients/{client_id}",
+        oauth_clients.get_client,
+        Permission.READ,
+        "getOAuthClient",
+        "Read one OAuth2 client",
+        "oauth",
+        data=_ref("OAuthClient"),
+        errors=(*_READ, 404),
+        parameters=(_CLIENT_ID,),
+        etag=True,
+    ),
+    Operation(
+        "DELETE",
+        "/api/oauth/clients/{client_id}",
+        oauth_clients.delete_client,
+        Permission.WRITE,
+        "deleteOAuthClient",
+        "Delete an OAuth2 client and its refresh tokens",
+        "oauth",
+        errors=(400, *_READ, 404, 412),
+        parameters=(_CLIENT_ID,),
+        if_match=True,
+    ),
+    Operation(
+        "POST",
+        "/api/oauth/clients/{client_id}/secret",
+        oauth_clients.rotate_secret,
+        Permission.WRITE,
+        "rotateOAuthClientSecret",
+        "Replace a client's secret (If-Match honoured); the new one is in this answer only",
+        "oauth",
+        data=_ref("OAuthClient"),
+        errors=(400, *_READ, 404, 412),
+        parameters=(_CLIENT_ID,),
+        etag=True,
+    ),
+    Operation(
+        "GET",
+        "/api/oauth/keys",
+        oauth_clients.list_keys,
+        Permission.READ,
+        "listOAuthSigningKeys",
+        "The signing keys in the JWKS (never a private part)",
+        "oauth",
+        data={"type": "array", "items": _ref("OAuthSigningKey")},
+        errors=(*_READ, 404, 503),
+    ),
+    Operation(
+        "POST",
+        "/api/oauth/keys/rotate",
+        oauth_clients.rotate_keys,
+        Permission.USERS,
+        "rotateOAuthSigningKey",
+        "Make a new signing key; the replaced ones verify their tokens until they expire",
+        "oauth",
+        data=_ref("OAuthSigningKey"),
+        status=201,
+        errors=(*_READ, 404, 503),
+    ),
+]
+
 OPERATIONS: list[Operation] = [
     Operation(
         "GET",
@@ -541,6 +721,7 @@ OPERATIONS: list[Operation] = [
         errors=(400, *_READ),
         parameters=_LOG_PARAMETERS,
     ),
+    *_OAUTH_OPERATIONS,
 ]
 
 
@@ -577,6 +758,8 @@ def _operation(op: Operation) -> dict[str, Any]:
     }
     if op.text is not None:
         success["content"] = {op.text: {"schema": {"type": "string"}}}
+    if op.raw is not None:
+        success["content"] = {"application/json": {"schema": op.raw}}
     headers: dict[str, Any] = {}
     if op.etag:
         headers["ETag"] = {
@@ -594,6 +777,8 @@ def _operation(op: Operation) -> dict[str, Any]:
         responses[str(code)] = {**success, "description": "Success (created)"}
     for code in sorted(set(op.errors)):
         responses[str(code)] = {"$ref": f"#/components/responses/E{code}"}
+    for code in op.oauth_errors:
+        responses[str(code)] = {"$ref": f"#/components/responses/OAuthE{code}"}
     responses["default"] = {"$ref": "#/components/responses/Error"}
     result: dict[str, Any] = {
         "operationId": op.operation_id,
@@ -619,7 +804,12 @@ def _operation(op: Operation) -> dict[str, Any]:
         if op.method == "PATCH":
             content = {MERGE_PATCH_TYPE: {"schema": _ref(op.body)}, **content}
         result["requestBody"] = {"required": True, "content": content}
-    if op.permission is Permission.PUBLIC:
+    if op.form is not None:
+        form = {"application/x-www-form-urlencoded": {"schema": _ref(op.form)}}
+        result["requestBody"] = {"required": True, "content": form}
+    if op.security is not None:
+        result["security"] = list(op.security)
+    elif op.permission is Permission.PUBLIC:
         result["security"] = []
     else:
         result["description"] = f"Needs the role {op.permission!r} or higher."
@@ -643,6 +833,16 @@ def _document(version: str, families: int) -> dict[str, Any]:
         for code, text in _ERROR_DESCRIPTIONS.items()
     }
     responses["Error"] = {"description": "An error, as the envelope", "content": error}
+    oauth_error = {"application/json": {"schema": _ref("OAuthError")}}
+    responses["OAuthE400"] = {
+        "description": "An OAuth2 error (RFC 6749 section 5.2): invalid_request, invalid_grant, "
+        "unauthorized_client, unsupported_grant_type, invalid_scope",
+        "content": oauth_error,
+    }
+    responses["OAuthE401"] = {
+        "description": "invalid_client: unknown client or wrong secret (WWW-Authenticate: Basic)",
+        "content": oauth_error,
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -658,14 +858,28 @@ def _document(version: str, families: int) -> dict[str, Any]:
         "security": [{"bearerAuth": []}],
         "tags": [
             {"name": name}
-            for name in ("auth", "routes", "upstreams", "policies", "users", "status", "logs")
+            for name in (
+                "auth",
+                "routes",
+                "upstreams",
+                "policies",
+                "users",
+                "status",
+                "logs",
+                "oauth",
+            )
         ],
         "paths": paths,
         "components": {
             "schemas": copy.deepcopy(COMPONENTS),
             "responses": responses,
             "securitySchemes": {
-                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "oauthClient": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "OAuth2 client_secret_basic: client_id and client_secret.",
+                },
             },
         },
     }

@@ -19,6 +19,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
+from isekai.admin.oauth_schemas import OAUTH_COMPONENTS
 from isekai.admin.roles import MAX_PASSWORD_BYTES, MIN_PASSWORD, ROLES
 from isekai.config import policies, units
 from isekai.config.consumers import Consumer
@@ -362,6 +363,7 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     "Error": ERROR,
     "Status": STATUS,
     "LogPage": LOG_PAGE,
+    **OAUTH_COMPONENTS,
 }
 
 _POLICY_NAMES = set(_policy_components())

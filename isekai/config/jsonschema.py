@@ -169,7 +169,9 @@ def kind_schema(setting: Setting, ref: Ref, *, env: bool = False) -> dict[str, A
         options = [dict(_NAME), {"$ref": ref(PolicySpec)}]
         return {"anyOf": [*options, _ENV]} if env else {"anyOf": options}
     elif kind == "json":
-        return {}
+        if not setting.schema:
+            return {}
+        schema = {}  # a family's own description of the values it takes
     elif kind == "object":
         return _nested(setting, ref, env=env)
     elif kind in ("list", "map"):

@@ -30,9 +30,11 @@ from typing import Any, ClassVar
 from yaml.nodes import MappingNode, SequenceNode
 
 from isekai.config import defaults
+from isekai.config.geo_policy import GeoFilterConfig
 from isekai.config.meta import item, setting
 from isekai.config.metrics_policy import MetricsConfig
 from isekai.config.rules import Where
+from isekai.config.security_headers_policy import SecurityHeadersConfig
 from isekai.errors import ConfigError
 
 __all__ = [
@@ -73,7 +75,8 @@ class PolicySpec:
 
     type: str = setting(
         "string",
-        "The policy family: `headers`, `cors`, `ip_filter`, `fault`, `metrics`, or a plugin's.",
+        "The policy family: `headers`, `cors`, `ip_filter`, `fault`, `metrics`, `geo_filter`, "
+        "`security_headers`, or a plugin's.",
         what="a policy type",
     )
     options: Any = setting("json", "The family's settings.", yaml=False)
@@ -385,7 +388,15 @@ class FaultConfig:
 
 _BUILTIN: dict[str, type] = {
     cls.family: cls
-    for cls in (CorsConfig, FaultConfig, HeadersConfig, IpFilterConfig, MetricsConfig)
+    for cls in (
+        CorsConfig,
+        FaultConfig,
+        GeoFilterConfig,
+        HeadersConfig,
+        IpFilterConfig,
+        MetricsConfig,
+        SecurityHeadersConfig,
+    )
 }
 _TYPE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _ENVELOPE = frozenset({"type", "deadline"})

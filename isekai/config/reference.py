@@ -41,6 +41,7 @@ SECTIONS = {
     "Admin": ("admin", "admin"),
     "AdminAuth": ("auth", "admin-auth"),
     "RequestLogs": ("request logs", "request-logs"),
+    "AdminOAuth": ("oauth", "admin-oauth"),
     "Store": ("store", "store"),
     "Observability": ("observability", "observability"),
     "Metrics": ("metrics", "metrics"),
@@ -130,7 +131,7 @@ def type_of(setting: Setting) -> str:
         return "number"
     if kind == "duration" and setting.minimum == 0:
         return "duration (zero allowed)"
-    if kind in ("string", "ref"):
+    if kind in ("string", "ref") or (kind == "json" and setting.what):
         what = setting.what or "a string"
         return what.split(" ", 1)[1] if what.startswith(("a ", "an ")) else what
     return _PLAIN_TYPES[kind]

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import ClassVar
 
 from isekai.config import defaults, rules, units
+from isekai.config.admin_oauth import AdminOAuth
 from isekai.config.consumers import Consumer
 from isekai.config.meta import Setting, item, setting
 from isekai.config.observability import Observability, RouteAccessLog
@@ -583,6 +584,13 @@ class Admin:
         "The per-request log served by `GET /api/logs`.",
         default_factory=RequestLogs,
         cls=RequestLogs,
+        default_doc="off",
+    )
+    oauth: AdminOAuth = setting(
+        "object",
+        "The OAuth2 authorization server (docs/oauth2.md).",
+        default_factory=AdminOAuth,
+        cls=AdminOAuth,
         default_doc="off",
     )
 

@@ -13,7 +13,15 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from isekai.policies import cors, fault, headers, ip_filter, metrics
+from isekai.policies import (
+    cors,
+    fault,
+    geo_filter,
+    headers,
+    ip_filter,
+    metrics,
+    security_headers,
+)
 
 BUILDERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
     {
@@ -22,6 +30,8 @@ BUILDERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
         "ip_filter": ip_filter.build,
         "fault": fault.build,
         "metrics": metrics.build,
+        "geo_filter": geo_filter.build,
+        "security_headers": security_headers.build,
     }
 )
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from isekai.errors import ConfigError, IsekaiError
+from isekai.store.oauth import OAuthStore
 
 __all__ = [
     "KINDS",
@@ -174,7 +175,7 @@ class RequestLogQuery:
         return where
 
 
-class Store(abc.ABC):
+class Store(OAuthStore, abc.ABC):
     """A control-plane store. Call ``open()`` first (or use ``async with``), ``close()`` last.
 
     Every failure of the backend itself is raised as ``StoreError``; ``NotFound``,

@@ -117,6 +117,50 @@ SQLITE_MIGRATIONS: list[Migration] = [
         CREATE INDEX request_logs_consumer_ts ON request_logs (consumer, ts);
         """,
     ),
+    (
+        6,  # the OAuth2 authorization server: clients, signing keys, refresh tokens, revocations
+        """
+        CREATE TABLE oauth_clients (
+            client_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            secret_hash TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            grant_types TEXT NOT NULL,
+            consumer TEXT,
+            access_token_ttl REAL,
+            version INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE oauth_signing_keys (
+            kid TEXT PRIMARY KEY,
+            algorithm TEXT NOT NULL,
+            private_key TEXT NOT NULL,
+            public_jwk TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            retired_at REAL,
+            verify_until REAL
+        );
+        CREATE TABLE oauth_refresh_tokens (
+            token_hash TEXT PRIMARY KEY,
+            family TEXT NOT NULL,
+            client_id TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            consumed_at REAL,
+            revoked_at REAL
+        );
+        CREATE INDEX oauth_refresh_tokens_family ON oauth_refresh_tokens (family);
+        CREATE INDEX oauth_refresh_tokens_client ON oauth_refresh_tokens (client_id);
+        CREATE INDEX oauth_refresh_tokens_expires ON oauth_refresh_tokens (expires_at);
+        CREATE TABLE oauth_revoked_tokens (
+            jti TEXT PRIMARY KEY,
+            expires_at REAL NOT NULL
+        );
+        CREATE INDEX oauth_revoked_tokens_expires ON oauth_revoked_tokens (expires_at);
+        """,
+    ),
 ]
 
 POSTGRES_MIGRATIONS: list[Migration] = [
@@ -184,6 +228,50 @@ POSTGRES_MIGRATIONS: list[Migration] = [
             CHECK (kind IN ('route', 'upstream', 'policy', 'consumer'));
         ALTER TABLE request_logs ADD COLUMN consumer text;
         CREATE INDEX request_logs_consumer_ts ON request_logs (consumer, ts);
+        """,
+    ),
+    (
+        6,  # the OAuth2 authorization server: clients, signing keys, refresh tokens, revocations
+        """
+        CREATE TABLE oauth_clients (
+            client_id text PRIMARY KEY,
+            name text NOT NULL,
+            secret_hash text NOT NULL,
+            scopes text NOT NULL,
+            grant_types text NOT NULL,
+            consumer text,
+            access_token_ttl double precision,
+            version integer NOT NULL,
+            created_at double precision NOT NULL,
+            updated_at double precision NOT NULL
+        );
+        CREATE TABLE oauth_signing_keys (
+            kid text PRIMARY KEY,
+            algorithm text NOT NULL,
+            private_key text NOT NULL,
+            public_jwk text NOT NULL,
+            created_at double precision NOT NULL,
+            retired_at double precision,
+            verify_until double precision
+        );
+        CREATE TABLE oauth_refresh_tokens (
+            token_hash text PRIMARY KEY,
+            family text NOT NULL,
+            client_id text NOT NULL,
+            scope text NOT NULL,
+            created_at double precision NOT NULL,
+            expires_at double precision NOT NULL,
+            consumed_at double precision,
+            revoked_at double precision
+        );
+        CREATE INDEX oauth_refresh_tokens_family ON oauth_refresh_tokens (family);
+        CREATE INDEX oauth_refresh_tokens_client ON oauth_refresh_tokens (client_id);
+        CREATE INDEX oauth_refresh_tokens_expires ON oauth_refresh_tokens (expires_at);
+        CREATE TABLE oauth_revoked_tokens (
+            jti text PRIMARY KEY,
+            expires_at double precision NOT NULL
+        );
+        CREATE INDEX oauth_revoked_tokens_expires ON oauth_revoked_tokens (expires_at);
         """,
     ),
 ]

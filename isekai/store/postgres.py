@@ -42,6 +42,7 @@ from isekai.store.base import (
     normalize_log_row,
 )
 from isekai.store.log_sinks import PostgresLogSink
+from isekai.store.oauth_postgres import PostgresOAuth
 from isekai.store.urls import redact_url
 
 __all__ = ["PostgresStore"]
@@ -67,7 +68,7 @@ def _import_asyncpg() -> Any:
     return asyncpg
 
 
-class PostgresStore(Store):
+class PostgresStore(PostgresOAuth, Store):
     """A store in a PostgreSQL database; ``schema``, if given, holds its tables (created if
     missing). Several gateways on one database see each other's changes via LISTEN/NOTIFY.
     """

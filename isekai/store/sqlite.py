@@ -42,6 +42,7 @@ from isekai.store.base import (
     normalize_log_row,
 )
 from isekai.store.log_sinks import SQLiteLogSink
+from isekai.store.oauth_sqlite import SQLiteOAuth
 
 __all__ = ["SQLiteStore"]
 
@@ -58,7 +59,7 @@ def _item(row: tuple[Any, ...]) -> StoredItem:
     return StoredItem(kind, name, json.loads(doc), version, created_at, updated_at)
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteOAuth, Store):
     """A store in the SQLite file at ``path`` (``":memory:"`` for a private in-memory one).
 
     The file's parent directories are created on ``open()``.
