@@ -106,8 +106,9 @@ def test_access_log_default_fields_to_stdout(upstream, start_gateway):
     line = json.loads(found.group(0))
     assert list(line) == [
         "ts", "request_id", "trace_id", "client_ip", "method", "path", "status", "route",
-        "upstream", "duration_ms", "bytes_in", "bytes_out", "user_agent",
+        "upstream", "consumer", "duration_ms", "bytes_in", "bytes_out", "user_agent",
     ]  # fmt: skip
+    assert line["consumer"] == ""  # no credential policy resolved one
     assert line["client_ip"] == "127.0.0.1" and line["duration_ms"] >= 0
     assert line["bytes_out"] > 0 and line["trace_id"] is None
 
