@@ -100,7 +100,7 @@ INVALID_POLICIES = {
     "unknown type": (
         {"name": "p", "type": "nope"},
         "policy.type",
-        "unknown policy type 'nope' (known types: cors, fault, ",
+        "unknown policy type 'nope' (known types: api_key, cors, fault, ",
     ),
     "missing type": ({"name": "p", "origins": ["*"]}, "policy.type", "missing required key"),
     "unknown key": (

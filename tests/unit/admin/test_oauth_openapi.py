@@ -49,7 +49,7 @@ def test_oauth_schemathesis_finds_no_failures(tmp_path, monkeypatch):
     executable = Path(sysconfig.get_path("scripts")) / "schemathesis"
     if not executable.is_file():
         services.unavailable(f"schemathesis is not installed in {executable.parent} (.[dev])")
-    monkeypatch.setattr(live_admin, "make_config", lambda: admin_helpers.make_config(OAUTH_YAML))
+    monkeypatch.setattr(live_admin, "make_config", lambda *_: admin_helpers.make_config(OAUTH_YAML))
     config = tmp_path / "schemathesis.toml"
     config.write_text(textwrap.dedent(SCHEMATHESIS_CONFIG))
     with live_admin.LiveAdmin(tmp_path) as live:
