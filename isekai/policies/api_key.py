@@ -207,8 +207,11 @@ class ApiKeyPolicy:
         if self.hide:
             if in_header:
                 req.remove_header(self.header)
-            if self.query is not None and self.query in req.query:
-                req.query = query_without(req.query, self.query)
+            # every copy of the parameter, however its name is encoded (`api%5Fkey` is
+            # `api_key`): not only the one the key was read from
+            if self.query is not None and req.query:
+                if not in_header or query_value(req.query, self.query) is not None:
+                    req.query = query_without(req.query, self.query)
         identify(
             req,
             consumer,
