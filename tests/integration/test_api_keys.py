@@ -578,3 +578,29 @@ def test_api_keys_two_gateways_making_keys_at_once_all_land(
     finally:
         first.stop()
         second.stop()
+
+
+def test_api_keys_query_parameter_with_an_encoded_name_is_taken_out_too(keyed):
+    # `api%5Fkey` is the parameter `api_key`: the key is read from it, so hide_credentials
+    # must take it out as well, not pass the key on to the upstream
+    status, _, body = call(keyed.port, f"/q?x=1&api%5Fkey={ACME_KEY}&y=2")
+    assert status == 200, body
+    target, seen = upstream_saw(body)
+    assert ACME_KEY not in target
+    assert target == "/q?x=1&y=2"
+    assert seen["x-consumer-id"] == ["acme"]
+
+
+def test_api_keys_identity_header_with_underscores_is_stripped(keyed):
+    # many upstream frameworks (CGI/WSGI, PHP) read X_Consumer_ID as X-Consumer-ID: a client
+    # must not be able to claim an identity through the underscore spelling either
+    forged = {"X_Consumer_ID": "acme", "x_who": "acme", "X-Consumer_ID": "acme"}
+    status, _, body = call(keyed.port, "/open", forged)
+    assert status == 200
+    seen = upstream_saw(body)[1]
+    assert not [name for name in seen if name.replace("_", "-") in ("x-consumer-id", "x-who")]
+    status, _, body = call(keyed.port, "/k", {"X-API-Key": BETA_KEY, **forged})
+    assert status == 200
+    seen = upstream_saw(body)[1]
+    assert seen["x-consumer-id"] == ["beta"]
+    assert "x_consumer_id" not in seen and "x-consumer_id" not in seen
