@@ -24,28 +24,44 @@ from typing import Any
 
 from isekai._core.policy import Answer
 
-__all__ = ["Challenges", "TokenCache", "TokenReader", "Verdict"]
+__all__ = ["Challenges", "TokenCache", "TokenReader", "Verdict", "field_count"]
 
 _sha256 = hashlib.sha256
+
+
+def field_count(req: Any, lname: bytes) -> int:
+    """How many fields named ``lname`` (lower-case) the request carries."""
+    parts = req.headers
+    size = len(lname)
+    count = 0
+    for i in range(0, len(parts) - 3, 4):
+        name = parts[i]
+        if len(name) == size and name.lower() == lname:
+            count += 1
+    return count
 
 
 class TokenReader:
     """Reads a token from a request per `TokenSources` (header, cookie, query, in that order)."""
 
-    __slots__ = ("bearer", "cookie", "header", "query")
+    __slots__ = ("bearer", "cookie", "header", "lheader", "query")
 
     def __init__(self, sources: Any) -> None:
         self.header: str | None = sources.header
+        self.lheader = (self.header or "").lower().encode("latin-1")
         self.bearer = self.header is not None and self.header.lower() == "authorization"
         self.cookie: str | None = sources.cookie
         self.query: str | None = sources.query
 
     def read(self, req: Any) -> tuple[str | None, str | None]:
         """``(token, source)``; source is "header", "cookie" or "query"; (None, None) when no
-        source holds one."""
+        source holds one; (None, "several") when the token header is sent more than once (the
+        gateway would judge one copy while the upstream may read another)."""
         if self.header is not None:
             value = req.header(self.header)
             if value is not None:
+                if field_count(req, self.lheader) > 1:
+                    return None, "several"
                 if self.bearer and value[:7] == "Bearer " and " " not in value[7:]:
                     return value[7:], "header"  # the usual shape, without copies
                 if self.bearer:

@@ -178,6 +178,8 @@ class JwtPolicy:
         token, source = self.reader.read(req)
         if token is None:
             self.refused += 1
+            if source == "several":
+                return self.challenges.invalid("more than one token header")
             return self.challenges.missing()
         if len(token) > self.max_token_size:
             self.refused += 1

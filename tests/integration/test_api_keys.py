@@ -604,3 +604,28 @@ def test_api_keys_identity_header_with_underscores_is_stripped(keyed):
     seen = upstream_saw(body)[1]
     assert seen["x-consumer-id"] == ["beta"]
     assert "x_consumer_id" not in seen and "x-consumer_id" not in seen
+
+
+def raw_call(port: int, path: str, pairs: list[tuple[str, str]]) -> tuple[int, dict, bytes]:
+    """One GET with header lines as given (a name may repeat)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest("GET", path)
+        for name, value in pairs:
+            conn.putheader(name, value)
+        conn.endheaders()
+        response = conn.getresponse()
+        body = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def test_api_keys_key_header_sent_twice_is_refused(keyed):
+    # with hide_credentials off, the upstream would get both copies and might read the one
+    # the gateway never checked
+    pairs = [("X-API-Key", BETA_KEY), ("x-api-key", ACME_KEY)]
+    for path in ("/s", "/k"):
+        status, headers, body = raw_call(keyed.port, path, pairs)
+        error = check_refusal(status, headers, body, "sent more than once")
+        assert error["policy"] == "api_key"

@@ -521,3 +521,37 @@ def test_introspection_endpoint_down_is_503(setup):
 def test_plain_route_untouched(setup):
     status, _, _, record = call(setup, "/plain/x")
     assert status == 200 and record is not None
+
+
+def call_raw_headers(setup, path: str, pairs: list[tuple[str, str]]):
+    """`call` with header lines as given (a name may repeat)."""
+    gw, up, _ = setup
+    before = len(up.requests)
+    c = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=20)
+    try:
+        c.putrequest("GET", path)
+        for name, value in pairs:
+            c.putheader(name, value)
+        c.endheaders()
+        resp = c.getresponse()
+        raw = resp.read()
+        fields = {name.lower(): value for name, value in resp.getheaders()}
+    finally:
+        c.close()
+    seen = up.requests[before:]
+    body = json.loads(raw) if fields.get("content-type") == "application/json" else raw
+    return resp.status, fields, body, (seen[0] if seen else None)
+
+
+def test_jwt_token_header_sent_twice_is_refused(setup):
+    # the gateway would verify the first copy while the upstream may read the second (forged)
+    good = sign("rsa", claims(roles=["viewer"]), "RS256", "rsa1")
+    forged = hand_made({"alg": "RS256", "kid": "rsa1"}, claims(roles=["admin"]), b"x")
+    for second in (f"Bearer {forged}", f"bearer {good}"):
+        pairs = [("Authorization", f"Bearer {good}"), ("authorization", second)]
+        refused(
+            call_raw_headers(setup, "/users/x", pairs),
+            401,
+            "invalid_token",
+            "more than one token header",
+        )
