@@ -318,11 +318,11 @@ class JwtPolicy:
         return keys, False
 
     def _fetches(self, *, unknown_kid: bool) -> list[asyncio.Task[bool]]:
+        # at most one fetch per ``min_refresh`` either way (the one in flight is shared): a
+        # key set that cannot be fetched must not make every request ask its server again
         fetches = []
         for key_set, _ in self.key_sets:
-            if not key_set.ready:
-                fetches.append(key_set.fetch())
-            elif unknown_kid:
+            if not key_set.ready or unknown_kid:
                 found = key_set.fetch_for_unknown()
                 if found is not None:
                     fetches.append(found)

@@ -56,6 +56,8 @@ policies:
   jwt_count: {{type: jwt, keys: [{{jwks_url: "{idp}/count/jwks.json"}}],
               jwks_min_refresh: 3s, jwks_refresh: 10m}}
   jwt_rotate: {{type: jwt, keys: [{{jwks_url: "{idp}/rotate/jwks.json"}}], jwks_min_refresh: 1s}}
+  jwt_down: {{type: jwt, keys: [{{jwks_url: "{idp}/down/jwks.json"}}],
+             jwks_min_refresh: 30s, jwks_refresh: 10m}}
   jwt_oidc: {{type: jwt, issuer: "{idp}{OIDC_PREFIX}", discovery: true}}
   opaque: {{type: oauth2_introspection, introspection_url: "{idp}/introspect",
            client_id: {INTROSPECTION_CLIENT[0]}, client_secret: "${{INTROSPECTION_SECRET}}",
@@ -79,6 +81,7 @@ ROUTES = [
     ("known", "jwt_known"),
     ("count", "jwt_count"),
     ("rotate", "jwt_rotate"),
+    ("down", "jwt_down"),
     ("oidc", "jwt_oidc"),
     ("opaque", "opaque"),
     ("opaque_scoped", "opaque_scoped"),
@@ -555,3 +558,16 @@ def test_jwt_token_header_sent_twice_is_refused(setup):
             "invalid_token",
             "more than one token header",
         )
+
+
+def test_jwt_unreachable_key_set_is_not_fetched_for_every_request(setup):
+    # a key set never fetched (its URL answers 404): requests are 503, and they do not each
+    # make the gateway ask the identity provider again (at most once per jwks_min_refresh)
+    _, _, idp = setup
+    assert wait_for(lambda: idp.hits["/down/jwks.json"] >= 1, timeout=10)
+    before = idp.hits["/down/jwks.json"]
+    token = sign("rsa", claims(), "RS256", "rsa1")
+    for _ in range(20):
+        refused(call(setup, "/down/x", bearer(token)), 503, None, "keys not available")
+    # the background retry may run meanwhile; 20 requests must not make 20 fetches
+    assert idp.hits["/down/jwks.json"] - before <= 3
