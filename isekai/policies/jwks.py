@@ -61,6 +61,8 @@ def static_key(config: Any) -> VerifyKey:
         return VerifyKey(config.secret.encode(), config.algorithms, config.kid, "secret")
     if config.public_key is not None:
         pem = config.public_key.encode()
+    elif getattr(config, "public_key_file_pem", None) is not None:
+        pem = config.public_key_file_pem.encode()  # as read (and checked) with the config
     else:
         with open(config.public_key_file, "rb") as f:
             pem = f.read()
