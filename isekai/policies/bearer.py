@@ -41,6 +41,19 @@ def field_count(req: Any, lname: bytes) -> int:
     return count
 
 
+def _cookies(req: Any) -> str | None:
+    """The cookies of every Cookie field of ``req``, as one ``a=1; b=2`` text (None: none)."""
+    parts = req.headers
+    values = [
+        parts[i + 2].decode("latin-1")
+        for i in range(0, len(parts) - 3, 4)
+        if len(parts[i]) == 6 and parts[i].lower() == b"cookie"
+    ]
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else "; ".join(values)
+
+
 class TokenReader:
     """Reads a token from a request per `TokenSources` (header, cookie, query, in that order)."""
 
@@ -71,7 +84,7 @@ class TokenReader:
                 elif value.strip():
                     return value.strip(), "header"
         if self.cookie is not None:
-            found = self._cookie(req.header("cookie"))
+            found = self._cookie(_cookies(req))
             if found:
                 return found, "cookie"
         if self.query is not None and req.query:
@@ -102,7 +115,8 @@ class TokenReader:
         if source == "header" and self.header is not None:
             req.remove_header(self.header)
         elif source == "cookie":
-            header = req.header("cookie") or ""
+            # every Cookie field (a client may send several): every copy of the token goes
+            header = _cookies(req) or ""
             rest = [
                 p.strip()
                 for p in header.split(";")

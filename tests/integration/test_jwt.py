@@ -571,3 +571,20 @@ def test_jwt_unreachable_key_set_is_not_fetched_for_every_request(setup):
         refused(call(setup, "/down/x", bearer(token)), 503, None, "keys not available")
     # the background retry may run meanwhile; 20 requests must not make 20 fetches
     assert idp.hits["/down/jwks.json"] - before <= 3
+
+
+def test_jwt_token_cookie_in_any_cookie_field_is_read_and_hidden(setup):
+    # a client may split its cookies over several Cookie fields: the token is found in any of
+    # them, hide_credentials takes every copy out, and the other cookies all stay
+    token = sign("rsa", claims(), "RS256", "rsa1")
+    pairs = [("Cookie", "theme=dark"), ("Cookie", f"session={token}; lang=en")]
+    status, _, _, record = call_raw_headers(setup, "/cookie/x", pairs)
+    assert status == 200
+    cookies = [value for name, value in record["headers"] if name.lower() == "cookie"]
+    assert token not in "".join(cookies)
+    assert "; ".join(cookies) == "theme=dark; lang=en"
+    pairs = [("Cookie", f"session={token}; theme=dark"), ("Cookie", f"session={token}")]
+    status, _, _, record = call_raw_headers(setup, "/cookie/x", pairs)
+    assert status == 200
+    cookies = [value for name, value in record["headers"] if name.lower() == "cookie"]
+    assert cookies == ["theme=dark"]
