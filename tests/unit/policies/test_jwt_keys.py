@@ -111,6 +111,22 @@ def test_jwt_cache_counts_and_no_reverify():
     assert p.verified == 2
 
 
+def test_jwt_cached_token_facts_are_not_shared_between_requests():
+    # a later policy editing one request's ctx must not change what the next request carrying
+    # the same (cached) token is given
+    p = policy('{type: jwt, keys: [{secret: "${S}", algorithms: [HS256]}]}')
+    token = sign("secret", claims(roles=["viewer"], scope="read"), "HS256", None)
+    first = Req({"Authorization": f"Bearer {token}"})
+    assert p.on_request(first) is None
+    first.ctx["roles"].append("admin")
+    first.ctx["scopes"].append("write")
+    first.ctx["claims"]["roles"].append("admin")
+    second = Req({"Authorization": f"Bearer {token}"})
+    assert p.on_request(second) is None and p.cache.hits == 1
+    assert second.ctx["roles"] == ["viewer"] and second.ctx["scopes"] == ["read"]
+    assert second.ctx["claims"]["roles"] == ["viewer"]
+
+
 def test_jwt_consumer_absent_and_required():
     text = '{type: jwt, keys: [{secret: "${S}", algorithms: [HS256]}]%s}'
     token = sign("secret", claims(sub="stranger", roles="a b"), "HS256", None)
