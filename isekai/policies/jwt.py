@@ -342,7 +342,12 @@ class JwtPolicy:
         )
         exp = claims.get("exp")
         now = time.time()
-        until = float(exp) + self.leeway if isinstance(exp, (int, float)) else now + NO_EXP_TTL
+        until = now + NO_EXP_TTL
+        if isinstance(exp, (int, float)):
+            try:
+                until = float(exp) + self.leeway
+            except OverflowError:  # a signed exp beyond any date: valid, kept the default time
+                pass
         if until > now:
             self.cache.put(key, until, verdict)
         return verdict

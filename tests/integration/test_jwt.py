@@ -588,3 +588,20 @@ def test_jwt_token_cookie_in_any_cookie_field_is_read_and_hidden(setup):
     assert status == 200
     cookies = [value for name, value in record["headers"] if name.lower() == "cookie"]
     assert cookies == ["theme=dark"]
+
+
+def test_jwt_signed_token_with_an_exp_past_float_range_is_no_500(setup):
+    # whoever holds a key can sign any exp: one too large for a float must not become a 500
+    token = sign("secret", claims(exp=10**400), "HS256", "local")
+    status, _, body, _ = call(setup, "/users/x", bearer(token))
+    assert status == 200, body
+    status, _, body, _ = call(setup, "/users/x", bearer(token))  # and from the cache
+    assert status == 200, body
+
+
+def test_introspection_answer_with_an_exp_past_float_range_is_no_500(setup):
+    _, _, idp = setup
+    idp.tokens["opaque-far-exp"] = {"active": True, "client_id": "acme", "exp": 10**400}
+    for _ in range(2):  # asked, then from the cache
+        status, _, body, _ = call(setup, "/opaque/x", bearer("opaque-far-exp"))
+        assert status == 200, body
