@@ -65,7 +65,8 @@ def stripped_headers(config: Config) -> tuple[bytes, ...]:
     policy runs: the headers that carry a resolved identity upstream (`X-Consumer-ID`, and
     every name a credential policy's ``upstream_headers`` lists) and the country header of
     every ``geo_filter`` policy, so that only the gateway can set them (on every route, with
-    or without those policies)."""
+    or without those policies). A name is given with "-" for "_": the core drops either
+    spelling, in any case."""
     names = {defaults.CONSUMER_HEADER.lower().encode()}
     specs = [*config.policies.values()]
     for owner in (*config.routes, *config.listeners):
@@ -78,7 +79,8 @@ def stripped_headers(config: Config) -> tuple[bytes, ...]:
             if headers.consumer:
                 names.add(headers.consumer.lower().encode())
             names.update(header.lower().encode() for _, header in headers.claims)
-    return tuple(sorted(names))
+    # compared with "_" read as "-" (`X_Consumer_ID` is `X-Consumer-ID` to CGI-style upstreams)
+    return tuple(sorted({name.replace(b"_", b"-") for name in names}))
 
 
 def compile_rewrite(template: str) -> tuple[tuple[bytes, str | None], ...]:

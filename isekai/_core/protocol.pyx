@@ -37,6 +37,7 @@ from collections import deque
 from urllib.parse import quote
 
 cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.stdint cimport uint64_t
@@ -824,23 +825,49 @@ cdef bytes _forwarded_client(ServerState state, bytes xff, bytes peer):
     return found
 
 
+cdef bint _same_identity_name(bytes name, bytes lower) noexcept:
+    """Whether field name `name` is `lower` (lower-case, "-" for "_") ignoring ASCII case and
+    reading "_" as "-": CGI-style upstreams (WSGI, PHP, ...) take `X_Consumer_ID` for
+    `X-Consumer-ID`, so that spelling must not get through either."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(name)
+    cdef const char* a
+    cdef const char* b
+    cdef Py_ssize_t i
+    cdef char c
+    if n != PyBytes_GET_SIZE(lower):
+        return False
+    a = PyBytes_AS_STRING(name)
+    b = PyBytes_AS_STRING(lower)
+    for i in range(n):
+        c = a[i]
+        if b'A' <= c <= b'Z':
+            c = c + 32
+        elif c == b'_':
+            c = b'-'
+        if c != b[i]:
+            return False
+    return True
+
+
 cdef list _drop_named(list parts, tuple names):
-    """`parts` without the fields named in `names` (lower-case), compared without allocating;
-    the same list when none is there (the usual case)."""
+    """`parts` without the fields named in `names` (lower-case, "-" for "_"; any case, either
+    spelling), compared without allocating; the same list when none is there (the usual
+    case)."""
     cdef Py_ssize_t i, n = len(parts)
-    cdef bint found = False
+    cdef list kept = None
+    cdef bint drop
     for i in range(0, n - 3, 4):
+        drop = False
         for lname in names:
-            if same_name(<bytes>parts[i], <bytes>lname):
-                found = True
+            if _same_identity_name(<bytes>parts[i], <bytes>lname):
+                drop = True
                 break
-        if found:
-            break
-    if not found:
-        return parts
-    for lname in names:
-        parts = parts_drop(parts, <bytes>lname)
-    return parts
+        if drop:
+            if kept is None:
+                kept = parts[:i]
+        elif kept is not None:
+            kept.extend(parts[i:i + 4])
+    return parts if kept is None else kept
 
 
 cdef list _drop_listed(list parts, set tokens):

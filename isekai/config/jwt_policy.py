@@ -148,6 +148,10 @@ def _key(values: dict[str, Any], where: Where) -> None:
     problem = check_public_key(pem, tuple(algorithms))
     if problem:
         raise where.error(source, problem)
+    if source == "public_key_file":
+        # the key as read now is part of the config: a reload after the file changed makes a
+        # new policy instance (one kept across reloads would go on trusting the old key)
+        values["public_key_file_pem"] = pem
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +176,13 @@ class JwtKey:
         "A PEM public key or certificate file; relative to the config file's folder.",
         default=None,
         default_doc="—",
+    )
+    public_key_file_pem: str | None = setting(
+        "string",
+        "The PEM text of `public_key_file` as read with the config.",
+        default=None,
+        repr=False,
+        yaml=False,
     )
     jwks_url: str | None = setting(
         "string",

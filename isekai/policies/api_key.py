@@ -28,6 +28,7 @@ from urllib.parse import unquote_plus, unquote_to_bytes
 
 from isekai._core.policy import Answer
 from isekai.config.api_key_policy import ApiKeyConfig, key_hash
+from isekai.policies.bearer import field_count
 from isekai.policies.identity import identify
 
 __all__ = ["REFUSALS", "ApiKeyPolicy", "KeyIndex", "build", "index_of"]
@@ -177,6 +178,13 @@ class ApiKeyPolicy:
         self.missing = Answer.error(
             401, f"an API key is required: send it in {where}", FAMILY, _challenge(config, None)
         )
+        self.lheader = config.header.lower().encode("latin-1")
+        self.several = Answer.error(
+            401,
+            f"the API key is not valid: the {config.header} header is sent more than once",
+            FAMILY,
+            _challenge(config, "invalid_key"),
+        )
         self.invalid = Answer.error(
             401,
             "the API key is not valid (unknown, expired or revoked)",
@@ -188,6 +196,10 @@ class ApiKeyPolicy:
         index = self.index
         key = req.header(self.header)
         in_header = bool(key)
+        if in_header and field_count(req, self.lheader) > 1:
+            # one copy would be judged while the upstream may read another: refused
+            index.refused["unknown"] += 1
+            return self.several
         if not in_header and self.query is not None:
             key = query_value(req.query, self.query)
         if not key:
@@ -207,8 +219,11 @@ class ApiKeyPolicy:
         if self.hide:
             if in_header:
                 req.remove_header(self.header)
-            if self.query is not None and self.query in req.query:
-                req.query = query_without(req.query, self.query)
+            # every copy of the parameter, however its name is encoded (`api%5Fkey` is
+            # `api_key`): not only the one the key was read from
+            if self.query is not None and req.query:
+                if not in_header or query_value(req.query, self.query) is not None:
+                    req.query = query_without(req.query, self.query)
         identify(
             req,
             consumer,

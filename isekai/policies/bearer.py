@@ -24,28 +24,57 @@ from typing import Any
 
 from isekai._core.policy import Answer
 
-__all__ = ["Challenges", "TokenCache", "TokenReader", "Verdict"]
+__all__ = ["Challenges", "TokenCache", "TokenReader", "Verdict", "field_count"]
 
 _sha256 = hashlib.sha256
+
+
+def field_count(req: Any, lname: bytes) -> int:
+    """How many fields named ``lname`` (lower-case) the request carries."""
+    parts = req.headers
+    size = len(lname)
+    count = 0
+    for i in range(0, len(parts) - 3, 4):
+        name = parts[i]
+        if len(name) == size and name.lower() == lname:
+            count += 1
+    return count
+
+
+def _cookies(req: Any) -> str | None:
+    """The cookies of every Cookie field of ``req``, as one ``a=1; b=2`` text (None: none)."""
+    parts = req.headers
+    values = [
+        parts[i + 2].decode("latin-1")
+        for i in range(0, len(parts) - 3, 4)
+        if len(parts[i]) == 6 and parts[i].lower() == b"cookie"
+    ]
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else "; ".join(values)
 
 
 class TokenReader:
     """Reads a token from a request per `TokenSources` (header, cookie, query, in that order)."""
 
-    __slots__ = ("bearer", "cookie", "header", "query")
+    __slots__ = ("bearer", "cookie", "header", "lheader", "query")
 
     def __init__(self, sources: Any) -> None:
         self.header: str | None = sources.header
+        self.lheader = (self.header or "").lower().encode("latin-1")
         self.bearer = self.header is not None and self.header.lower() == "authorization"
         self.cookie: str | None = sources.cookie
         self.query: str | None = sources.query
 
     def read(self, req: Any) -> tuple[str | None, str | None]:
         """``(token, source)``; source is "header", "cookie" or "query"; (None, None) when no
-        source holds one."""
+        source holds one; (None, "several") when the token header is sent more than once (the
+        gateway would judge one copy while the upstream may read another)."""
         if self.header is not None:
             value = req.header(self.header)
             if value is not None:
+                if field_count(req, self.lheader) > 1:
+                    return None, "several"
                 if self.bearer and value[:7] == "Bearer " and " " not in value[7:]:
                     return value[7:], "header"  # the usual shape, without copies
                 if self.bearer:
@@ -55,7 +84,7 @@ class TokenReader:
                 elif value.strip():
                     return value.strip(), "header"
         if self.cookie is not None:
-            found = self._cookie(req.header("cookie"))
+            found = self._cookie(_cookies(req))
             if found:
                 return found, "cookie"
         if self.query is not None and req.query:
@@ -86,7 +115,8 @@ class TokenReader:
         if source == "header" and self.header is not None:
             req.remove_header(self.header)
         elif source == "cookie":
-            header = req.header("cookie") or ""
+            # every Cookie field (a client may send several): every copy of the token goes
+            header = _cookies(req) or ""
             rest = [
                 p.strip()
                 for p in header.split(";")

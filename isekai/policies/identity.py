@@ -45,6 +45,16 @@ def claim_text(value: Any) -> str | None:
     return text
 
 
+def _copy(value: Any) -> Any:
+    """``value`` with its lists and dicts copied (JSON-shaped claims): a verdict cached for a
+    token is given to many requests, and one request's edits must not reach the next."""
+    if isinstance(value, list):
+        return [_copy(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _copy(item) for key, item in value.items()}
+    return value
+
+
 def identify(
     req: Any,
     consumer: Any | None,
@@ -68,12 +78,13 @@ def identify(
             ctx["consumer_tier"] = consumer.tier
         if consumer.tags:
             ctx["consumer_tags"] = list(consumer.tags)
+    # copies: the families pass what they cached for a token (see `_copy`)
     if claims is not None:
-        ctx["claims"] = dict(claims)
+        ctx["claims"] = {key: _copy(value) for key, value in claims.items()}
     if roles is not None:
-        ctx["roles"] = roles
+        ctx["roles"] = list(roles)
     if scopes is not None:
-        ctx["scopes"] = scopes
+        ctx["scopes"] = list(scopes)
     if headers is None:
         return
     if consumer is not None and headers.consumer:

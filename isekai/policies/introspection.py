@@ -82,6 +82,8 @@ class IntrospectionPolicy:
         token, source = self.reader.read(req)
         if token is None:
             self.refused += 1
+            if source == "several":
+                return self.challenges.invalid("more than one token header")
             return self.challenges.missing()
         if len(token) > self.max_token_size:
             self.refused += 1
@@ -172,7 +174,10 @@ class IntrospectionPolicy:
         exp = answer.get("exp")
         nbf = answer.get("nbf")
         if isinstance(exp, (int, float)) and not isinstance(exp, bool):
-            until = min(until, float(exp))
+            try:
+                until = min(until, float(exp))
+            except OverflowError:  # beyond any date: cache_ttl bounds it
+                pass
         active = answer["active"] is True and until > now
         if active and isinstance(nbf, (int, float)) and not isinstance(nbf, bool) and nbf > now:
             active = False

@@ -61,6 +61,8 @@ def static_key(config: Any) -> VerifyKey:
         return VerifyKey(config.secret.encode(), config.algorithms, config.kid, "secret")
     if config.public_key is not None:
         pem = config.public_key.encode()
+    elif getattr(config, "public_key_file_pem", None) is not None:
+        pem = config.public_key_file_pem.encode()  # as read (and checked) with the config
     else:
         with open(config.public_key_file, "rb") as f:
             pem = f.read()
@@ -185,8 +187,9 @@ class KeySet:
         return self._inflight
 
     def fetch_for_unknown(self) -> asyncio.Task[bool] | None:
-        """A fetch because a token named an unknown kid: the one in flight, a new one when the
-        last began at least ``min_refresh`` ago, else None (the kid stays unknown)."""
+        """A fetch a request asks for (a token named an unknown kid, or the set was never
+        fetched): the one in flight, a new one when the last began at least ``min_refresh``
+        ago, else None (the kid stays unknown; an unfetched set stays unavailable)."""
         if self._inflight is not None and not self._inflight.done():
             return self._inflight
         if time.monotonic() - self._last_attempt < self.min_refresh:

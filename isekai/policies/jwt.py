@@ -178,6 +178,8 @@ class JwtPolicy:
         token, source = self.reader.read(req)
         if token is None:
             self.refused += 1
+            if source == "several":
+                return self.challenges.invalid("more than one token header")
             return self.challenges.missing()
         if len(token) > self.max_token_size:
             self.refused += 1
@@ -316,11 +318,11 @@ class JwtPolicy:
         return keys, False
 
     def _fetches(self, *, unknown_kid: bool) -> list[asyncio.Task[bool]]:
+        # at most one fetch per ``min_refresh`` either way (the one in flight is shared): a
+        # key set that cannot be fetched must not make every request ask its server again
         fetches = []
         for key_set, _ in self.key_sets:
-            if not key_set.ready:
-                fetches.append(key_set.fetch())
-            elif unknown_kid:
+            if not key_set.ready or unknown_kid:
                 found = key_set.fetch_for_unknown()
                 if found is not None:
                     fetches.append(found)
@@ -340,7 +342,12 @@ class JwtPolicy:
         )
         exp = claims.get("exp")
         now = time.time()
-        until = float(exp) + self.leeway if isinstance(exp, (int, float)) else now + NO_EXP_TTL
+        until = now + NO_EXP_TTL
+        if isinstance(exp, (int, float)):
+            try:
+                until = float(exp) + self.leeway
+            except OverflowError:  # a signed exp beyond any date: valid, kept the default time
+                pass
         if until > now:
             self.cache.put(key, until, verdict)
         return verdict

@@ -578,3 +578,54 @@ def test_api_keys_two_gateways_making_keys_at_once_all_land(
     finally:
         first.stop()
         second.stop()
+
+
+def test_api_keys_query_parameter_with_an_encoded_name_is_taken_out_too(keyed):
+    # `api%5Fkey` is the parameter `api_key`: the key is read from it, so hide_credentials
+    # must take it out as well, not pass the key on to the upstream
+    status, _, body = call(keyed.port, f"/q?x=1&api%5Fkey={ACME_KEY}&y=2")
+    assert status == 200, body
+    target, seen = upstream_saw(body)
+    assert ACME_KEY not in target
+    assert target == "/q?x=1&y=2"
+    assert seen["x-consumer-id"] == ["acme"]
+
+
+def test_api_keys_identity_header_with_underscores_is_stripped(keyed):
+    # many upstream frameworks (CGI/WSGI, PHP) read X_Consumer_ID as X-Consumer-ID: a client
+    # must not be able to claim an identity through the underscore spelling either
+    forged = {"X_Consumer_ID": "acme", "x_who": "acme", "X-Consumer_ID": "acme"}
+    status, _, body = call(keyed.port, "/open", forged)
+    assert status == 200
+    seen = upstream_saw(body)[1]
+    assert not [name for name in seen if name.replace("_", "-") in ("x-consumer-id", "x-who")]
+    status, _, body = call(keyed.port, "/k", {"X-API-Key": BETA_KEY, **forged})
+    assert status == 200
+    seen = upstream_saw(body)[1]
+    assert seen["x-consumer-id"] == ["beta"]
+    assert "x_consumer_id" not in seen and "x-consumer_id" not in seen
+
+
+def raw_call(port: int, path: str, pairs: list[tuple[str, str]]) -> tuple[int, dict, bytes]:
+    """One GET with header lines as given (a name may repeat)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest("GET", path)
+        for name, value in pairs:
+            conn.putheader(name, value)
+        conn.endheaders()
+        response = conn.getresponse()
+        body = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def test_api_keys_key_header_sent_twice_is_refused(keyed):
+    # with hide_credentials off, the upstream would get both copies and might read the one
+    # the gateway never checked
+    pairs = [("X-API-Key", BETA_KEY), ("x-api-key", ACME_KEY)]
+    for path in ("/s", "/k"):
+        status, headers, body = raw_call(keyed.port, path, pairs)
+        error = check_refusal(status, headers, body, "sent more than once")
+        assert error["policy"] == "api_key"

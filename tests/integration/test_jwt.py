@@ -56,6 +56,8 @@ policies:
   jwt_count: {{type: jwt, keys: [{{jwks_url: "{idp}/count/jwks.json"}}],
               jwks_min_refresh: 3s, jwks_refresh: 10m}}
   jwt_rotate: {{type: jwt, keys: [{{jwks_url: "{idp}/rotate/jwks.json"}}], jwks_min_refresh: 1s}}
+  jwt_down: {{type: jwt, keys: [{{jwks_url: "{idp}/down/jwks.json"}}],
+             jwks_min_refresh: 30s, jwks_refresh: 10m}}
   jwt_oidc: {{type: jwt, issuer: "{idp}{OIDC_PREFIX}", discovery: true}}
   opaque: {{type: oauth2_introspection, introspection_url: "{idp}/introspect",
            client_id: {INTROSPECTION_CLIENT[0]}, client_secret: "${{INTROSPECTION_SECRET}}",
@@ -79,6 +81,7 @@ ROUTES = [
     ("known", "jwt_known"),
     ("count", "jwt_count"),
     ("rotate", "jwt_rotate"),
+    ("down", "jwt_down"),
     ("oidc", "jwt_oidc"),
     ("opaque", "opaque"),
     ("opaque_scoped", "opaque_scoped"),
@@ -521,3 +524,84 @@ def test_introspection_endpoint_down_is_503(setup):
 def test_plain_route_untouched(setup):
     status, _, _, record = call(setup, "/plain/x")
     assert status == 200 and record is not None
+
+
+def call_raw_headers(setup, path: str, pairs: list[tuple[str, str]]):
+    """`call` with header lines as given (a name may repeat)."""
+    gw, up, _ = setup
+    before = len(up.requests)
+    c = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=20)
+    try:
+        c.putrequest("GET", path)
+        for name, value in pairs:
+            c.putheader(name, value)
+        c.endheaders()
+        resp = c.getresponse()
+        raw = resp.read()
+        fields = {name.lower(): value for name, value in resp.getheaders()}
+    finally:
+        c.close()
+    seen = up.requests[before:]
+    body = json.loads(raw) if fields.get("content-type") == "application/json" else raw
+    return resp.status, fields, body, (seen[0] if seen else None)
+
+
+def test_jwt_token_header_sent_twice_is_refused(setup):
+    # the gateway would verify the first copy while the upstream may read the second (forged)
+    good = sign("rsa", claims(roles=["viewer"]), "RS256", "rsa1")
+    forged = hand_made({"alg": "RS256", "kid": "rsa1"}, claims(roles=["admin"]), b"x")
+    for second in (f"Bearer {forged}", f"bearer {good}"):
+        pairs = [("Authorization", f"Bearer {good}"), ("authorization", second)]
+        refused(
+            call_raw_headers(setup, "/users/x", pairs),
+            401,
+            "invalid_token",
+            "more than one token header",
+        )
+
+
+def test_jwt_unreachable_key_set_is_not_fetched_for_every_request(setup):
+    # a key set never fetched (its URL answers 404): requests are 503, and they do not each
+    # make the gateway ask the identity provider again (at most once per jwks_min_refresh)
+    _, _, idp = setup
+    assert wait_for(lambda: idp.hits["/down/jwks.json"] >= 1, timeout=10)
+    before = idp.hits["/down/jwks.json"]
+    token = sign("rsa", claims(), "RS256", "rsa1")
+    for _ in range(20):
+        refused(call(setup, "/down/x", bearer(token)), 503, None, "keys not available")
+    # the background retry may run meanwhile; 20 requests must not make 20 fetches
+    assert idp.hits["/down/jwks.json"] - before <= 3
+
+
+def test_jwt_token_cookie_in_any_cookie_field_is_read_and_hidden(setup):
+    # a client may split its cookies over several Cookie fields: the token is found in any of
+    # them, hide_credentials takes every copy out, and the other cookies all stay
+    token = sign("rsa", claims(), "RS256", "rsa1")
+    pairs = [("Cookie", "theme=dark"), ("Cookie", f"session={token}; lang=en")]
+    status, _, _, record = call_raw_headers(setup, "/cookie/x", pairs)
+    assert status == 200
+    cookies = [value for name, value in record["headers"] if name.lower() == "cookie"]
+    assert token not in "".join(cookies)
+    assert "; ".join(cookies) == "theme=dark; lang=en"
+    pairs = [("Cookie", f"session={token}; theme=dark"), ("Cookie", f"session={token}")]
+    status, _, _, record = call_raw_headers(setup, "/cookie/x", pairs)
+    assert status == 200
+    cookies = [value for name, value in record["headers"] if name.lower() == "cookie"]
+    assert cookies == ["theme=dark"]
+
+
+def test_jwt_signed_token_with_an_exp_past_float_range_is_no_500(setup):
+    # whoever holds a key can sign any exp: one too large for a float must not become a 500
+    token = sign("secret", claims(exp=10**400), "HS256", "local")
+    status, _, body, _ = call(setup, "/users/x", bearer(token))
+    assert status == 200, body
+    status, _, body, _ = call(setup, "/users/x", bearer(token))  # and from the cache
+    assert status == 200, body
+
+
+def test_introspection_answer_with_an_exp_past_float_range_is_no_500(setup):
+    _, _, idp = setup
+    idp.tokens["opaque-far-exp"] = {"active": True, "client_id": "acme", "exp": 10**400}
+    for _ in range(2):  # asked, then from the cache
+        status, _, body, _ = call(setup, "/opaque/x", bearer("opaque-far-exp"))
+        assert status == 200, body

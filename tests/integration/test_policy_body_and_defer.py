@@ -180,3 +180,33 @@ def test_listener_body_policy_reads_the_body_of_unrouted_requests(worker):  # no
     attach_listener(worker, policy)
     status, _, _ = get(worker.port, "/nowhere", method=b"POST", body=b"abc")
     assert status == 404 and policy.seen == [b"abc"]
+
+
+def read_until_closed(sock):
+    """Every byte the gateway sends until it closes the connection (bounded by the timeout)."""
+    data = b""
+    for _ in range(1000):
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_body_policy_413_is_the_only_answer_on_its_connection(worker, upstream):  # noqa: F811
+    policy = ReadsBody(10)
+    attach(worker, b"/e/x", policy)
+    with connect(worker.port, timeout=2) as sock:
+        # several chunks past the limit arrive in one read: one 413, then the connection ends
+        sock.sendall(
+            b"POST /e/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"".join(b"8\r\n" + b"a" * 8 + b"\r\n" for _ in range(6))
+            + b"0\r\n\r\n"
+        )
+        data = read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 413 ")
+    assert data.count(b"HTTP/1.1 ") == 1, data
+    assert policy.seen == []

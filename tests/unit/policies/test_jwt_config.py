@@ -189,3 +189,32 @@ def test_jwt_config_reference_and_schema_still_build():
     assert "jwks_url" in schema and "introspection_url" in schema
     tables = reference.render()
     assert "jwks_min_refresh" in tables and "introspection_url" in tables
+
+
+def test_jwt_config_pem_file_rewritten_makes_a_new_policy_instance(tmp_path):
+    # a reload keeps a policy instance while its config is the same: the key file's content
+    # is part of the config, so a rotated file is not left trusted in a kept instance
+    from isekai._core.counters import Counters
+    from isekai.chains import PolicySet
+    from isekai.config.loader import load_config
+    from isekai.gateway import build_policy
+
+    key_file = tmp_path / "k.pem"
+    key_file.write_text(public_pem("rsa"))
+    path = tmp_path / "gateway.yaml"
+    path.write_text(BASE % "{type: jwt, keys: [{public_key_file: k.pem, algorithms: [RS256]}]}")
+    policies = PolicySet(Counters(), build_policy)
+    first = load_config(path)
+    chain = policies.chain(["p"], "routes.r", first.policies)
+    again = policies.chain(["p"], "routes.r", load_config(path).policies)
+    assert again[0] is chain[0]  # the file as it was: the same instance
+    policies.release(again)
+    key_file.write_text(public_pem("rsa_rotated"))  # another key in the same file
+    rotated = load_config(path)
+    assert rotated.policies["p"] != first.policies["p"]
+    assert public_pem("rsa_rotated") not in repr(rotated.policies["p"])  # not printed
+    new_chain = policies.chain(["p"], "routes.r", rotated.policies)
+    assert new_chain[0] is not chain[0]
+    policies.release(chain)
+    assert len(policies) == 1
+    policies.close()

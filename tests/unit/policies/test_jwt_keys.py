@@ -31,18 +31,26 @@ class Req:
     """What a policy reads and writes of a request (the `_core` request's Python surface)."""
 
     def __init__(self, headers=None, query=b""):
-        self.headers = {k.lower(): v for k, v in (headers or {}).items()}
+        self.fields = {k.lower(): v for k, v in (headers or {}).items()}
         self.query = query
         self.ctx = {}
 
+    @property
+    def headers(self):
+        """The flat head parts [name, b": ", value, b"\r\n", ...], as `_core` has them."""
+        parts = []
+        for name, value in self.fields.items():
+            parts += [name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n"]
+        return parts
+
     def header(self, name):
-        return self.headers.get(name.lower())
+        return self.fields.get(name.lower())
 
     def set_header(self, name, value):
-        self.headers[name.lower()] = value
+        self.fields[name.lower()] = value
 
     def remove_header(self, name):
-        self.headers.pop(name.lower(), None)
+        self.fields.pop(name.lower(), None)
 
 
 def policy(text: str):
@@ -67,7 +75,7 @@ def test_jwt_unnamed_key_verifies_tokens_naming_any_kid():
     assert p.on_request(req) is None
     assert req.ctx["consumer"] == "acme" and req.ctx["consumer_tier"] == "gold"
     assert req.ctx["credential"] == "jwt" and req.ctx["credential_id"] == "some-kid"
-    assert req.headers["x-consumer-id"] == "acme"
+    assert req.fields["x-consumer-id"] == "acme"
     # another key's token: the signature fails (there is no key set to refetch)
     req = Req({"Authorization": "Bearer " + sign("rsa_other", claims(), "RS256", "x")})
     assert answer_of(p.on_request(req)) == (401, "invalid token: signature verification failed")
@@ -103,13 +111,29 @@ def test_jwt_cache_counts_and_no_reverify():
     assert p.verified == 2
 
 
+def test_jwt_cached_token_facts_are_not_shared_between_requests():
+    # a later policy editing one request's ctx must not change what the next request carrying
+    # the same (cached) token is given
+    p = policy('{type: jwt, keys: [{secret: "${S}", algorithms: [HS256]}]}')
+    token = sign("secret", claims(roles=["viewer"], scope="read"), "HS256", None)
+    first = Req({"Authorization": f"Bearer {token}"})
+    assert p.on_request(first) is None
+    first.ctx["roles"].append("admin")
+    first.ctx["scopes"].append("write")
+    first.ctx["claims"]["roles"].append("admin")
+    second = Req({"Authorization": f"Bearer {token}"})
+    assert p.on_request(second) is None and p.cache.hits == 1
+    assert second.ctx["roles"] == ["viewer"] and second.ctx["scopes"] == ["read"]
+    assert second.ctx["claims"]["roles"] == ["viewer"]
+
+
 def test_jwt_consumer_absent_and_required():
     text = '{type: jwt, keys: [{secret: "${S}", algorithms: [HS256]}]%s}'
     token = sign("secret", claims(sub="stranger", roles="a b"), "HS256", None)
     req = Req({"Authorization": f"Bearer {token}"})
     assert policy(text % "").on_request(req) is None
     assert "consumer" not in req.ctx and req.ctx["claims"]["sub"] == "stranger"
-    assert req.ctx["roles"] == ["a", "b"] and "x-consumer-id" not in req.headers
+    assert req.ctx["roles"] == ["a", "b"] and "x-consumer-id" not in req.fields
     refused = policy(text % ", consumer_required: true").on_request(req)
     assert answer_of(refused) == (403, "no consumer for this token")
 
@@ -117,7 +141,7 @@ def test_jwt_consumer_absent_and_required():
 def test_jwt_hide_credentials_from_header():
     p = policy('{type: jwt, keys: [{secret: "${S}", algorithms: [HS256]}], hide_credentials: true}')
     req = Req({"Authorization": "Bearer " + sign("secret", claims(), "HS256", None)})
-    assert p.on_request(req) is None and "authorization" not in req.headers
+    assert p.on_request(req) is None and "authorization" not in req.fields
 
 
 def test_jwk_algorithms_and_refusals():
@@ -179,7 +203,7 @@ def test_token_reader_sources_and_hiding():
     req = Req({"Cookie": 'a=1; sid="tok"; b=2'})
     assert reader.read(req) == ("tok", "cookie")
     reader.hide(req, "cookie")
-    assert req.headers["cookie"] == "a=1; b=2"
+    assert req.fields["cookie"] == "a=1; b=2"
     req = Req(query=b"?x=1&t=a%2Eb&y")
     assert reader.read(req) == ("a.b", "query")
     reader.hide(req, "query")
