@@ -78,8 +78,10 @@ def credential_params(config: Config) -> frozenset[str]:
     ``api_key`` policy's ``query``, a bearer family's ``token.query``): their values are
     shown as ``[redacted]`` in the request target the access log writes."""
     specs = [*config.policies.values()]
-    for owner in (*config.routes, *config.listeners):
-        specs.extend(item for item in owner.policies if isinstance(item, PolicySpec))
+    for policies in [route.policies for route in config.routes] + [
+        listener.policies for listener in config.listeners
+    ]:
+        specs.extend(item for item in policies if isinstance(item, PolicySpec))
     names = set()
     for spec in specs:
         options = spec.options
