@@ -133,6 +133,7 @@ async def _serve(config: Config) -> int:
     if feed.enabled:
         await feed.start()
         worker.stats_providers["logs"] = feed.stats
+        worker.access_log = feed.access_log
     metrics_server = None
     settings = config.observability.metrics
     if settings.enabled and settings.bind is not None:

@@ -92,6 +92,7 @@ class Worker:
             listener.name: CoreListener(listener.name) for listener in config.listeners
         }
         self._set_listener_chains(self.snapshot)
+        self.access_log: Any = None  # the log feed's, once it runs (`hide_credential_params`)
         self._apply_limits(config)
         self.servers: list[asyncio.base_events.Server] = []
         self.addresses: list[tuple[str, str, int]] = []
@@ -128,6 +129,8 @@ class Worker:
         self.policy_env.security = config.security
         self.policy_env.consumers.update(config.consumers)
         state.stripped = stripped_headers(config)
+        if self.access_log is not None:
+            self.access_log.hide_credential_params(config)
         state.max_request_line = limits.max_request_line
         state.max_header_bytes = limits.max_header_bytes
         state.max_header_count = limits.max_header_count
@@ -486,6 +489,7 @@ async def _log_feed(worker: Worker, config: Config, signals: Signals) -> LogFeed
     feed = LogFeed(worker.state, config, store, purge=True, close_store=True)
     if not feed.enabled:
         return None
+    worker.access_log = feed.access_log
     await feed.start()
     signals.reopen.append(feed.reopen)
     worker.stats_providers["logs"] = feed.stats

@@ -32,6 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
+from isekai.admin import audit
 from isekai.admin.context import CTX, AdminContext
 from isekai.admin.http import ApiError, iso_time, ok, read_json
 from isekai.admin.items import CONSUMER, _commit, _explain
@@ -354,6 +355,8 @@ async def create_key(request: web.Request) -> web.Response:
 
     view = await _change_keys(ctx, name, change, "key made")
     log.info("API key %s (%s...) made for consumer %r", view["id"], view["prefix"], name)
+    shown = {field: value for field, value in view.items() if field not in ("key", "rotated")}
+    await audit.record(request, "created", "api_key", f"{name}/{view['id']}", None, shown)
     location = f"/api/consumers/{name}/keys/{view['id']}"
     return ok(
         view,
@@ -392,6 +395,7 @@ async def delete_key(request: web.Request) -> web.Response:
 
     view = await _change_keys(ctx, name, change, f"key {key_id!r} revoked")
     log.info("API key %s (%s...) of consumer %r revoked", key_id, view["prefix"], name)
+    await audit.record(request, "revoked", "api_key", f"{name}/{key_id}", view, None)
     return ok(view, message=f"key {key_id!r} of consumer {name!r} revoked")
 
 

@@ -339,14 +339,16 @@ async def update_user(request: web.Request) -> web.Response:
         if "password" not in body or "role" not in body:
             raise ApiError(404, "not_found", f"no user {username!r} (give password and role)")
         _check(check_username, username, "user.username")
-    password_hash = user["password_hash"] if user is not None else None
+    # what the body does not name stays as stored when the update runs (None), not as read
+    # here: a concurrent password reset or demotion is never written back
+    password_hash = None
     if "password" in body:
         _check(lambda p: check_password_rules(p, username), body["password"], "user.password")
         password_hash = await _run(hash_password, body["password"], ctx.bcrypt_rounds)
-    role = body.get("role", user["role"] if user is not None else None)
-    assert password_hash is not None and role is not None
+    role = body.get("role")
     name = user["username"] if user is not None else username
-    after = {"username": name, "role": role, "password_changed": "password" in body}
+    shown_role = role if role is not None else user["role"] if user is not None else None
+    after = {"username": name, "role": shown_role, "password_changed": "password" in body}
     action = "replaced" if user is not None else "created"
     record = audit.entry(request, action, "user", name, _audit_view(user), after)
     from isekai.store import LastAdmin
@@ -355,6 +357,8 @@ async def update_user(request: web.Request) -> web.Response:
         await ctx.store.set_user(username, password_hash, role, audit=record)
     except LastAdmin:
         raise _last_admin(name) from None
+    except ValueError:  # deleted meanwhile, and the body cannot make it anew
+        raise ApiError(404, "not_found", f"no user {username!r} (give password and role)") from None
     audit.announce(record)
     view = _user_view(await ctx.store.get_user(username))
     return ok(view, status=200 if user is not None else 201)

@@ -74,6 +74,22 @@ POLICY = Kind("policy", "policies", "Policy", "PolicyReplace", False)
 CONSUMER = Kind("consumer", "consumers", "Consumer", "ConsumerReplace", True)
 
 _KEY_FIELDS = ("id", "prefix", "created_at", "expires_at")  # what a view shows of a key
+# settings whose values a view never shows (an hmac/jwt `secret`, an introspection
+# `client_secret`...): they are replaced by audit.REDACTED unless written as `${VAR}`
+_SECRET_SETTINGS = frozenset(
+    {
+        "secret",
+        "client_secret",
+        "password",
+        "passphrase",
+        "key_passphrase",
+        "pepper",
+        "api_key_pepper",
+        "jwt_secret",
+        "private_key",
+    }
+)
+_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 
 
 # -- views -------------------------------------------------------------------------------------
@@ -102,8 +118,47 @@ def _consumer_doc(consumer: Any) -> dict[str, Any]:
     return doc
 
 
+def _without_secrets(value: Any) -> Any:
+    # ``value`` with every secret setting's value hidden, at any depth (references kept)
+    if isinstance(value, dict):
+        return {
+            k: (
+                audit.REDACTED
+                if k in _SECRET_SETTINGS
+                and isinstance(v, str)
+                and not _REFERENCE.fullmatch(v.strip())
+                else _without_secrets(v)
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_without_secrets(v) for v in value]
+    return value
+
+
+def _keep_secrets(new: Any, current: Any) -> Any:
+    # ``new`` with each secret setting still written as audit.REDACTED (a view sent back by a
+    # PUT) given its value in ``current``, at the same place
+    if isinstance(new, dict) and isinstance(current, dict):
+        return {
+            k: (
+                current[k]
+                if k in _SECRET_SETTINGS and v == audit.REDACTED and isinstance(current.get(k), str)
+                else _keep_secrets(v, current.get(k))
+            )
+            for k, v in new.items()
+        }
+    if isinstance(new, list) and isinstance(current, list):
+        return [_keep_secrets(v, c) for v, c in zip(new, current, strict=False)] + new[
+            len(current) :
+        ]
+    return new
+
+
 def _shown(kind: str, doc: dict[str, Any]) -> dict[str, Any]:
-    # what a view may show of a document: a consumer's keys without the key or its hash
+    # what a view may show of a document: no secret setting's value, and a consumer's keys
+    # without the key or its hash
+    doc = _without_secrets(doc)
     if kind != "consumer" or not isinstance(doc.get("keys"), list):
         return doc
     keys = [
@@ -413,7 +468,7 @@ async def _replace(
             raise ApiError(404, "not_found", f"no {kind.name} named {name!r}")
         version = _check_precondition(request, current)
         body, doc = build(current.doc)
-        doc = _keep_keys(kind, doc, current.doc)
+        doc = _keep_keys(kind, _keep_secrets(doc, current.doc), current.doc)
         change = _prepare(ctx, kind, name, doc)
         _check_schema(kind, schema, body)
         try:

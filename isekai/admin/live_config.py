@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from isekai.config import rules
 from isekai.config.changes import Change, ConfigIndex, add_consumers
 from isekai.config.loader import API_SOURCE, file_documents, validate_dynamic
 from isekai.config.schema import Config
@@ -246,6 +247,7 @@ def whole_config(
             )
             config, left_out = add_consumers(config, consumers or {})
             skipped.extend(SkippedItem("consumer", name, reason) for name, reason in left_out)
+            warn_shadowing_routes(config, file_routes)
             return config, tuple(skipped)
         except ConfigError as exc:
             found = stored_item_at(
@@ -260,6 +262,36 @@ def whole_config(
             kind, name = found
             items[kind].pop(name)
             skipped.append(SkippedItem(kind, name, str(exc)))
+
+
+def shadowing_routes(config: Config, file_routes: int) -> list[tuple[str, str]]:
+    """``(stored route, file route)`` for each stored route that takes requests from a file
+    route (`rules.route_shadows`) although ``admin.api_routes.may_shadow_yaml`` is false:
+    one stored before the setting was turned off, or before the file gained that route (the
+    API refuses to store new ones). ``config.routes`` holds the file's routes first."""
+    admin = config.admin
+    if admin is not None and admin.api_routes.may_shadow_yaml:
+        return []
+    from_file = config.routes[:file_routes]
+    return [
+        (route.name, other.name)
+        for route in config.routes[file_routes:]
+        for other in from_file
+        if rules.route_shadows(route.match, other.match)
+    ]
+
+
+def warn_shadowing_routes(config: Config, file_routes: int) -> None:
+    """Log a warning for each of `shadowing_routes`: they stay, but an operator should know
+    that a file route does not get all its requests."""
+    for name, other in shadowing_routes(config, file_routes):
+        log.warning(
+            "stored route %r takes requests from file route %r although "
+            "admin.api_routes.may_shadow_yaml is false (it was stored before); delete or "
+            "change it through the admin API",
+            name,
+            other,
+        )
 
 
 def stored_item_at(

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from isekai.admin import audit
 from isekai.admin.context import CTX, AdminContext
 from isekai.admin.http import ApiError, iso_time, ok, read_json
 from isekai.admin.items import parse_if_match
@@ -150,6 +151,7 @@ async def create_client(request: web.Request) -> web.Response:
         break
     else:  # pragma: no cover - three 96-bit collisions in a row
         raise ApiError(409, "conflict", "could not pick a free client_id; retry")
+    await audit.record(request, "created", "oauth_client", client.client_id, None, _view(client))
     headers = {**_etag(client), "Location": f"/api/oauth/clients/{client.client_id}"}
     return ok(
         _view(client, secret),
@@ -169,6 +171,7 @@ async def delete_client(request: web.Request) -> web.Response:
         raise ApiError(404, "not_found", f"no OAuth client {client.client_id!r}") from None
     except VersionMismatch as exc:
         raise _changed_meanwhile(exc) from None
+    await audit.record(request, "deleted", "oauth_client", client.client_id, _view(client), None)
     return ok(message=f"OAuth client {client.client_id!r} deleted, with its refresh tokens")
 
 
@@ -185,6 +188,9 @@ async def rotate_secret(request: web.Request) -> web.Response:
         raise ApiError(404, "not_found", f"no OAuth client {client.client_id!r}") from None
     except VersionMismatch as exc:
         raise _changed_meanwhile(exc) from None
+    await audit.record(
+        request, "secret_rotated", "oauth_client", client.client_id, _view(client), _view(updated)
+    )
     return ok(
         _view(updated, secret),
         message="the new client_secret is shown this once; the old one no longer works",
@@ -218,6 +224,7 @@ async def rotate_keys(request: web.Request) -> web.Response:
     verify_for = await longest_token_ttl(ctx)
     await ctx.store.prune_oauth(time.time())
     key = await keys.rotate(settings.signing_algorithm, settings.key_passphrase, verify_for)
+    await audit.record(request, "rotated", "oauth_key", key.kid, None, _key_view(key))
     return ok(
         _key_view(key),
         status=201,

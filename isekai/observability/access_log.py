@@ -24,11 +24,14 @@ import logging
 import os
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
 from isekai._core.protocol import RECORD_EXTRAS
 from isekai.config.observability import AccessLog as AccessLogSettings
+from isekai.config.policies import PolicySpec
+from isekai.config.schema import Config
 from isekai.observability.log_shipping import (
     Background,
     ElasticsearchSink,
@@ -37,7 +40,7 @@ from isekai.observability.log_shipping import (
 )
 from isekai.store.base import LOG_KEYS
 
-__all__ = ["ALWAYS_REDACTED", "REDACTED", "AccessLog", "header_names"]
+__all__ = ["ALWAYS_REDACTED", "REDACTED", "AccessLog", "credential_params", "header_names"]
 
 log = logging.getLogger("isekai.access_log")
 
@@ -70,6 +73,42 @@ def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
 
 
+def credential_params(config: Config) -> frozenset[str]:
+    """The query parameters some policy of ``config`` reads a credential from (an
+    ``api_key`` policy's ``query``, a bearer family's ``token.query``): their values are
+    shown as ``[redacted]`` in the request target the access log writes."""
+    specs = [*config.policies.values()]
+    for policies in [route.policies for route in config.routes] + [
+        listener.policies for listener in config.listeners
+    ]:
+        specs.extend(item for item in policies if isinstance(item, PolicySpec))
+    names = set()
+    for spec in specs:
+        options = spec.options
+        for holder in (options, getattr(options, "token", None)):
+            name = getattr(holder, "query", None)
+            if isinstance(name, str) and name:
+                names.add(name)
+    return frozenset(names)
+
+
+def _param_name(raw: str) -> str:
+    return urllib.parse.unquote_plus(raw)
+
+
+def hide_params(query: str, names: frozenset[str]) -> str:
+    """``query`` (without its "?") with the value of every parameter in ``names`` (compared
+    percent-decoded, as the policies read them) replaced by ``[redacted]``."""
+    if not names or not query:
+        return query
+    parts = query.split("&")
+    for i, part in enumerate(parts):
+        name, eq, _ = part.partition("=")
+        if eq and _param_name(name) in names:
+            parts[i] = f"{name}={REDACTED}"
+    return "&".join(parts)
+
+
 class _Formatter:
     """Record -> line, as the settings say; built once."""
 
@@ -82,6 +121,7 @@ class _Formatter:
         names = settings.headers if "headers" in settings.fields else ()
         self.headers = tuple((name, name.lower() in redacted) for name in names)
         self.line = self.combined if settings.format == "combined" else self.json
+        self.params: frozenset[str] = frozenset()  # `credential_params`, set by the worker
 
     def value(self, record: Sequence[Any], field: str) -> Any:
         if field in self.hidden:
@@ -94,7 +134,7 @@ class _Formatter:
             return record[_AT[field]] or ""
         if field == "query":  # `_core` keeps the "?"
             query = record[_AT[field]]
-            return _text(query[1:]) if query else None
+            return hide_params(_text(query[1:]), self.params) if query else None
         if field == "headers":
             return {
                 name: (REDACTED if hide and value is not None else _text(value))
@@ -114,7 +154,7 @@ class _Formatter:
         target = _text(record[_AT["path"]])
         query = record[_AT["query"]]
         if query:
-            target += _text(query)
+            target += "?" + hide_params(_text(query[1:]), self.params)
         when = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(record[0]))
         size = record[_AT["bytes_out"]]
         request = json.dumps(f"{record[_AT['method']]} {target} HTTP/1.1")
@@ -153,6 +193,11 @@ class AccessLog(Background):
         self._last_error_log = float("-inf")
 
     # -- on the loop ---------------------------------------------------------------------
+
+    def hide_credential_params(self, config: Config) -> None:
+        """Redact, from now on, the query parameters ``config``'s policies read credentials
+        from (`credential_params`); the worker calls it with every config it runs."""
+        self.format.params = credential_params(config)
 
     def offer(self, records: list[tuple], count: int) -> None:
         """Queue the access-log share of ``records`` (``count`` of them have ``access`` set);

@@ -56,6 +56,8 @@ class LogFeed:
             )
         access = config.observability.access_log
         self.access_log = AccessLog(access) if access.enabled else None
+        if self.access_log is not None:
+            self.access_log.hide_credential_params(config)
         self._access = access
         self._taken = 0  # `state.access_kept` at the last hand-over
         self._task: asyncio.Task | None = None

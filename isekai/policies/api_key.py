@@ -208,12 +208,12 @@ class ApiKeyPolicy:
         found = index.lookup(key)
         if found is None:
             index.refused["unknown"] += 1
-            return self.invalid
+            return self._refuse(req, in_header)
         consumer, entry, usage = found
         now = time.time()
         if entry.expires_at is not None and entry.expires_at <= now:
             index.refused["expired"] += 1
-            return self.invalid
+            return self._refuse(req, in_header)
         usage[0] += 1
         usage[1] = now
         if self.hide:
@@ -232,6 +232,13 @@ class ApiKeyPolicy:
             headers=self.upstream_headers,
         )
         return None
+
+    def _refuse(self, req: Any, in_header: bool) -> Answer:
+        # a refused key read from the query leaves it, so that the access log, which shows the
+        # request target, never holds one (a revoked or expired key, a mistyped one)
+        if not in_header and self.query is not None:
+            req.query = query_without(req.query, self.query)
+        return self.invalid
 
     def close(self) -> None:
         pass

@@ -17,6 +17,7 @@ tokens already judged.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import time
 import urllib.parse
 from collections import OrderedDict
@@ -108,6 +109,22 @@ class TokenReader:
             if name == self.query:
                 return value or None
         return None
+
+    def off_query_when_refused(self, req: Any, answer: Any) -> Any:
+        """``answer`` (a refusal, or an awaitable of the answer) for a token read from the
+        query, with the token's parameter taken out of the query when it is refused: the
+        access log, which shows the request target, then never holds a token (an expired
+        one, one for another audience)."""
+        if inspect.isawaitable(answer):
+            return self._off_query_after(req, answer)
+        self.hide(req, "query")
+        return answer
+
+    async def _off_query_after(self, req: Any, pending: Any) -> Any:
+        answer = await pending
+        if answer is not None:
+            self.hide(req, "query")
+        return answer
 
     def hide(self, req: Any, source: str | None) -> None:
         """Take the token off the request (``hide_credentials``): the header, the cookie (the

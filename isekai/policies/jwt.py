@@ -176,6 +176,12 @@ class JwtPolicy:
 
     def on_request(self, req: Any) -> Any:
         token, source = self.reader.read(req)
+        answer = self._check(req, token, source)
+        if answer is not None and source == "query":
+            return self.reader.off_query_when_refused(req, answer)
+        return answer
+
+    def _check(self, req: Any, token: str | None, source: str | None) -> Any:
         if token is None:
             self.refused += 1
             if source == "several":

@@ -385,9 +385,17 @@ class Store(OAuthStore, abc.ABC):
 
     @abc.abstractmethod
     async def set_user(
-        self, username: str, password_hash: str, role: str, *, audit: AuditRecord | None = None
+        self,
+        username: str,
+        password_hash: str | None,
+        role: str | None,
+        *,
+        audit: AuditRecord | None = None,
     ) -> None:
-        """Add or update a user (an update keeps ``created_at``). An update that changes the
+        """Add or update a user (an update keeps ``created_at``). ``password_hash`` or
+        ``role`` None keeps the stored one, read in the update's own transaction (a new user
+        needs both: ``ValueError``), so an update never writes back a value another writer
+        changed meanwhile. An update that changes the
         password hash or the role bumps ``token_version`` (older tokens stop working);
         ``LastAdmin`` (and no change) if it would take the role ``admin`` from the last user
         having it: counted and changed in one transaction, so two concurrent demotions
@@ -463,8 +471,14 @@ def check_kind(kind: str) -> None:
         raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
 
 
-def check_user(username: str, password_hash: str, role: str) -> None:
+def check_user(
+    username: str, password_hash: str | None, role: str | None, *, keep: bool = False
+) -> None:
+    """``ValueError`` unless each is a non-empty string (with ``keep``, the password hash and
+    the role may also be None: the stored one is kept)."""
     for key, value in (("username", username), ("password_hash", password_hash), ("role", role)):
+        if keep and key != "username" and value is None:
+            continue
         if not isinstance(value, str) or not value:
             raise ValueError(f"{key} must be a non-empty string, got {value!r}")
 

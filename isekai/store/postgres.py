@@ -465,25 +465,33 @@ class PostgresStore(PostgresOAuth, Store):
             await self._audit(conn, audit)
 
     async def set_user(
-        self, username: str, password_hash: str, role: str, *, audit: AuditRecord | None = None
+        self,
+        username: str,
+        password_hash: str | None,
+        role: str | None,
+        *,
+        audit: AuditRecord | None = None,
     ) -> None:
-        check_user(username, password_hash, role)
+        check_user(username, password_hash, role, keep=True)
         async with self._connection(transaction=True) as conn:
             await self._lock_users(conn)
             found = await conn.fetchrow(self._FIND_USER, username)
             if found is not None:  # keeps the stored spelling and created_at
-                if found["role"] == "admin" and role != "admin":
+                new_hash = found["password_hash"] if password_hash is None else password_hash
+                new_role = found["role"] if role is None else role
+                if found["role"] == "admin" and new_role != "admin":
                     await self._check_admins_left(conn, found["username"])
-                bump = int(found["password_hash"] != password_hash or found["role"] != role)
+                bump = int(found["password_hash"] != new_hash or found["role"] != new_role)
                 await conn.execute(
                     "UPDATE users SET password_hash = $1, role = $2, "
                     "token_version = token_version + $3 WHERE username = $4",
-                    password_hash,
-                    role,
+                    new_hash,
+                    new_role,
                     bump,
                     found["username"],
                 )
             else:
+                check_user(username, password_hash, role)
                 await conn.execute(
                     "INSERT INTO users (username, password_hash, role, created_at) "
                     "VALUES ($1, $2, $3, $4)",

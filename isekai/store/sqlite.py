@@ -393,23 +393,31 @@ class SQLiteStore(SQLiteOAuth, Store):
         await self._run(run)
 
     async def set_user(
-        self, username: str, password_hash: str, role: str, *, audit: AuditRecord | None = None
+        self,
+        username: str,
+        password_hash: str | None,
+        role: str | None,
+        *,
+        audit: AuditRecord | None = None,
     ) -> None:
-        check_user(username, password_hash, role)
+        check_user(username, password_hash, role, keep=True)
 
         def run() -> None:
             with self._write() as conn:
                 found = self._find_user(conn, username)
                 if found is not None:  # keeps the stored spelling and created_at
-                    if found[2] == "admin" and role != "admin":
+                    new_hash = found[1] if password_hash is None else password_hash
+                    new_role = found[2] if role is None else role
+                    if found[2] == "admin" and new_role != "admin":
                         self._check_admins_left(conn, found[0])
-                    bump = int(found[1] != password_hash or found[2] != role)
+                    bump = int(found[1] != new_hash or found[2] != new_role)
                     conn.execute(
                         "UPDATE users SET password_hash = ?, role = ?, "
                         "token_version = token_version + ? WHERE username = ?",
-                        (password_hash, role, bump, found[0]),
+                        (new_hash, new_role, bump, found[0]),
                     )
                 else:
+                    check_user(username, password_hash, role)
                     conn.execute(
                         "INSERT INTO users (username, password_hash, role, created_at) "
                         "VALUES (?, ?, ?, ?)",

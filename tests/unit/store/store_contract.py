@@ -443,6 +443,25 @@ class StoreContract:
             with pytest.raises(ValueError, match="username"):
                 await store.set_user("", "h", "admin")
 
+    @async_test
+    async def test_user_set_keeps_what_it_is_not_given(self, backend):
+        async with open_store(backend.url) as store:
+            await store.create_user("root", "h0", "admin")
+            await store.set_user("ops", "h1", "admin")
+            await store.set_user("ops", None, "viewer")  # the stored hash stays
+            assert (await store.get_user("ops"))["password_hash"] == "h1"
+            await store.set_user("ops", "h2", None)  # the stored role stays
+            user = await store.get_user("ops")
+            kept = (user["password_hash"], user["role"], user["token_version"])
+            assert kept == ("h2", "viewer", 2)
+            await store.set_user("ops", None, None)  # nothing changed: no bump
+            assert (await store.get_user("ops"))["token_version"] == 2
+            with pytest.raises(ValueError, match="password_hash"):
+                await store.set_user("newcomer", None, "viewer")  # a new user needs both
+            assert await store.get_user("newcomer") is None
+            with pytest.raises(LastAdmin):
+                await store.set_user("root", None, "viewer")
+
     # -- request logs -----------------------------------------------------------------------
 
     @async_test
