@@ -118,12 +118,19 @@ def announce(record: AuditRecord) -> None:
     """Log ``record`` as one line naming its actor."""
     log.info(
         "admin change by %s: %s %r %s (from %s)",
-        record.actor or "anonymous (auth is off)",
+        record.actor or _anonymous(record),
         record.kind,
         record.name,
         record.action,
         record.client_ip or "-",
     )
+
+
+def _anonymous(record: AuditRecord) -> str:
+    # a failed login has no authenticated actor whether or not auth is on
+    if record.action.startswith("login"):
+        return "an unauthenticated client"
+    return "anonymous (auth is off)"
 
 
 async def record(

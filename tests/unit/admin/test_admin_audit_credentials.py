@@ -66,3 +66,17 @@ def test_oauth_client_writes_are_audited_without_the_secret(tmp_path):
                 assert secret not in text
 
     run(scenario())
+
+
+def test_audit_log_line_of_a_failed_login_does_not_claim_auth_is_off(caplog):
+    import logging
+
+    from isekai.admin import audit
+    from isekai.store.base import AuditRecord
+
+    caplog.set_level(logging.INFO, logger="isekai.admin")
+    audit.announce(AuditRecord(time=0.0, actor=None, action="login_failed", kind="user", name="x"))
+    audit.announce(AuditRecord(time=0.0, actor=None, action="created", kind="route", name="r"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("admin change by an unauthenticated client: user 'x' login_failed")
+    assert lines[1].startswith("admin change by anonymous (auth is off): route 'r' created")
