@@ -24,6 +24,7 @@ from collections import OrderedDict
 from typing import Any
 
 from isekai._core.policy import Answer
+from isekai.policies.identity import identify
 
 __all__ = ["Challenges", "TokenCache", "TokenReader", "Verdict", "field_count"]
 
@@ -265,3 +266,37 @@ class TokenCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class BearerAdmission:
+    """The accepting end shared by the bearer-token families (``jwt``,
+    ``oauth2_introspection``): a `Verdict` becomes a refusal (403 from `require`, or no
+    consumer when one is required) or an identified request, the token hidden if asked.
+    The class sets ``credential``; an instance has ``refused``, ``consumers``,
+    ``consumer_required``, ``no_consumer``, ``headers``, ``hide_credentials`` and ``reader``."""
+
+    credential = ""
+
+    def _admit(self, req: Any, verdict: Verdict, source: str | None) -> Any:
+        if verdict.refusal is not None:
+            self.refused += 1  # type: ignore[attr-defined]
+            return verdict.refusal
+        name = verdict.consumer_name
+        consumers = self.consumers  # type: ignore[attr-defined]
+        consumer = consumers.get(name) if name is not None else None
+        if consumer is None and self.consumer_required:  # type: ignore[attr-defined]
+            self.refused += 1  # type: ignore[attr-defined]
+            return self.no_consumer  # type: ignore[attr-defined]
+        identify(
+            req,
+            consumer,
+            credential=self.credential,
+            credential_id=verdict.kid,
+            claims=verdict.claims,
+            roles=verdict.roles,
+            scopes=verdict.scopes,
+            headers=self.headers,  # type: ignore[attr-defined]
+        )
+        if self.hide_credentials:  # type: ignore[attr-defined]
+            self.reader.hide(req, source)  # type: ignore[attr-defined]
+        return None

@@ -27,9 +27,14 @@ import weakref
 from typing import Any
 
 from isekai.policies.access import Requirement, claim_words
-from isekai.policies.bearer import Challenges, TokenCache, TokenReader, Verdict
+from isekai.policies.bearer import (
+    BearerAdmission,
+    Challenges,
+    TokenCache,
+    TokenReader,
+    Verdict,
+)
 from isekai.policies.environment import PolicyEnvironment
-from isekai.policies.identity import identify
 
 __all__ = ["IntrospectionPolicy", "build"]
 
@@ -39,9 +44,11 @@ MAX_ANSWER = 64 * 1024
 LOG_EVERY = 60.0
 
 
-class IntrospectionPolicy:
+class IntrospectionPolicy(BearerAdmission):
     """One ``oauth2_introspection`` policy. Counters: ``calls`` (introspection requests
     made), ``failures`` (endpoint unavailable), ``cache.hits``, ``refused``."""
+
+    credential = "oauth2_introspection"
 
     def __init__(self, config: Any, env: Any) -> None:
         self.env = env
@@ -117,27 +124,7 @@ class IntrospectionPolicy:
         if not isinstance(verdict, Verdict):
             self.refused += 1
             return verdict
-        if verdict.refusal is not None:
-            self.refused += 1
-            return verdict.refusal
-        name = verdict.consumer_name
-        consumer = self.consumers.get(name) if name is not None else None
-        if consumer is None and self.consumer_required:
-            self.refused += 1
-            return self.no_consumer
-        identify(
-            req,
-            consumer,
-            credential="oauth2_introspection",
-            credential_id=verdict.kid,
-            claims=verdict.claims,
-            roles=verdict.roles,
-            scopes=verdict.scopes,
-            headers=self.headers,
-        )
-        if self.hide_credentials:
-            self.reader.hide(req, source)
-        return None
+        return BearerAdmission._admit(self, req, verdict, source)
 
     async def _ask(self, token: str) -> Any:
         import aiohttp

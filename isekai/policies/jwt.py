@@ -32,9 +32,14 @@ import jwt as pyjwt
 
 from isekai.config.jwt_policy import JWT_ALGORITHMS
 from isekai.policies.access import Requirement, claim_words
-from isekai.policies.bearer import Challenges, TokenCache, TokenReader, Verdict
+from isekai.policies.bearer import (
+    BearerAdmission,
+    Challenges,
+    TokenCache,
+    TokenReader,
+    Verdict,
+)
 from isekai.policies.environment import PolicyEnvironment
-from isekai.policies.identity import identify
 from isekai.policies.jwks import (
     KeySet,
     VerifyKey,
@@ -80,9 +85,11 @@ def _reason(exc: Exception) -> str:
     return "malformed token"
 
 
-class JwtPolicy:
+class JwtPolicy(BearerAdmission):
     """One ``jwt`` policy (see the module's text). Counters: ``verified`` (signatures
     checked), ``cache.hits``, ``refused``."""
+
+    credential = "jwt"
 
     def __init__(self, config: Any, env: Any) -> None:
         self.env = env
@@ -210,29 +217,6 @@ class JwtPolicy:
             self.refused += 1
             return verdict
         return self._admit(req, verdict, source)
-
-    def _admit(self, req: Any, verdict: Verdict, source: str | None) -> Any:
-        if verdict.refusal is not None:
-            self.refused += 1
-            return verdict.refusal
-        name = verdict.consumer_name
-        consumer = self.consumers.get(name) if name is not None else None
-        if consumer is None and self.consumer_required:
-            self.refused += 1
-            return self.no_consumer
-        identify(
-            req,
-            consumer,
-            credential="jwt",
-            credential_id=verdict.kid,
-            claims=verdict.claims,
-            roles=verdict.roles,
-            scopes=verdict.scopes,
-            headers=self.headers,
-        )
-        if self.hide_credentials:
-            self.reader.hide(req, source)
-        return None
 
     # -- verification ------------------------------------------------------------------------
 
