@@ -4,8 +4,9 @@ A family's builder gets the worker's environment beside its config (``build(conf
 the consumer directory (`ConsumerDirectory`: the consumers of the running config, with the
 indexes the credential families keep over them), and connections that many policy instances
 share and that must live as long as the worker, not one instance: one HTTP client session
-(JWKS, OIDC discovery, token introspection) and one Redis client per URL (nonces, and later
-rate limits). Both are made on first use, on the worker's running loop, and closed with the
+(JWKS, OIDC discovery, token introspection) and one Redis client per URL (nonces, rate
+limits; every URL form of `isekai.config.redis_url`: one server, TLS, a Unix socket, Sentinel,
+Cluster). Both are made on first use, on the worker's running loop, and closed with the
 worker (`aclose`).
 """
 
@@ -21,6 +22,9 @@ from typing import Any
 __all__ = ["ConsumerDirectory", "PolicyEnvironment"]
 
 log = logging.getLogger("isekai.policies")
+
+REDIS_CONNECT_TIMEOUT = 2.0  # seconds to connect to a Redis (or a Sentinel, a cluster node)
+REDIS_SOCKET_TIMEOUT = 5.0  # seconds a Redis command may wait for its answer
 
 
 class ConsumerDirectory:
@@ -82,6 +86,7 @@ class PolicyEnvironment:
         self.stats_providers: dict[str, Callable[[], Any]] = {}
         self._http: Any = None
         self._redis: dict[str, Any] = {}
+        self._redis_owners: list[Any] = []  # what made a client and must be closed too
 
     def http(self) -> Any:
         """The worker's `aiohttp.ClientSession` (made on first use; call it on the loop)."""
@@ -94,13 +99,57 @@ class PolicyEnvironment:
         return self._http
 
     def redis(self, url: str) -> Any:
-        """One `redis.asyncio.Redis` client per URL for the worker (made on first use)."""
+        """The worker's Redis client for ``url`` (made on first use; call it on the loop).
+
+        Every form of `isekai.config.redis_url` is served: ``redis://``, ``rediss://`` and
+        ``unix://`` give a `redis.asyncio.Redis`; ``redis+sentinel://`` the master's client
+        (`redis.asyncio.sentinel.Sentinel.master_for`, which follows a failover);
+        ``redis+cluster://`` a `redis.asyncio.cluster.RedisCluster`. Connections retry once
+        (a pooled connection that died since its last use is replaced), connect within
+        `REDIS_CONNECT_TIMEOUT` seconds; callers bound each command with their own timeout.
+        """
         client = self._redis.get(url)
         if client is None:
-            import redis.asyncio as redis_asyncio
-
-            client = self._redis[url] = redis_asyncio.Redis.from_url(url)
+            client = self._redis[url] = self._make_redis(url)
         return client
+
+    def _make_redis(self, url: str) -> Any:
+        import redis.asyncio as redis_asyncio
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialWithJitterBackoff
+
+        from isekai.config.redis_url import parse_redis_url
+
+        retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 1)
+        try:
+            parsed = parse_redis_url(url)
+        except ValueError:
+            # a URL checked by an older, looser rule (the hmac nonce store's): redis-py's own
+            return redis_asyncio.Redis.from_url(url, retry=retry)
+        common: dict[str, Any] = {
+            "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+            "socket_timeout": REDIS_SOCKET_TIMEOUT,
+        }
+        if parsed.username is not None:
+            common["username"] = parsed.username
+        if parsed.password is not None:
+            common["password"] = parsed.password
+        if parsed.scheme == "redis+cluster":
+            from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+            nodes = [ClusterNode(host, port) for host, port in parsed.hosts]
+            return RedisCluster(startup_nodes=nodes, retry=retry, **common)
+        if parsed.scheme == "redis+sentinel":
+            from redis.asyncio.sentinel import Sentinel
+
+            sentinel_kwargs = {k: v for k, v in common.items() if k.startswith("socket_")}
+            sentinel = Sentinel(
+                list(parsed.hosts), sentinel_kwargs=sentinel_kwargs, retry=retry, **common
+            )
+            self._redis_owners.append(sentinel)
+            assert parsed.service is not None
+            return sentinel.master_for(parsed.service, db=parsed.db)
+        return redis_asyncio.Redis.from_url(url, retry=retry, **common)
 
     async def aclose(self) -> None:
         """Close what was opened (the worker is stopping)."""
@@ -108,7 +157,8 @@ class PolicyEnvironment:
             with contextlib.suppress(Exception):
                 await self._http.close()
             self._http = None
-        for client in self._redis.values():
+        for client in (*self._redis.values(), *self._redis_owners):
             with contextlib.suppress(Exception):
                 await client.aclose()
         self._redis.clear()
+        self._redis_owners.clear()
