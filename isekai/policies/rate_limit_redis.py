@@ -16,7 +16,8 @@ doubles as Python and gives the same decisions bit for bit.
 
 - The clock is the Redis server's ``TIME``, read inside the script, so every host agrees on it
   (a host's own clock drift does not matter); a test passes ``now`` instead (a fake clock).
-  Redis 7 replicates a script by its effects, so reading ``TIME`` in a writing script is fine.
+  Redis 5 and later replicate a script by its effects, so reading ``TIME`` in a writing script
+  is fine (the script asks older servers for that with ``redis.replicate_commands()``).
 - The state of a key is one hash, ``PREFIX{KEY}`` (the whole key is a hash tag, so in a
   cluster the state of one key lives in one slot; a prefix should not contain ``{``): the
   algorithm ``g`` and up to three numbers ``a b c`` (tokens and stamp; TAT; window index,
@@ -84,6 +85,8 @@ local burst = tonumber(ARGV[5])
 local cost = tonumber(ARGV[6])
 local now
 if ARGV[7] == '' then
+  -- Redis < 5 replicates a script verbatim unless told to replicate its effects
+  if redis.replicate_commands then redis.replicate_commands() end
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 else

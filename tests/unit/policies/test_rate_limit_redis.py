@@ -356,6 +356,50 @@ def test_redis_limiter_backs_off_and_recovers_when_redis_dies(server, caplog):
     ]
 
 
+def test_redis_limiter_lets_one_probe_through_after_a_backoff(server):
+    clock = FakeClock()
+
+    async def run():
+        env = PolicyEnvironment()
+        limit = limiter(env, server.url, clock=clock)
+        take = functools.partial(limit.take, b"k", TOKEN_BUCKET, 10, 1.0, 10, 1)
+        assert await take() is not None
+        server.stop()
+        try:
+            assert await take() is None
+            with Listener(server.port) as listener:
+                clock.now += BACKOFF_FIRST
+                decisions = await asyncio.gather(*(take() for _ in range(20)))
+                accepted = listener.accepted
+        finally:
+            server.start()
+        await env.aclose()
+        return decisions, accepted, limit.errors
+
+    decisions, accepted, errors = asyncio.run(run())
+    assert decisions == [None] * 20
+    assert accepted >= 1
+    assert errors == 2  # the first failure and the one probe, not 20 attempts
+
+
+def test_redis_limiter_survives_a_restart_it_did_not_see(server):
+    async def run():
+        env = PolicyEnvironment()
+        limit = limiter(env, server.url)
+        take = functools.partial(limit.take, b"k", FIXED_WINDOW, 5, 60.0, 5, 1, now=60.0)
+        first = await take()
+        server.stop()  # no decision while it is down: the pooled connection is stale
+        server.start()
+        second = await take()  # redis-py replaces the dead connection inside the decision
+        await env.aclose()
+        return first, second, limit.errors
+
+    first, second, errors = asyncio.run(run())
+    assert first == (True, 5.0, 4.0, 60.0, 0.0)
+    assert second == (True, 5.0, 4.0, 60.0, 0.0)  # a new server: the state was lost with it
+    assert errors == 0
+
+
 def test_redis_limiter_counts_a_hung_redis_as_a_failure(tmp_path):
     with RedisServer() as hung:
         hung.stop()
