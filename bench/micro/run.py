@@ -6,6 +6,8 @@
 router        Router.match ns/op on 10 and 10,000 routes (bench_router.py)
 parse         DownstreamProtocol: head parse + route + direct response, ns/request (bench_parse.py)
 ip set        IpSet lookups, 10 and 10,000 networks, ns/lookup (bench_iptrie.py)
+rate limit    LimitTable take (cdef, C loop): 1 hot key and 100,000 keys, private table and
+              shared mmap, ns/take (bench_ratelimit.py)
 balancers     each balancer's pick with 3, 10 and 100 targets, ns/pick (bench_balancers.py)
 policies      the same request as parse with each hot policy family on the route (bench_families.py)
 instructions  callgrind instructions per proxied request: direct, nginx, HAProxy, Isekai, and
@@ -27,6 +29,7 @@ import bench_balancers  # noqa: E402
 import bench_families  # noqa: E402
 import bench_iptrie  # noqa: E402
 import bench_parse  # noqa: E402
+import bench_ratelimit  # noqa: E402
 import bench_router  # noqa: E402
 
 
@@ -51,6 +54,11 @@ def main(argv=None) -> int:
     for size, case, ns in bench_iptrie.results():
         if "C loop" in case:
             rows.append(("IpSet lookup", f"{size}: {case}", f"{ns:,.0f} ns"))
+
+    print("rate limit ...", flush=True)
+    for kind, case, ns in bench_ratelimit.results():
+        if "C loop" in case:
+            rows.append(("rate limit take", f"{kind}: {case}", f"{ns:,.0f} ns"))
 
     print("balancers ...", flush=True)
     for name, size, median, _best in bench_balancers.results():
