@@ -121,7 +121,7 @@ def _rate_limit(values: dict[str, Any], where: Where) -> None:
     if backend != "redis" and url is not None:
         raise where.error("redis_url", "redis_url is set but backend is local: say backend: redis")
     if not _PREFIX.fullmatch(values.get("key_prefix", "")):
-        message = "key_prefix: at most 64 printable ASCII characters, no spaces or braces"
+        message = "at most 64 printable ASCII characters, no spaces or braces"
         raise _error(where, "key_prefix", message)
     if url is not None:
         try:
