@@ -12,7 +12,7 @@ from setuptools import Extension, setup
 TRACE = os.environ.get("ISEKAI_CYTHON_TRACE") == "1"
 ANNOTATE = os.environ.get("ISEKAI_CYTHON_ANNOTATE") == "1"
 
-CORE_MODULES = ["router", "counters", "http", "tunnel", "upstream", "target", "balancer", "cluster", "policy", "tracecontext", "protocol", "iptrie", "families", "ratelimit"]
+CORE_MODULES = ["router", "counters", "http", "tunnel", "upstream", "target", "balancer", "cluster", "policy", "tracecontext", "protocol", "iptrie", "families", "ratelimit", "ratelimit_policy"]
 
 macros = [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")] if TRACE else []
 extensions = [

@@ -211,6 +211,22 @@ class StatsClient:
             version=__version__,
         )
 
+    async def probe(self, query: dict) -> dict | None:
+        """Ask one worker about live state (``query["what"]``: ``rate_limit``); its answer,
+        or None when no worker answered in time."""
+        self._next += 1
+        key = self._next
+        future = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            send_message(self.writer, {"type": "probe", "id": key, "query": query})
+            await self.writer.drain()
+            reply = await asyncio.wait_for(future, STATS_TIMEOUT)
+        finally:
+            self._pending.pop(key, None)
+        data = reply.get("data")
+        return data if isinstance(data, dict) else None
+
     def answer(self, message: dict) -> None:
         future = self._pending.get(message.get("id"))
         if future is not None and not future.done():
@@ -246,6 +262,7 @@ async def _admin_main(config: Config, control: socket.socket) -> int:
         workers=lambda: plane.config.workers,
         config_version=lambda: applied[0],
         gather=stats.gather,
+        probe=stats.probe,
     )
 
     async def apply(new: Config, changes: list[Change] | None) -> None:
@@ -286,7 +303,7 @@ async def _admin_main(config: Config, control: socket.socket) -> int:
                 log.warning("the master is gone: shutting down")
                 break
             message = json.loads(line)
-            if message.get("type") == "stats":
+            if message.get("type") in ("stats", "probe"):
                 stats.answer(message)
             elif message.get("type") == "reload":
                 try:

@@ -43,6 +43,7 @@ import selectors
 import signal
 import socket
 import time
+from typing import Any
 
 from isekai.config.changes import apply_changes
 from isekai.config.reload import (
@@ -55,6 +56,7 @@ from isekai.config.schema import Config
 from isekai.control import run_admin_process
 from isekai.errors import ConfigError
 from isekai.process.channel import decode_changes, encode_message
+from isekai.process.shared_memory import reserve as reserve_shared
 from isekai.process.sockets import bind_sockets, format_address, raise_fd_limit
 from isekai.worker import run_worker
 
@@ -161,15 +163,19 @@ class Master:
         self.restarts = 0  # workers replaced after they died
         self.reloads = {"ok": 0, "failed": 0}  # SIGHUP reloads decided here
         self._gathers: dict[int, _Gather] = {}
+        self._probes: dict[int, object] = {}  # a probe sent to a worker -> the admin's id
         self._gather_seq = 0
         self.checker: int | None = None  # pid of the worker running the active health checks
         self.verdicts: dict[tuple[str, str], bool] = {}  # (upstream, target) -> False (unhealthy)
+        self.shared_memory: Any = None  # the workers' shared region (rate limits), from `run`
 
     # -- main loop ---------------------------------------------------------------------------
 
     def run(self) -> int:
         """Reserve the listeners, fork the workers, supervise until stopped; the exit code."""
         raise_fd_limit(self.config)
+        # before any fork: every worker, a restarted one too, shares this region
+        self.shared_memory = reserve_shared(self.config.limits.rate_limit_memory)
         try:
             self._reserve()
         except OSError as exc:
@@ -347,7 +353,9 @@ class Master:
             if admin:
                 code = run_admin_process(self.config, control)
             else:
-                code = run_worker(self.config, self.ports, control, self.version)
+                code = run_worker(
+                    self.config, self.ports, control, self.version, self.shared_memory
+                )
         except BaseException:
             log.exception("worker %d failed", os.getpid())
         finally:
@@ -386,6 +394,8 @@ class Master:
             return
         if kind == "stats":
             self._on_stats(handle, message)
+        elif kind == "probe":
+            self._on_probe(message)
         elif kind == "health":
             self._on_health(handle, message)
         elif kind == "ready":
@@ -470,6 +480,26 @@ class Master:
         if not gather.waiting:
             self._finish_gather(key)
 
+    def _start_probe(self, message: dict) -> None:
+        """The admin process asks about live state: one ready worker answers (the state asked
+        about is the host's: shared memory or Redis); no ready worker, no answer."""
+        ready = [handle for handle in self.workers.values() if handle.ready]
+        if not ready:
+            self._on_probe({"id": None, "data": None}, message.get("id"))
+            return
+        self._gather_seq += 1
+        key = self._gather_seq
+        self._probes[key] = message.get("id")
+        self._send(ready[0], {"type": "probe", "id": key, "query": message.get("query")})
+
+    def _on_probe(self, message: dict, request_id: object = None) -> None:
+        if message.get("id") is not None:
+            if message.get("id") not in self._probes:
+                return
+            request_id = self._probes.pop(message["id"])
+        if self.admin is not None:
+            self._send(self.admin, {"type": "probe", "id": request_id, "data": message.get("data")})
+
     def _finish_gather(self, key: int) -> None:
         gather = self._gathers.pop(key)
         if gather.waiting:
@@ -501,6 +531,9 @@ class Master:
             return
         if kind == "stats":
             self._start_gather(message.get("id"))
+            return
+        if kind == "probe":
+            self._start_probe(message)
             return
         if kind not in ("ready", "apply") or ("changes" not in message and "config" not in message):
             return  # (a metrics-only process says "ready" with no config)

@@ -192,6 +192,7 @@ def worker_status(worker: Worker, gather: Callable[[], Awaitable[Gathered]]) -> 
         workers=lambda: 1,
         config_version=lambda: worker.snapshot.version,
         gather=gather,
+        probe=worker.probe,
     )
 
 

@@ -45,6 +45,7 @@ from isekai.observability.request_log_feed import LogFeed
 from isekai.observability.tracing import open_tracer
 from isekai.policies.environment import PolicyEnvironment
 from isekai.policies.metrics import REGISTRY
+from isekai.policies.rate_limit import key_state
 from isekai.process.channel import decode_changes, encode_stats, open_channel, send_message
 from isekai.process.signals import Signals
 from isekai.process.sockets import BACKLOG, bind_sockets
@@ -67,13 +68,21 @@ class Worker:
     """Serves every listener of one config on the running loop."""
 
     def __init__(
-        self, config: Config, loop: asyncio.AbstractEventLoop, *, version: int = 1
+        self,
+        config: Config,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        version: int = 1,
+        shared_memory: Any = None,
     ) -> None:
         self.loop = loop
         self.counters = Counters()
         self.registry = ClusterRegistry(loop, self.counters)
-        # what policy instances share in this worker (consumers, HTTP and Redis clients)
-        self.policy_env = PolicyEnvironment(loop, workers=config.workers)
+        # what policy instances share in this worker (consumers, HTTP and Redis clients, the
+        # rate-limit table over the host's `shared_memory` when the master made one)
+        self.policy_env = PolicyEnvironment(
+            loop, workers=config.workers, shared_memory=shared_memory
+        )
         # requests per resolved consumer, on routes with a credential policy
         self.consumer_tally = ConsumerTally(self.policy_env.consumers)
         self.policies = PolicySet(
@@ -305,6 +314,13 @@ class Worker:
 
     # -- statistics --------------------------------------------------------------------------
 
+    async def probe(self, query: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Live state the admin API asks about: ``{"what": "rate_limit", "policy", "tier",
+        "key": [values]}`` -> that key's state (`isekai.policies.rate_limit.key_state`)."""
+        if query.get("what") == "rate_limit":
+            return await key_state(self.policy_env.rate_limits, query)
+        return None
+
     def stats(self) -> dict[str, Any]:
         """This worker's numbers, JSON-compatible: what `isekai.observability.metrics` sums
         over the workers for ``/metrics`` and the status endpoints."""
@@ -415,6 +431,16 @@ def _report_health(writer: asyncio.StreamWriter, upstream: str, target: str, hea
         )
 
 
+async def _answer_probe(worker: Worker, message: dict, writer: asyncio.StreamWriter) -> None:
+    try:
+        data = await worker.probe(message.get("query") or {})
+    except Exception:
+        log.exception("probe %r failed", message.get("query"))
+        data = None
+    if not writer.is_closing():
+        send_message(writer, {"type": "probe", "id": message.get("id"), "data": data})
+
+
 async def _follow_master(
     worker: Worker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, signals: Signals
 ) -> None:
@@ -431,6 +457,8 @@ async def _follow_master(
             elif kind == "stats":  # the master gathers every worker's numbers for a scrape
                 data = encode_stats(worker.stats())
                 send_message(writer, {"type": "stats", "id": message.get("id"), "data": data})
+            elif kind == "probe":  # the admin API asks about live state (rate limit keys)
+                asyncio.ensure_future(_answer_probe(worker, message, writer))
             elif kind == "health":  # a verdict of the elected worker's checks, relayed
                 worker.registry.set_health(
                     message["upstream"], message["target"], bool(message["healthy"])
@@ -452,11 +480,15 @@ async def _follow_master(
 
 
 async def _serve_worker(
-    config: Config, ports: Mapping[str, int], control: socket.socket, version: int
+    config: Config,
+    ports: Mapping[str, int],
+    control: socket.socket,
+    version: int,
+    shared_memory: Any,
 ) -> int:
     loop = asyncio.get_running_loop()
     signals = Signals(loop, reload=None)
-    worker = Worker(config, loop, version=version)
+    worker = Worker(config, loop, version=version, shared_memory=shared_memory)
     try:
         await worker.start(ports)
     except OSError as exc:
@@ -497,11 +529,16 @@ async def _log_feed(worker: Worker, config: Config, signals: Signals) -> LogFeed
 
 
 def run_worker(
-    config: Config, ports: Mapping[str, int], control: socket.socket, version: int = 1
+    config: Config,
+    ports: Mapping[str, int],
+    control: socket.socket,
+    version: int = 1,
+    shared_memory: Any = None,
 ) -> int:
     """Serve as one of the master's workers until stopped; return the exit code.
 
     ``ports`` are the listener ports the master resolved; ``control`` is this worker's end
-    of the master's control socket (newline-delimited JSON; EOF means the master is gone).
+    of the master's control socket (newline-delimited JSON; EOF means the master is gone);
+    ``shared_memory`` the region the master shares with every worker (rate limits).
     """
-    return uvloop.run(_serve_worker(config, ports, control, version))
+    return uvloop.run(_serve_worker(config, ports, control, version, shared_memory))

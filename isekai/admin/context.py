@@ -43,17 +43,23 @@ async def _nothing_gathered() -> Gathered:
     return Gathered(workers=[], expected=0)
 
 
+async def _no_probe(query: dict) -> dict | None:
+    return None
+
+
 @dataclass(slots=True)
 class StatusProviders:
     """Callables the status endpoints read; each is called once per request, on the loop.
 
     ``config_version`` is the version of the snapshot the workers run. ``gather()`` returns
-    every worker's live statistics (`Gathered`).
+    every worker's live statistics (`Gathered`); ``probe(query)`` asks one worker about live
+    state (`isekai.worker.Worker.probe`), None when none answered.
     """
 
     workers: Callable[[], int] = lambda: 1
     config_version: Callable[[], int] = lambda: 1
     gather: Callable[[], Awaitable[Gathered]] = _nothing_gathered
+    probe: Callable[[dict], Awaitable[dict | None]] = _no_probe
 
 
 @dataclass(eq=False)

@@ -28,6 +28,7 @@ from isekai.admin import (
     oauth,
     oauth_clients,
     observe,
+    rate_limits,
     schemas,
     status,
 )
@@ -863,6 +864,90 @@ OPERATIONS: list[Operation] = [
         parameters=_AUDIT_PARAMETERS,
     ),
 ]
+
+
+# -- rate limits (GET /api/rate-limits) ---------------------------------------------------------
+
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_RATE_LIMIT_POLICY = {
+    "type": "object",
+    "required": ["name", "algorithm", "key", "backend", "used_by"],
+    "properties": {
+        "name": {"type": "string", "description": "Its key under `policies`, or where inline."},
+        "algorithm": {"type": "string"},
+        "rate": {**_NULLABLE_STRING, "description": "Like `100/s`; null: only tiers limit."},
+        "burst": {"type": ["integer", "null"]},
+        "key": {"type": "array", "items": {"type": "string"}},
+        "cost": _INT,
+        "tiers": {"type": "object", "additionalProperties": {"type": "object"}},
+        "backend": {"type": "string", "enum": ["local", "redis"]},
+        "redis_url": {**_NULLABLE_STRING, "description": "Without its password."},
+        "on_backend_error": {"type": "string", "enum": ["allow", "deny"]},
+        "headers": {"type": "boolean"},
+        "legacy_headers": {"type": "boolean"},
+        "used_by": {"type": "array", "items": {"type": "string"}},
+    },
+}
+_RATE_LIMITS = {
+    "type": "object",
+    "description": "Without `policy`: `policies`, every rate_limit of the running config. With "
+    "`policy` and `key`: that `policy` and the key's `state`.",
+    "properties": {
+        "policies": {"type": "array", "items": _RATE_LIMIT_POLICY},
+        "policy": _RATE_LIMIT_POLICY,
+        "state": {
+            "type": "object",
+            "description": "What a request with this key would meet now (nothing is taken).",
+            "properties": {
+                "backend": {"type": "string"},
+                "tier": {"type": "string"},
+                "key": {"type": "array", "items": {"type": "string"}},
+                "allowed": {"type": "boolean", "description": "A request of cost 0 passes."},
+                "limit": {"type": "number"},
+                "remaining": {"type": "number"},
+                "reset": {"type": "number", "description": "Seconds until whole again."},
+                "retry_after": {"type": "number"},
+            },
+        },
+    },
+}
+_RATE_LIMIT_PARAMETERS = (
+    {
+        "name": "policy",
+        "in": "query",
+        "description": "The rate_limit policy whose key to look up.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+    },
+    {
+        "name": "key",
+        "in": "query",
+        "description": "The key's values, one parameter per part of the policy's `key` in "
+        "order (or one client address).",
+        "schema": {"type": "array", "items": {"type": "string", "maxLength": 1024}},
+        "style": "form",
+        "explode": True,
+    },
+    {
+        "name": "tier",
+        "in": "query",
+        "description": "The consumer tier whose limit to look at (default: the policy's rate).",
+        "schema": {"type": "string", "maxLength": 64},
+    },
+)
+OPERATIONS.append(
+    Operation(
+        "GET",
+        "/api/rate-limits",
+        rate_limits.rate_limits,
+        Permission.READ,
+        "rateLimits",
+        "Configured rate limits, and the live state of one key",
+        "status",
+        data=_RATE_LIMITS,
+        errors=(400, *_READ, 404, 409, 503),
+        parameters=_RATE_LIMIT_PARAMETERS,
+    )
+)
 
 
 # -- the document ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ MAX_BODY_SIZE = 10 * MiB
 KEEPALIVE_TIMEOUT = 75.0
 MAX_REQUESTS_PER_CONNECTION = 10_000
 MAX_CONNECTIONS = 10_000  # client connections per worker
+RATE_LIMIT_MEMORY = 4 * 1024 * 1024  # the host's local rate-limit table (shared by the workers)
 WEBSOCKET_IDLE_TIMEOUT = 300.0  # an upgraded tunnel with no traffic either way is closed
 
 # upstreams:

@@ -65,7 +65,10 @@ def kind_schema(setting: Setting, ref: Ref, *, env: bool = False) -> dict[str, A
             number["maximum"] = setting.maximum
         schema = _positive(number, units.DURATION_PATTERN, setting.minimum)
     elif kind == "size":
-        schema = _positive({"type": "integer"}, units.SIZE_PATTERN, setting.minimum)
+        whole: dict[str, Any] = {"type": "integer"}
+        if setting.minimum:
+            whole["minimum"] = int(setting.minimum)
+        schema = _positive(whole, units.SIZE_PATTERN, setting.minimum)
     elif kind == "rate":
         rate = [{"pattern": units.RATE_PATTERN}, {"pattern": units.NONZERO_PATTERN}]
         schema = {"type": "string", "allOf": rate}
@@ -188,6 +191,8 @@ def kind_schema(setting: Setting, ref: Ref, *, env: bool = False) -> dict[str, A
             schema["minItems"] = 1
         if setting.unique:
             schema["uniqueItems"] = True
+        if setting.single:
+            return {"anyOf": [element, schema]}
         return schema
     else:  # pragma: no cover - meta.KINDS is checked when a setting is made
         raise ValueError(f"no JSON Schema for kind {kind!r}")

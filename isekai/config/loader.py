@@ -268,7 +268,9 @@ class _Builder(Reader):
             "string": lambda s, n, p: self.string(n, p, s.what or "a string"),
             "name": lambda s, n, p: self.name(n, p, s.what or "item"),
             "ref": lambda s, n, p: self.string(n, p, s.what or "a name"),
-            "rate": lambda s, n, p: self.check(n, p, units.parse_rate, self.string(n, p, "a rate")),
+            "rate": lambda s, n, p: self.check(
+                n, p, units.parse_rate_spec, self.string(n, p, "a rate like 100/s")
+            ),
             "cidr": lambda s, n, p: self.parsed(units.parse_cidr, s, n, p),
             "host_pattern": lambda s, n, p: self.parsed(units.parse_host_pattern, s, n, p),
             "path_pattern": lambda s, n, p: self.checked(units.parse_path_pattern, s, n, p),
@@ -366,7 +368,14 @@ class _Builder(Reader):
 
     def size_value(self, setting: Setting, node: Node, path: str) -> int:
         if setting.minimum != 0:
-            return self.size(node, path)
+            size = self.size(node, path)
+            if setting.minimum is not None and size < setting.minimum:
+                message = f"must be at least {int(setting.minimum)} bytes, got {size}"
+                raise self.error(node, path, message)
+            if setting.maximum is not None and size > setting.maximum:
+                message = f"must be at most {int(setting.maximum)} bytes, got {size}"
+                raise self.error(node, path, message)
+            return size
         value, _ = self.scalar(node, path, "a size like 512, 8KiB or 1MiB")
         return self.check(node, path, units.parse_size, value)
 
@@ -531,6 +540,8 @@ class _Builder(Reader):
         return spec
 
     def list_value(self, setting: Setting, node: Node, path: str) -> tuple[Any, ...]:
+        if setting.single and isinstance(node, ScalarNode):
+            node = SequenceNode(SEQ_TAG, [node], node.start_mark, node.end_mark)
         items = self.sequence(node, path, setting.what or "a list")
         if not items and setting.empty:
             raise self.error(node, path, setting.empty)

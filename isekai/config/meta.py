@@ -92,6 +92,7 @@ class Setting:
     inline: bool = False  # JSON Schema: the nested class written in place, not as a $ref
     key_field: str | None = None  # map: the class field the mapping key fills
     index_field: str | None = None  # list: the class field the position fills
+    single: bool = False  # list: one item may be written alone, without brackets
     yaml: bool = True  # False: derived (host/port from bind), not a key of its own
     nullable: bool = False  # null is a value, not "absent" (respond.json)
     required: bool = False

@@ -37,6 +37,7 @@ from isekai.config.introspection_policy import IntrospectionConfig
 from isekai.config.jwt_policy import JwtConfig
 from isekai.config.meta import item, setting
 from isekai.config.metrics_policy import MetricsConfig
+from isekai.config.rate_limit_policy import RateLimitConfig
 from isekai.config.rules import Where
 from isekai.config.security_headers_policy import SecurityHeadersConfig
 from isekai.errors import ConfigError
@@ -56,6 +57,7 @@ __all__ = [
     "IpFilterConfig",
     "MetricsConfig",
     "PolicySpec",
+    "RateLimitConfig",
     "config_class",
     "families_version",
     "family_classes",
@@ -82,7 +84,8 @@ class PolicySpec:
     type: str = setting(
         "string",
         "The policy family: `headers`, `cors`, `ip_filter`, `fault`, `metrics`, `geo_filter`, "
-        "`security_headers`, `jwt`, `oauth2_introspection`, `api_key`, `hmac`, or a plugin's.",
+        "`security_headers`, `jwt`, `oauth2_introspection`, `api_key`, `hmac`, `rate_limit`, or a "
+        "plugin's.",
         what="a policy type",
     )
     options: Any = setting("json", "The family's settings.", yaml=False)
@@ -406,6 +409,7 @@ _BUILTIN: dict[str, type] = {
         MetricsConfig,
         SecurityHeadersConfig,
         ApiKeyConfig,
+        RateLimitConfig,
     )
 }
 _TYPE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")

@@ -71,6 +71,7 @@ _BLOCK = re.compile(r"(<!-- generated:reference:(\w+) -->\n)(.*?)(<!-- /generate
 _PLAIN_TYPES = {
     "duration": "duration",
     "size": "size",
+    "rate": "rate (`100/s`, `10/m`, `30/10s`)",
     "bool": "`true`/`false`",
     "name": "name",
     "cidr": "CIDR",
@@ -119,6 +120,8 @@ def type_of(setting: Setting) -> str:
         if element.kind == "policy":
             return "list of policy names or inline [policies](#policies)"
         inner = _link(element.cls) if element.kind == "object" else type_of(element)
+        if kind == "list" and setting.single:
+            return f"{inner}, or a list of them"
         return f"list of {inner}" if kind == "list" else f"mapping name → {inner}"
     if kind == "int":
         schema = setting.schema or {}

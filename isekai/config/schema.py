@@ -102,6 +102,13 @@ class Limits:
         "An upgraded (WebSocket) tunnel idle both ways is closed.",
         default=defaults.WEBSOCKET_IDLE_TIMEOUT,
     )
+    rate_limit_memory: int = setting(
+        "size",
+        "Memory of the local rate-limit table, shared by the host's workers (~72 bytes per "
+        "key; idle keys are evicted first, then the least recently used). Read at start.",
+        default=defaults.RATE_LIMIT_MEMORY,
+        minimum=65536,
+    )
 
 
 @dataclass(frozen=True, slots=True)

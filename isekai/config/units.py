@@ -49,7 +49,9 @@ __all__ = [
     "parse_host_pattern",
     "parse_method",
     "parse_path_pattern",
+    "Rate",
     "parse_rate",
+    "parse_rate_spec",
     "parse_size",
     "parse_strip_prefix",
 ]
@@ -189,8 +191,28 @@ def parse_size(value: object) -> int:
     return int(total)
 
 
+class Rate(NamedTuple):
+    """A rate as written: ``count`` events per ``period`` seconds (``100/s`` -> 100, 1.0)."""
+
+    count: float
+    period: float
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.period
+
+    def __str__(self) -> str:
+        unit = {1.0: "s", 60.0: "m", 3600.0: "h", 86400.0: "d"}.get(self.period)
+        return f"{self.count:g}/{unit or f'{self.period:g}s'}"
+
+
 def parse_rate(value: object) -> float:
-    """Parse ``100/s``, ``10/m``, ``5000/h`` or ``30/10s`` into float events per second.
+    """Parse ``100/s``, ``10/m``, ``5000/h`` or ``30/10s`` into float events per second."""
+    return parse_rate_spec(value).per_second
+
+
+def parse_rate_spec(value: object) -> Rate:
+    """Parse ``100/s``, ``10/m``, ``5000/h`` or ``30/10s`` into a `Rate` (count, period).
 
     The part after ``/`` is a unit (ms, s, m, h, d) or any duration. Raises ``ValueError``
     for plain numbers (the period must be explicit), zero or negative rates and bad periods.
@@ -218,7 +240,7 @@ def parse_rate(value: object) -> float:
         raise ValueError(f"rate {value!r} must be positive")
     if period <= 0:
         raise ValueError(f"rate {value!r} has a zero period")
-    return count / period
+    return Rate(count, period)
 
 
 # -- addresses --------------------------------------------------------------------------------

@@ -317,6 +317,8 @@ class Totals:
     api_key_refusals: dict[str, int] = field(default_factory=dict)  # reason -> count
     # (consumer, route, status_class) -> requests (`consumer_metrics`)
     consumers: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    # (policy, tier, key class, decision) -> count: the rate_limit policies' decisions
+    rate_limits: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
     targets: dict[tuple[str, str], TargetState] = field(default_factory=dict)
     clusters: dict[str, ClusterState] = field(default_factory=dict)
     checks: dict[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
@@ -396,6 +398,10 @@ def sum_workers(workers: Iterable[Mapping[str, Any]]) -> Totals:
             if len(row) == 4 and all(isinstance(text, str) for text in row[:3]):
                 key = (row[0], row[1], row[2])
                 totals.consumers[key] = totals.consumers.get(key, 0) + int(row[3])
+        for row in extra.get("rate_limits", ()):
+            if len(row) == 5 and all(isinstance(text, str) for text in row[:4]):
+                key4 = (row[0], row[1], row[2], row[3])
+                totals.rate_limits[key4] = totals.rate_limits.get(key4, 0) + int(row[4])
     if customs:
         totals.custom = custom_metrics.merge(customs)
     totals.checks = newest_checks(workers)
@@ -918,6 +924,27 @@ def _write_consumers(out: _Text, totals: Totals) -> None:
         out.sample("isekai_consumer_requests_total", labels, count)
 
 
+def _write_rate_limits(out: _Text, totals: Totals, limit: int) -> None:
+    # labels bounded by the config: policy names (capped), tiers and key classes it lists
+    if not totals.rate_limits:
+        return
+    names = _capped({row[0] for row in totals.rate_limits}, limit)
+    merged: dict[tuple[str, str, str, str], int] = {}
+    for (policy, tier, key, decision), count in totals.rate_limits.items():
+        row = (names[policy], tier, key, decision)
+        merged[row] = merged.get(row, 0) + count
+    out.family(
+        "isekai_rate_limit_decisions",
+        "counter",
+        "Decisions of rate_limit policies by policy, tier, key class (the configured key, or "
+        "client_ip when a part was missing) and decision (allowed, limited, error_allowed, "
+        "error_denied: the backend failed and on_backend_error settled it)",
+    )
+    for (policy, tier, key, decision), count in sorted(merged.items()):
+        labels = _labels(policy=policy, tier=tier, key=key, decision=decision)
+        out.sample("isekai_rate_limit_decisions_total", labels, count)
+
+
 class _Families:
     """A one-scrape prometheus-client collector over ready-made families."""
 
@@ -949,6 +976,7 @@ def render(gathered: Gathered, max_label_values: int) -> bytes:
     _write_api_keys(out, totals)
     _write_logs(out, totals)
     _write_consumers(out, totals)
+    _write_rate_limits(out, totals, max_label_values)
     if totals.custom:
         _write_custom(out, totals.custom)
     return out.body()

@@ -24,6 +24,7 @@ from isekai.policies import (
     ip_filter,
     jwt,
     metrics,
+    rate_limit,
     security_headers,
 )
 
@@ -40,6 +41,7 @@ BUILDERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
         "oauth2_introspection": introspection.build,
         "api_key": api_key.build,
         "hmac": hmac.build,
+        "rate_limit": rate_limit.build,
     }
 )
 

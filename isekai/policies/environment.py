@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+from isekai.policies.rate_limit import RateLimitTally
+
 __all__ = ["ConsumerDirectory", "PolicyEnvironment"]
 
 log = logging.getLogger("isekai.policies")
@@ -73,7 +75,12 @@ class ConsumerDirectory:
 class PolicyEnvironment:
     """Shared by every policy instance of one worker (see the module's text)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None, workers: int = 1) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop | None = None,
+        workers: int = 1,
+        shared_memory: Any = None,
+    ) -> None:
         self.loop = loop
         # how many workers serve the config (a family keeping state per worker may warn)
         self.workers = workers
@@ -87,6 +94,13 @@ class PolicyEnvironment:
         self._http: Any = None
         self._redis: dict[str, Any] = {}
         self._redis_owners: list[Any] = []  # what made a client and must be closed too
+        # the rate-limit table: over `shared_memory` (a mapping the master made before forking
+        # the workers, so every worker of the host counts in it) or, without one, private
+        self.shared_memory = shared_memory
+        self._rate_table: Any = None
+        # the decisions of the rate_limit instances (isekai.policies.rate_limit), for /metrics
+        self.rate_limits = RateLimitTally()
+        self.stats_providers["rate_limits"] = self.rate_limits.rows
 
     def http(self) -> Any:
         """The worker's `aiohttp.ClientSession` (made on first use; call it on the loop)."""
@@ -97,6 +111,22 @@ class PolicyEnvironment:
                 timeout=aiohttp.ClientTimeout(total=10), raise_for_status=False
             )
         return self._http
+
+    def rate_table(self) -> Any:
+        """The worker's `isekai._core.ratelimit.LimitTable` (made on first use)."""
+        if self._rate_table is None:
+            from isekai._core.ratelimit import LimitTable
+
+            region = self.shared_memory
+            if region is None:
+                self._rate_table = LimitTable()
+            else:  # as many whole buckets of slots as the region holds
+                bucket = LimitTable.bytes_for(16) - LimitTable.bytes_for(8)
+                header = LimitTable.bytes_for(8) - bucket
+                slots = max(1, (len(region) - header) // bucket) * 8
+                view = memoryview(region)[: LimitTable.bytes_for(slots)]
+                self._rate_table = LimitTable(view, slots)
+        return self._rate_table
 
     def redis(self, url: str) -> Any:
         """The worker's Redis client for ``url`` (made on first use; call it on the loop).

@@ -1,0 +1,113 @@
+"""``GET /api/rate-limits``: the configured rate limits, and the live state of one key.
+
+Without parameters: every ``rate_limit`` policy of the running config (named ones and those
+written inline on routes and listeners), its settings and the routes and listeners using it.
+With ``policy`` and ``key`` (one ``key`` parameter per key part, in the order of the policy's
+``key``; or one client address), and optionally ``tier``: that key's state as a worker sees it
+(the table the host's workers share, or Redis), without taking anything from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from aiohttp import web
+
+from isekai.admin.context import CTX, AdminContext
+from isekai.admin.http import ApiError, ok
+from isekai.config.policies import PolicySpec
+from isekai.config.redis_url import describe_redis_url
+from isekai.config.schema import Config
+
+__all__ = ["MAX_KEY_VALUES", "rate_limits"]
+
+MAX_KEY_VALUES = 16  # key parameters accepted (a key has at most as many parts as listed)
+MAX_VALUE = 1024  # characters of one key value
+
+
+def _specs(config: Config) -> Iterator[tuple[str, PolicySpec, str | None]]:
+    """(name, spec, owner) of every rate_limit policy: owner None for a named one."""
+    for name, spec in config.policies.items():
+        if spec.type == "rate_limit":
+            yield name, spec, None
+    for kind, items in (("listeners", config.listeners), ("routes", config.routes)):
+        for owner in items:
+            for i, item in enumerate(owner.policies):
+                if not isinstance(item, str) and item.type == "rate_limit":
+                    yield f"{kind}.{owner.name}.policies[{i}]", item, f"{kind}.{owner.name}"
+
+
+def _users(config: Config, name: str) -> list[str]:
+    found = [f"listeners.{x.name}" for x in config.listeners if name in x.policies]
+    return found + [f"routes.{x.name}" for x in config.routes if name in x.policies]
+
+
+def _view(name: str, spec: PolicySpec, owner: str | None, config: Config) -> dict[str, Any]:
+    options = spec.options
+    return {
+        "name": name,
+        "algorithm": options.algorithm,
+        "rate": str(options.rate) if options.rate is not None else None,
+        "burst": options.burst,
+        "key": list(options.key),
+        "cost": options.cost,
+        "tiers": {
+            tier: {"rate": str(limit.rate), "burst": limit.burst}
+            for tier, limit in options.tiers.items()
+        },
+        "backend": options.backend,
+        "redis_url": describe_redis_url(options.redis_url) if options.redis_url else None,
+        "on_backend_error": options.on_backend_error,
+        "headers": options.headers,
+        "legacy_headers": options.legacy_headers,
+        "used_by": [owner] if owner is not None else _users(config, name),
+    }
+
+
+# a worker's reason for not answering with a state -> (HTTP status, error code)
+_FAILURES = {
+    "bad_key": (400, "bad_request"),
+    "not_live": (409, "not_in_use"),
+    "backend": (503, "backend_unavailable"),
+}
+
+
+def _bad(name: str, message: str) -> ApiError:
+    return ApiError(400, "bad_request", f"query parameter {name}: {message}", path=name)
+
+
+async def rate_limits(request: web.Request) -> web.Response:
+    """``GET /api/rate-limits[?policy=NAME&key=VALUE...&tier=TIER]``."""
+    ctx: AdminContext = request.app[CTX]
+    config = ctx.current or ctx.config
+    views = [_view(name, spec, owner, config) for name, spec, owner in _specs(config)]
+    query = request.rel_url.query
+    policy = query.get("policy")
+    values = query.getall("key", [])
+    tier = query.get("tier", "")
+    if policy is None:
+        if values or tier:
+            raise _bad("policy", "name the policy whose key to look up")
+        return ok({"policies": views})
+    view = next((v for v in views if v["name"] == policy), None)
+    if view is None:
+        raise ApiError(404, "not_found", f"no rate_limit policy {policy!r}", path="policy")
+    if not values:
+        raise _bad("key", "give the key's values, one key parameter per part of the key")
+    if len(values) > MAX_KEY_VALUES or any(len(v) > MAX_VALUE for v in values):
+        raise _bad("key", f"at most {MAX_KEY_VALUES} values of {MAX_VALUE} characters")
+    if tier and tier not in view["tiers"]:
+        raise _bad("tier", f"policy {policy!r} has no tier {tier!r}")
+    if len(values) not in (1, len(view["key"])):
+        raise _bad("key", f"the key has {len(view['key'])} parts: {', '.join(view['key'])}")
+    state = await ctx.status.probe(
+        {"what": "rate_limit", "policy": policy, "tier": tier, "key": values}
+    )
+    if state is None:
+        raise ApiError(503, "workers_unavailable", "no worker answered in time")
+    reason = state.get("reason")
+    if reason is not None:
+        status, code = _FAILURES.get(reason, (503, "unavailable"))
+        raise ApiError(status, code, str(state.get("error")))
+    return ok({"policy": view, "state": state})
