@@ -14,7 +14,9 @@ from types import MappingProxyType
 from typing import Any
 
 from isekai.policies import (
+    adaptive_concurrency,
     api_key,
+    concurrency,
     cors,
     fault,
     geo_filter,
@@ -40,6 +42,8 @@ BUILDERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
         "oauth2_introspection": introspection.build,
         "api_key": api_key.build,
         "hmac": hmac.build,
+        "concurrency_limit": concurrency.build,
+        "adaptive_concurrency": adaptive_concurrency.build,
     }
 )
 
