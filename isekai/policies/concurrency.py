@@ -69,7 +69,7 @@ class PriorityOf:
             raw = req.header(self.header)
             if raw is not None:
                 raw = raw.strip()
-                if raw.isdigit() and len(raw) <= 3 and int(raw) <= PRIORITY_MAX:
+                if raw.isascii() and raw.isdigit() and len(raw) <= 3 and int(raw) <= PRIORITY_MAX:
                     return int(raw)
         if self.tiers:
             tier = req.ctx.get("consumer_tier")
@@ -165,6 +165,8 @@ class ConcurrencyLimit:
         return counter
 
     def on_request(self, req: Any) -> Any:
+        if self.key in req.ctx:  # listed twice in the chain (listener and route): one slot
+            return None
         counter = self.counter_for(req)
         if counter.in_flight < self.limit and not counter.queue:
             self._take(counter, req)
@@ -195,13 +197,9 @@ class ConcurrencyLimit:
         """The time one request held its slot (for subclasses that adapt the limit)."""
 
     def close(self) -> None:
-        for counter in self.counters.values():
-            for waiter in counter.queue:
-                if waiter.timer is not None:
-                    waiter.timer.cancel()
-                if not waiter.future.done():
-                    waiter.future.set_result(self.answers["queue_full"])
-            counter.queue.clear()
+        # No chain of a new snapshot uses the instance: the requests holding its slots still
+        # release them here, admitting those queued, which drain through it as before.
+        pass
 
     # -- admission ---------------------------------------------------------------------------
 

@@ -229,8 +229,8 @@ def test_concurrency_per_route_counts_apart():
 def test_concurrency_priority_header_then_tier_then_default():
     of = PriorityOf(Priority(header="X-Priority", tiers={"enterprise": 10}, default=3))
     assert of(Req(headers={"X-Priority": "77"})) == 77
-    bad = Req(headers={"X-Priority": "500"})
-    assert of(bad) == 3
+    for bad in ("500", "-1", "²", "1.5", "0x10"):
+        assert of(Req(headers={"X-Priority": bad})) == 3
     tiered = Req(headers={"X-Priority": "high"})
     tiered.ctx["consumer_tier"] = "enterprise"
     assert of(tiered) == 10
@@ -265,3 +265,17 @@ policies:
             "rejected": {"queue_full": 0, "queue_timeout": 0, "shed": 0},
         }
     }
+
+
+def test_concurrency_same_instance_twice_in_chain_takes_one_slot():
+    async def scenario():
+        policy = ConcurrencyLimit(2)
+        req = Req("twice")
+        assert await start(policy, req) is None
+        assert await start(policy, req) is None  # the route lists it after the listener
+        assert policy.in_flight == 1
+        policy.on_complete(req)
+        policy.on_complete(req)
+        assert policy.in_flight == 0
+
+    run(scenario())
