@@ -43,10 +43,12 @@ from isekai.observability import custom_metrics
 from isekai.observability.consumer_metrics import ConsumerTally
 from isekai.observability.request_log_feed import LogFeed
 from isekai.observability.tracing import open_tracer
+from isekai.policies.concurrency import throttle_stats
 from isekai.policies.environment import PolicyEnvironment
 from isekai.policies.metrics import REGISTRY
 from isekai.policies.rate_limit import key_state
 from isekai.process.channel import decode_changes, encode_stats, open_channel, send_message
+from isekai.process.load_shedding import LoopLagMonitor
 from isekai.process.signals import Signals
 from isekai.process.sockets import BACKLOG, bind_sockets
 from isekai.proxy import SlowPath
@@ -96,6 +98,8 @@ class Worker:
         self.state = ServerState(self.snapshot.router, self.counters, loop)
         self.state.on_capacity = self._on_capacity
         self.slow_path = self.state.run_async = SlowPath(loop)
+        # load shedding on event-loop lag (`limits.max_loop_lag`), measured once serving
+        self.lag_monitor = LoopLagMonitor(loop, self.state)
         # one per listener for the life of the worker; each snapshot sets their chains
         self.listeners = {
             listener.name: CoreListener(listener.name) for listener in config.listeners
@@ -129,6 +133,7 @@ class Worker:
             self.stats_providers["tracing"] = self.tracer.stats
         self.stats_providers["custom_metrics"] = functools.partial(custom_metrics.export, REGISTRY)
         self.stats_providers["consumers"] = self.consumer_tally.stats
+        self.stats_providers["throttle"] = self._throttle_stats
 
     def _apply_limits(self, config: Config) -> None:
         limits = config.limits
@@ -151,6 +156,7 @@ class Worker:
         state.max_connections = limits.max_connections
         state.set_trusted_proxies(config.trusted_proxies)
         self.counters.enabled = config.observability.metrics.enabled
+        self.lag_monitor.configure(limits.max_loop_lag, limits.shed_retry_after)
 
     def swap(self, config: Config, version: int | None = None) -> Snapshot:
         """Build a snapshot of ``config`` aside, then make it current in one assignment.
@@ -209,6 +215,7 @@ class Worker:
                 host, bound = sock.getsockname()[:2]
                 self.addresses.append((listener.name, host, bound))
         await self._reconcile()
+        self.lag_monitor.start()
         self._tick_upstream()
         self._tick_downstream()
 
@@ -344,6 +351,11 @@ class Worker:
             "extra": extra,
         }
 
+    def _throttle_stats(self) -> dict[str, Any]:
+        # the throttling policies' rows (`concurrency_limit`, `adaptive_concurrency`) and load
+        # shedding (`limits.max_loop_lag`)
+        return {"policies": throttle_stats(self.policies.instances()), **self.lag_monitor.stats()}
+
     # -- shutdown ----------------------------------------------------------------------------
 
     def in_flight(self) -> int:
@@ -372,6 +384,7 @@ class Worker:
         for timer in self._timers:
             timer.cancel()
         self._timers = []
+        self.lag_monitor.stop()
         self.stop_health_checks()
         for proto in list(self.state.connections):
             proto.shutdown()

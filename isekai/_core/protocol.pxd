@@ -78,6 +78,11 @@ cdef class ServerState:
     cdef uint64_t trace_bound
     cdef public object on_span
     cdef bint full
+    # load shedding (isekai/process/load_shedding.py): while on, every new request is answered
+    # 503 + `shed_header` (a Retry-After field line) before routing; `shed` counts them
+    cdef public bint shedding
+    cdef public bytes shed_header
+    cdef public long long shed
 
 
 cdef class ProxyRequest(Exchange):

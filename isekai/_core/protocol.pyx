@@ -168,6 +168,9 @@ cdef class ServerState:
         self.run_async = None
         self.stripped = None
         self.head = ResponseHead.__new__(ResponseHead)
+        self.shedding = False
+        self.shed_header = b"retry-after: 1\r\n"
+        self.shed = 0
 
     def take_request_log(self):
         """The log records gathered since the last call (tuples laid out as `_log_record`
@@ -1336,6 +1339,10 @@ cdef class DownstreamProtocol:
         cdef object found
         cdef CoreRoute route
         req.started = True
+        if self.state.shedding:  # the worker's loop is overloaded: new requests are refused
+            self.state.shed += 1
+            return self.send_error(req, 503, "the gateway is overloaded; retry later",
+                                   self.state.shed_header)
         found = self.state.router.match(req.host or b"", req.method, req.path)
         cdef tuple lchain = self.listener.chain if self.listener is not None else NO_POLICIES
         cdef object preflight

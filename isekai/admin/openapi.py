@@ -888,41 +888,34 @@ _RATE_LIMIT_POLICY = {
         "used_by": {"type": "array", "items": {"type": "string"}},
     },
 }
-_RATE_LIMITS = {
+_RATE_LIMIT_STATE = {
     "type": "object",
-    "description": "Without `policy`: `policies`, every rate_limit of the running config. With "
-    "`policy` and `key`: that `policy` and the key's `state`.",
+    "description": "What a request with this key would meet now (nothing is taken).",
     "properties": {
-        "policies": {"type": "array", "items": _RATE_LIMIT_POLICY},
-        "policy": _RATE_LIMIT_POLICY,
-        "state": {
-            "type": "object",
-            "description": "What a request with this key would meet now (nothing is taken).",
-            "properties": {
-                "backend": {"type": "string"},
-                "tier": {"type": "string"},
-                "key": {"type": "array", "items": {"type": "string"}},
-                "allowed": {"type": "boolean", "description": "A request of cost 0 passes."},
-                "limit": {"type": "number"},
-                "remaining": {"type": "number"},
-                "reset": {"type": "number", "description": "Seconds until whole again."},
-                "retry_after": {"type": "number"},
-            },
-        },
+        "backend": {"type": "string"},
+        "tier": {"type": "string"},
+        "key": {"type": "array", "items": {"type": "string"}},
+        "allowed": {"type": "boolean", "description": "A request of cost 0 passes."},
+        "limit": {"type": "number"},
+        "remaining": {"type": "number"},
+        "reset": {"type": "number", "description": "Seconds until whole again."},
+        "retry_after": {"type": "number"},
     },
 }
 _RATE_LIMIT_PARAMETERS = (
     {
-        "name": "policy",
-        "in": "query",
-        "description": "The rate_limit policy whose key to look up.",
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "description": "The policy: its key under `policies`, or where it is written inline "
+        "(`routes.api.policies[0]`).",
         "schema": {"type": "string", "minLength": 1, "maxLength": 256},
     },
     {
         "name": "key",
         "in": "query",
         "description": "The key's values, one parameter per part of the policy's `key` in "
-        "order (or one client address).",
+        "order (or one client address): the answer then has the key's `state`.",
         "schema": {"type": "array", "items": {"type": "string", "maxLength": 1024}},
         "style": "form",
         "explode": True,
@@ -930,22 +923,42 @@ _RATE_LIMIT_PARAMETERS = (
     {
         "name": "tier",
         "in": "query",
-        "description": "The consumer tier whose limit to look at (default: the policy's rate).",
+        "description": "With `key`: the consumer tier whose limit to look at (default: the "
+        "policy's rate).",
         "schema": {"type": "string", "maxLength": 64},
     },
 )
-OPERATIONS.append(
-    Operation(
-        "GET",
-        "/api/rate-limits",
-        rate_limits.rate_limits,
-        Permission.READ,
-        "rateLimits",
-        "Configured rate limits, and the live state of one key",
-        "status",
-        data=_RATE_LIMITS,
-        errors=(400, *_READ, 404, 409, 503),
-        parameters=_RATE_LIMIT_PARAMETERS,
+OPERATIONS.extend(
+    (
+        Operation(
+            "GET",
+            "/api/rate-limits",
+            rate_limits.rate_limits,
+            Permission.READ,
+            "rateLimits",
+            "Every rate limit of the running config, its settings and users",
+            "status",
+            data={
+                "type": "object",
+                "properties": {"policies": {"type": "array", "items": _RATE_LIMIT_POLICY}},
+            },
+            errors=_READ,
+        ),
+        Operation(
+            "GET",
+            "/api/rate-limits/{name}",
+            rate_limits.rate_limit,
+            Permission.READ,
+            "rateLimit",
+            "One rate limit, and with `key` the live state of that key",
+            "status",
+            data={
+                "type": "object",
+                "properties": {"policy": _RATE_LIMIT_POLICY, "state": _RATE_LIMIT_STATE},
+            },
+            errors=(400, *_READ, 404, 409, 503),
+            parameters=_RATE_LIMIT_PARAMETERS,
+        ),
     )
 )
 

@@ -1,10 +1,12 @@
-"""``GET /api/rate-limits``: the configured rate limits, and the live state of one key.
+"""``GET /api/rate-limits``: the configured rate limits; ``GET /api/rate-limits/{name}``: one,
+and the live state of one of its keys.
 
-Without parameters: every ``rate_limit`` policy of the running config (named ones and those
-written inline on routes and listeners), its settings and the routes and listeners using it.
-With ``policy`` and ``key`` (one ``key`` parameter per key part, in the order of the policy's
-``key``; or one client address), and optionally ``tier``: that key's state as a worker sees it
-(the table the host's workers share, or Redis), without taking anything from it.
+The list holds every ``rate_limit`` policy of the running config (named ones and those written
+inline on routes and listeners, named by where they are: ``routes.api.policies[0]``), its
+settings and the routes and listeners using it. One policy's view takes ``key`` (one ``key``
+parameter per key part, in the order of the policy's ``key``; or one client address) and
+optionally ``tier``: then the answer has that key's ``state`` as a worker sees it (the table
+the host's workers share, or Redis), read without taking anything from it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from isekai.config.policies import PolicySpec
 from isekai.config.redis_url import describe_redis_url
 from isekai.config.schema import Config
 
-__all__ = ["MAX_KEY_VALUES", "rate_limits"]
+__all__ = ["MAX_KEY_VALUES", "rate_limit", "rate_limits"]
 
 MAX_KEY_VALUES = 16  # key parameters accepted (a key has at most as many parts as listed)
 MAX_VALUE = 1024  # characters of one key value
@@ -78,23 +80,28 @@ def _bad(name: str, message: str) -> ApiError:
 
 
 async def rate_limits(request: web.Request) -> web.Response:
-    """``GET /api/rate-limits[?policy=NAME&key=VALUE...&tier=TIER]``."""
+    """``GET /api/rate-limits``."""
     ctx: AdminContext = request.app[CTX]
     config = ctx.current or ctx.config
-    views = [_view(name, spec, owner, config) for name, spec, owner in _specs(config)]
+    return ok({"policies": [_view(n, spec, owner, config) for n, spec, owner in _specs(config)]})
+
+
+async def rate_limit(request: web.Request) -> web.Response:
+    """``GET /api/rate-limits/{name}[?key=VALUE...&tier=TIER]``."""
+    ctx: AdminContext = request.app[CTX]
+    config = ctx.current or ctx.config
+    policy = request.match_info["name"]
+    found = next(((n, s, o) for n, s, o in _specs(config) if n == policy), None)
+    if found is None:
+        raise ApiError(404, "not_found", f"no rate_limit policy {policy!r}")
+    view = _view(*found, config)
     query = request.rel_url.query
-    policy = query.get("policy")
     values = query.getall("key", [])
     tier = query.get("tier", "")
-    if policy is None:
-        if values or tier:
-            raise _bad("policy", "name the policy whose key to look up")
-        return ok({"policies": views})
-    view = next((v for v in views if v["name"] == policy), None)
-    if view is None:
-        raise ApiError(404, "not_found", f"no rate_limit policy {policy!r}", path="policy")
     if not values:
-        raise _bad("key", "give the key's values, one key parameter per part of the key")
+        if tier:
+            raise _bad("key", "give the key's values, one key parameter per part of the key")
+        return ok({"policy": view})
     if len(values) > MAX_KEY_VALUES or any(len(v) > MAX_VALUE for v in values):
         raise _bad("key", f"at most {MAX_KEY_VALUES} values of {MAX_VALUE} characters")
     if tier and tier not in view["tiers"]:

@@ -21,6 +21,8 @@ MAX_REQUESTS_PER_CONNECTION = 10_000
 MAX_CONNECTIONS = 10_000  # client connections per worker
 RATE_LIMIT_MEMORY = 4 * 1024 * 1024  # the host's local rate-limit table (shared by the workers)
 WEBSOCKET_IDLE_TIMEOUT = 300.0  # an upgraded tunnel with no traffic either way is closed
+MAX_LOOP_LAG = 0.0  # worker load shedding: event-loop lag that turns it on; 0 = off
+SHED_RETRY_AFTER = 1.0  # the Retry-After of a shed request's 503
 
 # upstreams:
 UPSTREAM_SCHEME = "http"
@@ -75,6 +77,20 @@ RETRY_MAX_BODY = 64 * KiB
 
 # policies:
 POLICY_DEADLINE = 10.0  # an async request phase taking longer is answered 503
+
+# throttling (concurrency_limit, adaptive_concurrency)
+THROTTLE_QUEUE = 0  # requests that may wait for a slot, per counter
+THROTTLE_QUEUE_TIMEOUT = 1.0
+THROTTLE_PER = "route"
+THROTTLE_RETRY_AFTER = 1.0
+THROTTLE_PRIORITY = 0
+ADAPTIVE_MIN_LIMIT = 3
+ADAPTIVE_MAX_LIMIT = 1000
+ADAPTIVE_SAMPLE_INTERVAL = 0.1
+ADAPTIVE_PERCENTILE = 90.0
+ADAPTIVE_MIN_RTT_INTERVAL = 30.0
+ADAPTIVE_MIN_RTT_REQUESTS = 50
+ADAPTIVE_BUFFER = 0.1
 CORS_METHODS = ("GET", "HEAD", "POST")
 CORS_MAX_AGE_LIMIT = 365 * 86400.0
 FAULT_PERCENT = 100.0

@@ -31,6 +31,7 @@ from yaml.nodes import MappingNode, SequenceNode
 
 from isekai.config import defaults
 from isekai.config.api_key_policy import ApiKeyConfig
+from isekai.config.concurrency_policy import AdaptiveConcurrencyConfig, ConcurrencyLimitConfig
 from isekai.config.geo_policy import GeoFilterConfig
 from isekai.config.hmac_policy import HmacConfig
 from isekai.config.introspection_policy import IntrospectionConfig
@@ -84,8 +85,8 @@ class PolicySpec:
     type: str = setting(
         "string",
         "The policy family: `headers`, `cors`, `ip_filter`, `fault`, `metrics`, `geo_filter`, "
-        "`security_headers`, `jwt`, `oauth2_introspection`, `api_key`, `hmac`, `rate_limit`, or a "
-        "plugin's.",
+        "`security_headers`, `jwt`, `oauth2_introspection`, `api_key`, `hmac`, `rate_limit`, "
+        "`concurrency_limit`, `adaptive_concurrency`, or a plugin's.",
         what="a policy type",
     )
     options: Any = setting("json", "The family's settings.", yaml=False)
@@ -410,6 +411,8 @@ _BUILTIN: dict[str, type] = {
         SecurityHeadersConfig,
         ApiKeyConfig,
         RateLimitConfig,
+        ConcurrencyLimitConfig,
+        AdaptiveConcurrencyConfig,
     )
 }
 _TYPE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")

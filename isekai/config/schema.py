@@ -109,6 +109,19 @@ class Limits:
         default=defaults.RATE_LIMIT_MEMORY,
         minimum=65536,
     )
+    max_loop_lag: float = setting(
+        "duration",
+        "Load shedding: when a worker's event loop runs this late, every new request on that "
+        "worker is answered 503 until it catches up; `0` turns it off.",
+        default=defaults.MAX_LOOP_LAG,
+        minimum=0,
+        default_doc="`0` (off)",
+    )
+    shed_retry_after: float = setting(
+        "duration",
+        "The `Retry-After` of the 503 answered while shedding load (whole seconds, rounded up).",
+        default=defaults.SHED_RETRY_AFTER,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -322,6 +322,11 @@ class Totals:
     targets: dict[tuple[str, str], TargetState] = field(default_factory=dict)
     clusters: dict[str, ClusterState] = field(default_factory=dict)
     checks: dict[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
+    # throttling: policy -> {in_flight, queued, limit, rejected: {reason: n}}, summed over the
+    # workers (each admits up to its own limit); load shedding; the worst loop lag
+    throttle: dict[str, dict[str, Any]] = field(default_factory=dict)
+    load_shed: int = 0
+    loop_lag: float | None = None
 
 
 def _add_into(target: list[int], values: Sequence[int]) -> list[int]:
@@ -394,6 +399,7 @@ def sum_workers(workers: Iterable[Mapping[str, Any]]) -> Totals:
             customs.append(extra["custom_metrics"])
         for reason, count in extra.get("api_keys", {}).get("refused", {}).items():
             totals.api_key_refusals[reason] = totals.api_key_refusals.get(reason, 0) + count
+        _sum_throttle(totals, extra.get("throttle"))
         for row in extra.get("consumers", ()):
             if len(row) == 4 and all(isinstance(text, str) for text in row[:3]):
                 key = (row[0], row[1], row[2])
@@ -406,6 +412,24 @@ def sum_workers(workers: Iterable[Mapping[str, Any]]) -> Totals:
         totals.custom = custom_metrics.merge(customs)
     totals.checks = newest_checks(workers)
     return totals
+
+
+def _sum_throttle(totals: Totals, block: Any) -> None:
+    # one worker's ``extra["throttle"]`` (isekai/worker.py) into the totals
+    if not isinstance(block, Mapping):
+        return
+    for name, row in block.get("policies", {}).items():
+        into = totals.throttle.setdefault(
+            name, {"in_flight": 0, "queued": 0, "limit": 0, "rejected": {}}
+        )
+        for key in ("in_flight", "queued", "limit"):
+            into[key] += row.get(key, 0)
+        for reason, count in row.get("rejected", {}).items():
+            into["rejected"][reason] = into["rejected"].get(reason, 0) + count
+    totals.load_shed += block.get("load_shed", 0)
+    lag = block.get("loop_lag")
+    if lag is not None:
+        totals.loop_lag = lag if totals.loop_lag is None else max(totals.loop_lag, lag)
 
 
 def _capped(names: Iterable[str], limit: int) -> dict[str, str]:
@@ -887,6 +911,43 @@ def _write_api_keys(out: _Text, totals: Totals) -> None:
         )
 
 
+def _write_throttle(out: _Text, totals: Totals) -> None:
+    # concurrency_limit / adaptive_concurrency policies (named in the config: bounded), and
+    # load shedding (every worker ships it)
+    rows = totals.throttle
+    gauges = (
+        ("in_flight", "Requests holding a slot of a concurrency policy (summed over workers)"),
+        ("queued", "Requests waiting in a concurrency policy's queue"),
+        ("limit", "A concurrency policy's limit, summed over the workers (each has its own)"),
+    )
+    for key, documentation in gauges:
+        out.family(f"isekai_concurrency_{key}", "gauge", documentation)
+        for name in sorted(rows):
+            out.sample(f"isekai_concurrency_{key}", _labels(policy=name), rows[name][key])
+    out.family(
+        "isekai_concurrency_rejected",
+        "counter",
+        "Requests a concurrency policy answered 503, by reason (queue_full, queue_timeout, shed)",
+    )
+    for name in sorted(rows):
+        for reason in ("queue_full", "queue_timeout", "shed"):
+            count = rows[name]["rejected"].get(reason, 0)
+            labels = _labels(policy=name, reason=reason)
+            out.sample("isekai_concurrency_rejected_total", labels, count)
+    out.family(
+        "isekai_load_shed",
+        "counter",
+        "New requests answered 503 because a worker's event loop lagged (limits.max_loop_lag)",
+    )
+    out.sample("isekai_load_shed_total", "", totals.load_shed)
+    out.family(
+        "isekai_event_loop_lag_seconds",
+        "gauge",
+        "The last measured event-loop lag, the largest over the workers (when measured)",
+    )
+    out.sample("isekai_event_loop_lag_seconds", "", totals.loop_lag or 0.0)
+
+
 def _write_logs(out: _Text, totals: Totals) -> None:
     out.family("isekai_log_records_written", "counter", "Log records written")
     for log_name in LOGS:
@@ -974,6 +1035,7 @@ def render(gathered: Gathered, max_label_values: int) -> bytes:
     _write_targets(out, totals, upstream_names, target_names)
     _write_policies(out, totals, max_label_values)
     _write_api_keys(out, totals)
+    _write_throttle(out, totals)
     _write_logs(out, totals)
     _write_consumers(out, totals)
     _write_rate_limits(out, totals, max_label_values)

@@ -14,7 +14,9 @@ from types import MappingProxyType
 from typing import Any
 
 from isekai.policies import (
+    adaptive_concurrency,
     api_key,
+    concurrency,
     cors,
     fault,
     geo_filter,
@@ -42,6 +44,8 @@ BUILDERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
         "api_key": api_key.build,
         "hmac": hmac.build,
         "rate_limit": rate_limit.build,
+        "concurrency_limit": concurrency.build,
+        "adaptive_concurrency": adaptive_concurrency.build,
     }
 )
 

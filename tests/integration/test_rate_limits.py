@@ -291,22 +291,25 @@ def test_rate_limits_admin_api_lists_limits_and_reads_a_key(tmp_path, upstream):
         assert views["routes.b.policies[0]"]["algorithm"] == "fixed_window"
         assert statuses(gw.port, "/a", 2, {"X-User": "ann"}) == [200, 200]
         status, body, _ = admin.call(
-            "GET", "/api/rate-limits?policy=per_user&key=ann&key=a"
+            "GET", "/api/rate-limits/per_user?key=ann&key=a"
         )
         assert status == 200, body
         state = body["data"]["state"]
         assert (state["backend"], state["limit"], state["remaining"]) == ("local", 3, 1)
-        status, body, _ = admin.call("GET", "/api/rate-limits?policy=per_ip&key=127.0.0.1")
+        status, body, _ = admin.call("GET", "/api/rate-limits/per_ip?key=127.0.0.1")
         assert status == 200 and body["data"]["state"]["remaining"] == 2, body
         # a key nobody used reads as whole
-        status, body, _ = admin.call("GET", "/api/rate-limits?policy=per_user&key=zed&key=a")
+        status, body, _ = admin.call("GET", "/api/rate-limits/per_user?key=zed&key=a")
         assert body["data"]["state"]["remaining"] == 3
         # refusals
-        assert admin.call("GET", "/api/rate-limits?policy=nope&key=x")[0] == 404
-        assert admin.call("GET", "/api/rate-limits?policy=per_ip")[0] == 400
-        status, body, _ = admin.call("GET", "/api/rate-limits?policy=per_user&key=a&key=b&key=c")
+        assert admin.call("GET", "/api/rate-limits/nope?key=x")[0] == 404
+        status, body, _ = admin.call("GET", "/api/rate-limits/routes.b.policies%5B0%5D")
+        assert status == 200 and body["data"]["policy"]["algorithm"] == "fixed_window", body
+        assert "state" not in body["data"]
+        assert admin.call("GET", "/api/rate-limits/per_ip?tier=gold")[0] == 400
+        status, body, _ = admin.call("GET", "/api/rate-limits/per_user?key=a&key=b&key=c")
         assert status == 400 and "the key has 2 parts" in body["message"], body
-        assert admin.call("GET", "/api/rate-limits?policy=per_user&key=a&tier=bronze")[0] == 400
+        assert admin.call("GET", "/api/rate-limits/per_user?key=a&tier=bronze")[0] == 400
         assert admin.call("GET", "/api/rate-limits", token=None)[0] == 401
     finally:
         gw.stop()

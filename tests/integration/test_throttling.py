@@ -1,0 +1,233 @@
+"""Throttling through a real worker in front of a real upstream that holds requests until the
+test releases them: concurrency_limit slots, its queue (order by priority, timeout, 503 when
+full) and load shedding on event-loop lag (a test family that blocks the loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+
+from isekai.config.meta import setting
+from isekai.config.policies import unregister_family
+from isekai.observability.metrics import Gathered, render
+from isekai.policy import PolicyFamily, register
+from tests.support.client import connect, read_response
+from tests.support.gateway import wait_for
+from tests.support.upstream import ServerThread
+from tests.support.worker import ThreadedWorker
+
+
+class HoldingUpstream(ServerThread):
+    """Answers ``/held/...`` only once `release` is called (in arrival order: `arrived`);
+    anything else at once. One request per connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived: list[str] = []
+        self._gate: asyncio.Event | None = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._gate is None:
+            self._gate = asyncio.Event()
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
+        path = head.split(b" ", 2)[1].decode()
+        self.arrived.append(path)
+        if path.startswith("/held"):
+            await self._gate.wait()
+        body = path.encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+
+    def release(self) -> None:
+        def open_gate() -> None:
+            if self._gate is None:
+                self._gate = asyncio.Event()
+            self._gate.set()
+
+        self._loop.call_soon_threadsafe(open_gate)
+
+
+def config(upstream_port: int, limits: str = "", extra_routes: str = "") -> str:
+    return f"""
+listeners: [{{name: public, bind: "127.0.0.1:0"}}]
+{limits}
+upstreams:
+  app: {{targets: ["127.0.0.1:{upstream_port}"]}}
+policies:
+  inflight: {{type: concurrency_limit, max: 2, queue: 2, queue_timeout: 5s, retry_after: 2s,
+             priority: {{header: X-Priority}}}}
+  brief: {{type: concurrency_limit, max: 1, queue: 1, queue_timeout: 200ms}}
+routes:
+  - {{name: held, match: {{path: "/held/*"}}, upstream: app, policies: [inflight]}}
+  - {{name: brief, match: {{path: "/brief/*"}}, upstream: app, strip_prefix: /brief,
+      policies: [brief]}}
+  - {{name: free, match: {{path: "/free/*"}}, upstream: app}}
+{extra_routes}"""
+
+
+def send(port: int, path: str, headers: str = "") -> socket.socket:
+    sock = connect(port)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nhost: gw\r\n{headers}\r\n".encode())
+    return sock
+
+
+def answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    try:
+        status, headers, body, _ = read_response(sock)
+    finally:
+        sock.close()
+    return status, {k.lower(): v for k, v in dict(headers).items()}, body
+
+
+def throttle(tw: ThreadedWorker) -> dict:
+    return tw.call(tw.worker.stats)["extra"]["throttle"]
+
+
+def test_throttling_concurrency_limit_queues_then_refuses():
+    with HoldingUpstream() as up, ThreadedWorker(config(up.port)) as tw:
+        first = [send(tw.port, f"/held/{i}") for i in range(2)]
+        assert wait_for(lambda: len(up.arrived) == 2)
+        queued = []
+        for i in (2, 3):
+            queued.append(send(tw.port, f"/held/{i}"))
+            assert wait_for(lambda i=i: throttle(tw)["policies"]["inflight"]["queued"] == i - 1)
+        row = throttle(tw)["policies"]["inflight"]
+        assert (row["in_flight"], row["queued"], row["limit"]) == (2, 2, 2)
+        # the queue is full: the next ones are refused at once, not held
+        for i in (4, 5):
+            status, headers, body = answer(send(tw.port, f"/held/{i}"))
+            assert status == 503 and headers["retry-after"] == "2"
+            error = json.loads(body)
+            assert error["policy"] == "concurrency_limit" and error["request_id"]
+        assert len(up.arrived) == 2
+        up.release()
+        results = [answer(sock) for sock in first + queued]
+        assert [(status, body) for status, _, body in results] == [
+            (200, f"/held/{i}".encode()) for i in range(4)
+        ]
+        assert sorted(up.arrived) == [f"/held/{i}" for i in range(4)]
+        assert wait_for(lambda: throttle(tw)["policies"]["inflight"]["in_flight"] == 0)
+        rejected = throttle(tw)["policies"]["inflight"]["rejected"]
+        assert rejected == {"queue_full": 2, "queue_timeout": 0, "shed": 0}
+
+
+def test_throttling_queue_timeout_answers_503():
+    with HoldingUpstream() as up, ThreadedWorker(config(up.port)) as tw:
+        holder = send(tw.port, "/brief/held/1")
+        assert wait_for(lambda: len(up.arrived) == 1)
+        status, headers, _ = answer(send(tw.port, "/brief/held/2"))  # waits 200 ms, then 503
+        assert status == 503 and headers["retry-after"] == "1"
+        assert throttle(tw)["policies"]["brief"]["rejected"]["queue_timeout"] == 1
+        up.release()
+        assert answer(holder)[0] == 200
+        assert up.arrived == ["/held/1"]
+
+
+def test_throttling_high_priority_queued_last_is_served_first():
+    with HoldingUpstream() as up, ThreadedWorker(config(up.port)) as tw:
+        first = [send(tw.port, f"/held/run{i}") for i in range(2)]
+        assert wait_for(lambda: len(up.arrived) == 2)
+        low = send(tw.port, "/held/low", "X-Priority: 1\r\n")
+        assert wait_for(lambda: throttle(tw)["policies"]["inflight"]["queued"] == 1)
+        high = send(tw.port, "/held/high", "X-Priority: 90\r\n")
+        assert wait_for(lambda: throttle(tw)["policies"]["inflight"]["queued"] == 2)
+        up.release()
+        for sock in (*first, low, high):
+            assert answer(sock)[0] == 200
+        assert up.arrived[2:] == ["/held/high", "/held/low"]
+
+
+@dataclass(frozen=True, slots=True)
+class BlockConfig:
+    family: ClassVar[str] = "test_block_loop"
+    seconds: float = setting("number", "How long each stretch blocks the loop.", default=0.3)
+    rounds: int = setting("int", "How many stretches, one loop iteration apart.", default=4)
+
+
+class BlockLoop:
+    """Keeps the worker's loop busy (as CPU-bound work would): `rounds` stretches of
+    `seconds`, each a callback of its own, so the loop turns (and its timers fire late)
+    in between."""
+
+    def __init__(self, config: BlockConfig) -> None:
+        self.seconds = config.seconds
+        self.rounds = config.rounds
+        self.blocking = threading.Event()
+        self.done = threading.Event()
+
+    def on_request(self, req):
+        asyncio.get_running_loop().call_soon(self._burn, self.rounds)
+        return None
+
+    def _burn(self, left: int) -> None:
+        self.blocking.set()
+        time.sleep(self.seconds)
+        if left > 1:
+            asyncio.get_running_loop().call_soon(self._burn, left - 1)
+        else:
+            self.done.set()
+
+
+@pytest.fixture
+def blocking_family():
+    register(PolicyFamily("test_block_loop", BlockConfig, BlockLoop))
+    yield
+    unregister_family("test_block_loop")
+
+
+def test_throttling_load_shedding_on_loop_lag(blocking_family):
+    with HoldingUpstream() as up:
+        text = config(
+            up.port,
+            limits="limits: {max_loop_lag: 100ms, shed_retry_after: 3s}",
+            extra_routes="  - {name: block, match: {path: /block}, respond: {body: done},\n"
+            "      policies: [{type: test_block_loop, seconds: 0.3, rounds: 4}]}",
+        )
+        with ThreadedWorker(text) as tw:
+            # keep-alive connections that served a request before the loop is busy
+            ready = [connect(tw.port) for _ in range(3)]
+            for sock in ready:
+                sock.sendall(b"GET /free/warm HTTP/1.1\r\nhost: gw\r\n\r\n")
+                assert read_response(sock)[0] == 200
+            assert not tw.worker.state.shedding
+            assert answer(send(tw.port, "/block"))[0] == 200  # the busy stretches follow
+            policy = next(
+                p.target
+                for p in tw.call(tw.worker.policies.instances).values()
+                if p.type_name == "test_block_loop"
+            )
+            assert policy.blocking.wait(5)
+            assert wait_for(lambda: tw.worker.state.shedding, timeout=5)
+            for sock in ready:
+                sock.sendall(b"GET /free/late HTTP/1.1\r\nhost: gw\r\n\r\n")
+            shed = [answer(sock) for sock in ready]
+            assert [status for status, _, _ in shed] == [503, 503, 503]
+            assert all(headers["retry-after"] == "3" for _, headers, _ in shed)
+            assert all(b"overloaded" in body for _, _, body in shed)
+            assert "/free/late" not in up.arrived
+            # on time again: new requests are served
+            assert policy.done.wait(5)
+            assert wait_for(lambda: answer(send(tw.port, "/free/again"))[0] == 200, timeout=5)
+            assert not tw.worker.state.shedding
+            stats = tw.call(tw.worker.stats)
+            shed_count = stats["extra"]["throttle"]["load_shed"]
+            assert shed_count >= 3
+            exposition = render(Gathered([stats]), 100).decode()
+            assert f"isekai_load_shed_total {shed_count}\n" in exposition
+            assert "isekai_event_loop_lag_seconds " in exposition
+            assert 'isekai_concurrency_limit{policy="inflight"} 2\n' in exposition
