@@ -368,11 +368,23 @@ cdef int _check(const Limit* limit, double cost, double now) except -1:
     return 0
 
 
-cdef int _algorithm(str name) except -1:
-    try:
-        return ALGORITHMS.index(name)
-    except ValueError:
-        raise ValueError(f"unknown rate-limit algorithm {name!r} (one of {', '.join(ALGORITHMS)})")
+cdef int _limit(Limit* limit, str algorithm, double count, double period,
+                double burst) except -1:
+    if algorithm == "token_bucket":
+        limit.algorithm = ALG_TOKEN_BUCKET
+    elif algorithm == "gcra":
+        limit.algorithm = ALG_GCRA
+    elif algorithm == "sliding_window":
+        limit.algorithm = ALG_SLIDING_WINDOW
+    elif algorithm == "fixed_window":
+        limit.algorithm = ALG_FIXED_WINDOW
+    else:
+        raise ValueError(f"unknown rate-limit algorithm {algorithm!r} "
+                         f"(one of {', '.join(ALGORITHMS)})")
+    limit.count = count
+    limit.period = period
+    limit.burst = burst
+    return 0
 
 
 cdef Py_ssize_t _buckets_for(Py_ssize_t slots) noexcept:
@@ -426,10 +438,9 @@ cdef class LimitTable:
         cdef uint64_t expected = 0
         cdef uint64_t key[2]
         cdef double deadline
-        cdef bytes secret
+        cdef bytes secret = os.urandom(16)     # before the CAS: nothing may fail after it
+        memcpy(key, PyBytes_AS_STRING(secret), 16)
         if atomic_cas(&h.magic, &expected, MAGIC_INIT, False, ATOMIC_ACQ_REL, ATOMIC_ACQUIRE):
-            secret = os.urandom(16)
-            memcpy(key, PyBytes_AS_STRING(secret), 16)
             memset(self._buckets, 0, self._nbuckets * sizeof(Bucket))
             h.version = VERSION
             h.slots = self.slots
@@ -553,10 +564,7 @@ cdef class LimitTable:
         """Take ``cost`` for ``key`` now: (allowed, limit, remaining, reset, retry_after)."""
         cdef Limit limit
         cdef Decision d
-        limit.algorithm = _algorithm(algorithm)
-        limit.count = count
-        limit.period = period
-        limit.burst = burst
+        _limit(&limit, algorithm, count, period, burst)
         self.take(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), &limit, cost,
                   monotonic_now() if now is None else <double>now, &d)
         return (d.allowed, d.limit, d.remaining, d.reset, d.retry_after)
@@ -566,10 +574,7 @@ cdef class LimitTable:
         """The decision a request of cost 0 would get now; changes nothing."""
         cdef Limit limit
         cdef Decision d
-        limit.algorithm = _algorithm(algorithm)
-        limit.count = count
-        limit.period = period
-        limit.burst = burst
+        _limit(&limit, algorithm, count, period, burst)
         self.peek(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), &limit,
                   monotonic_now() if now is None else <double>now, &d)
         return (d.allowed, d.limit, d.remaining, d.reset, d.retry_after)
@@ -586,10 +591,7 @@ cdef class LimitTable:
         cdef bint fixed = now is not None
         cdef double t = <double>now if fixed else 0.0
         cdef bytes key
-        limit.algorithm = _algorithm(algorithm)
-        limit.count = count
-        limit.period = period
-        limit.burst = burst
+        _limit(&limit, algorithm, count, period, burst)
         for key in keys:
             if key is None:
                 raise TypeError("keys are bytes")

@@ -300,6 +300,16 @@ def test_ratelimit_two_tables_over_one_mmap_share_state():
     assert private.peek_py(b"key", "gcra", 1, 60, 5, now=100.0)[2] == 5
 
 
+def test_ratelimit_hash_key_is_random_per_table_and_in_the_shared_header():
+    one, two = shared(64), shared(64)
+    LimitTable(one, slots=64)
+    LimitTable(two, slots=64)
+    key_one, key_two = one[32:48], two[32:48]  # TableHeader.k0, k1
+    assert key_one != bytes(16) and key_two != bytes(16) and key_one != key_two
+    LimitTable(one, slots=64)  # a second table over the same memory reuses it
+    assert one[32:48] == key_one
+
+
 # -- processes -----------------------------------------------------------------------------------
 
 
