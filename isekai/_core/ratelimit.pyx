@@ -310,7 +310,11 @@ cdef double _decide(State* s, const Limit* limit, double cost, double now,
         return tat
 
     k = floor(now / period)
-    if s.a > k:
+    if s.a > k + 1:                     # a window of another period (a reload changed the
+        s.a = k                         # rate; the key stayed): start afresh
+        s.b = 0.0
+        s.c = 0.0
+    elif s.a > k:
         k = s.a
     if k == s.a:
         curr = s.b

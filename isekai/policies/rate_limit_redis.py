@@ -148,7 +148,10 @@ elseif alg == 1 then
   a, b, c = tat, 0, 0
   idle = reset
 else
-  local k = math.max(math.floor(now / period), a)
+  local k = math.floor(now / period)
+  -- a window of another period (a reload changed the rate; the key stayed): start afresh
+  if a > k + 1 then a, b, c = k, 0, 0 end
+  k = math.max(k, a)
   local curr, prev
   if k == a then curr, prev = b, c
   elseif k == a + 1 then curr, prev = 0, b

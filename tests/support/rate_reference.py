@@ -46,7 +46,10 @@ Floating point, so that every implementation decides alike on the edges:
 - reset and retry_after are clamped at 0 (sliding_window retry_after at 0.001).
 - A clock that steps back (now < the stored stamp) refills nothing and moves no
   stamp backwards; windows are by k = floor(now/period) as stored, a window index
-  below the stored one is treated as the stored one.
+  one below the stored one is treated as the stored one. A stored index more than one
+  ahead of now's is a window of another period (a reload changed the rate: the key bytes
+  stay, the period does not): the key starts afresh, so it is never held in a window that
+  ends (new period / old period) times the clock's value later.
 
 ``peek`` is the decision a request of cost 0 would get now, without changing
 anything; an unknown key reads as a fresh one.
@@ -149,7 +152,10 @@ def _decide(
         retry = 0.0 if allowed else max(0.0, new - burst * t - now)
         return (allowed, burst, remaining, reset, retry), _State(s.algorithm, tat)
 
-    k = max(float(math.floor(now / period)), s.a)
+    k = float(math.floor(now / period))
+    if s.a > k + 1:  # a window of another period (a reload changed it): start afresh
+        s = _State(s.algorithm, k, 0.0, 0.0)
+    k = max(k, s.a)
     if k == s.a:
         curr, prev = s.b, s.c
     elif k == s.a + 1:

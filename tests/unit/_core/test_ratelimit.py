@@ -430,3 +430,23 @@ def test_ratelimit_lock_left_by_this_process_is_stolen():
     table._hold_lock_for_test(b"k")
     assert table.take_py(b"k", "token_bucket", 1, 1, 1, now=1.0)[0]
     assert table.stats(now=1.0)["lock_steals"] == 1
+
+
+@pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_window"])
+def test_ratelimit_window_key_starts_afresh_when_the_period_grows(algorithm):
+    """A reload from 10/s to 600/m keeps the policy's name, so its keys and their state: the
+    stored window index (of 1 s windows) is far ahead of any 60 s window. The key must not be
+    held in that 'future' window (its reset would be ~59 * now seconds away)."""
+    t, ref = LimitTable(slots=16), Reference()
+    now = 1_000_000.0
+    for _ in range(12):
+        t.take_py(b"k", algorithm, 10, 1.0, 10, now=now)
+        ref.take(b"k", algorithm, 10, 1.0, 10, 1, now)
+    now += 0.5
+    got = t.take_py(b"k", algorithm, 600, 60.0, 600, now=now)
+    assert got[0] and got[2] == 599 and 0 < got[3] <= 60, got
+    assert same(got, ref.take(b"k", algorithm, 600, 60.0, 600, 1, now))
+    # one window back is still the stored window (two processes reading the clock around a
+    # boundary), as before
+    t.take_py(b"j", algorithm, 4, 1.0, 4, now=11.0)
+    assert t.take_py(b"j", algorithm, 4, 1.0, 4, now=10.999)[2] == 2

@@ -532,3 +532,26 @@ def test_redis_limiter_authenticates_with_the_url_password():
     assert right == (True, 1.0, 0.0, 1.0, 0.0)
     assert wrong is None
     assert "nope" not in (limit.last_error or "") and limit.errors == 1
+
+
+@pytest.mark.parametrize("algorithm", [SLIDING_WINDOW, FIXED_WINDOW], ids=ALGORITHMS[2:])
+def test_redis_limiter_window_key_starts_afresh_when_the_period_grows(shared_url, algorithm):
+    """10/s then (a reload) 600/m on the same key: the stored 1 s window index is far ahead
+    of any 60 s window; the key must not be held there for years."""
+    now = 1_700_000_000.0  # Redis TIME-like
+
+    async def run():
+        env = PolicyEnvironment()
+        limit = limiter(env, shared_url)
+        try:
+            for _ in range(12):
+                await limit.take(b"k", algorithm, 10, 1.0, 10, 1, now=now)
+            got = await limit.take(b"k", algorithm, 600, 60.0, 600, 1, now=now + 0.5)
+            ttl = await env.redis(shared_url).pttl(limit.key_name(b"k"))
+        finally:
+            await env.aclose()
+        return got, ttl
+
+    got, ttl = asyncio.run(run())
+    assert got[0] and got[2] == 599 and 0 < got[3] <= 60, got
+    assert 0 < ttl <= (120 + EXPIRY_MARGIN_MS / 1000) * 1000, ttl
