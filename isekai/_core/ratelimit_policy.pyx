@@ -60,6 +60,7 @@ PART_KINDS = {
 # the outcomes counted (`counts()` names them in this order)
 OUTCOMES = ("allowed", "limited", "error_allowed", "error_denied")
 DEF N_OUTCOMES = 4
+DEF MAX_SF_INTEGER = 999999999999999.0  # the largest structured-field integer
 DEF MAX_KEY = 4096   # bytes of a key; longer values are cut (they still differ by their length)
 
 cdef bytes HEX = b"0123456789ABCDEF"
@@ -137,6 +138,12 @@ cdef inline bytes _utf8(object value):
 
 
 cdef inline bytes _int_text(double value):
+    """`value` (whole) as a non-negative sf-integer (RFC 8941 §3.3.1: at most 15 digits): a
+    huge rate or period in the config must not overflow the cast into a negative number."""
+    if not value > 0:  # negative, or NaN
+        return b"0"
+    if value > MAX_SF_INTEGER:
+        value = MAX_SF_INTEGER
     return str(<long long>value).encode()
 
 
@@ -348,6 +355,10 @@ cdef class RateLimitPolicy(CorePolicy):
             if self.send_headers:
                 self._note(req, index, d)
             return None
+        if req._ctx is not None:
+            # the response phase runs on this 429 too: an earlier rate_limit's note of a
+            # roomier limit must not overwrite the refusal's own numbers
+            (<dict>req._ctx).pop("rate_limit", None)
         return self._refusal(index, d)
 
     cdef Answer _refusal(self, Py_ssize_t index, Decision* d):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import threading
 import time
 
@@ -313,3 +314,58 @@ def test_rate_limits_admin_api_lists_limits_and_reads_a_key(tmp_path, upstream):
         assert admin.call("GET", "/api/rate-limits", token=None)[0] == 401
     finally:
         gw.stop()
+
+
+def test_rate_limits_a_refusal_carries_the_refusing_policys_headers(start_gateway, upstream):
+    """An earlier rate_limit with ``headers: true`` that allowed the request must not write
+    its own (roomier) numbers over the 429 of a later one: the response phase of the chain
+    runs on a policy's answer too."""
+    gw = start_gateway(
+        config(
+            upstream.port,
+            "  wide: {type: rate_limit, rate: 100/m, headers: true, legacy_headers: true}\n"
+            "  narrow: {type: rate_limit, rate: 1/m, key: route}",
+            "  - {name: a, match: {path: /a}, upstream: app, policies: [wide, narrow]}",
+        )
+    )
+    status, headers, _ = call(gw.port, "/a")
+    assert status == 200 and headers["ratelimit"].startswith('"wide";r=99;'), headers
+    status, headers, _ = call(gw.port, "/a")
+    assert status == 429
+    assert headers["ratelimit-policy"] == '"narrow";q=1;w=60', headers
+    assert headers["ratelimit"].startswith('"narrow";r=0;t='), headers
+    assert "x-ratelimit-remaining" not in headers, headers  # narrow has no legacy headers
+
+
+SF_POLICY = re.compile(r'^"[ -~]*";q=\d{1,15};w=\d{1,15}$')  # RFC 8941 sf-integers
+SF_STATE = re.compile(r'^"[ -~]*";r=\d{1,15};t=\d{1,15}$')
+
+
+def test_rate_limits_header_numbers_stay_structured_field_integers(start_gateway, upstream):
+    """Huge counts and periods (the config takes any) never make a negative, overflowed or
+    longer-than-15-digit integer, and Retry-After stays a positive integer."""
+    gw = start_gateway(
+        config(
+            upstream.port,
+            "  slow: {type: rate_limit, rate: 1/30000000000000000000s, legacy_headers: true}\n"
+            "  many: {type: rate_limit, rate: 10000000000000000000/s, headers: true}",
+            "  - {name: a, match: {path: /a}, upstream: app, policies: [slow]}\n"
+            "  - {name: b, match: {path: /b}, upstream: app,\n"
+            "     policies: [{type: rate_limit, rate: 10000000000000000000/s, headers: true}]}\n"
+            "  - {name: c, match: {path: /c}, upstream: app, policies: [many]}",
+        )
+    )
+    assert call(gw.port, "/a")[0] == 200
+    status, headers, _ = call(gw.port, "/a")
+    assert status == 429
+    assert SF_POLICY.match(headers["ratelimit-policy"]), headers
+    assert SF_STATE.match(headers["ratelimit"]), headers
+    assert re.fullmatch(r"[1-9]\d{0,14}", headers["retry-after"]), headers
+    for name in ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"):
+        assert re.fullmatch(r"\d{1,15}", headers[name]), headers
+    for path, label in (("/b", '"routes.b.policies[0]"'), ("/c", '"many"')):
+        status, headers, _ = call(gw.port, path)
+        assert status == 200
+        assert headers["ratelimit-policy"].startswith(label + ";"), headers
+        assert SF_POLICY.match(headers["ratelimit-policy"]), headers
+        assert SF_STATE.match(headers["ratelimit"]), headers
