@@ -81,9 +81,13 @@ class Worker:
         self.counters = Counters()
         self.registry = ClusterRegistry(loop, self.counters)
         # what policy instances share in this worker (consumers, HTTP and Redis clients, the
-        # rate-limit table over the host's `shared_memory` when the master made one)
+        # rate-limit table over the host's `shared_memory` when the master made one, else its
+        # own of `limits.rate_limit_memory` bytes)
         self.policy_env = PolicyEnvironment(
-            loop, workers=config.workers, shared_memory=shared_memory
+            loop,
+            workers=config.workers,
+            shared_memory=shared_memory,
+            rate_limit_memory=config.limits.rate_limit_memory,
         )
         # requests per resolved consumer, on routes with a credential policy
         self.consumer_tally = ConsumerTally(self.policy_env.consumers)

@@ -80,6 +80,7 @@ class PolicyEnvironment:
         loop: asyncio.AbstractEventLoop | None = None,
         workers: int = 1,
         shared_memory: Any = None,
+        rate_limit_memory: int | None = None,
     ) -> None:
         self.loop = loop
         # how many workers serve the config (a family keeping state per worker may warn)
@@ -95,8 +96,10 @@ class PolicyEnvironment:
         self._redis: dict[str, Any] = {}
         self._redis_owners: list[Any] = []  # what made a client and must be closed too
         # the rate-limit table: over `shared_memory` (a mapping the master made before forking
-        # the workers, so every worker of the host counts in it) or, without one, private
+        # the workers, so every worker of the host counts in it) or, without one, private and
+        # of `rate_limit_memory` bytes (single-process mode; None: the table's default size)
         self.shared_memory = shared_memory
+        self.rate_limit_memory = rate_limit_memory
         self._rate_table: Any = None
         # the decisions of the rate_limit instances (isekai.policies.rate_limit), for /metrics
         self.rate_limits = RateLimitTally()
@@ -118,12 +121,17 @@ class PolicyEnvironment:
             from isekai._core.ratelimit import LimitTable
 
             region = self.shared_memory
-            if region is None:
+            size = len(region) if region is not None else self.rate_limit_memory
+            if size is None:
                 self._rate_table = LimitTable()
-            else:  # as many whole buckets of slots as the region holds
-                bucket = LimitTable.bytes_for(16) - LimitTable.bytes_for(8)
-                header = LimitTable.bytes_for(8) - bucket
-                slots = max(1, (len(region) - header) // bucket) * 8
+                return self._rate_table
+            # as many whole buckets of slots as the memory holds
+            bucket = LimitTable.bytes_for(16) - LimitTable.bytes_for(8)
+            header = LimitTable.bytes_for(8) - bucket
+            slots = max(1, (size - header) // bucket) * 8
+            if region is None:
+                self._rate_table = LimitTable(slots=slots)
+            else:
                 view = memoryview(region)[: LimitTable.bytes_for(slots)]
                 self._rate_table = LimitTable(view, slots)
         return self._rate_table
