@@ -163,7 +163,8 @@ class Master:
         self.restarts = 0  # workers replaced after they died
         self.reloads = {"ok": 0, "failed": 0}  # SIGHUP reloads decided here
         self._gathers: dict[int, _Gather] = {}
-        self._probes: dict[int, object] = {}  # a probe sent to a worker -> the admin's id
+        # a probe sent to a worker -> (its pid, the admin's id, when the admin stops waiting)
+        self._probes: dict[int, tuple[int, object, float]] = {}
         self._gather_seq = 0
         self.checker: int | None = None  # pid of the worker running the active health checks
         self.verdicts: dict[tuple[str, str], bool] = {}  # (upstream, target) -> False (unhealthy)
@@ -219,6 +220,8 @@ class Master:
         now = time.monotonic()
         for key in [k for k, gather in self._gathers.items() if gather.deadline <= now]:
             self._finish_gather(key)
+        for probe in [k for k, (_, _, deadline) in self._probes.items() if deadline <= now]:
+            del self._probes[probe]  # never answered: the admin process gave up on it
         if self._kill_at is not None and now >= self._kill_at:
             self._kill_at = None
             if self.workers:
@@ -489,14 +492,14 @@ class Master:
             return
         self._gather_seq += 1
         key = self._gather_seq
-        self._probes[key] = message.get("id")
+        self._probes[key] = (ready[0].pid, message.get("id"), time.monotonic() + STATS_TIMEOUT)
         self._send(ready[0], {"type": "probe", "id": key, "query": message.get("query")})
 
     def _on_probe(self, message: dict, request_id: object = None) -> None:
         if message.get("id") is not None:
             if message.get("id") not in self._probes:
                 return
-            request_id = self._probes.pop(message["id"])
+            request_id = self._probes.pop(message["id"])[1]
         if self.admin is not None:
             self._send(self.admin, {"type": "probe", "id": request_id, "data": message.get("data")})
 
@@ -597,6 +600,8 @@ class Master:
             if handle is None:
                 continue
             self._forget_control(handle)
+            for key in [k for k, (asked, _, _) in self._probes.items() if asked == pid]:
+                self._on_probe({"id": key, "data": None})  # it will never answer
             if pid == self.checker:
                 self.checker = None
                 if not self.stopping:
