@@ -27,6 +27,11 @@ __all__ = ["RateLimitTally", "RemoteDecision", "build", "key_state", "limit_tupl
 
 log = logging.getLogger("isekai.policies")
 
+# the share of the policy's `deadline` a Redis decision may take at most: past the deadline
+# the slow path answers 503 "did not finish in time", and a slow Redis must end in
+# `on_backend_error` instead, whatever `backend_timeout` says
+DEADLINE_SHARE = 0.8
+
 
 def limit_tuple(algorithm: str, rate: Any, burst: int | None) -> tuple[int, float, float, float]:
     """``(algorithm index, count, period, burst)`` of one limit (burst: the count if unset)."""
@@ -43,6 +48,7 @@ class RemoteDecision:
 
     def __init__(self, limiter: RedisLimiter) -> None:
         self.limiter = limiter
+        self.timeout = limiter.timeout  # `backend_timeout`, before the deadline bounds it
 
     def __call__(
         self, policy: RateLimitPolicy, req: Any, key: bytes, index: int, fallback: bool
@@ -54,10 +60,9 @@ class RemoteDecision:
     ) -> Any:
         algorithm, count, period, burst = policy.limit_of(index)
         self.limiter.name = policy.name
+        self.limiter.timeout = min(self.timeout, policy.deadline * DEADLINE_SHARE)
         try:
-            result = await self.limiter.take(
-                key, algorithm, count, period, burst, int(policy.cost)
-            )
+            result = await self.limiter.take(key, algorithm, count, period, burst, int(policy.cost))
         except Exception:  # the limiter never raises; a bug here must not become a 500
             log.exception("rate limit %s: the Redis decision failed", policy.name)
             result = None
@@ -95,7 +100,12 @@ async def key_state(tally: RateLimitTally, query: Mapping[str, Any]) -> dict[str
             backend = "redis"
             if found is None:
                 return {"reason": "backend", "error": "the Redis backend did not answer"}
-        return {"backend": backend, "tier": tier, "key": values, **dict(zip(_FIELDS, found))}
+        return {
+            "backend": backend,
+            "tier": tier,
+            "key": values,
+            **dict(zip(_FIELDS, found, strict=True)),
+        }
     message = f"no live rate_limit policy {name!r} in the worker (no route uses it?)"
     return {"reason": "not_live", "error": message}
 

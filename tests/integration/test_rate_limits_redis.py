@@ -89,3 +89,26 @@ def test_rate_limits_redis_killed_mid_test_follows_on_backend_error(start_gatewa
         redis.start()  # an empty Redis on the same port: limiting resumes after the back-off
         assert wait_for(lambda: statuses(gw.port, "/deny", 1) == [200], timeout=10)
         assert wait_for(lambda: statuses(gw.port, "/deny", 1) == [429], timeout=5)
+
+
+def test_rate_limits_hung_redis_past_the_policy_deadline_follows_on_backend_error(
+    start_gateway, upstream
+):
+    """A ``backend_timeout`` longer than the policy's ``deadline``: a Redis that accepts and
+    never answers must still end in ``on_backend_error`` (allow: 200), not in the slow path's
+    503 "policy did not finish in time"."""
+    from tests.support.observe import free_port
+    from tests.unit.policies.test_rate_limit_redis import Listener
+
+    port = free_port()
+    with Listener(port, silent=True):
+        text = config(
+            upstream.port,
+            "  lenient: {type: rate_limit, rate: 2/m, backend: redis, deadline: 300ms,\n"
+            f"            redis_url: 'redis://127.0.0.1:{port}', backend_timeout: 3s,\n"
+            "            on_backend_error: allow}",
+            "  - {name: a, match: {path: /a}, upstream: app, policies: [lenient]}",
+        )
+        gw = start_gateway(text)
+        status, _, body = call(gw.port, "/a")
+        assert status == 200, body
