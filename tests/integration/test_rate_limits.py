@@ -371,3 +371,29 @@ def test_rate_limits_header_numbers_stay_structured_field_integers(start_gateway
         assert headers["ratelimit-policy"].startswith(label + ";"), headers
         assert SF_POLICY.match(headers["ratelimit-policy"]), headers
         assert SF_STATE.match(headers["ratelimit"]), headers
+
+
+def test_rate_limits_state_survives_killed_workers(start_gateway, upstream):
+    """The table is the master's shared mapping: workers replaced after a SIGKILL inherit it,
+    so a client's spent budget stays spent."""
+    import os
+    import signal
+
+    gw = start_gateway(
+        config(
+            upstream.port,
+            "  per_route: {type: rate_limit, rate: 4/h, key: route}",
+            "  - {name: a, match: {path: /a}, upstream: app, policies: [per_route]}",
+            workers=2,
+        )
+    )
+    assert wait_for(lambda: len(gw.workers()) == 2, timeout=10)
+    assert statuses(gw.port, "/a", 3) == [200, 200, 200]
+    old = set(gw.workers())
+    mark = gw.mark()
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: len(set(gw.workers()) - old) == 2, timeout=15), gw.output()
+    assert gw.wait_for_log(r"worker \d+ up", timeout=15, since=mark), gw.output()
+    time.sleep(0.5)  # the second replacement too
+    assert statuses(gw.port, "/a", 2) == [200, 429]
