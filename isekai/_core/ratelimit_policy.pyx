@@ -340,8 +340,14 @@ cdef class RateLimitPolicy(CorePolicy):
         cdef bint fallback = False
         cdef bytes key
         cdef Decision d
+        cdef Py_ssize_t i
         if index < 0:
             return None
+        for i in range(r.ran):
+            # a named policy on the listener and on the route: one instance twice in the
+            # chain, which takes once per request
+            if r.chain[i] is self:
+                return None
         key = self._key(r, index, &fallback)
         if self.remote is not None:
             return self.remote(self, req, key, index, fallback)

@@ -397,3 +397,20 @@ def test_rate_limits_state_survives_killed_workers(start_gateway, upstream):
     assert gw.wait_for_log(r"worker \d+ up", timeout=15, since=mark), gw.output()
     time.sleep(0.5)  # the second replacement too
     assert statuses(gw.port, "/a", 2) == [200, 429]
+
+
+def test_rate_limits_policy_on_listener_and_route_takes_once(start_gateway, upstream):
+    """A named rate_limit listed on a listener and on one of its routes is one instance twice
+    in the request's chain: it must take its cost once, not twice (4/h admits 4)."""
+    text = config(
+        upstream.port,
+        "  per_ip: {type: rate_limit, rate: 4/h}",
+        "  - {name: a, match: {path: /a}, upstream: app, policies: [per_ip]}\n"
+        "  - {name: b, match: {path: /b}, upstream: app}",
+    ).replace(
+        'listeners: [{name: public, bind: "127.0.0.1:0"}]',
+        'listeners: [{name: public, bind: "127.0.0.1:0", policies: [per_ip]}]',
+    )
+    gw = start_gateway(text)
+    assert statuses(gw.port, "/a", 3) == [200, 200, 200]
+    assert statuses(gw.port, "/b", 2) == [200, 429]
