@@ -10,7 +10,8 @@ shared memory for every worker of the host): one SipHash, one bucket lock, a few
 operations. Nothing per key lives in Python.
 
 The key is the policy's namespace (its name, so every worker counts into the same bucket), the
-tier, then each part length-prefixed (so no two different part lists make the same bytes). A
+tier, then each part after its length (so no two different part lists make the same bytes),
+built with one allocation from prefixes made once. A
 part the request lacks (no such header, no consumer resolved yet) makes the request count under
 its client address instead: leaving a header out never escapes the limit. `param:NAME` reads
 the query, percent-decoded, so `?k=%61` and `?k=a` share a bucket.
@@ -136,6 +137,27 @@ cdef inline bytes _utf8(object value):
     return None  # objects and lists do not name a bucket
 
 
+cdef bytes _compose(bytes prefix, list values):
+    """`prefix`, then each value after its length (2 bytes, big-endian; values are cut at
+    MAX_KEY bytes): one allocation, and no two value lists give the same bytes."""
+    cdef Py_ssize_t total = PyBytes_GET_SIZE(prefix), n, at
+    cdef bytes value, out
+    cdef char* q
+    for value in values:
+        total += 2 + min(PyBytes_GET_SIZE(value), MAX_KEY)
+    out = PyBytes_FromStringAndSize(NULL, total)
+    q = PyBytes_AS_STRING(out)
+    at = PyBytes_GET_SIZE(prefix)
+    memcpy(q, PyBytes_AS_STRING(prefix), at)
+    for value in values:
+        n = min(PyBytes_GET_SIZE(value), MAX_KEY)
+        q[at] = <char>(n >> 8)
+        q[at + 1] = <char>(n & 0xFF)
+        memcpy(q + at + 2, PyBytes_AS_STRING(value), n)
+        at += 2 + n
+    return out
+
+
 cdef inline bytes _int_text(double value):
     return str(<long long>value).encode()
 
@@ -174,6 +196,8 @@ cdef class RateLimitPolicy(CorePolicy):
     cdef bint has_base
     cdef dict tiers
     cdef tuple tier_names          # index -> name ("" for the base rate)
+    cdef tuple prefixes            # index -> namespace + tier + b"\x00" (made on first use)
+    cdef tuple fallbacks           # index -> namespace + tier + b"\x01": + a client address
     cdef tuple parts               # ((kind int, name bytes or str), ...)
     cdef readonly double cost
     cdef bint send_headers
@@ -254,10 +278,14 @@ cdef class RateLimitPolicy(CorePolicy):
         if self.on_close is not None:
             self.on_close(self)
 
-    cdef bytes _ns(self):
-        if self.namespace is None:
-            self.namespace = (self.name or "rate_limit").encode("utf-8") + b"\x00"
-        return self.namespace
+    cdef int _name_keys(self) except -1:
+        """The key prefixes, from the name (set by the policy set once built)."""
+        cdef bytes tier
+        self.namespace = (self.name or "rate_limit").encode("utf-8") + b"\x00"
+        tiers = [(<str>name).encode("utf-8") for name in self.tier_names]
+        self.prefixes = tuple([self.namespace + tier + b"\x00" for tier in tiers])
+        self.fallbacks = tuple([self.namespace + tier + b"\x01" for tier in tiers])
+        return 0
 
     cdef bytes _label(self):
         if not self.policy_label:
@@ -306,26 +334,19 @@ cdef class RateLimitPolicy(CorePolicy):
 
     cdef bytes _key(self, ProxyRequest req, Py_ssize_t index, bint* fallback):
         """The bucket's key bytes; `fallback` set when a part was missing."""
-        cdef list pieces = [self._ns(), (<str>self.tier_names[index]).encode("utf-8"),
-                            b"\x00"]
-        cdef bytes value
         cdef tuple part
-        cdef Py_ssize_t size
+        cdef bytes value
+        cdef list values = []
+        if self.prefixes is None:
+            self._name_keys()
         for part in self.parts:
             value = self._part(req, <int>part[0], part[1])
             if value is None:
                 fallback[0] = True
-                value = req.client_address()
-                return b"".join((self._ns(), (<str>self.tier_names[index]).encode("utf-8"),
-                                 b"\x01", value))
-            size = PyBytes_GET_SIZE(value)
-            if size > MAX_KEY:
-                value = value[:MAX_KEY]
-            pieces.append(str(size).encode())
-            pieces.append(b":")
-            pieces.append(value)
+                return <bytes>self.fallbacks[index] + req.client_address()
+            values.append(value)
         fallback[0] = False
-        return b"".join(pieces)
+        return _compose(<bytes>self.prefixes[index], values)
 
     cdef object request(self, object req):
         cdef ProxyRequest r = <ProxyRequest>req
@@ -444,26 +465,20 @@ cdef class RateLimitPolicy(CorePolicy):
         of the key), for `tier` ("" for the base rate), and the limit's index: what the admin
         API peeks at. A single value with a key of several parts is taken as a client
         address (the fallback key)."""
-        cdef Py_ssize_t index = self.tiers.get(tier, 0) if tier else 0
-        cdef list pieces
-        encoded = [v.encode("utf-8") if isinstance(v, str) else v for v in values]
+        cdef Py_ssize_t index
         if tier and tier not in self.tiers:
             raise KeyError(tier)
         if not tier and not self.has_base:
             raise KeyError("")
+        index = self.tiers[tier] if tier else 0
+        if self.prefixes is None:
+            self._name_keys()
+        encoded = [v.encode("utf-8") if isinstance(v, str) else v for v in values]
         if len(encoded) != len(self.parts):
             if len(encoded) == 1:
-                return index, b"".join((self._ns(),
-                                        (<str>self.tier_names[index]).encode("utf-8"),
-                                        b"\x01", encoded[0]))
+                return index, <bytes>self.fallbacks[index] + encoded[0]
             raise ValueError(f"the key has {len(self.parts)} parts, got {len(encoded)}")
-        pieces = [self._ns(), (<str>self.tier_names[index]).encode("utf-8"), b"\x00"]
-        for value in encoded:
-            value = value[:MAX_KEY]
-            pieces.append(str(len(value)).encode())
-            pieces.append(b":")
-            pieces.append(value)
-        return index, b"".join(pieces)
+        return index, _compose(<bytes>self.prefixes[index], encoded)
 
     def peek(self, str tier, tuple values, now=None):
         """(allowed, limit, remaining, reset, retry_after) for the key of `values` (local
