@@ -35,6 +35,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.math cimport ceil, floor
 from libc.stdlib cimport free, malloc
+from libc.stdio cimport snprintf
 from libc.string cimport memcpy
 
 from isekai._core.policy cimport Answer, CorePolicy, ResponseHead
@@ -158,8 +159,20 @@ cdef bytes _compose(bytes prefix, list values):
     return out
 
 
-cdef inline bytes _int_text(double value):
-    return str(<long long>value).encode()
+cdef bytes _whole(double value):
+    """A non-negative whole number as decimal digits (what the header fields carry)."""
+    cdef char buffer[32]
+    cdef int n = snprintf(buffer, sizeof(buffer), "%lld",
+                          <long long>(value if value > 0 else 0))
+    return PyBytes_FromStringAndSize(buffer, n)
+
+
+cdef inline double _floored(double value) noexcept:
+    return floor(value + 1e-6) if value > 0 else 0
+
+
+cdef inline double _ceiled(double value) noexcept:
+    return ceil(value) if value > 0 else 0
 
 
 cdef bytes _sf_string(str text):
@@ -204,6 +217,7 @@ cdef class RateLimitPolicy(CorePolicy):
     cdef bint legacy
     cdef readonly bint deny_on_error
     cdef bytes policy_label        # the name as an sf-string, for the headers
+    cdef list policy_values        # index -> its RateLimit-Policy value (made on first use)
     cdef bytes body
     cdef Py_ssize_t body_rid
     cdef long long* decisions         # [limit][key class][outcome]
@@ -374,33 +388,46 @@ cdef class RateLimitPolicy(CorePolicy):
     cdef Answer _refusal(self, Py_ssize_t index, Decision* d):
         cdef double wait = ceil(d.retry_after) if d.retry_after > 0 else 1
         cdef Answer answer
-        cdef list fields = [
-            (b"retry-after", _int_text(wait if wait >= 1 else 1)),
-        ]
-        self._fields(fields, index, d)
+        cdef list fields = [(b"retry-after", _whole(wait if wait >= 1 else 1))]
+        self._fields(fields, index, _floored(d.remaining), _ceiled(d.reset))
         answer = Answer(429, (((b"content-type", b"application/json"),) + tuple(fields)),
                         self.body)
         answer.request_id_at = self.body_rid
         return answer
 
-    cdef int _fields(self, list fields, Py_ssize_t index, Decision* d) except -1:
+    cdef bytes _policy_value(self, Py_ssize_t index):
+        """`RateLimit-Policy` of limit `index` (the same for every request: made once)."""
         cdef Limit* limit = &self.limits[index]
-        cdef double window
+        cdef double window, quota
+        if self.policy_values is None:
+            self.policy_values = [None] * self.n_limits
+        value = self.policy_values[index]
+        if value is None:
+            if limit.algorithm == 0 or limit.algorithm == 1:  # buckets: the time to fill one
+                window = ceil(limit.burst * limit.period / limit.count)
+                quota = limit.burst
+            else:
+                window = ceil(limit.period)
+                quota = limit.count
+            value = self._label() + b";q=" + _whole(quota) + b";w=" + _whole(window)
+            self.policy_values[index] = value
+        return <bytes>value
+
+    cdef int _fields(self, list fields, Py_ssize_t index, double remaining,
+                     double reset) except -1:
+        cdef char buffer[64]
+        cdef int n
         cdef bytes label = self._label()
-        cdef double remaining = floor(d.remaining) if d.remaining > 0 else 0
-        cdef double reset = ceil(d.reset) if d.reset > 0 else 0
-        if limit.algorithm == 0 or limit.algorithm == 1:  # buckets: the time to fill one
-            window = ceil(limit.burst * limit.period / limit.count)
-        else:
-            window = ceil(limit.period)
-        fields.append((b"ratelimit-policy",
-                       label + b";q=" + _int_text(d.limit) + b";w=" + _int_text(window)))
-        fields.append((b"ratelimit",
-                       label + b";r=" + _int_text(remaining) + b";t=" + _int_text(reset)))
+        n = snprintf(buffer, sizeof(buffer), ";r=%lld;t=%lld", <long long>remaining,
+                     <long long>reset)
+        fields.append((b"ratelimit-policy", self._policy_value(index)))
+        fields.append((b"ratelimit", label + PyBytes_FromStringAndSize(buffer, n)))
         if self.legacy:
-            fields.append((b"x-ratelimit-limit", _int_text(d.limit)))
-            fields.append((b"x-ratelimit-remaining", _int_text(remaining)))
-            fields.append((b"x-ratelimit-reset", _int_text(reset)))
+            limit = &self.limits[index]
+            fields.append((b"x-ratelimit-limit", _whole(
+                limit.burst if limit.algorithm == 0 or limit.algorithm == 1 else limit.count)))
+            fields.append((b"x-ratelimit-remaining", _whole(remaining)))
+            fields.append((b"x-ratelimit-reset", _whole(reset)))
         return 0
 
     cdef int _note(self, ProxyRequest req, Py_ssize_t index, Decision* d) except -1:
@@ -411,22 +438,24 @@ cdef class RateLimitPolicy(CorePolicy):
             req._ctx = {}
         ctx = <dict>req._ctx
         note = ctx.get("rate_limit")
-        if note is not None and (<tuple>note)[1] <= d.remaining:
+        if note is not None and <double>(<tuple>note)[1] <= d.remaining:
             return 0
-        fields = []
-        self._fields(fields, index, d)
-        ctx["rate_limit"] = (self, d.remaining, tuple(fields))
+        ctx["rate_limit"] = (self, d.remaining, index, _ceiled(d.reset))
         return 0
 
     cdef int response(self, object req, ResponseHead head) except -1:
         cdef ProxyRequest r = <ProxyRequest>req
         cdef object note
+        cdef list fields
         if r._ctx is None:
             return 0
         note = (<dict>r._ctx).get("rate_limit")
         if note is None or (<tuple>note)[0] is not self:
             return 0
-        for name, value in <tuple>(<tuple>note)[2]:
+        fields = []
+        self._fields(fields, <Py_ssize_t>(<tuple>note)[2], _floored((<tuple>note)[1]),
+                     <double>(<tuple>note)[3])
+        for name, value in fields:
             head.put_valid(name, value)
         return 0
 
