@@ -152,6 +152,32 @@ def test_throttling_high_priority_queued_last_is_served_first():
         assert up.arrived[2:] == ["/held/high", "/held/low"]
 
 
+def test_throttling_per_upstream_counts_the_routes_of_one_upstream_together():
+    with HoldingUpstream() as up:
+        text = f"""
+listeners: [{{name: public, bind: "127.0.0.1:0"}}]
+upstreams:
+  app: {{targets: ["127.0.0.1:{up.port}"]}}
+policies:
+  one: {{type: concurrency_limit, max: 1, per: upstream}}
+routes:
+  - {{name: a, match: {{path: "/a/*"}}, upstream: app, strip_prefix: /a, policies: [one]}}
+  - {{name: b, match: {{path: "/b/*"}}, upstream: app, strip_prefix: /b, policies: [one]}}
+  - {{name: direct, match: {{path: /direct}}, respond: {{body: here}}, policies: [one]}}
+"""
+        with ThreadedWorker(text) as tw:
+            held = send(tw.port, "/a/held/1")
+            assert wait_for(lambda: len(up.arrived) == 1)
+            status, headers, _ = answer(send(tw.port, "/b/held/2"))  # the same upstream
+            assert status == 503 and headers["retry-after"] == "1"
+            assert answer(send(tw.port, "/direct"))[0] == 200  # no upstream: its own counter
+            up.release()
+            assert answer(held)[0] == 200
+            assert wait_for(lambda: throttle(tw)["policies"]["one"]["in_flight"] == 0)
+            assert answer(send(tw.port, "/b/free"))[0] == 200
+            assert up.arrived == ["/held/1", "/free"]
+
+
 @dataclass(frozen=True, slots=True)
 class BlockConfig:
     family: ClassVar[str] = "test_block_loop"

@@ -18,10 +18,17 @@ from isekai.policies.concurrency import ConcurrencyLimit, PriorityOf, throttle_s
 class Req:
     """What the policy reads of a request: headers, ctx, the route, `cancelled`."""
 
-    def __init__(self, name: str = "", headers: dict | None = None, route: str = "api") -> None:
+    def __init__(
+        self,
+        name: str = "",
+        headers: dict | None = None,
+        route: str = "api",
+        upstream: str | None = "app",
+    ) -> None:
         self.name = name
         self.headers = {k.lower(): v for k, v in (headers or {}).items()}
         self.route_name = route
+        self.upstream_name = upstream
         self.ctx: dict = {}
         self.cancelled = False
 
@@ -222,6 +229,21 @@ def test_concurrency_per_route_counts_apart():
         shared = ConcurrencyLimit(1, per="policy")
         assert await start(shared, Req(route="a")) is None
         assert (await start(shared, Req(route="b"))).status == 503
+
+    run(scenario())
+
+
+def test_concurrency_per_upstream_shares_a_counter_across_routes():
+    async def scenario():
+        policy = ConcurrencyLimit(1, per="upstream")
+        first = Req(route="a", upstream="app")
+        assert await start(policy, first) is None
+        assert (await start(policy, Req(route="b", upstream="app"))).status == 503
+        assert await start(policy, Req(route="c", upstream="other")) is None
+        assert await start(policy, Req(route="direct", upstream=None)) is None
+        assert policy.in_flight == 3
+        policy.on_complete(first)
+        assert await start(policy, Req(route="b", upstream="app")) is None
 
     run(scenario())
 
