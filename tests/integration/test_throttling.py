@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar
 
+import aiohttp
 import pytest
 
 from isekai.config.loader import load_config_text
@@ -24,6 +25,7 @@ from tests.support.client import connect, read_response, read_responses
 from tests.support.gateway import wait_for
 from tests.support.upstream import ServerThread
 from tests.support.worker import ThreadedWorker
+from tests.support.ws_upstream import WebSocketUpstream
 
 
 class HoldingUpstream(ServerThread):
@@ -270,6 +272,37 @@ routes:
         assert [answer(sock)[0] for sock in old + new] == [200] * 4  # b: the old one's queue
         assert sorted(up.arrived) == [f"/held/{name}" for name in "abcd"]
         assert wait_for(lambda: throttle(tw)["policies"]["gate"]["in_flight"] == 0)
+
+
+def test_throttling_websocket_holds_its_slot_until_the_upgrade():
+    async def talk(port: int, count: int) -> list:
+        async with aiohttp.ClientSession() as session:
+            sockets = [
+                await session.ws_connect(f"http://127.0.0.1:{port}/ws") for _ in range(count)
+            ]
+            replies = []
+            for i, ws in enumerate(sockets):
+                await ws.send_str(f"m{i}")
+                replies.append((await asyncio.wait_for(ws.receive(), 5)).data)
+            for ws in sockets:
+                await ws.close()
+            return replies
+
+    with WebSocketUpstream() as up:
+        text = f"""
+listeners: [{{name: public, bind: "127.0.0.1:0"}}]
+upstreams:
+  ws: {{targets: ["127.0.0.1:{up.port}"]}}
+policies:
+  gate: {{type: concurrency_limit, max: 1}}
+routes:
+  - {{name: ws, match: {{path: /ws}}, upstream: ws, websocket: true, policies: [gate]}}
+"""
+        with ThreadedWorker(text) as tw:
+            # two tunnels open at once with max 1 and no queue: an open tunnel holds no slot
+            assert asyncio.run(talk(tw.port, 2)) == ["m0", "m1"]
+            row = throttle(tw)["policies"]["gate"]
+            assert row["in_flight"] == 0 and row["rejected"]["queue_full"] == 0
 
 
 @dataclass(frozen=True, slots=True)
