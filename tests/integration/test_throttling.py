@@ -194,7 +194,29 @@ def reset(sock: socket.socket) -> None:
     sock.close()
 
 
-def test_throttling_slots_never_leak():
+@dataclass(frozen=True, slots=True)
+class RaiseConfig:
+    family: ClassVar[str] = "test_raise"
+
+
+class Raise:
+    """A later policy that fails (500)."""
+
+    def __init__(self, config: RaiseConfig) -> None:
+        pass
+
+    def on_request(self, req):
+        raise RuntimeError("a policy bug")
+
+
+@pytest.fixture
+def raising_family():
+    register(PolicyFamily("test_raise", RaiseConfig, Raise))
+    yield
+    unregister_family("test_raise")
+
+
+def test_throttling_slots_never_leak(raising_family):
     # one counter for every route: a slot left behind would show in `in_flight` and hold
     # up the next request
     with HoldingUpstream() as up:
@@ -210,6 +232,7 @@ routes:
   - {{name: deny, match: {{path: /deny}}, upstream: app,
       policies: [gate, {{type: fault, abort: {{status: 418}}}}]}}
   - {{name: dead, match: {{path: /dead}}, upstream: dead, policies: [gate]}}
+  - {{name: bug, match: {{path: /bug}}, upstream: app, policies: [gate, {{type: test_raise}}]}}
 """
         with ThreadedWorker(text) as tw:
 
@@ -232,6 +255,7 @@ routes:
             assert wait_for(lambda: row()["in_flight"] == 0)
             assert answer(send(tw.port, "/deny"))[0] == 418  # a later policy answers
             assert answer(send(tw.port, "/dead"))[0] == 502  # the upstream fails
+            assert answer(send(tw.port, "/bug"))[0] == 500  # a later policy raises
             assert row()["in_flight"] == 0
             sock = connect(tw.port)  # pipelined: each takes the one slot in turn
             sock.sendall(
