@@ -262,6 +262,14 @@ def test_concurrency_priority_header_then_tier_then_default():
     assert PriorityOf(None)(Req(headers={"X-Priority": "9"})) == 0
 
 
+def test_concurrency_priority_header_only_0_to_100():
+    of = PriorityOf(Priority(header="X-Priority", default=3))
+    for raw, expected in ((" 7 ", 7), ("\t100", 100), ("007", 7), ("0", 0)):
+        assert of(Req(headers={"X-Priority": raw})) == expected
+    for bad in ("101", "0100", "9" * 5000, "+5", "", " ", "5, 90", "1e2", "٣"):
+        assert of(Req(headers={"X-Priority": bad})) == 3
+
+
 def test_concurrency_builder_and_stats():
     config = load_config_text(
         """
