@@ -40,6 +40,11 @@ GROUPS = {
     ),
     "jwt": ("small_get_jwt_cached", "small_get_jwt_uncached"),
     "auth": ("small_get_api_key",),
+    "rate_limit": (
+        "small_get_rate_limit",
+        "small_get_rate_limit_headers",
+        "small_get_rate_limit_redis",
+    ),
 }
 
 
@@ -139,6 +144,22 @@ def scenarios() -> dict[str, Scenario]:
             baseline="small_get",
         )
     )
+    for variant, what in (
+        ("rate_limit", "a rate_limit policy (local table shared by the workers, one hot key)"),
+        ("rate_limit_headers", "the same with RateLimit headers on every response"),
+        ("rate_limit_redis", "the same counted in Redis (one round trip per request)"),
+    ):
+        out.append(
+            Scenario(
+                f"small_get_{variant}",
+                "/small",
+                f"small_get with {what}; never refused",
+                targets=("isekai",),
+                expect_len=small,
+                variant=variant,
+                baseline="small_get",
+            )
+        )
     out.append(
         Scenario(
             "c1000",

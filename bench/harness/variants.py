@@ -16,6 +16,11 @@ variant edits that text so the scenario measures exactly one feature's cost agai
     jwt             a jwt policy (RS256, an inline PEM key; harness/jwt_tokens.py) on every route
     api_key         an api_key policy on every route; wrk sends a consumer's key (one HMAC
                     and one dict lookup per request, the key header removed, X-Consumer-ID set)
+    rate_limit      a rate_limit policy (local table, key client_ip, a rate never reached) on
+                    every route: one take from the table the workers share, per request
+    rate_limit_headers  the same with `headers: true` (RateLimit fields on every response)
+    rate_limit_redis    the same counted in Redis (ISEKAI_BENCH_REDIS_URL, default
+                    redis://127.0.0.1:6379/0): one round trip per request on the slow path
 
 Tracing variants export to the OTLP sink (otlp_sink.py) the harness starts, never to a real
 collector.
@@ -23,6 +28,7 @@ collector.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 # small_get_policies: the hot families on the one route, each doing its work per request
@@ -48,8 +54,30 @@ API_KEY_YAML = (
     "  keys: {type: api_key, header: X-API-Key}\n"
 )
 
+# small_get_rate_limit*: every request is counted (all from 127.0.0.1: one hot key, the
+# worst case for the bucket lock the workers share) and none is refused
+RATE_LIMIT_YAML = (
+    "policies:\n"
+    "  limit: {{type: rate_limit, rate: 1000000000/s, key: client_ip{extra}}}\n"
+)
+RATE_LIMIT_VARIANTS = {
+    "rate_limit": "",
+    "rate_limit_headers": ", headers: true",
+    "rate_limit_redis": ", backend: redis, redis_url: '{redis}', key_prefix: 'bench:rl:'",
+}
+REDIS_URL_ENV = "ISEKAI_BENCH_REDIS_URL"
+
 TRACING_RATIOS = {"tracing_0": 0, "tracing_1pct": 0.01, "tracing_100pct": 1}
-NAMES = ("policies", "metrics_off", *TRACING_RATIOS, "access_log", "request_log", "jwt", "api_key")
+NAMES = (
+    "policies",
+    "metrics_off",
+    *TRACING_RATIOS,
+    "access_log",
+    "request_log",
+    "jwt",
+    "api_key",
+    *RATE_LIMIT_VARIANTS,
+)
 ADMIN_OFF = "admin: {enabled: false}"
 
 
@@ -97,6 +125,10 @@ def apply(conf: str, variant: str | None, work: Path, tag: str, sink_port: int |
         return with_policies(conf, jwt_tokens.policy_yaml(), "[bench_jwt]")
     if variant == "api_key":
         return api_key_conf(conf)
+    if variant in RATE_LIMIT_VARIANTS:
+        redis = os.environ.get(REDIS_URL_ENV, "redis://127.0.0.1:6379/0")
+        extra = RATE_LIMIT_VARIANTS[variant].format(redis=redis)
+        return with_policies(conf, RATE_LIMIT_YAML.format(extra=extra), "[limit]")
     if variant == "metrics_off":
         return conf + "observability: {metrics: {enabled: false}}\n"
     if variant in TRACING_RATIOS:

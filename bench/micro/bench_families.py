@@ -5,7 +5,8 @@ The browser-like GET of bench_parse.py (11 fields, with an allowed `Origin`) is 
 DownstreamProtocol over an in-memory transport and answered by a direct route, first with no
 policy, then with each family alone, then with the three (the small_get_policies chain of
 bench/run.py); the request and response phases both run. ip_filter is measured with 10 and
-with 10,000 networks in its allow list. The cases are interleaved, ROUNDS times over (each a
+with 10,000 networks in its allow list; rate_limit (a private table, one hot key, a rate never
+reached) without and with the RateLimit response fields. The cases are interleaved, ROUNDS times over (each a
 run of LOOPS requests), and each keeps its best run: a shared machine's bursts hit all alike.
 """
 
@@ -19,7 +20,10 @@ import bench_parse
 from bench_parse import BROWSER, make_state, per_request_ns
 
 from isekai.chains import as_core
+from isekai.config.rate_limit_policy import RateLimitConfig
+from isekai.config.units import Rate
 from isekai.policies import BUILDERS
+from isekai.policies.environment import PolicyEnvironment
 
 PATH = b"/api/v1/users/42"
 ROUNDS = 9
@@ -63,7 +67,19 @@ def policies() -> dict:
     floor = BUILDERS["headers"](
         SimpleNamespace(request=edits(), response=edits(remove=("x-absent",)))
     )
-    return {"headers": headers, "cors": cors, "ip10": small, "ip10k": big, "floor": floor}
+    env = PolicyEnvironment()
+    never = Rate(1e9, 1.0)  # a rate never reached: every request takes and passes
+    limit = BUILDERS["rate_limit"](RateLimitConfig(rate=never), env)
+    limit_headers = BUILDERS["rate_limit"](RateLimitConfig(rate=never, headers=True), env)
+    return {
+        "headers": headers,
+        "cors": cors,
+        "ip10": small,
+        "ip10k": big,
+        "floor": floor,
+        "rate_limit": limit,
+        "rate_limit_headers": limit_headers,
+    }
 
 
 def results() -> list[tuple[str, float]]:
@@ -76,6 +92,8 @@ def results() -> list[tuple[str, float]]:
         ("ip_filter, 10 networks", (made["ip10"],)),
         ("ip_filter, 10,000 networks", (made["ip10k"],)),
         ("ip_filter (10k) + cors + headers", (made["ip10k"], made["cors"], made["headers"])),
+        ("rate_limit (local table, key client_ip)", (made["rate_limit"],)),
+        ("rate_limit with RateLimit headers", (made["rate_limit_headers"],)),
     ]
     states = []
     for _, chain in cases:

@@ -511,6 +511,15 @@ cdef class ProxyRequest(Exchange):
     def route_name(self):
         return self.route.name if self.route is not None else None
 
+    @property
+    def upstream_name(self):
+        """The name of the route's upstream (its cluster), or None: a direct route (`respond`),
+        or no route."""
+        cdef CoreRoute route = self.route
+        if route is None or route.cluster is None:
+            return None
+        return route.cluster.name
+
     # request facts for `on_complete` (custom metrics, logs); read-only
     @property
     def status(self):

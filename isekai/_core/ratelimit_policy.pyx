@@ -10,7 +10,8 @@ shared memory for every worker of the host): one SipHash, one bucket lock, a few
 operations. Nothing per key lives in Python.
 
 The key is the policy's namespace (its name, so every worker counts into the same bucket), the
-tier, then each part length-prefixed (so no two different part lists make the same bytes). A
+tier, then each part after its length (so no two different part lists make the same bytes),
+built with one allocation from prefixes made once. A
 part the request lacks (no such header, no consumer resolved yet) makes the request count under
 its client address instead: leaving a header out never escapes the limit. `param:NAME` reads
 the query, percent-decoded, so `?k=%61` and `?k=a` share a bucket.
@@ -34,6 +35,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.math cimport ceil, floor
 from libc.stdlib cimport free, malloc
+from libc.stdio cimport snprintf
 from libc.string cimport memcpy
 
 from isekai._core.policy cimport Answer, CorePolicy, ResponseHead
@@ -61,7 +63,8 @@ PART_KINDS = {
 OUTCOMES = ("allowed", "limited", "error_allowed", "error_denied")
 DEF N_OUTCOMES = 4
 DEF MAX_SF_INTEGER = 999999999999999.0  # the largest structured-field integer
-DEF MAX_KEY = 4096   # bytes of a key; longer values are cut (they still differ by their length)
+DEF MAX_KEY = 4096   # bytes of a key part; longer values are cut (two that share their first
+                     # MAX_KEY bytes share a bucket: merged, never escaped)
 
 cdef bytes HEX = b"0123456789ABCDEF"
 
@@ -137,14 +140,48 @@ cdef inline bytes _utf8(object value):
     return None  # objects and lists do not name a bucket
 
 
-cdef inline bytes _int_text(double value):
-    """`value` (whole) as a non-negative sf-integer (RFC 8941 §3.3.1: at most 15 digits): a
-    huge rate or period in the config must not overflow the cast into a negative number."""
+cdef bytes _compose(bytes prefix, list values):
+    """`prefix`, then each value after its length (2 bytes, big-endian; values are cut at
+    MAX_KEY bytes): one allocation, and no two value lists give the same bytes."""
+    cdef Py_ssize_t total = PyBytes_GET_SIZE(prefix), n, at
+    cdef bytes value, out
+    cdef char* q
+    for value in values:
+        total += 2 + min(PyBytes_GET_SIZE(value), MAX_KEY)
+    out = PyBytes_FromStringAndSize(NULL, total)
+    q = PyBytes_AS_STRING(out)
+    at = PyBytes_GET_SIZE(prefix)
+    memcpy(q, PyBytes_AS_STRING(prefix), at)
+    for value in values:
+        n = min(PyBytes_GET_SIZE(value), MAX_KEY)
+        q[at] = <char>(n >> 8)
+        q[at + 1] = <char>(n & 0xFF)
+        memcpy(q + at + 2, PyBytes_AS_STRING(value), n)
+        at += 2 + n
+    return out
+
+
+cdef inline double _sf_integer(double value) noexcept:
+    """`value` within the sf-integers (RFC 8941 §3.3.1: 0 to 15 digits here): a huge rate or
+    period in the config must not overflow the `long long` cast into a negative number."""
     if not value > 0:  # negative, or NaN
-        return b"0"
-    if value > MAX_SF_INTEGER:
-        value = MAX_SF_INTEGER
-    return str(<long long>value).encode()
+        return 0
+    return value if value < MAX_SF_INTEGER else MAX_SF_INTEGER
+
+
+cdef bytes _whole(double value):
+    """A non-negative whole number as decimal digits (what the header fields carry)."""
+    cdef char buffer[32]
+    cdef int n = snprintf(buffer, sizeof(buffer), "%lld", <long long>_sf_integer(value))
+    return PyBytes_FromStringAndSize(buffer, n)
+
+
+cdef inline double _floored(double value) noexcept:
+    return _sf_integer(floor(value + 1e-6)) if value > 0 else 0
+
+
+cdef inline double _ceiled(double value) noexcept:
+    return _sf_integer(ceil(value)) if value > 0 else 0
 
 
 cdef bytes _sf_string(str text):
@@ -181,12 +218,15 @@ cdef class RateLimitPolicy(CorePolicy):
     cdef bint has_base
     cdef dict tiers
     cdef tuple tier_names          # index -> name ("" for the base rate)
+    cdef tuple prefixes            # index -> namespace + tier + b"\x00" (made on first use)
+    cdef tuple fallbacks           # index -> namespace + tier + b"\x01": + a client address
     cdef tuple parts               # ((kind int, name bytes or str), ...)
     cdef readonly double cost
     cdef bint send_headers
     cdef bint legacy
     cdef readonly bint deny_on_error
     cdef bytes policy_label        # the name as an sf-string, for the headers
+    cdef list policy_values        # index -> its RateLimit-Policy value (made on first use)
     cdef bytes body
     cdef Py_ssize_t body_rid
     cdef long long* decisions         # [limit][key class][outcome]
@@ -261,10 +301,14 @@ cdef class RateLimitPolicy(CorePolicy):
         if self.on_close is not None:
             self.on_close(self)
 
-    cdef bytes _ns(self):
-        if self.namespace is None:
-            self.namespace = (self.name or "rate_limit").encode("utf-8") + b"\x00"
-        return self.namespace
+    cdef int _name_keys(self) except -1:
+        """The key prefixes, from the name (set by the policy set once built)."""
+        cdef bytes tier
+        self.namespace = (self.name or "rate_limit").encode("utf-8") + b"\x00"
+        tiers = [(<str>name).encode("utf-8") for name in self.tier_names]
+        self.prefixes = tuple([self.namespace + tier + b"\x00" for tier in tiers])
+        self.fallbacks = tuple([self.namespace + tier + b"\x01" for tier in tiers])
+        return 0
 
     cdef bytes _label(self):
         if not self.policy_label:
@@ -313,26 +357,19 @@ cdef class RateLimitPolicy(CorePolicy):
 
     cdef bytes _key(self, ProxyRequest req, Py_ssize_t index, bint* fallback):
         """The bucket's key bytes; `fallback` set when a part was missing."""
-        cdef list pieces = [self._ns(), (<str>self.tier_names[index]).encode("utf-8"),
-                            b"\x00"]
-        cdef bytes value
         cdef tuple part
-        cdef Py_ssize_t size
+        cdef bytes value
+        cdef list values = []
+        if self.prefixes is None:
+            self._name_keys()
         for part in self.parts:
             value = self._part(req, <int>part[0], part[1])
             if value is None:
                 fallback[0] = True
-                value = req.client_address()
-                return b"".join((self._ns(), (<str>self.tier_names[index]).encode("utf-8"),
-                                 b"\x01", value))
-            size = PyBytes_GET_SIZE(value)
-            if size > MAX_KEY:
-                value = value[:MAX_KEY]
-            pieces.append(str(size).encode())
-            pieces.append(b":")
-            pieces.append(value)
+                return <bytes>self.fallbacks[index] + req.client_address()
+            values.append(value)
         fallback[0] = False
-        return b"".join(pieces)
+        return _compose(<bytes>self.prefixes[index], values)
 
     cdef object request(self, object req):
         cdef ProxyRequest r = <ProxyRequest>req
@@ -370,33 +407,46 @@ cdef class RateLimitPolicy(CorePolicy):
     cdef Answer _refusal(self, Py_ssize_t index, Decision* d):
         cdef double wait = ceil(d.retry_after) if d.retry_after > 0 else 1
         cdef Answer answer
-        cdef list fields = [
-            (b"retry-after", _int_text(wait if wait >= 1 else 1)),
-        ]
-        self._fields(fields, index, d)
+        cdef list fields = [(b"retry-after", _whole(wait if wait >= 1 else 1))]
+        self._fields(fields, index, _floored(d.remaining), _ceiled(d.reset))
         answer = Answer(429, (((b"content-type", b"application/json"),) + tuple(fields)),
                         self.body)
         answer.request_id_at = self.body_rid
         return answer
 
-    cdef int _fields(self, list fields, Py_ssize_t index, Decision* d) except -1:
+    cdef bytes _policy_value(self, Py_ssize_t index):
+        """`RateLimit-Policy` of limit `index` (the same for every request: made once)."""
         cdef Limit* limit = &self.limits[index]
-        cdef double window
+        cdef double window, quota
+        if self.policy_values is None:
+            self.policy_values = [None] * self.n_limits
+        value = self.policy_values[index]
+        if value is None:
+            if limit.algorithm == 0 or limit.algorithm == 1:  # buckets: the time to fill one
+                window = ceil(limit.burst * limit.period / limit.count)
+                quota = limit.burst
+            else:
+                window = ceil(limit.period)
+                quota = limit.count
+            value = self._label() + b";q=" + _whole(quota) + b";w=" + _whole(window)
+            self.policy_values[index] = value
+        return <bytes>value
+
+    cdef int _fields(self, list fields, Py_ssize_t index, double remaining,
+                     double reset) except -1:
+        cdef char buffer[64]
+        cdef int n
         cdef bytes label = self._label()
-        cdef double remaining = floor(d.remaining) if d.remaining > 0 else 0
-        cdef double reset = ceil(d.reset) if d.reset > 0 else 0
-        if limit.algorithm == 0 or limit.algorithm == 1:  # buckets: the time to fill one
-            window = ceil(limit.burst * limit.period / limit.count)
-        else:
-            window = ceil(limit.period)
-        fields.append((b"ratelimit-policy",
-                       label + b";q=" + _int_text(d.limit) + b";w=" + _int_text(window)))
-        fields.append((b"ratelimit",
-                       label + b";r=" + _int_text(remaining) + b";t=" + _int_text(reset)))
+        n = snprintf(buffer, sizeof(buffer), ";r=%lld;t=%lld", <long long>remaining,
+                     <long long>reset)
+        fields.append((b"ratelimit-policy", self._policy_value(index)))
+        fields.append((b"ratelimit", label + PyBytes_FromStringAndSize(buffer, n)))
         if self.legacy:
-            fields.append((b"x-ratelimit-limit", _int_text(d.limit)))
-            fields.append((b"x-ratelimit-remaining", _int_text(remaining)))
-            fields.append((b"x-ratelimit-reset", _int_text(reset)))
+            limit = &self.limits[index]
+            fields.append((b"x-ratelimit-limit", _whole(
+                limit.burst if limit.algorithm == 0 or limit.algorithm == 1 else limit.count)))
+            fields.append((b"x-ratelimit-remaining", _whole(remaining)))
+            fields.append((b"x-ratelimit-reset", _whole(reset)))
         return 0
 
     cdef int _note(self, ProxyRequest req, Py_ssize_t index, Decision* d) except -1:
@@ -407,22 +457,24 @@ cdef class RateLimitPolicy(CorePolicy):
             req._ctx = {}
         ctx = <dict>req._ctx
         note = ctx.get("rate_limit")
-        if note is not None and (<tuple>note)[1] <= d.remaining:
+        if note is not None and <double>(<tuple>note)[1] <= d.remaining:
             return 0
-        fields = []
-        self._fields(fields, index, d)
-        ctx["rate_limit"] = (self, d.remaining, tuple(fields))
+        ctx["rate_limit"] = (self, d.remaining, index, _ceiled(d.reset))
         return 0
 
     cdef int response(self, object req, ResponseHead head) except -1:
         cdef ProxyRequest r = <ProxyRequest>req
         cdef object note
+        cdef list fields
         if r._ctx is None:
             return 0
         note = (<dict>r._ctx).get("rate_limit")
         if note is None or (<tuple>note)[0] is not self:
             return 0
-        for name, value in <tuple>(<tuple>note)[2]:
+        fields = []
+        self._fields(fields, <Py_ssize_t>(<tuple>note)[2], _floored((<tuple>note)[1]),
+                     <double>(<tuple>note)[3])
+        for name, value in fields:
             head.put_valid(name, value)
         return 0
 
@@ -461,26 +513,20 @@ cdef class RateLimitPolicy(CorePolicy):
         of the key), for `tier` ("" for the base rate), and the limit's index: what the admin
         API peeks at. A single value with a key of several parts is taken as a client
         address (the fallback key)."""
-        cdef Py_ssize_t index = self.tiers.get(tier, 0) if tier else 0
-        cdef list pieces
-        encoded = [v.encode("utf-8") if isinstance(v, str) else v for v in values]
+        cdef Py_ssize_t index
         if tier and tier not in self.tiers:
             raise KeyError(tier)
         if not tier and not self.has_base:
             raise KeyError("")
+        index = self.tiers[tier] if tier else 0
+        if self.prefixes is None:
+            self._name_keys()
+        encoded = [v.encode("utf-8") if isinstance(v, str) else v for v in values]
         if len(encoded) != len(self.parts):
             if len(encoded) == 1:
-                return index, b"".join((self._ns(),
-                                        (<str>self.tier_names[index]).encode("utf-8"),
-                                        b"\x01", encoded[0]))
+                return index, <bytes>self.fallbacks[index] + encoded[0]
             raise ValueError(f"the key has {len(self.parts)} parts, got {len(encoded)}")
-        pieces = [self._ns(), (<str>self.tier_names[index]).encode("utf-8"), b"\x00"]
-        for value in encoded:
-            value = value[:MAX_KEY]
-            pieces.append(str(len(value)).encode())
-            pieces.append(b":")
-            pieces.append(value)
-        return index, b"".join(pieces)
+        return index, _compose(<bytes>self.prefixes[index], encoded)
 
     def peek(self, str tier, tuple values, now=None):
         """(allowed, limit, remaining, reset, retry_after) for the key of `values` (local

@@ -32,7 +32,7 @@ __all__ = [
     "Priority",
 ]
 
-PER_CHOICES = ("policy", "route")
+PER_CHOICES = ("policy", "route", "upstream")
 PRIORITY_MIN = 0
 PRIORITY_MAX = 100
 _TIERS_SCHEMA = {
@@ -87,8 +87,9 @@ class Priority:
 
 
 _PER_DOC = (
-    "What one counter covers: `route` (each route using the policy has its own), or `policy` "
-    "(one for every route using it)."
+    "What one counter covers: `route` (each route using the policy has its own), `upstream` "
+    "(one per upstream, shared by the routes using the policy that proxy to it; direct "
+    "routes share one), or `policy` (one for every route using it)."
 )
 _QUEUE_DOC = "How many requests may wait for a slot (per counter); `0`: none wait."
 _QUEUE_TIMEOUT_DOC = (

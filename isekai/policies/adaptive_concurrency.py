@@ -23,7 +23,8 @@ two phases:
 Updates are made when a sample arrives (``record(latency, now)``), not by a timer: an idle
 policy costs nothing and keeps its limit. When the limit rises, queued requests are admitted.
 The samples of one interval are bounded (`MAX_SAMPLES`); the rest of the interval's are
-dropped.
+dropped (a baseline of more ``min_rtt_requests`` than that still ends after that many; its
+percentile is taken over the first `MAX_SAMPLES`).
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class AdaptiveConcurrency(ConcurrencyLimit):
         self.sample_rtt: float | None = None  # the last interval's
         self.measuring = True
         self.samples: list[float] = []
+        self.measured = 0  # samples seen while measuring (may be more than those kept)
         now = clock()
         self.next_update = now + sample_interval
         self.next_min_rtt = now  # measuring from the start
@@ -106,7 +108,8 @@ class AdaptiveConcurrency(ConcurrencyLimit):
         if len(self.samples) < MAX_SAMPLES:
             self.samples.append(latency)
         if self.measuring:
-            if len(self.samples) >= self.min_rtt_requests:
+            self.measured += 1
+            if self.measured >= self.min_rtt_requests:
                 self.min_rtt = percentile(self.samples, self.percentile)
                 self.samples = []
                 self.measuring = False
@@ -133,6 +136,7 @@ class AdaptiveConcurrency(ConcurrencyLimit):
         if now >= self.next_min_rtt:
             # re-measure the baseline: pinned to min_limit until enough samples are in
             self.measuring = True
+            self.measured = 0
             self.samples = []
             self.limit = self.min_limit
 

@@ -6,8 +6,9 @@ takes one (``in_flight += 1``) and goes on. When none is free the request waits 
 counter's queue: ``on_request`` returns an awaitable, so `_core` hands this request (only this
 one) to the slow path, which awaits it; the awaitable resolves to None when a slot is handed
 to it (the request goes on, holding the slot) or to a 503 answer. Each counter (`Counter`) is
-per worker, and covers the policy instance (``per: policy``) or one route using it
-(``per: route``).
+per worker, and covers the policy instance (``per: policy``), one route using it
+(``per: route``) or one upstream its routes proxy to (``per: upstream``: the request's
+``upstream_name``; the direct routes share one counter).
 
 The queue is ordered by priority (higher first), then by arrival (FIFO). A slot that frees
 goes to the queue's head, never to a newcomer: while anyone waits, a newcomer queues too. When
@@ -135,7 +136,7 @@ class ConcurrencyLimit:
         self.limit = limit
         self.queue_size = queue
         self.queue_timeout = queue_timeout
-        self.per_route = per == "route"
+        self.per = per
         self.priority_of = PriorityOf(priority)
         self.clock = clock
         self.key = f"concurrency_limit:{id(self)}"  # this instance's slot in req.ctx
@@ -158,7 +159,13 @@ class ConcurrencyLimit:
     # -- the phases --------------------------------------------------------------------------
 
     def counter_for(self, req: Any) -> Counter:
-        name = req.route_name if self.per_route else None
+        per = self.per
+        if per == "route":
+            name = req.route_name
+        elif per == "upstream":
+            name = req.upstream_name
+        else:
+            name = None
         counter = self.counters.get(name)
         if counter is None:
             counter = self.counters[name] = Counter()

@@ -7,21 +7,25 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass
 from typing import ClassVar
 
+import aiohttp
 import pytest
 
+from isekai.config.loader import load_config_text
 from isekai.config.meta import setting
 from isekai.config.policies import unregister_family
 from isekai.observability.metrics import Gathered, render
 from isekai.policy import PolicyFamily, register
-from tests.support.client import connect, read_response
+from tests.support.client import connect, read_response, read_responses
 from tests.support.gateway import wait_for
 from tests.support.upstream import ServerThread
 from tests.support.worker import ThreadedWorker
+from tests.support.ws_upstream import WebSocketUpstream
 
 
 class HoldingUpstream(ServerThread):
@@ -150,6 +154,179 @@ def test_throttling_high_priority_queued_last_is_served_first():
         for sock in (*first, low, high):
             assert answer(sock)[0] == 200
         assert up.arrived[2:] == ["/held/high", "/held/low"]
+
+
+def test_throttling_per_upstream_counts_the_routes_of_one_upstream_together():
+    with HoldingUpstream() as up:
+        text = f"""
+listeners: [{{name: public, bind: "127.0.0.1:0"}}]
+upstreams:
+  app: {{targets: ["127.0.0.1:{up.port}"]}}
+policies:
+  one: {{type: concurrency_limit, max: 1, per: upstream}}
+routes:
+  - {{name: a, match: {{path: "/a/*"}}, upstream: app, strip_prefix: /a, policies: [one]}}
+  - {{name: b, match: {{path: "/b/*"}}, upstream: app, strip_prefix: /b, policies: [one]}}
+  - {{name: direct, match: {{path: /direct}}, respond: {{body: here}}, policies: [one]}}
+"""
+        with ThreadedWorker(text) as tw:
+            held = send(tw.port, "/a/held/1")
+            assert wait_for(lambda: len(up.arrived) == 1)
+            status, headers, _ = answer(send(tw.port, "/b/held/2"))  # the same upstream
+            assert status == 503 and headers["retry-after"] == "1"
+            assert answer(send(tw.port, "/direct"))[0] == 200  # no upstream: its own counter
+            up.release()
+            assert answer(held)[0] == 200
+            assert wait_for(lambda: throttle(tw)["policies"]["one"]["in_flight"] == 0)
+            assert answer(send(tw.port, "/b/free"))[0] == 200
+            assert up.arrived == ["/held/1", "/free"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def reset(sock: socket.socket) -> None:
+    """The client leaves at once (RST): a FIN alone is a half-close whose answer is awaited."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@dataclass(frozen=True, slots=True)
+class RaiseConfig:
+    family: ClassVar[str] = "test_raise"
+
+
+class Raise:
+    """A later policy that fails (500)."""
+
+    def __init__(self, config: RaiseConfig) -> None:
+        pass
+
+    def on_request(self, req):
+        raise RuntimeError("a policy bug")
+
+
+@pytest.fixture
+def raising_family():
+    register(PolicyFamily("test_raise", RaiseConfig, Raise))
+    yield
+    unregister_family("test_raise")
+
+
+def test_throttling_slots_never_leak(raising_family):
+    # one counter for every route: a slot left behind would show in `in_flight` and hold
+    # up the next request
+    with HoldingUpstream() as up:
+        text = f"""
+listeners: [{{name: public, bind: "127.0.0.1:0"}}]
+upstreams:
+  app: {{targets: ["127.0.0.1:{up.port}"]}}
+  dead: {{targets: ["127.0.0.1:{free_port()}"]}}
+policies:
+  gate: {{type: concurrency_limit, max: 1, queue: 2, queue_timeout: 5s, per: policy}}
+routes:
+  - {{name: held, match: {{path: "/held/*"}}, upstream: app, policies: [gate]}}
+  - {{name: deny, match: {{path: /deny}}, upstream: app,
+      policies: [gate, {{type: fault, abort: {{status: 418}}}}]}}
+  - {{name: dead, match: {{path: /dead}}, upstream: dead, policies: [gate]}}
+  - {{name: bug, match: {{path: /bug}}, upstream: app, policies: [gate, {{type: test_raise}}]}}
+"""
+        with ThreadedWorker(text) as tw:
+
+            def row() -> dict:
+                return throttle(tw)["policies"]["gate"]
+
+            first = send(tw.port, "/held/a")
+            assert wait_for(lambda: len(up.arrived) == 1)
+            gone = send(tw.port, "/held/b")
+            assert wait_for(lambda: row()["queued"] == 1)
+            waiting = send(tw.port, "/held/c")
+            assert wait_for(lambda: row()["queued"] == 2)
+            reset(gone)  # the client leaves while queued
+            assert wait_for(lambda: row()["queued"] == 1)
+            reset(first)  # the client leaves while its request is upstream
+            assert wait_for(lambda: up.arrived == ["/held/a", "/held/c"])
+            assert (row()["in_flight"], row()["queued"]) == (1, 0)
+            up.release()
+            assert answer(waiting)[:1] == (200,)
+            assert wait_for(lambda: row()["in_flight"] == 0)
+            assert answer(send(tw.port, "/deny"))[0] == 418  # a later policy answers
+            assert answer(send(tw.port, "/dead"))[0] == 502  # the upstream fails
+            assert answer(send(tw.port, "/bug"))[0] == 500  # a later policy raises
+            assert row()["in_flight"] == 0
+            sock = connect(tw.port)  # pipelined: each takes the one slot in turn
+            sock.sendall(
+                b"GET /held/p1 HTTP/1.1\r\nhost: gw\r\n\r\n"
+                b"GET /deny HTTP/1.1\r\nhost: gw\r\n\r\n"
+                b"GET /held/p2 HTTP/1.1\r\nhost: gw\r\n\r\n"
+            )
+            statuses = [status for status, _, _ in read_responses(sock, 3)]
+            sock.close()
+            assert statuses == [200, 418, 200]
+            assert wait_for(lambda: row()["in_flight"] == 0)
+            assert row()["queued"] == 0
+            assert row()["rejected"] == {"queue_full": 0, "queue_timeout": 0, "shed": 0}
+
+
+def test_throttling_reload_lets_the_old_instance_drain():
+    def text(port: int, limit: int) -> str:
+        return f"""
+listeners: [{{name: public, bind: "127.0.0.1:0"}}]
+upstreams:
+  app: {{targets: ["127.0.0.1:{port}"]}}
+policies:
+  gate: {{type: concurrency_limit, max: {limit}, queue: 4, queue_timeout: 5s}}
+routes:
+  - {{name: held, match: {{path: "/held/*"}}, upstream: app, policies: [gate]}}
+"""
+
+    with HoldingUpstream() as up, ThreadedWorker(text(up.port, 1)) as tw:
+        old = [send(tw.port, "/held/a")]
+        assert wait_for(lambda: len(up.arrived) == 1)
+        old.append(send(tw.port, "/held/b"))
+        assert wait_for(lambda: throttle(tw)["policies"]["gate"]["queued"] == 1)
+        tw.call(tw.worker.swap, load_config_text(text(up.port, 2)))
+        new = [send(tw.port, f"/held/{name}") for name in ("c", "d")]  # the new instance's
+        assert wait_for(lambda: sorted(up.arrived) == ["/held/a", "/held/c", "/held/d"])
+        assert throttle(tw)["policies"]["gate"]["in_flight"] == 2
+        up.release()
+        assert [answer(sock)[0] for sock in old + new] == [200] * 4  # b: the old one's queue
+        assert sorted(up.arrived) == [f"/held/{name}" for name in "abcd"]
+        assert wait_for(lambda: throttle(tw)["policies"]["gate"]["in_flight"] == 0)
+
+
+def test_throttling_websocket_holds_its_slot_until_the_upgrade():
+    async def talk(port: int, count: int) -> list:
+        async with aiohttp.ClientSession() as session:
+            sockets = [
+                await session.ws_connect(f"http://127.0.0.1:{port}/ws") for _ in range(count)
+            ]
+            replies = []
+            for i, ws in enumerate(sockets):
+                await ws.send_str(f"m{i}")
+                replies.append((await asyncio.wait_for(ws.receive(), 5)).data)
+            for ws in sockets:
+                await ws.close()
+            return replies
+
+    with WebSocketUpstream() as up:
+        text = f"""
+listeners: [{{name: public, bind: "127.0.0.1:0"}}]
+upstreams:
+  ws: {{targets: ["127.0.0.1:{up.port}"]}}
+policies:
+  gate: {{type: concurrency_limit, max: 1}}
+routes:
+  - {{name: ws, match: {{path: /ws}}, upstream: ws, websocket: true, policies: [gate]}}
+"""
+        with ThreadedWorker(text) as tw:
+            # two tunnels open at once with max 1 and no queue: an open tunnel holds no slot
+            assert asyncio.run(talk(tw.port, 2)) == ["m0", "m1"]
+            row = throttle(tw)["policies"]["gate"]
+            assert row["in_flight"] == 0 and row["rejected"]["queue_full"] == 0
 
 
 @dataclass(frozen=True, slots=True)

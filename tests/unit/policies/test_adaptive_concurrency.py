@@ -7,7 +7,7 @@ import asyncio
 
 from isekai.config.loader import load_config_text
 from isekai.policies import BUILDERS
-from isekai.policies.adaptive_concurrency import AdaptiveConcurrency, percentile
+from isekai.policies.adaptive_concurrency import MAX_SAMPLES, AdaptiveConcurrency, percentile
 
 
 class Clock:
@@ -149,3 +149,17 @@ policies:
     assert (policy.sample_interval, policy.percentile, policy.min_rtt_interval) == (0.2, 95, 60)
     assert (policy.buffer, policy.queue_size, policy.queue_timeout) == (0.2, 16, 0.5)
     assert policy.stats()["limit"] == 4  # pinned until the baseline is measured
+
+
+def test_adaptive_baseline_with_more_requests_than_kept_samples_ends():
+    # min_rtt_requests may be up to 100 000 while one interval keeps MAX_SAMPLES (10 000)
+    # latencies: the measurement must still end, not pin the limit to min_limit for good
+    clock = Clock()
+    requests = MAX_SAMPLES + 5
+    policy = controller(clock, min_rtt_requests=requests)
+    for i in range(requests):
+        clock.now += 0.0001
+        policy.record(0.010 if i % 2 else 0.020, clock.now)
+    assert not policy.measuring
+    assert policy.min_rtt is not None and 0.010 <= policy.min_rtt <= 0.020
+    assert policy.limit == 20

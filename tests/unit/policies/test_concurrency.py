@@ -18,10 +18,17 @@ from isekai.policies.concurrency import ConcurrencyLimit, PriorityOf, throttle_s
 class Req:
     """What the policy reads of a request: headers, ctx, the route, `cancelled`."""
 
-    def __init__(self, name: str = "", headers: dict | None = None, route: str = "api") -> None:
+    def __init__(
+        self,
+        name: str = "",
+        headers: dict | None = None,
+        route: str = "api",
+        upstream: str | None = "app",
+    ) -> None:
         self.name = name
         self.headers = {k.lower(): v for k, v in (headers or {}).items()}
         self.route_name = route
+        self.upstream_name = upstream
         self.ctx: dict = {}
         self.cancelled = False
 
@@ -226,6 +233,21 @@ def test_concurrency_per_route_counts_apart():
     run(scenario())
 
 
+def test_concurrency_per_upstream_shares_a_counter_across_routes():
+    async def scenario():
+        policy = ConcurrencyLimit(1, per="upstream")
+        first = Req(route="a", upstream="app")
+        assert await start(policy, first) is None
+        assert (await start(policy, Req(route="b", upstream="app"))).status == 503
+        assert await start(policy, Req(route="c", upstream="other")) is None
+        assert await start(policy, Req(route="direct", upstream=None)) is None
+        assert policy.in_flight == 3
+        policy.on_complete(first)
+        assert await start(policy, Req(route="b", upstream="app")) is None
+
+    run(scenario())
+
+
 def test_concurrency_priority_header_then_tier_then_default():
     of = PriorityOf(Priority(header="X-Priority", tiers={"enterprise": 10}, default=3))
     assert of(Req(headers={"X-Priority": "77"})) == 77
@@ -238,6 +260,14 @@ def test_concurrency_priority_header_then_tier_then_default():
     other.ctx["consumer_tier"] = "free"
     assert of(other) == 3
     assert PriorityOf(None)(Req(headers={"X-Priority": "9"})) == 0
+
+
+def test_concurrency_priority_header_only_0_to_100():
+    of = PriorityOf(Priority(header="X-Priority", default=3))
+    for raw, expected in ((" 7 ", 7), ("\t100", 100), ("007", 7), ("0", 0)):
+        assert of(Req(headers={"X-Priority": raw})) == expected
+    for bad in ("101", "0100", "9" * 5000, "+5", "", " ", "5, 90", "1e2", "٣"):
+        assert of(Req(headers={"X-Priority": bad})) == 3
 
 
 def test_concurrency_builder_and_stats():
