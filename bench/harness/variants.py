@@ -57,8 +57,7 @@ API_KEY_YAML = (
 # small_get_rate_limit*: every request is counted (all from 127.0.0.1: one hot key, the
 # worst case for the bucket lock the workers share) and none is refused
 RATE_LIMIT_YAML = (
-    "policies:\n"
-    "  limit: {{type: rate_limit, rate: 1000000000/s, key: client_ip{extra}}}\n"
+    "policies:\n  limit: {{type: rate_limit, rate: 1000000000/s, key: client_ip{extra}}}\n"
 )
 RATE_LIMIT_VARIANTS = {
     "rate_limit": "",

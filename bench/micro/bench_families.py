@@ -6,8 +6,9 @@ DownstreamProtocol over an in-memory transport and answered by a direct route, f
 policy, then with each family alone, then with the three (the small_get_policies chain of
 bench/run.py); the request and response phases both run. ip_filter is measured with 10 and
 with 10,000 networks in its allow list; rate_limit (a private table, one hot key, a rate never
-reached) without and with the RateLimit response fields. The cases are interleaved, ROUNDS times over (each a
-run of LOOPS requests), and each keeps its best run: a shared machine's bursts hit all alike.
+reached) without and with the RateLimit response fields. The cases are interleaved, ROUNDS
+times over (each a run of LOOPS requests), and each keeps its best run: a shared machine's
+bursts hit all alike.
 """
 
 from __future__ import annotations

@@ -909,14 +909,18 @@ _RATE_LIMIT_PARAMETERS = (
         "required": True,
         "description": "The policy: its key under `policies`, or where it is written inline "
         "(`routes.api.policies[0]`).",
-        "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+        "schema": {"type": "string", "pattern": rate_limits.POLICY_NAME_PATTERN},
     },
     {
         "name": "key",
         "in": "query",
         "description": "The key's values, one parameter per part of the policy's `key` in "
         "order (or one client address): the answer then has the key's `state`.",
-        "schema": {"type": "array", "items": {"type": "string", "maxLength": 1024}},
+        "schema": {
+            "type": "array",
+            "maxItems": rate_limits.MAX_KEY_VALUES,
+            "items": {"type": "string", "maxLength": rate_limits.MAX_VALUE},
+        },
         "style": "form",
         "explode": True,
     },
@@ -925,7 +929,7 @@ _RATE_LIMIT_PARAMETERS = (
         "in": "query",
         "description": "With `key`: the consumer tier whose limit to look at (default: the "
         "policy's rate).",
-        "schema": {"type": "string", "maxLength": 64},
+        "schema": {"type": "string", "pattern": NAME_PATTERN},
     },
 )
 OPERATIONS.extend(

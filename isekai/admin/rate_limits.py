@@ -18,14 +18,18 @@ from aiohttp import web
 
 from isekai.admin.context import CTX, AdminContext
 from isekai.admin.http import ApiError, ok
+from isekai.admin.schemas import NAME_PATTERN
 from isekai.config.policies import PolicySpec
 from isekai.config.redis_url import describe_redis_url
 from isekai.config.schema import Config
 
-__all__ = ["MAX_KEY_VALUES", "rate_limit", "rate_limits"]
+__all__ = ["MAX_KEY_VALUES", "MAX_VALUE", "POLICY_NAME_PATTERN", "rate_limit", "rate_limits"]
 
+# a policy's name: its key under `policies`, or where it is inline (routes.api.policies[0])
+_NAME = NAME_PATTERN[1:-1]
+POLICY_NAME_PATTERN = rf"^({_NAME}|(routes|listeners)\.{_NAME}\.policies\[[0-9]{{1,6}}\])$"
 MAX_KEY_VALUES = 16  # key parameters accepted (a key has at most as many parts as listed)
-MAX_VALUE = 1024  # characters of one key value
+MAX_VALUE = 256  # characters of one key value (a request line stays far below 64 KiB)
 
 
 def _specs(config: Config) -> Iterator[tuple[str, PolicySpec, str | None]]:

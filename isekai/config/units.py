@@ -8,6 +8,7 @@ meant for humans; the loader adds the file, line and path. Nothing here knows ab
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import math
@@ -191,7 +192,8 @@ def parse_size(value: object) -> int:
     return int(total)
 
 
-class Rate(NamedTuple):
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rate:
     """A rate as written: ``count`` events per ``period`` seconds (``100/s`` -> 100, 1.0)."""
 
     count: float

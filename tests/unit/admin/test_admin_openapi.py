@@ -245,7 +245,7 @@ def test_schemathesis_finds_no_failures(tmp_path):
             "--header",
             f"Authorization: Bearer {live.token}",
             "--max-examples",
-            "25",
+            "15",
             "--seed",
             "20261126",
             "--workers",

@@ -100,8 +100,8 @@ INVALID_POLICIES = {
     "unknown type": (
         {"name": "p", "type": "nope"},
         "policy.type",
-        "unknown policy type 'nope' (known types: adaptive_concurrency, api_key, concurrency_limit, "
-        "cors, fault, ",
+        "unknown policy type 'nope' (known types: adaptive_concurrency, api_key, "
+        "concurrency_limit, cors, fault, ",
     ),
     "missing type": ({"name": "p", "origins": ["*"]}, "policy.type", "missing required key"),
     "unknown key": (
