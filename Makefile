@@ -34,7 +34,7 @@ tools:
 	bash tests/tools.sh $(BIN)
 
 test: install-dev tools
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 lint: install-dev
 	$(BIN)/ruff check isekai tests bench
