@@ -13,36 +13,17 @@ import time
 
 import pytest
 
+from tests.integration.test_api_keys import call
 from tests.support.gateway import wait_for
 
 API_KEY_FREE = "free-consumer-key-0123456789"
 API_KEY_GOLD = "gold-consumer-key-0123456789"
 
 
-def call(
-    port: int,
-    path: str,
-    headers: dict[str, str] | None = None,
-    conn: http.client.HTTPConnection | None = None,
-) -> tuple[int, dict[str, str], bytes]:
-    """One GET; (status, lower-case headers, body). Reuses ``conn`` when given."""
-    own = conn is None
-    if conn is None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        response = conn.getresponse()
-        body = response.read()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, body
-    finally:
-        if own:
-            conn.close()
-
-
 def statuses(port: int, path: str, n: int, headers: dict[str, str] | None = None) -> list[int]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        return [call(port, path, headers, conn)[0] for _ in range(n)]
+        return [call(port, path, headers, conn=conn)[0] for _ in range(n)]
     finally:
         conn.close()
 
