@@ -212,7 +212,6 @@ cdef class RateLimitPolicy(CorePolicy):
 
     cdef LimitTable table
     cdef readonly object remote
-    cdef bytes namespace
     cdef Limit* limits
     cdef Py_ssize_t n_limits
     cdef bint has_base
@@ -255,7 +254,6 @@ cdef class RateLimitPolicy(CorePolicy):
             raise ValueError("a rate_limit needs a table or a remote backend")
         self.table = table
         self.remote = remote
-        self.namespace = None  # from the name, which the policy set gives after building
         self.n_limits = n
         self.limits = <Limit*>malloc(max(n, 1) * sizeof(Limit))
         self.decisions = <long long*>malloc(max(n, 1) * 2 * N_OUTCOMES * sizeof(long long))
@@ -303,11 +301,10 @@ cdef class RateLimitPolicy(CorePolicy):
 
     cdef int _name_keys(self) except -1:
         """The key prefixes, from the name (set by the policy set once built)."""
-        cdef bytes tier
-        self.namespace = (self.name or "rate_limit").encode("utf-8") + b"\x00"
+        cdef bytes namespace = (self.name or "rate_limit").encode("utf-8") + b"\x00"
         tiers = [(<str>name).encode("utf-8") for name in self.tier_names]
-        self.prefixes = tuple([self.namespace + tier + b"\x00" for tier in tiers])
-        self.fallbacks = tuple([self.namespace + tier + b"\x01" for tier in tiers])
+        self.prefixes = tuple([namespace + tier + b"\x00" for tier in tiers])
+        self.fallbacks = tuple([namespace + tier + b"\x01" for tier in tiers])
         return 0
 
     cdef bytes _label(self):
@@ -323,7 +320,7 @@ cdef class RateLimitPolicy(CorePolicy):
         cdef object tier, index
         if self.tiers and ctx is not None:
             tier = (<dict>ctx).get("consumer_tier")
-            if tier is not None:
+            if type(tier) is str:
                 index = self.tiers.get(tier)
                 if index is not None:
                     return <Py_ssize_t>index
@@ -350,7 +347,7 @@ cdef class RateLimitPolicy(CorePolicy):
             return _utf8((<dict>ctx).get("credential_id"))
         if kind == PART_JWT_CLAIM:
             value = (<dict>ctx).get("claims")
-            if value is None:
+            if not isinstance(value, dict):
                 return None
             return _utf8((<dict>value).get(name))
         return None

@@ -116,15 +116,10 @@ class RateLimitTally:
     def __init__(self) -> None:
         self._live: weakref.WeakSet[RateLimitPolicy] = weakref.WeakSet()
         self._retired: dict[tuple[str, str, str, str], int] = {}
-        self._limiters: weakref.WeakValueDictionary[str, RedisLimiter] = (
-            weakref.WeakValueDictionary()
-        )
 
-    def add(self, policy: RateLimitPolicy, limiter: RedisLimiter | None = None) -> None:
+    def add(self, policy: RateLimitPolicy) -> None:
         self._live.add(policy)
         policy.on_close = self.retire
-        if limiter is not None:
-            self._limiters[str(id(policy))] = limiter
 
     def retire(self, policy: RateLimitPolicy) -> None:
         """``policy`` is dropped: keep its counts."""
@@ -181,7 +176,7 @@ def build(config: RateLimitConfig, env: Any) -> RateLimitPolicy:
             config.on_backend_error == "deny",
             RemoteDecision(limiter),
         )
-        tally.add(policy, limiter)
+        tally.add(policy)
     else:
         policy = RateLimitPolicy(
             env.rate_table(),
